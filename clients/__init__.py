@@ -1,0 +1,5 @@
+"""offshelf clients: the Python SDK and the ``offshelf`` command line."""
+
+from offshelf.clients.client import Client
+
+__all__ = ["Client"]

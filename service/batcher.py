@@ -1,0 +1,141 @@
+"""Dynamic batching in front of a runtime.
+
+Requests are split into chunks of at most max_batch_size images when submitted, and one
+worker thread merges queued chunks into batches of up to max_batch_size, waiting at most
+max_delay for the first chunk's batch to fill. The queue is bounded in images: a request
+that does not fit is refused at once with UNAVAILABLE. If the worker dies, every pending
+and later request fails with UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from offshelf.service.errors import Internal, Unavailable
+from offshelf.service.logs import fields
+from offshelf.service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+Tensors = dict[str, np.ndarray]
+
+
+class Runtime(Protocol):
+    def run(self, batch: Tensors) -> Tensors: ...
+
+
+@dataclass
+class _Chunk:
+    inputs: Tensors
+    size: int
+    enqueued: float = field(default_factory=time.monotonic)
+    result: Future[Tensors] = field(default_factory=Future)
+
+
+class Batcher:
+    def __init__(self, name: str, runtime: Runtime, max_batch_size: int, max_delay_s: float,
+                 max_queue_images: int, metrics: Metrics):
+        self.name = name
+        self.runtime = runtime
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self.max_queue_images = max_queue_images
+        self._metrics = metrics
+        self._queue: collections.deque[_Chunk] = collections.deque()
+        self._queued_images = 0
+        self._condition = threading.Condition()
+        self._closed = False
+        self._failure: str | None = None
+        self._worker = threading.Thread(target=self._work, name=f"batcher-{name}", daemon=True)
+        self._worker.start()
+
+    def run(self, inputs: Tensors) -> Tensors:
+        """Runs inputs (same leading batch dimension) through the runtime, batched with other callers'."""
+        size = len(next(iter(inputs.values())))
+        chunks = [_Chunk({k: v[i:i + self.max_batch_size] for k, v in inputs.items()},
+                         min(self.max_batch_size, size - i))
+                  for i in range(0, size, self.max_batch_size)]
+        with self._condition:
+            if self._failure is not None:
+                raise Unavailable(f"model {self.name} cannot run: {self._failure}")
+            if self._closed:
+                raise Unavailable(f"model {self.name} is shutting down; retry on another replica")
+            if self._queued_images + size > self.max_queue_images:
+                raise Unavailable(f"model {self.name} is overloaded ({self._queued_images} images queued, limit "
+                                  f"{self.max_queue_images}); retry with backoff")
+            self._queue.extend(chunks)
+            self._queued_images += size
+            self._condition.notify()
+        results = [chunk.result.result() for chunk in chunks]
+        if len(results) == 1:
+            return results[0]
+        return {name: np.concatenate([r[name] for r in results]) for name in results[0]}
+
+    def close(self) -> None:
+        """Finishes the queued work, then stops the worker."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify()
+        self._worker.join()
+
+    def _work(self) -> None:
+        try:
+            while (batch := self._next_batch()) is not None:
+                self._run_batch(batch)
+        except BaseException as err:
+            log.exception("batcher worker died", extra=fields(model=self.name))
+            with self._condition:
+                self._failure = f"its inference worker died ({err!r})"
+                pending, self._queue = list(self._queue), collections.deque()
+            for chunk in pending:
+                chunk.result.set_exception(Unavailable(f"model {self.name} cannot run: {self._failure}"))
+            raise
+
+    def _next_batch(self) -> list[_Chunk] | None:
+        """Blocks for the first chunk, then gathers more until the batch is full or its delay is up."""
+        with self._condition:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._condition.wait()
+            deadline = self._queue[0].enqueued + self.max_delay_s
+            batch: list[_Chunk] = []
+            size = 0
+            while True:
+                while self._queue and size + self._queue[0].size <= self.max_batch_size:
+                    chunk = self._queue.popleft()
+                    batch.append(chunk)
+                    size += chunk.size
+                    self._queued_images -= chunk.size
+                remaining = deadline - time.monotonic()
+                if self._queue or size == self.max_batch_size or remaining <= 0 or self._closed:
+                    return batch
+                self._condition.wait(remaining)
+
+    def _run_batch(self, batch: list[_Chunk]) -> None:
+        started = time.monotonic()
+        for chunk in batch:
+            self._metrics.queue_wait_seconds.labels(self.name).observe(started - chunk.enqueued)
+        inputs = batch[0].inputs if len(batch) == 1 else {
+            name: np.concatenate([chunk.inputs[name] for chunk in batch]) for name in batch[0].inputs}
+        try:
+            outputs = self.runtime.run(inputs)
+        except Exception as err:
+            log.exception("inference failed", extra=fields(model=self.name))
+            for chunk in batch:
+                chunk.result.set_exception(Internal(f"inference failed on model {self.name}: {err}"))
+            return
+        size = sum(chunk.size for chunk in batch)
+        self._metrics.batch_size.labels(self.name).observe(size)
+        self._metrics.inference_seconds.labels(self.name).observe(time.monotonic() - started)
+        offset = 0
+        for chunk in batch:
+            chunk.result.set_result({k: v[offset:offset + chunk.size] for k, v in outputs.items()})
+            offset += chunk.size

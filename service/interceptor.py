@@ -1,0 +1,60 @@
+"""Maps ServiceError to its gRPC status and counts every unary RPC by method and status code.
+
+Both live here because the status code is known only once the error is mapped. Anything
+that is not a ServiceError is logged and answered INTERNAL, never UNKNOWN.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from offshelf.service.errors import ServiceError
+from offshelf.service.logs import fields
+from offshelf.service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class RpcInterceptor(grpc.ServerInterceptor):
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
+
+    def intercept_service(self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        rpc = details.method.rsplit("/", 1)[-1]
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap(rpc, handler.unary_unary), handler.request_deserializer, handler.response_serializer)
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                self._wrap(rpc, handler.stream_unary), handler.request_deserializer, handler.response_serializer)
+        return handler  # server-streaming (health Watch, reflection) passes through
+
+    def _wrap(self, rpc: str, behavior: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[..., Any]:
+        def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
+            started = time.perf_counter()
+            try:
+                response = behavior(request, context)
+            except ServiceError as err:
+                code, message = err.code, err.message
+            except Exception:
+                log.exception("unexpected error", extra=fields(rpc=rpc))
+                code, message = grpc.StatusCode.INTERNAL, f"{rpc} failed on an unexpected server error; see its log"
+            else:
+                self._record(rpc, context.code() or grpc.StatusCode.OK, started)
+                return response
+            self._record(rpc, code, started)
+            context.abort(code, message)
+
+        return wrapped
+
+    def _record(self, rpc: str, code: grpc.StatusCode, started: float) -> None:
+        self.metrics.requests.labels(rpc, code.name).inc()
+        self.metrics.request_seconds.labels(rpc).observe(time.perf_counter() - started)

@@ -1,0 +1,143 @@
+"""The model registry: every version of every model in the repository, loaded, warmed up and batched."""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from google.protobuf import json_format
+
+from offshelf.protos.v1 import model_card_pb2 as card_pb2
+from offshelf.service.batcher import Batcher
+from offshelf.service.errors import InvalidArgument, ModelLoadError, NotFound, Unavailable
+from offshelf.service.logs import fields
+from offshelf.service.metrics import Metrics
+from offshelf.service.preprocess import Preprocessor
+from offshelf.service.runtime import OnnxRuntime
+from offshelf.service.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+
+def read_card(version_dir: pathlib.Path) -> card_pb2.ModelCard:
+    try:
+        return json_format.Parse((version_dir / "card.json").read_text(), card_pb2.ModelCard())
+    except (OSError, json_format.ParseError) as err:
+        raise ModelLoadError(f"{version_dir}: unreadable card.json ({err}); re-export the model") from err
+
+
+class LoadedModel:
+    """One model version: its card, runtime, preprocessor and batcher."""
+
+    def __init__(self, version_dir: pathlib.Path, settings: ServiceSettings, metrics: Metrics):
+        self.card = read_card(version_dir)
+        self.name = version_dir.parent.name
+        self.version = int(version_dir.name)
+        self.output_names = [o.name for o in self.card.outputs]
+        try:
+            self.preprocessor = Preprocessor(self.card.preprocessing, settings.max_image_pixels)
+        except ValueError as err:
+            raise ModelLoadError(f"{version_dir}: bad preprocessing in card.json: {err}") from err
+        self.runtime = OnnxRuntime(version_dir / "model.onnx", settings.execution_provider, settings.intra_op_threads)
+        self.runtime.load()
+        self._check_outputs()
+        self._warm_up(settings.max_batch_size)
+        self.batcher = Batcher(f"{self.name}/{self.version}", self.runtime, settings.max_batch_size,
+                               settings.max_batch_delay_ms / 1000, settings.max_queue_images, metrics)
+        metrics.models.labels(self.name, str(self.version), self.runtime.provider).set(1)
+
+    def _check_outputs(self) -> None:
+        graph_outputs = {o.name for o in self.runtime.session.get_outputs()}
+        missing = [name for name in self.output_names if name not in graph_outputs]
+        if missing:
+            raise ModelLoadError(f"{self.runtime.path}: card.json lists outputs {missing} that the ONNX graph lacks")
+
+    def _warm_up(self, max_batch_size: int) -> None:
+        """Runs batch sizes 1 and max once, so the first requests do not pay for allocations."""
+        pre = self.card.preprocessing
+        for size in sorted({1, max_batch_size}):
+            zeros = np.zeros((size, 3, pre.crop_height, pre.crop_width), np.float32)
+            self.runtime.run({pre.input_name: zeros})
+
+    def check_outputs(self, requested: list[str]) -> list[str]:
+        """The requested outputs (all when none are named); InvalidArgument names unknown ones."""
+        unknown = [name for name in requested if name not in self.output_names]
+        if unknown:
+            raise InvalidArgument(f"model {self.name} version {self.version} has no output {unknown[0]!r}; "
+                                  f"its outputs are: {', '.join(self.output_names)}")
+        return list(dict.fromkeys(requested)) or self.output_names
+
+    def embed(self, images: list[bytes]) -> dict[str, np.ndarray]:
+        """Every output of the model for each image, as (len(images), dim) arrays."""
+        batch = np.stack([self.preprocessor(data, i) for i, data in enumerate(images)])
+        return self.batcher.run({self.card.preprocessing.input_name: batch})
+
+    def close(self) -> None:
+        self.batcher.close()
+        self.runtime.close()
+
+
+class ModelRegistry:
+    def __init__(self, settings: ServiceSettings, metrics: Metrics):
+        self.settings = settings
+        self.metrics = metrics
+        self._models: dict[str, dict[int, LoadedModel]] = {}
+        self._lock = threading.Lock()
+
+    def version_dirs(self) -> list[pathlib.Path]:
+        repo = self.settings.repo
+        if not repo.is_dir():
+            raise ModelLoadError(f"model repository {repo} does not exist; export a model into it first "
+                                 f"(offshelf export efficientnet-lite0 --repo {repo})")
+        found = sorted((v for m in repo.iterdir() if m.is_dir() and not m.name.startswith(".")
+                        for v in m.iterdir() if v.is_dir() and v.name.isdigit()),
+                       key=lambda v: (v.parent.name, int(v.name)))
+        if not found:
+            raise ModelLoadError(f"model repository {repo} holds no <model>/<version>/ folder; "
+                                 f"export a model into it (offshelf export efficientnet-lite0 --repo {repo})")
+        return found
+
+    def load_all(self) -> None:
+        """Loads every version in parallel; raises ModelLoadError if any cannot be served."""
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for model in pool.map(self._load, self.version_dirs()):
+                with self._lock:
+                    self._models.setdefault(model.name, {})[model.version] = model
+
+    def _load(self, version_dir: pathlib.Path) -> LoadedModel:
+        started = time.perf_counter()
+        model = LoadedModel(version_dir, self.settings, self.metrics)
+        log.info("model loaded", extra=fields(model=model.name, version=model.version,
+                                              provider=model.runtime.provider,
+                                              seconds=round(time.perf_counter() - started, 2)))
+        return model
+
+    def get(self, name: str, version: int = 0) -> LoadedModel:
+        with self._lock:
+            versions = self._models.get(name)
+            loaded = sorted(self._models)
+        if not loaded:
+            raise Unavailable("the server is still loading its models; retry when health reports SERVING")
+        if versions is None:
+            raise NotFound(f"no model named {name!r}; served models: {', '.join(loaded)}")
+        if version == 0:
+            return versions[max(versions)]
+        if version not in versions:
+            raise NotFound(f"model {name!r} has no version {version}; served versions: "
+                           f"{', '.join(map(str, sorted(versions)))} (or 0 for the latest)")
+        return versions[version]
+
+    def all(self) -> dict[str, list[LoadedModel]]:
+        with self._lock:
+            return {name: [versions[v] for v in sorted(versions)] for name, versions in sorted(self._models.items())}
+
+    def close(self) -> None:
+        with self._lock:
+            models = [m for versions in self._models.values() for m in versions.values()]
+            self._models.clear()
+        for model in models:
+            model.close()

@@ -1,0 +1,63 @@
+"""onnxruntime behind the Runtime seam: load() / run(batch) / close().
+
+CUDA is used only when it really works: onnxruntime-gpu lists CUDAExecutionProvider as
+available on machines without a GPU and silently falls back to the CPU when a session is
+created, so the provider is read back from the session.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+
+import numpy as np
+import onnxruntime as ort
+
+from offshelf.service.errors import ModelLoadError
+from offshelf.service.logs import fields
+
+log = logging.getLogger(__name__)
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+class OnnxRuntime:
+    def __init__(self, path: pathlib.Path, execution_provider: str = "auto", intra_op_threads: int = 0):
+        self.path = path
+        self.execution_provider = execution_provider
+        self.intra_op_threads = intra_op_threads
+        self.provider = ""
+        self._session: ort.InferenceSession | None = None
+
+    def load(self) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.intra_op_threads
+        if self.execution_provider != "cpu" and CUDA in ort.get_available_providers():
+            ort.preload_dlls()  # CUDA and cuDNN from the nvidia-* wheels, when installed
+            session = ort.InferenceSession(str(self.path), options, providers=[CUDA, CPU])
+            if session.get_providers()[0] == CUDA:
+                self._use(session)
+                return
+            log.warning("CUDA is listed but does not work here; using the CPU",
+                        extra=fields(model_path=str(self.path)))
+        if self.execution_provider == "cuda":
+            raise ModelLoadError(f"{self.path}: execution_provider=cuda but CUDA does not work on this machine "
+                                 "(needs an NVIDIA GPU, CUDA 13 and cuDNN 9); use auto or cpu")
+        self._use(ort.InferenceSession(str(self.path), options, providers=[CPU]))
+
+    def _use(self, session: ort.InferenceSession) -> None:
+        self._session = session
+        self.provider = session.get_providers()[0]
+
+    @property
+    def session(self) -> ort.InferenceSession:
+        if self._session is None:
+            raise RuntimeError("OnnxRuntime.load() was not called")
+        return self._session
+
+    def run(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = [o.name for o in self.session.get_outputs()]
+        return dict(zip(names, self.session.run(names, batch), strict=True))
+
+    def close(self) -> None:
+        self._session = None

@@ -1,0 +1,95 @@
+"""The serving process: gRPC server (Embedding, health, reflection), metrics endpoint, graceful shutdown."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from offshelf.protos.v1 import embedding_pb2, embedding_pb2_grpc
+from offshelf.service.embedding import EmbeddingServicer
+from offshelf.service.errors import ModelLoadError
+from offshelf.service.interceptor import RpcInterceptor
+from offshelf.service.logs import fields
+from offshelf.service.metrics import Metrics
+from offshelf.service.models import ModelRegistry
+from offshelf.service.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+SERVICES = [embedding_pb2.DESCRIPTOR.services_by_name["Embedding"].full_name]
+
+
+class Server:
+    """Starts listening at once (health NOT_SERVING), then loads models and turns SERVING."""
+
+    def __init__(self, settings: ServiceSettings):
+        self.settings = settings
+        self.metrics = Metrics()
+        self.registry = ModelRegistry(settings, self.metrics)
+        self.health = health.HealthServicer()
+        self.grpc_port = 0
+        self.metrics_port = 0
+        self._grpc = grpc.server(
+            ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix="rpc"),
+            interceptors=[RpcInterceptor(self.metrics)],
+            options=[("grpc.max_receive_message_length", settings.max_message_bytes),
+                     ("grpc.max_send_message_length", settings.max_message_bytes)],
+        )
+        embedding_pb2_grpc.add_EmbeddingServicer_to_server(
+            EmbeddingServicer(self.registry, settings.max_images_per_request), self._grpc)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
+        reflection.enable_server_reflection([*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME], self._grpc)
+
+    def start(self) -> None:
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.grpc_port = self._grpc.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        if self.grpc_port == 0:
+            raise OSError(f"cannot listen on {self.settings.host}:{self.settings.port}; is the port taken?")
+        self._grpc.start()
+        self.metrics_port = self.metrics.serve(self.settings.host, self.settings.metrics_port)
+        log.info("listening", extra=fields(grpc_port=self.grpc_port, metrics_port=self.metrics_port))
+
+    def load_models(self) -> None:
+        started = time.perf_counter()
+        self.registry.load_all()
+        self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", extra=fields(grpc_port=self.grpc_port, metrics_port=self.metrics_port,
+                                         seconds=round(time.perf_counter() - started, 2)))
+
+    def _set_health(self, status: int) -> None:
+        for service in ["", *SERVICES]:
+            self.health.set(service, status)
+
+    def stop(self) -> None:
+        """Reports NOT_SERVING for drain_seconds, refuses new calls, lets in-flight calls finish, closes."""
+        self.health.enter_graceful_shutdown()
+        log.info("draining", extra=fields(drain_seconds=self.settings.drain_seconds))
+        time.sleep(self.settings.drain_seconds)
+        self._grpc.stop(self.settings.grace_seconds).wait()
+        self.registry.close()
+        self.metrics.close()
+        log.info("stopped")
+
+
+def serve(settings: ServiceSettings) -> int:
+    """Runs until SIGTERM or SIGINT; returns the process exit code."""
+    server = Server(settings)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    server.start()
+    try:
+        server.load_models()
+    except ModelLoadError as err:
+        log.error("not ready: a model cannot be served", extra=fields(error=str(err)))
+        server.stop()
+        return 1
+    stop.wait()
+    server.stop()
+    return 0
