@@ -86,6 +86,7 @@ class Batcher:
         self._worker.join()
 
     def _work(self) -> None:
+        batch: list[_Chunk] = []
         try:
             while (batch := self._next_batch()) is not None:
                 self._run_batch(batch)
@@ -93,10 +94,10 @@ class Batcher:
             log.exception("batcher worker died", extra=fields(model=self.name))
             with self._condition:
                 self._failure = f"its inference worker died ({err!r})"
-                pending, self._queue = list(self._queue), collections.deque()
+                pending = [c for c in batch or [] if not c.result.done()] + list(self._queue)
+                self._queue.clear()
             for chunk in pending:
                 chunk.result.set_exception(Unavailable(f"model {self.name} cannot run: {self._failure}"))
-            raise
 
     def _next_batch(self) -> list[_Chunk] | None:
         """Blocks for the first chunk, then gathers more until the batch is full or its delay is up."""

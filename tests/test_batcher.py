@@ -1,0 +1,148 @@
+"""The dynamic batcher over a real onnxruntime session of a tiny graph (y = 2x)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from offshelf.service.batcher import Batcher
+from offshelf.service.errors import Internal, Unavailable
+from offshelf.service.metrics import Metrics
+from offshelf.service.runtime import OnnxRuntime
+
+
+@pytest.fixture(scope="module")
+def doubling_runtime(tmp_path_factory) -> OnnxRuntime:
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "two"], ["y"])], "double",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])])
+    path = tmp_path_factory.mktemp("tiny") / "double.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    runtime = OnnxRuntime(path, "cpu")
+    runtime.load()
+    return runtime
+
+
+class GatedRuntime:
+    """Holds every run until the gate opens, so a test decides when the worker is busy."""
+
+    def __init__(self, runtime: OnnxRuntime, failure: BaseException | None = None):
+        self.runtime = runtime
+        self.gate = threading.Event()
+        self.failure = failure
+        self.started = threading.Event()
+
+    def run(self, batch):
+        self.started.set()
+        self.gate.wait(10)
+        if self.failure is not None:
+            raise self.failure
+        return self.runtime.run(batch)
+
+
+def rows(start: int, count: int) -> dict[str, np.ndarray]:
+    return {"x": np.arange(start * 3, (start + count) * 3, dtype=np.float32).reshape(count, 3)}
+
+
+def batch_sizes(metrics: Metrics) -> tuple[float, float]:
+    """(number of batches, images in them)."""
+    return (metrics.registry.get_sample_value("offshelf_batch_size_images_count", {"model": "m"}) or 0,
+            metrics.registry.get_sample_value("offshelf_batch_size_images_sum", {"model": "m"}) or 0)
+
+
+def wait_until(condition) -> None:
+    deadline = time.monotonic() + 5
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_a_large_request_is_split_into_batches_and_reassembled_in_order(doubling_runtime):
+    metrics = Metrics()
+    batcher = Batcher("m", doubling_runtime, max_batch_size=4, max_delay_s=0, max_queue_images=100,
+                      metrics=metrics)
+    result = batcher.run(rows(0, 10))["y"]
+    np.testing.assert_array_equal(result, 2 * rows(0, 10)["x"])
+    assert batch_sizes(metrics) == (3, 10)
+    batcher.close()
+
+
+def test_concurrent_requests_are_merged_and_each_gets_its_own_rows(doubling_runtime):
+    metrics = Metrics()
+    gated = GatedRuntime(doubling_runtime)
+    batcher = Batcher("m", gated, max_batch_size=8, max_delay_s=0, max_queue_images=100, metrics=metrics)
+    with ThreadPoolExecutor(5) as pool:
+        first = pool.submit(batcher.run, rows(100, 1))
+        gated.started.wait(5)  # the worker holds request 100 alone
+        others = [pool.submit(batcher.run, rows(i * 2, 2)) for i in range(4)]
+        wait_until(lambda: batcher._queued_images == 8)
+        gated.gate.set()
+        np.testing.assert_array_equal(first.result()["y"], 2 * rows(100, 1)["x"])
+        for i, future in enumerate(others):
+            np.testing.assert_array_equal(future.result()["y"], 2 * rows(i * 2, 2)["x"])
+    assert batch_sizes(metrics) == (2, 9)  # one batch of 1, then the four requests of 2 as one batch of 8
+    batcher.close()
+
+
+def test_a_full_queue_answers_unavailable_at_once(doubling_runtime):
+    gated = GatedRuntime(doubling_runtime)
+    batcher = Batcher("m", gated, max_batch_size=2, max_delay_s=0, max_queue_images=4, metrics=Metrics())
+    with ThreadPoolExecutor(3) as pool:
+        running = pool.submit(batcher.run, rows(0, 2))
+        gated.started.wait(5)
+        queued = pool.submit(batcher.run, rows(2, 4))
+        wait_until(lambda: batcher._queued_images == 4)
+        started = time.monotonic()
+        with pytest.raises(Unavailable, match="overloaded .4 images queued, limit 4.; retry with backoff"):
+            batcher.run(rows(6, 1))
+        assert time.monotonic() - started < 0.5
+        gated.gate.set()
+        assert running.result()["y"].shape == (2, 3) and queued.result()["y"].shape == (4, 3)
+    batcher.close()
+
+
+def test_an_inference_error_fails_its_batch_only(doubling_runtime):
+    batcher = Batcher("m", doubling_runtime, max_batch_size=4, max_delay_s=0, max_queue_images=100,
+                      metrics=Metrics())
+    with pytest.raises(Internal, match="inference failed on model m"):
+        batcher.run({"x": np.zeros((1, 5), np.float32)})  # wrong width for the graph
+    np.testing.assert_array_equal(batcher.run(rows(0, 1))["y"], 2 * rows(0, 1)["x"])
+    batcher.close()
+
+
+def test_a_dead_worker_fails_every_pending_and_later_request(doubling_runtime):
+    gated = GatedRuntime(doubling_runtime, failure=SystemExit("worker killed"))
+    batcher = Batcher("m", gated, max_batch_size=2, max_delay_s=0, max_queue_images=100, metrics=Metrics())
+    with ThreadPoolExecutor(2) as pool:
+        in_flight = pool.submit(batcher.run, rows(0, 2))
+        gated.started.wait(5)
+        queued = pool.submit(batcher.run, rows(2, 2))
+        wait_until(lambda: batcher._queued_images == 2)
+        gated.gate.set()
+        for future in (in_flight, queued):
+            with pytest.raises(Unavailable, match="inference worker died"):
+                future.result(5)
+    with pytest.raises(Unavailable, match="inference worker died"):
+        batcher.run(rows(0, 1))
+
+
+def test_close_finishes_queued_work_then_refuses(doubling_runtime):
+    gated = GatedRuntime(doubling_runtime)
+    batcher = Batcher("m", gated, max_batch_size=2, max_delay_s=0, max_queue_images=100, metrics=Metrics())
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(batcher.run, rows(i * 2, 2)) for i in range(3)]
+        gated.started.wait(5)
+        closing = pool.submit(batcher.close)
+        gated.gate.set()
+        closing.result(5)
+        assert all(f.result()["y"].shape == (2, 3) for f in futures)
+    with pytest.raises(Unavailable, match="shutting down"):
+        batcher.run(rows(0, 1))

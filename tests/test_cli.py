@@ -1,0 +1,53 @@
+"""The ``offshelf`` command line against the real server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+from conftest import skimage_photo
+
+
+def offshelf(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "offshelf.clients.cli", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_embed_prints_sizes_and_top_labels(server):
+    result = offshelf("embed", str(skimage_photo("coffee.png")), "--server", server.address)
+    assert result.returncode == 0, result.stderr
+    assert "embedding: dim 1280" in result.stdout
+    assert "top: espresso (967)" in result.stdout
+
+
+def test_embed_json_and_npy(server, tmp_path):
+    photos = [str(skimage_photo("chelsea.png")), str(skimage_photo("rocket.jpg"))]
+    as_json = offshelf("embed", *photos, "--server", server.address, "--output", "embedding", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    parsed = json.loads(as_json.stdout)
+    assert [entry["image"] for entry in parsed] == photos
+    npy = tmp_path / "vectors.npy"
+    saved = offshelf("embed", *photos, "--server", server.address, "--output", "embedding", "--npy", str(npy))
+    assert saved.returncode == 0, saved.stderr
+    array = np.load(npy)
+    assert array.shape == (2, 1280) and array.dtype == np.float32
+    np.testing.assert_allclose(array[1], parsed[1]["outputs"]["embedding"], rtol=1e-6)
+
+
+def test_models_lists_outputs(server):
+    result = offshelf("models", "--server", server.address, "--json")
+    assert result.returncode == 0, result.stderr
+    (model,) = json.loads(result.stdout)
+    assert [o["name"] for o in model["versions"][0]["outputs"]] == ["logits", "embedding"]
+
+
+def test_exit_codes_tell_usage_server_and_unreachable_apart(server, tmp_path):
+    assert offshelf("embed", str(tmp_path / "missing.jpg"), "--server", server.address).returncode == 2
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    refused = offshelf("embed", str(bad), "--server", server.address)
+    assert refused.returncode == 1 and "INVALID_ARGUMENT: image 0 is not a JPEG" in refused.stderr
+    unreachable = offshelf("models", "--server", "127.0.0.1:1", "--timeout", "2")
+    assert unreachable.returncode == 3 and "UNAVAILABLE" in unreachable.stderr

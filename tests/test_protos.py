@@ -1,0 +1,13 @@
+"""The committed stubs are what `make protos` generates from the .proto files."""
+
+from __future__ import annotations
+
+from conftest import ROOT
+
+from offshelf.protos.generate import generate
+
+
+def test_generated_stubs_are_up_to_date(tmp_path):
+    fresh = generate(tmp_path)
+    stale = [p.name for p in fresh if p.read_bytes() != (ROOT / "protos" / "v1" / p.name).read_bytes()]
+    assert not stale, f"stale stubs {stale}: run `make protos` and commit the result"
