@@ -16,7 +16,6 @@ import time
 
 import grpc
 import numpy as np
-
 from offshelf.clients.client import DEFAULT_MODEL, Client
 
 DELEGATED = {
@@ -32,31 +31,49 @@ def parser() -> argparse.ArgumentParser:
     for name, (_, help_text) in DELEGATED.items():
         commands.add_parser(name, help=help_text, add_help=False)
     server = argparse.ArgumentParser(add_help=False)
-    server.add_argument("--server", default=os.environ.get("OFFSHELF_SERVER", "localhost:50051"),
-                        help="server address host:port (default: $OFFSHELF_SERVER or %(default)s)")
+    server.add_argument(
+        "--server",
+        default=os.environ.get("OFFSHELF_SERVER", "localhost:50051"),
+        help="server address host:port (default: $OFFSHELF_SERVER or %(default)s)",
+    )
     server.add_argument("--timeout", type=float, default=30.0, help="deadline of each call in seconds")
 
-    embed = commands.add_parser("embed", parents=[server], help="embed images with a served model",
-                                description="Embed images and print each output's size (and top labels for "
-                                "outputs that score classes), or write the vectors as JSON or .npy.")
+    embed = commands.add_parser(
+        "embed",
+        parents=[server],
+        help="embed images with a served model",
+        description="Embed images and print each output's size (and top labels for "
+        "outputs that score classes), or write the vectors as JSON or .npy.",
+    )
     embed.add_argument("images", nargs="+", type=pathlib.Path, metavar="IMAGE")
     embed.add_argument("--model", default=DEFAULT_MODEL, help="model name (default: %(default)s)")
     embed.add_argument("--version", type=int, default=0, help="model version (default: latest)")
-    embed.add_argument("--output", action="append", default=[], metavar="NAME",
-                       help="output to return; repeat for several (default: all)")
+    embed.add_argument(
+        "--output",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="output to return; repeat for several (default: all)",
+    )
     embed.add_argument("--top", type=int, default=3, help="labels to show for class outputs (default: 3)")
     formats = embed.add_mutually_exclusive_group()
     formats.add_argument("--json", action="store_true", help="print the vectors as JSON")
-    formats.add_argument("--npy", type=pathlib.Path, metavar="FILE",
-                         help="save one output's vectors as an (images, dim) .npy array")
+    formats.add_argument(
+        "--npy", type=pathlib.Path, metavar="FILE", help="save one output's vectors as an (images, dim) .npy array"
+    )
 
     models = commands.add_parser("models", parents=[server], help="list served models and outputs")
     models.add_argument("--json", action="store_true", help="print as JSON")
 
-    health = commands.add_parser("health", parents=[server], help="print the server's health status",
-                                 description="Exit 0 when SERVING, 1 otherwise.")
-    health.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                        help="keep asking until SERVING or SECONDS have passed")
+    health = commands.add_parser(
+        "health",
+        parents=[server],
+        help="print the server's health status",
+        description="Exit 0 when SERVING, 1 otherwise.",
+    )
+    health.add_argument(
+        "--wait", type=float, default=0.0, metavar="SECONDS", help="keep asking until SERVING or SECONDS have passed"
+    )
     return p
 
 
@@ -73,8 +90,14 @@ def run_embed(args: argparse.Namespace, client: Client) -> int:
         np.save(args.npy, arrays[args.output[0]])
         print(f"saved {arrays[args.output[0]].shape} float32 to {args.npy}")
     elif args.json:
-        print(json.dumps([{"image": str(path), "outputs": {name: a[i].tolist() for name, a in arrays.items()}}
-                          for i, path in enumerate(args.images)]))
+        print(
+            json.dumps(
+                [
+                    {"image": str(path), "outputs": {name: a[i].tolist() for name, a in arrays.items()}}
+                    for i, path in enumerate(args.images)
+                ]
+            )
+        )
     else:
         labels = _labels(client, args.model, args.version)
         for i, path in enumerate(args.images):
@@ -102,18 +125,44 @@ def _labels(client: Client, model: str, version: int) -> dict[str, list[str]]:
 def run_models(args: argparse.Namespace, client: Client) -> int:
     infos = client.list_models()
     if args.json:
-        print(json.dumps([{"name": m.name, "versions": [
-            {"version": v.version, "architecture": v.architecture, "provider": v.execution_provider,
-             "input": [v.input_height, v.input_width],
-             "outputs": [{"name": o.name, "dim": o.dim, "layer": o.layer, "pooling": o.pooling,
-                          "l2_normalized": o.l2_normalized} for o in v.outputs]}
-            for v in m.versions]} for m in infos], indent=2))
+        print(
+            json.dumps(
+                [
+                    {
+                        "name": m.name,
+                        "versions": [
+                            {
+                                "version": v.version,
+                                "architecture": v.architecture,
+                                "provider": v.execution_provider,
+                                "input": [v.input_height, v.input_width],
+                                "outputs": [
+                                    {
+                                        "name": o.name,
+                                        "dim": o.dim,
+                                        "layer": o.layer,
+                                        "pooling": o.pooling,
+                                        "l2_normalized": o.l2_normalized,
+                                    }
+                                    for o in v.outputs
+                                ],
+                            }
+                            for v in m.versions
+                        ],
+                    }
+                    for m in infos
+                ],
+                indent=2,
+            )
+        )
         return 0
     for m in infos:
         for v in m.versions:
             outputs = ", ".join(f"{o.name} ({o.dim})" for o in v.outputs)
-            print(f"{m.name} v{v.version}  {v.architecture}  {v.input_height}x{v.input_width}  "
-                  f"{v.execution_provider}  outputs: {outputs}")
+            print(
+                f"{m.name} v{v.version}  {v.architecture}  {v.input_height}x{v.input_width}  "
+                f"{v.execution_provider}  outputs: {outputs}"
+            )
     return 0
 
 

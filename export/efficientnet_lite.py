@@ -12,8 +12,15 @@ import torch
 from torch import nn
 
 # (kernel, stride, expand ratio, output channels, repeats) for B0; scaled per variant.
-_STAGES = [(3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3),
-           (5, 1, 6, 112, 3), (5, 2, 6, 192, 4), (3, 1, 6, 320, 1)]
+_STAGES = [
+    (3, 1, 1, 16, 1),
+    (3, 2, 6, 24, 2),
+    (5, 2, 6, 40, 2),
+    (3, 2, 6, 80, 3),
+    (5, 1, 6, 112, 3),
+    (5, 2, 6, 192, 4),
+    (3, 1, 6, 320, 1),
+]
 # variant -> (width multiplier, depth multiplier, input size, dropout)
 VARIANTS = {
     "efficientnet-lite0": (1.0, 1.0, 224, 0.2),
@@ -38,8 +45,7 @@ class MBConvBlock(nn.Module):
         if expand != 1:
             self._expand_conv = nn.Conv2d(c_in, hidden, 1, bias=False)
             self._bn0 = nn.BatchNorm2d(hidden, **_BN)
-        self._depthwise_conv = nn.Conv2d(hidden, hidden, kernel, stride, kernel // 2,
-                                         groups=hidden, bias=False)
+        self._depthwise_conv = nn.Conv2d(hidden, hidden, kernel, stride, kernel // 2, groups=hidden, bias=False)
         self._bn1 = nn.BatchNorm2d(hidden, **_BN)
         self._project_conv = nn.Conv2d(hidden, c_out, 1, bias=False)
         self._bn2 = nn.BatchNorm2d(c_out, **_BN)

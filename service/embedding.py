@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import grpc
-
 from offshelf.protos.v1 import embedding_pb2 as pb2
 from offshelf.protos.v1 import embedding_pb2_grpc as pb2_grpc
 from offshelf.service.errors import InvalidArgument
@@ -21,28 +20,46 @@ class EmbeddingServicer(pb2_grpc.EmbeddingServicer):
         if not request.images:
             raise InvalidArgument("no images: send at least one encoded image in images")
         if len(request.images) > self.max_images:
-            raise InvalidArgument(f"{len(request.images)} images in one request, more than the limit of "
-                                  f"{self.max_images}; split them over several requests")
+            raise InvalidArgument(
+                f"{len(request.images)} images in one request, more than the limit of "
+                f"{self.max_images}; split them over several requests"
+            )
         if request.version < 0:
             raise InvalidArgument(f"version {request.version} is negative; use 0 for the latest")
         model = self.registry.get(request.model, request.version)
         outputs = model.check_outputs(list(request.outputs))
         arrays = model.embed(list(request.images))
-        results = [pb2.ImageEmbeddings(outputs={
-            name: pb2.Vector(values=arrays[name][i].tolist(), dim=arrays[name].shape[1]) for name in outputs})
-            for i in range(len(request.images))]
+        results = [
+            pb2.ImageEmbeddings(
+                outputs={
+                    name: pb2.Vector(values=arrays[name][i].tolist(), dim=arrays[name].shape[1]) for name in outputs
+                }
+            )
+            for i in range(len(request.images))
+        ]
         return pb2.EmbedResponse(model=model.name, version=model.version, results=results)
 
     def ListModels(self, request: pb2.ListModelsRequest, context: grpc.ServicerContext) -> pb2.ListModelsResponse:
-        return pb2.ListModelsResponse(models=[
-            pb2.ModelInfo(name=name, versions=[_version_info(m) for m in versions])
-            for name, versions in self.registry.all().items()])
+        return pb2.ListModelsResponse(
+            models=[
+                pb2.ModelInfo(name=name, versions=[_version_info(m) for m in versions])
+                for name, versions in self.registry.all().items()
+            ]
+        )
 
 
 def _version_info(model: LoadedModel) -> pb2.ModelVersion:
     card = model.card
     return pb2.ModelVersion(
-        version=model.version, architecture=card.architecture, execution_provider=model.runtime.provider,
-        input_height=card.preprocessing.crop_height, input_width=card.preprocessing.crop_width,
-        outputs=[pb2.OutputInfo(name=o.name, dim=o.dim, layer=o.layer, pooling=o.pooling,
-                                l2_normalized=o.l2_normalized, labels=o.labels) for o in card.outputs])
+        version=model.version,
+        architecture=card.architecture,
+        execution_provider=model.runtime.provider,
+        input_height=card.preprocessing.crop_height,
+        input_width=card.preprocessing.crop_width,
+        outputs=[
+            pb2.OutputInfo(
+                name=o.name, dim=o.dim, layer=o.layer, pooling=o.pooling, l2_normalized=o.l2_normalized, labels=o.labels
+            )
+            for o in card.outputs
+        ],
+    )

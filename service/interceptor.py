@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-
 from offshelf.service.errors import ServiceError
 from offshelf.service.logs import fields
 from offshelf.service.metrics import Metrics
@@ -31,10 +30,12 @@ class RpcInterceptor(grpc.ServerInterceptor):
         rpc = details.method.rsplit("/", 1)[-1]
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap(rpc, handler.unary_unary), handler.request_deserializer, handler.response_serializer)
+                self._wrap(rpc, handler.unary_unary), handler.request_deserializer, handler.response_serializer
+            )
         if handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
-                self._wrap(rpc, handler.stream_unary), handler.request_deserializer, handler.response_serializer)
+                self._wrap(rpc, handler.stream_unary), handler.request_deserializer, handler.response_serializer
+            )
         return handler  # server-streaming (health Watch, reflection) passes through
 
     def _wrap(self, rpc: str, behavior: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[..., Any]:

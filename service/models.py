@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from google.protobuf import json_format
-
 from offshelf.protos.v1 import model_card_pb2 as card_pb2
 from offshelf.service.batcher import Batcher
 from offshelf.service.errors import InvalidArgument, ModelLoadError, NotFound, Unavailable
@@ -46,8 +45,14 @@ class LoadedModel:
         self.runtime.load()
         self._check_outputs()
         self._warm_up(settings.max_batch_size)
-        self.batcher = Batcher(f"{self.name}/{self.version}", self.runtime, settings.max_batch_size,
-                               settings.max_batch_delay_ms / 1000, settings.max_queue_images, metrics)
+        self.batcher = Batcher(
+            f"{self.name}/{self.version}",
+            self.runtime,
+            settings.max_batch_size,
+            settings.max_batch_delay_ms / 1000,
+            settings.max_queue_images,
+            metrics,
+        )
         metrics.models.labels(self.name, str(self.version), self.runtime.provider).set(1)
 
     def _check_outputs(self) -> None:
@@ -67,8 +72,10 @@ class LoadedModel:
         """The requested outputs (all when none are named); InvalidArgument names unknown ones."""
         unknown = [name for name in requested if name not in self.output_names]
         if unknown:
-            raise InvalidArgument(f"model {self.name} version {self.version} has no output {unknown[0]!r}; "
-                                  f"its outputs are: {', '.join(self.output_names)}")
+            raise InvalidArgument(
+                f"model {self.name} version {self.version} has no output {unknown[0]!r}; "
+                f"its outputs are: {', '.join(self.output_names)}"
+            )
         return list(dict.fromkeys(requested)) or self.output_names
 
     def embed(self, images: list[bytes]) -> dict[str, np.ndarray]:
@@ -91,14 +98,25 @@ class ModelRegistry:
     def version_dirs(self) -> list[pathlib.Path]:
         repo = self.settings.repo
         if not repo.is_dir():
-            raise ModelLoadError(f"model repository {repo} does not exist; export a model into it first "
-                                 f"(offshelf export efficientnet-lite0 --repo {repo})")
-        found = sorted((v for m in repo.iterdir() if m.is_dir() and not m.name.startswith(".")
-                        for v in m.iterdir() if v.is_dir() and v.name.isdigit()),
-                       key=lambda v: (v.parent.name, int(v.name)))
+            raise ModelLoadError(
+                f"model repository {repo} does not exist; export a model into it first "
+                f"(offshelf export efficientnet-lite0 --repo {repo})"
+            )
+        found = sorted(
+            (
+                v
+                for m in repo.iterdir()
+                if m.is_dir() and not m.name.startswith(".")
+                for v in m.iterdir()
+                if v.is_dir() and v.name.isdigit()
+            ),
+            key=lambda v: (v.parent.name, int(v.name)),
+        )
         if not found:
-            raise ModelLoadError(f"model repository {repo} holds no <model>/<version>/ folder; "
-                                 f"export a model into it (offshelf export efficientnet-lite0 --repo {repo})")
+            raise ModelLoadError(
+                f"model repository {repo} holds no <model>/<version>/ folder; "
+                f"export a model into it (offshelf export efficientnet-lite0 --repo {repo})"
+            )
         return found
 
     def load_all(self) -> None:
@@ -111,9 +129,15 @@ class ModelRegistry:
     def _load(self, version_dir: pathlib.Path) -> LoadedModel:
         started = time.perf_counter()
         model = LoadedModel(version_dir, self.settings, self.metrics)
-        log.info("model loaded", extra=fields(model=model.name, version=model.version,
-                                              provider=model.runtime.provider,
-                                              seconds=round(time.perf_counter() - started, 2)))
+        log.info(
+            "model loaded",
+            extra=fields(
+                model=model.name,
+                version=model.version,
+                provider=model.runtime.provider,
+                seconds=round(time.perf_counter() - started, 2),
+            ),
+        )
         return model
 
     def get(self, name: str, version: int = 0) -> LoadedModel:
@@ -127,8 +151,10 @@ class ModelRegistry:
         if version == 0:
             return versions[max(versions)]
         if version not in versions:
-            raise NotFound(f"model {name!r} has no version {version}; served versions: "
-                           f"{', '.join(map(str, sorted(versions)))} (or 0 for the latest)")
+            raise NotFound(
+                f"model {name!r} has no version {version}; served versions: "
+                f"{', '.join(map(str, sorted(versions)))} (or 0 for the latest)"
+            )
         return versions[version]
 
     def all(self) -> dict[str, list[LoadedModel]]:

@@ -11,10 +11,9 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
-
 from offshelf.protos.v1 import model_card_pb2 as card_pb2
 from offshelf.service.errors import InvalidArgument
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
 _RESAMPLING = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
@@ -43,8 +42,10 @@ class Preprocessor:
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 image = Image.open(io.BytesIO(data), formats=FORMATS)
             if image.width * image.height > self.max_pixels:
-                raise InvalidArgument(f"image {index} has {image.width}x{image.height} pixels, more than the "
-                                      f"limit of {self.max_pixels}; downscale it before sending")
+                raise InvalidArgument(
+                    f"image {index} has {image.width}x{image.height} pixels, more than the "
+                    f"limit of {self.max_pixels}; downscale it before sending"
+                )
             if image.format == "JPEG":
                 image.draft("RGB", self._resized_size(image.width, image.height))
             image = ImageOps.exif_transpose(image).convert("RGB")

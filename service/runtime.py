@@ -12,7 +12,6 @@ import pathlib
 
 import numpy as np
 import onnxruntime as ort
-
 from offshelf.service.errors import ModelLoadError
 from offshelf.service.logs import fields
 
@@ -38,11 +37,12 @@ class OnnxRuntime:
             if session.get_providers()[0] == CUDA:
                 self._use(session)
                 return
-            log.warning("CUDA is listed but does not work here; using the CPU",
-                        extra=fields(model_path=str(self.path)))
+            log.warning("CUDA is listed but does not work here; using the CPU", extra=fields(model_path=str(self.path)))
         if self.execution_provider == "cuda":
-            raise ModelLoadError(f"{self.path}: execution_provider=cuda but CUDA does not work on this machine "
-                                 "(needs an NVIDIA GPU, CUDA 13 and cuDNN 9); use auto or cpu")
+            raise ModelLoadError(
+                f"{self.path}: execution_provider=cuda but CUDA does not work on this machine "
+                "(needs an NVIDIA GPU, CUDA 13 and cuDNN 9); use auto or cpu"
+            )
         self._use(ort.InferenceSession(str(self.path), options, providers=[CPU]))
 
     def _use(self, session: ort.InferenceSession) -> None:

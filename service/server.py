@@ -11,7 +11,6 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-
 from offshelf.protos.v1 import embedding_pb2, embedding_pb2_grpc
 from offshelf.service.embedding import EmbeddingServicer
 from offshelf.service.errors import ModelLoadError
@@ -38,11 +37,14 @@ class Server:
         self._grpc = grpc.server(
             ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix="rpc"),
             interceptors=[RpcInterceptor(self.metrics)],
-            options=[("grpc.max_receive_message_length", settings.max_message_bytes),
-                     ("grpc.max_send_message_length", settings.max_message_bytes)],
+            options=[
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.max_send_message_length", settings.max_message_bytes),
+            ],
         )
         embedding_pb2_grpc.add_EmbeddingServicer_to_server(
-            EmbeddingServicer(self.registry, settings.max_images_per_request), self._grpc)
+            EmbeddingServicer(self.registry, settings.max_images_per_request), self._grpc
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection([*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME], self._grpc)
 
@@ -59,8 +61,14 @@ class Server:
         started = time.perf_counter()
         self.registry.load_all()
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving", extra=fields(grpc_port=self.grpc_port, metrics_port=self.metrics_port,
-                                         seconds=round(time.perf_counter() - started, 2)))
+        log.info(
+            "serving",
+            extra=fields(
+                grpc_port=self.grpc_port,
+                metrics_port=self.metrics_port,
+                seconds=round(time.perf_counter() - started, 2),
+            ),
+        )
 
     def _set_health(self, status: int) -> None:
         for service in ["", *SERVICES]:

@@ -12,7 +12,6 @@ import threading
 import time
 
 import pytest
-
 from offshelf.clients import Client
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -39,8 +38,14 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     from offshelf.export.zoo import build
 
     repo = tmp_path_factory.mktemp("repo")
-    write_model(build("efficientnet-lite0"), "efficientnet-lite0", repo, "efficientnet-lite0",
-                default_check_images(), log=lambda _: None)
+    write_model(
+        build("efficientnet-lite0"),
+        "efficientnet-lite0",
+        repo,
+        "efficientnet-lite0",
+        default_check_images(),
+        log=lambda _: None,
+    )
     return repo
 
 
@@ -50,8 +55,23 @@ class ServerProcess:
     def __init__(self, repo: pathlib.Path, **settings: object):
         env = {**os.environ, **{f"OFFSHELF_{k.upper()}": str(v) for k, v in settings.items()}}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "offshelf.service.cli", "--repo", str(repo), "--host", "127.0.0.1",
-             "--port", "0", "--metrics-port", "0"], env=env, stderr=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                "-m",
+                "offshelf.service.cli",
+                "--repo",
+                str(repo),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--metrics-port",
+                "0",
+            ],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.logs: list[dict] = []
         self._listening = threading.Event()
         threading.Thread(target=self._read_logs, daemon=True).start()

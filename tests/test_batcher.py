@@ -9,21 +9,22 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
-
 from offshelf.service.batcher import Batcher
 from offshelf.service.errors import Internal, Unavailable
 from offshelf.service.metrics import Metrics
 from offshelf.service.runtime import OnnxRuntime
+from onnx import TensorProto, helper
 
 
 @pytest.fixture(scope="module")
 def doubling_runtime(tmp_path_factory) -> OnnxRuntime:
     graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "two"], ["y"])], "double",
+        [helper.make_node("Mul", ["x", "two"], ["y"])],
+        "double",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
-        [helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])])
+        [helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])],
+    )
     path = tmp_path_factory.mktemp("tiny") / "double.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
     runtime = OnnxRuntime(path, "cpu")
@@ -54,8 +55,10 @@ def rows(start: int, count: int) -> dict[str, np.ndarray]:
 
 def batch_sizes(metrics: Metrics) -> tuple[float, float]:
     """(number of batches, images in them)."""
-    return (metrics.registry.get_sample_value("offshelf_batch_size_images_count", {"model": "m"}) or 0,
-            metrics.registry.get_sample_value("offshelf_batch_size_images_sum", {"model": "m"}) or 0)
+    return (
+        metrics.registry.get_sample_value("offshelf_batch_size_images_count", {"model": "m"}) or 0,
+        metrics.registry.get_sample_value("offshelf_batch_size_images_sum", {"model": "m"}) or 0,
+    )
 
 
 def wait_until(condition) -> None:
@@ -67,8 +70,7 @@ def wait_until(condition) -> None:
 
 def test_a_large_request_is_split_into_batches_and_reassembled_in_order(doubling_runtime):
     metrics = Metrics()
-    batcher = Batcher("m", doubling_runtime, max_batch_size=4, max_delay_s=0, max_queue_images=100,
-                      metrics=metrics)
+    batcher = Batcher("m", doubling_runtime, max_batch_size=4, max_delay_s=0, max_queue_images=100, metrics=metrics)
     result = batcher.run(rows(0, 10))["y"]
     np.testing.assert_array_equal(result, 2 * rows(0, 10)["x"])
     assert batch_sizes(metrics) == (3, 10)
@@ -110,8 +112,7 @@ def test_a_full_queue_answers_unavailable_at_once(doubling_runtime):
 
 
 def test_an_inference_error_fails_its_batch_only(doubling_runtime):
-    batcher = Batcher("m", doubling_runtime, max_batch_size=4, max_delay_s=0, max_queue_images=100,
-                      metrics=Metrics())
+    batcher = Batcher("m", doubling_runtime, max_batch_size=4, max_delay_s=0, max_queue_images=100, metrics=Metrics())
     with pytest.raises(Internal, match="inference failed on model m"):
         batcher.run({"x": np.zeros((1, 5), np.float32)})  # wrong width for the graph
     np.testing.assert_array_equal(batcher.run(rows(0, 1))["y"], 2 * rows(0, 1)["x"])

@@ -11,8 +11,9 @@ from conftest import skimage_photo
 
 
 def offshelf(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "offshelf.clients.cli", *args], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "offshelf.clients.cli", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_embed_prints_sizes_and_top_labels(server):

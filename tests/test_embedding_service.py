@@ -9,17 +9,19 @@ import grpc
 import numpy as np
 import pytest
 from conftest import shared_photos, skimage_photo
-from prometheus_client.parser import text_string_to_metric_families
-
 from offshelf.clients import Client
 from offshelf.protos.v1 import embedding_pb2
+from prometheus_client.parser import text_string_to_metric_families
 
 
 def scrape(server) -> dict[tuple[str, tuple], float]:
     """Every sample of the metrics endpoint: (name, sorted labels) -> value."""
     text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def test_cat_photo_gets_an_imagenet_cat_class(client):
@@ -134,8 +136,15 @@ def test_metrics_count_what_was_sent(server, client):
     assert delta("offshelf_requests_total", rpc="Embed", code="OK") == 3
     assert delta("offshelf_requests_total", rpc="Embed", code="INVALID_ARGUMENT") == 1
     assert delta("offshelf_request_duration_seconds_count", rpc="Embed") == 4
-    assert after[("offshelf_model_info", (("model", "efficientnet-lite0"), ("provider", "CPUExecutionProvider"),
-                                          ("version", "1")))] == 1
+    assert (
+        after[
+            (
+                "offshelf_model_info",
+                (("model", "efficientnet-lite0"), ("provider", "CPUExecutionProvider"), ("version", "1")),
+            )
+        ]
+        == 1
+    )
 
 
 def test_reflection_lists_the_services(server):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import onnx
 import pytest
 from google.protobuf import json_format
-
 from offshelf.export import cli
 from offshelf.export.repository import default_check_images, write_model
 from offshelf.export.zoo import ExportError, build
@@ -32,8 +31,7 @@ def test_card_records_weights_preprocessing_outputs_and_measured_parity(model_re
     assert card.weights.file_name == "efficientnet-lite0-57934424.pth"
     assert card.weights.sha256.startswith("57934424")  # torch hub names carry the hash prefix
     assert list(card.preprocessing.mean) == [0.5] * 3 and list(card.preprocessing.std) == [0.5] * 3
-    assert [(o.name, o.dim, o.pooling) for o in card.outputs] == [("logits", 1000, "none"),
-                                                                  ("embedding", 1280, "avg")]
+    assert [(o.name, o.dim, o.pooling) for o in card.outputs] == [("logits", 1000, "none"), ("embedding", 1280, "avg")]
     assert len(card.outputs[0].labels) == 1000
     assert card.export.opset >= 17 and card.export.precision == "fp32"
     assert card.parity.images >= 4
@@ -43,8 +41,15 @@ def test_card_records_weights_preprocessing_outputs_and_measured_parity(model_re
 
 def test_export_refuses_to_write_when_parity_exceeds_the_tolerance(tmp_path):
     with pytest.raises(ExportError, match="nothing was written"):
-        write_model(build("efficientnet-lite0"), "efficientnet-lite0", tmp_path, "m", default_check_images()[:2],
-                    tolerance=0.0, log=lambda _: None)
+        write_model(
+            build("efficientnet-lite0"),
+            "efficientnet-lite0",
+            tmp_path,
+            "m",
+            default_check_images()[:2],
+            tolerance=0.0,
+            log=lambda _: None,
+        )
     assert list((tmp_path / "m").iterdir()) == []
 
 

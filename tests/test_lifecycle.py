@@ -11,7 +11,6 @@ import time
 
 import grpc
 from conftest import ServerProcess, shared_photos
-
 from offshelf.clients import Client
 
 

@@ -7,15 +7,22 @@ import io
 import numpy as np
 import pytest
 from conftest import skimage_photo
-from PIL import Image
-
 from offshelf.export.repository import card_transform
 from offshelf.protos.v1 import model_card_pb2
 from offshelf.service.errors import InvalidArgument
 from offshelf.service.preprocess import Preprocessor
+from PIL import Image
 
-SPEC = model_card_pb2.Preprocessing(input_name="image", resize_shorter=256, crop_height=224, crop_width=224,
-                                    interpolation="bilinear", channel_order="RGB", mean=[0.5] * 3, std=[0.5] * 3)
+SPEC = model_card_pb2.Preprocessing(
+    input_name="image",
+    resize_shorter=256,
+    crop_height=224,
+    crop_width=224,
+    interpolation="bilinear",
+    channel_order="RGB",
+    mean=[0.5] * 3,
+    std=[0.5] * 3,
+)
 
 
 def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
