@@ -39,3 +39,7 @@ class Internal(ServiceError):
 
 class ModelLoadError(Exception):
     """A model in the repository cannot be served; the server refuses to become ready."""
+
+
+class AlreadyExists(ServiceError):
+    code = grpc.StatusCode.ALREADY_EXISTS

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import pathlib
 import threading
@@ -10,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from google.protobuf import json_format
+from offshelf.protos.v1 import index_pb2
 from offshelf.protos.v1 import model_card_pb2 as card_pb2
 from offshelf.service.batcher import Batcher
 from offshelf.service.errors import InvalidArgument, ModelLoadError, NotFound, Unavailable
@@ -18,6 +20,7 @@ from offshelf.service.metrics import Metrics
 from offshelf.service.preprocess import Preprocessor
 from offshelf.service.runtime import OnnxRuntime
 from offshelf.service.settings import ServiceSettings
+from PIL import ImageOps
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +81,34 @@ class LoadedModel:
             )
         return list(dict.fromkeys(requested)) or self.output_names
 
-    def embed(self, images: list[bytes]) -> dict[str, np.ndarray]:
-        """Every output of the model for each image, as (len(images), dim) arrays."""
-        batch = np.stack([self.preprocessor(data, i) for i, data in enumerate(images)])
-        return self.batcher.run({self.card.preprocessing.input_name: batch})
+    def embed(self, images: list[bytes], flip: bool = False, names: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Every output of the model for each image, as (len(images), dim) arrays.
+
+        flip: test-time augmentation; each output is the mean over the image and its mirror image.
+        names: what error messages call each image (default "image <i>").
+        """
+        names = names or [f"image {i}" for i in range(len(images))]
+        decoded = [self.preprocessor.decode(data, name) for data, name in zip(images, names, strict=True)]
+        if flip:
+            decoded += [ImageOps.mirror(image) for image in decoded]
+        batch = np.stack([self.preprocessor.to_tensor(image) for image in decoded])
+        outputs = self.batcher.run({self.card.preprocessing.input_name: batch})
+        if flip:
+            outputs = {name: (a[: len(images)] + a[len(images) :]) / 2 for name, a in outputs.items()}
+        return outputs
+
+    def binding(self, output: str) -> index_pb2.Binding:
+        """What vectors of this output are: the binding a collection records and checks."""
+        spec = next(o for o in self.card.outputs if o.name == output)
+        digest = hashlib.sha256(self.card.preprocessing.SerializeToString(deterministic=True)).hexdigest()
+        return index_pb2.Binding(
+            model=self.name,
+            version=self.version,
+            output=output,
+            pooling=spec.pooling,
+            preprocessing_hash=digest,
+            dim=spec.dim,
+        )
 
     def close(self) -> None:
         self.batcher.close()

@@ -33,26 +33,26 @@ class Preprocessor:
         self._offset = -np.asarray(spec.mean, np.float32) / std
         self._bgr = spec.channel_order == "BGR"
 
-    def decode(self, data: bytes, index: int = 0) -> Image.Image:
-        """An RGB image upright per its EXIF orientation; InvalidArgument names the image by index."""
+    def decode(self, data: bytes, name: str = "image 0") -> Image.Image:
+        """An RGB image upright per its EXIF orientation; InvalidArgument messages start with name."""
         if not data:
-            raise InvalidArgument(f"image {index} is empty: send the encoded bytes of a JPEG, PNG, WebP or GIF file")
+            raise InvalidArgument(f"{name} is empty: send the encoded bytes of a JPEG, PNG, WebP or GIF file")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 image = Image.open(io.BytesIO(data), formats=FORMATS)
             if image.width * image.height > self.max_pixels:
                 raise InvalidArgument(
-                    f"image {index} has {image.width}x{image.height} pixels, more than the "
+                    f"{name} has {image.width}x{image.height} pixels, more than the "
                     f"limit of {self.max_pixels}; downscale it before sending"
                 )
             if image.format == "JPEG":
                 image.draft("RGB", self._resized_size(image.width, image.height))
             image = ImageOps.exif_transpose(image).convert("RGB")
         except UnidentifiedImageError as err:
-            raise InvalidArgument(f"image {index} is not a JPEG, PNG, WebP or GIF file ({len(data)} bytes)") from err
+            raise InvalidArgument(f"{name} is not a JPEG, PNG, WebP or GIF file ({len(data)} bytes)") from err
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-            raise InvalidArgument(f"image {index} could not be decoded ({err}); send a complete, valid file") from err
+            raise InvalidArgument(f"{name} could not be decoded ({err}); send a complete, valid file") from err
         return image
 
     def _resized_size(self, width: int, height: int) -> tuple[int, int]:
@@ -72,5 +72,5 @@ class Preprocessor:
             pixels = pixels[..., ::-1]
         return (pixels * self._scale + self._offset).transpose(2, 0, 1)
 
-    def __call__(self, data: bytes, index: int = 0) -> np.ndarray:
-        return self.to_tensor(self.decode(data, index))
+    def __call__(self, data: bytes, name: str = "image 0") -> np.ndarray:
+        return self.to_tensor(self.decode(data, name))

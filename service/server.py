@@ -11,9 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from offshelf.protos.v1 import embedding_pb2, embedding_pb2_grpc
+from offshelf.protos.v1 import embedding_pb2, embedding_pb2_grpc, index_pb2, index_pb2_grpc
+from offshelf.service.collection import CollectionLoadError
+from offshelf.service.collections import CollectionRegistry
 from offshelf.service.embedding import EmbeddingServicer
 from offshelf.service.errors import ModelLoadError
+from offshelf.service.index import IndexServicer
 from offshelf.service.interceptor import RpcInterceptor
 from offshelf.service.logs import fields
 from offshelf.service.metrics import Metrics
@@ -21,7 +24,10 @@ from offshelf.service.models import ModelRegistry
 from offshelf.service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
-SERVICES = [embedding_pb2.DESCRIPTOR.services_by_name["Embedding"].full_name]
+SERVICES = [
+    embedding_pb2.DESCRIPTOR.services_by_name["Embedding"].full_name,
+    index_pb2.DESCRIPTOR.services_by_name["Index"].full_name,
+]
 
 
 class Server:
@@ -30,7 +36,8 @@ class Server:
     def __init__(self, settings: ServiceSettings):
         self.settings = settings
         self.metrics = Metrics()
-        self.registry = ModelRegistry(settings, self.metrics)
+        self.models = ModelRegistry(settings, self.metrics)
+        self.collections = CollectionRegistry(settings.data_dir, settings.snapshot_every_writes)
         self.health = health.HealthServicer()
         self.grpc_port = 0
         self.metrics_port = 0
@@ -43,8 +50,9 @@ class Server:
             ],
         )
         embedding_pb2_grpc.add_EmbeddingServicer_to_server(
-            EmbeddingServicer(self.registry, settings.max_images_per_request), self._grpc
+            EmbeddingServicer(self.models, settings.max_images_per_request), self._grpc
         )
+        index_pb2_grpc.add_IndexServicer_to_server(IndexServicer(self.collections, self.models, settings), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection([*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME], self._grpc)
 
@@ -57,9 +65,11 @@ class Server:
         self.metrics_port = self.metrics.serve(self.settings.host, self.settings.metrics_port)
         log.info("listening", extra=fields(grpc_port=self.grpc_port, metrics_port=self.metrics_port))
 
-    def load_models(self) -> None:
+    def load(self) -> None:
+        """Loads every model and restores every collection, then reports SERVING."""
         started = time.perf_counter()
-        self.registry.load_all()
+        self.models.load_all()
+        self.collections.load_all()
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "serving",
@@ -80,7 +90,8 @@ class Server:
         log.info("draining", extra=fields(drain_seconds=self.settings.drain_seconds))
         time.sleep(self.settings.drain_seconds)
         self._grpc.stop(self.settings.grace_seconds).wait()
-        self.registry.close()
+        self.collections.close()
+        self.models.close()
         self.metrics.close()
         log.info("stopped")
 
@@ -93,9 +104,9 @@ def serve(settings: ServiceSettings) -> int:
         signal.signal(signum, lambda *_: stop.set())
     server.start()
     try:
-        server.load_models()
-    except ModelLoadError as err:
-        log.error("not ready: a model cannot be served", extra=fields(error=str(err)))
+        server.load()
+    except (ModelLoadError, CollectionLoadError) as err:
+        log.error("not ready: a model or collection cannot be served", extra=fields(error=str(err)))
         server.stop()
         return 1
     stop.wait()

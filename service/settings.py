@@ -39,4 +39,12 @@ class ServiceSettings(BaseSettings):
         1.0, ge=0, description="On SIGTERM, how long health reports NOT_SERVING before new calls are refused."
     )
     grace_seconds: float = Field(30.0, ge=0, description="On SIGTERM, how long in-flight calls may take to finish.")
+    data_dir: pathlib.Path = Field(
+        pathlib.Path("offshelf-data"), description="Folder of the durable collections (created if missing)."
+    )
+    max_items_per_add: int = Field(1000, ge=1, description="Most items one Add (or one AddStream message) carries.")
+    max_search_k: int = Field(1000, ge=1, description="Most results one Search may ask for.")
+    snapshot_every_writes: int = Field(
+        10_000, ge=1, description="Items written to a collection's log before it is snapshotted and emptied."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")

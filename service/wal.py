@@ -75,12 +75,16 @@ class WriteAheadLog:
                 offset = end
                 continue
             if end < len(data):
-                raise CorruptLog(f"{path}: record at byte {offset} fails its checksum and {len(data) - end} "
-                                 "bytes follow it; the log is corrupt")
+                raise CorruptLog(
+                    f"{path}: record at byte {offset} fails its checksum and {len(data) - end} "
+                    "bytes follow it; the log is corrupt"
+                )
             break
         if offset < len(data):
-            log.warning("discarding the torn tail of a write-ahead log (a write that was never acknowledged)",
-                        extra=fields(path=str(path), offset=offset, bytes=len(data) - offset))
+            log.warning(
+                "discarding the torn tail of a write-ahead log (a write that was never acknowledged)",
+                extra=fields(path=str(path), offset=offset, bytes=len(data) - offset),
+            )
             with open(path, "r+b") as f:
                 f.truncate(offset)
                 os.fsync(f.fileno())

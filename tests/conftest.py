@@ -8,6 +8,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -52,7 +53,9 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 class ServerProcess:
     """``offshelf serve`` in a subprocess on 127.0.0.1 with free ports; its JSON log lines are collected."""
 
-    def __init__(self, repo: pathlib.Path, **settings: object):
+    def __init__(self, repo: pathlib.Path, data_dir: pathlib.Path | None = None, **settings: object):
+        self.data_dir = data_dir or pathlib.Path(tempfile.mkdtemp(prefix="offshelf-data-"))
+        settings = {"data_dir": self.data_dir, **settings}
         env = {**os.environ, **{f"OFFSHELF_{k.upper()}": str(v) for k, v in settings.items()}}
         self.process = subprocess.Popen(
             [

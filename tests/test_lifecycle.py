@@ -66,7 +66,7 @@ from offshelf.service.server import Server
 from offshelf.service.settings import ServiceSettings
 server = Server(ServiceSettings(repo={str(model_repo)!r}, host="127.0.0.1", port=0, metrics_port=0, drain_seconds=0))
 server.start()
-server.load_models()
+server.load()
 server.stop()
 print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision")))
 """

@@ -1,0 +1,81 @@
+"""The collection registry: every collection under the data folder, opened before the server is ready."""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import re
+import shutil
+import threading
+import uuid
+
+from offshelf.protos.v1 import index_pb2
+from offshelf.service.collection import CONFIG, Collection
+from offshelf.service.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+
+log = logging.getLogger(__name__)
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+class CollectionRegistry:
+    def __init__(self, data_dir: pathlib.Path, snapshot_every: int):
+        self.root = data_dir / "collections"
+        self.snapshot_every = snapshot_every
+        self._collections: dict[str, Collection] = {}
+        self._lock = threading.Lock()
+        self._loaded = False
+
+    def load_all(self) -> None:
+        """Restores every collection; raises CollectionLoadError if one cannot be restored consistently."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        for leftover in self.root.glob(".deleting-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        for directory in sorted(self.root.iterdir()):
+            if directory.is_dir() and (directory / CONFIG).exists():
+                collection = Collection.open(directory, self.snapshot_every)
+                self._collections[collection.name] = collection
+        self._loaded = True
+
+    def create(self, config: index_pb2.Collection) -> Collection:
+        self._check_loaded()
+        if not NAME.fullmatch(config.name):
+            raise InvalidArgument(
+                f"collection name {config.name!r} is invalid: use 1-128 letters, digits, '.', '-' "
+                "or '_', starting with a letter or digit"
+            )
+        with self._lock:
+            if config.name in self._collections:
+                raise AlreadyExists(f"collection {config.name!r} exists; delete it first or pick another name")
+            collection = Collection.create(self.root / config.name, config, self.snapshot_every)
+            self._collections[config.name] = collection
+            return collection
+
+    def get(self, name: str) -> Collection:
+        self._check_loaded()
+        with self._lock:
+            collection = self._collections.get(name)
+        if collection is None:
+            raise NotFound(f"no collection named {name!r}; ListCollections lists them")
+        return collection
+
+    def _check_loaded(self) -> None:
+        if not self._loaded:
+            raise Unavailable("the server is still restoring its collections; retry when health reports SERVING")
+
+    def all(self) -> list[Collection]:
+        with self._lock:
+            return [self._collections[name] for name in sorted(self._collections)]
+
+    def delete(self, name: str) -> None:
+        with self._lock:
+            collection = self._collections.pop(name, None)
+        if collection is None:
+            raise NotFound(f"no collection named {name!r}; ListCollections lists them")
+        collection.delete()
+        doomed = self.root / f".deleting-{uuid.uuid4().hex}"
+        collection.directory.rename(doomed)  # gone from the next start even if the removal below is cut short
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    def close(self) -> None:
+        for collection in self.all():
+            collection.close()

@@ -1,0 +1,85 @@
+"""FAISS index construction and search parameters per index type; FAISS's own classes throughout."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+from offshelf.protos.v1 import index_pb2
+from offshelf.service.errors import InvalidArgument
+
+INDEX_TYPES = ("flat", "hnsw", "ivfpq")
+
+
+def with_defaults(config: index_pb2.Collection) -> None:
+    """Fills unset index parameters in place and checks them against the dimension."""
+    dim = config.binding.dim
+    config.index_type = config.index_type or "flat"
+    if config.index_type not in INDEX_TYPES:
+        raise InvalidArgument(f"unknown index_type {config.index_type!r}; choose one of: {', '.join(INDEX_TYPES)}")
+    if config.index_type == "hnsw":
+        hnsw = config.hnsw
+        hnsw.m = hnsw.m or 32
+        hnsw.ef_construction = hnsw.ef_construction or 200
+        hnsw.ef_search = hnsw.ef_search or 128
+        if min(hnsw.m, hnsw.ef_construction, hnsw.ef_search) < 1 or hnsw.m > 512:
+            raise InvalidArgument("hnsw parameters must be positive, and m at most 512")
+    if config.index_type == "ivfpq":
+        ivf = config.ivfpq
+        ivf.nlist = ivf.nlist or 256
+        ivf.m = ivf.m or next(m for m in (64, 48, 32, 16, 8, 4, 2, 1) if dim % m == 0 and m <= max(1, dim // 8))
+        ivf.nbits = ivf.nbits or 8
+        ivf.nprobe = ivf.nprobe or 16
+        ivf.train_size = ivf.train_size or 40 * ivf.nlist
+        if dim % ivf.m:
+            raise InvalidArgument(f"ivfpq m={ivf.m} must divide the dimension {dim}")
+        if not 1 <= ivf.nbits <= 16 or min(ivf.nlist, ivf.nprobe) < 1:
+            raise InvalidArgument("ivfpq needs nbits in 1..16 and positive nlist and nprobe")
+        if ivf.train_size < max(ivf.nlist, 1 << ivf.nbits):
+            raise InvalidArgument(
+                f"ivfpq train_size {ivf.train_size} is below what k-means needs "
+                f"(at least nlist={ivf.nlist} and 2^nbits={1 << ivf.nbits} vectors)"
+            )
+
+
+def faiss_metric(config: index_pb2.Collection) -> int:
+    return faiss.METRIC_L2 if config.metric == index_pb2.METRIC_L2 else faiss.METRIC_INNER_PRODUCT
+
+
+def new_index(config: index_pb2.Collection, dim: int, trained_ivfpq: faiss.Index | None = None) -> faiss.Index:
+    """An empty index taking caller ids. An ivfpq collection is exact (flat) until it is trained."""
+    metric = faiss_metric(config)
+    if config.index_type == "hnsw":
+        hnsw = faiss.IndexHNSWFlat(dim, config.hnsw.m, metric)
+        hnsw.hnsw.efConstruction = config.hnsw.ef_construction
+        return faiss.IndexIDMap2(hnsw)
+    if config.index_type == "ivfpq" and trained_ivfpq is not None:
+        return faiss.clone_index(trained_ivfpq)
+    return faiss.IndexIDMap2(faiss.IndexFlat(dim, metric))
+
+
+def train_ivfpq(config: index_pb2.Collection, vectors: np.ndarray) -> faiss.Index:
+    """An empty, trained IndexIVFPQ (slow: k-means over the vectors)."""
+    ivf = config.ivfpq
+    quantizer = faiss.IndexFlat(vectors.shape[1], faiss_metric(config))
+    index = faiss.IndexIVFPQ(quantizer, vectors.shape[1], ivf.nlist, ivf.m, ivf.nbits, faiss_metric(config))
+    index.cp.min_points_per_centroid = index.pq.cp.min_points_per_centroid = 1  # train_size is the caller's
+    index.train(vectors)
+    return index
+
+
+def search_params(
+    config: index_pb2.Collection, trained: bool, ef_search: int, nprobe: int, removed: faiss.IDSelector | None
+) -> faiss.SearchParameters | None:
+    if config.index_type == "hnsw":
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = ef_search or config.hnsw.ef_search
+    elif config.index_type == "ivfpq" and trained:
+        params = faiss.SearchParametersIVF()
+        params.nprobe = nprobe or config.ivfpq.nprobe
+    elif removed is None:
+        return None
+    else:
+        params = faiss.SearchParameters()
+    if removed is not None:
+        params.sel = removed
+    return params

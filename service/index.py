@@ -1,0 +1,197 @@
+"""The offshelf.v1.Index servicer: request validation, embedding of images, and collection calls."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+from offshelf.protos.v1 import index_pb2 as pb2
+from offshelf.protos.v1 import index_pb2_grpc as pb2_grpc
+from offshelf.service.collection import Collection, Item
+from offshelf.service.collections import CollectionRegistry
+from offshelf.service.errors import FailedPrecondition, InvalidArgument, NotFound
+from offshelf.service.faiss_index import with_defaults
+from offshelf.service.models import LoadedModel, ModelRegistry
+from offshelf.service.settings import ServiceSettings
+
+MAX_METADATA_ENTRIES, MAX_METADATA_BYTES, MAX_ID_BYTES = 16, 1024, 256
+
+
+def describe(binding: pb2.Binding) -> str:
+    return (
+        f"{binding.model} v{binding.version} output {binding.output!r} ({binding.dim}-d, {binding.pooling} "
+        f"pooling, preprocessing {binding.preprocessing_hash[:12]})"
+    )
+
+
+class IndexServicer(pb2_grpc.IndexServicer):
+    def __init__(self, collections: CollectionRegistry, models: ModelRegistry, settings: ServiceSettings):
+        self.collections = collections
+        self.models = models
+        self.max_items = settings.max_items_per_add
+        self.max_k = settings.max_search_k
+
+    # --- collections -------------------------------------------------------------------------
+
+    def CreateCollection(self, request: pb2.CreateCollectionRequest, context: grpc.ServicerContext) -> pb2.Collection:
+        if not request.model:
+            raise InvalidArgument("model is empty: name the served model whose embeddings the collection holds")
+        model = self.models.get(request.model, request.version)
+        (output,) = model.check_outputs([request.output or "embedding"])
+        config = pb2.Collection(
+            name=request.name,
+            binding=model.binding(output),
+            metric=request.metric,
+            index_type=request.index_type,
+            hnsw=request.hnsw,
+            ivfpq=request.ivfpq,
+        )
+        with_defaults(config)
+        return self.collections.create(config).info()
+
+    def ListCollections(self, request: pb2.ListCollectionsRequest, context: grpc.ServicerContext):
+        return pb2.ListCollectionsResponse(collections=[c.info() for c in self.collections.all()])
+
+    def GetCollection(self, request: pb2.GetCollectionRequest, context: grpc.ServicerContext) -> pb2.Collection:
+        return self.collections.get(request.name).info()
+
+    def DeleteCollection(self, request: pb2.DeleteCollectionRequest, context: grpc.ServicerContext):
+        self.collections.delete(request.name)
+        return pb2.DeleteCollectionResponse()
+
+    def TrainWhitening(self, request: pb2.TrainWhiteningRequest, context: grpc.ServicerContext) -> pb2.Collection:
+        collection = self.collections.get(request.collection)
+        if request.dim < 0:
+            raise InvalidArgument("dim must be 0 (full) or positive")
+        collection.train_whitening(request.dim)
+        return collection.info()
+
+    # --- writes ------------------------------------------------------------------------------
+
+    def Add(self, request: pb2.AddRequest, context: grpc.ServicerContext) -> pb2.AddResponse:
+        collection, ids = self._add(request)
+        return pb2.AddResponse(ids=ids, count=collection.count)
+
+    def AddStream(self, requests: Iterator[pb2.AddRequest], context: grpc.ServicerContext) -> pb2.AddResponse:
+        ids: list[str] = []
+        collection = None
+        for request in requests:
+            collection, added = self._add(request)
+            ids += added
+        if collection is None:
+            raise InvalidArgument("the stream carried no AddRequest")
+        return pb2.AddResponse(ids=ids, count=collection.count)
+
+    def _add(self, request: pb2.AddRequest) -> tuple[Collection, list[str]]:
+        collection = self.collections.get(request.collection)
+        items = request.items
+        if not items:
+            raise InvalidArgument("no items: send at least one item with an image or a vector")
+        if len(items) > self.max_items:
+            raise InvalidArgument(
+                f"{len(items)} items in one request, more than the limit of {self.max_items}; "
+                "split them over several requests (or use AddStream)"
+            )
+        self._check_claimed_binding(collection, request.model, request.output)
+        seen: set[str] = set()
+        for i, item in enumerate(items):
+            _check_item(i, item, collection.dim)
+            if item.id and item.id in seen:
+                raise InvalidArgument(f"item {i}: id {item.id!r} appears twice in the request")
+            seen.add(item.id)
+        vectors = np.zeros((len(items), collection.dim), np.float32)
+        image_rows = [i for i, item in enumerate(items) if item.WhichOneof("content") == "image"]
+        if image_rows:
+            vectors[image_rows] = self._embed(
+                collection, [items[i].image for i in image_rows], names=[f"item {i}" for i in image_rows]
+            )
+        for i, item in enumerate(items):
+            if item.WhichOneof("content") == "vector":
+                vectors[i] = item.vector.values
+        batch: list[Item] = [(item.id, item.label, dict(item.metadata)) for item in items]
+        return collection, collection.add(batch, collection.prepare(vectors))
+
+    def Remove(self, request: pb2.RemoveRequest, context: grpc.ServicerContext) -> pb2.RemoveResponse:
+        collection = self.collections.get(request.collection)
+        if not request.ids:
+            raise InvalidArgument("no ids: name the items to remove")
+        if len(request.ids) > self.max_items:
+            raise InvalidArgument(f"{len(request.ids)} ids in one request, more than the limit of {self.max_items}")
+        removed, not_found = collection.remove(list(request.ids))
+        return pb2.RemoveResponse(removed=removed, not_found=not_found, count=collection.count)
+
+    # --- search ------------------------------------------------------------------------------
+
+    def Search(self, request: pb2.SearchRequest, context: grpc.ServicerContext) -> pb2.SearchResponse:
+        collection = self.collections.get(request.collection)
+        if not 1 <= request.k <= self.max_k:
+            raise InvalidArgument(f"k={request.k}: ask for 1 to {self.max_k} results")
+        if request.ef_search < 0 or request.nprobe < 0:
+            raise InvalidArgument("ef_search and nprobe must be 0 (the collection's setting) or positive")
+        self._check_claimed_binding(collection, request.model, request.output)
+        query = request.WhichOneof("query")
+        if query is None:
+            raise InvalidArgument("no query: set image, vector or id")
+        if query == "image":
+            vector = self._embed(collection, [request.image], names=["query image"], flip=request.flip)[0]
+        elif query == "vector":
+            _check_vector("query vector", request.vector.values, collection.dim)
+            vector = np.asarray(request.vector.values, np.float32)
+        else:
+            vector = collection.vector_of(request.id)
+        hits = collection.search(vector, request.k, request.ef_search, request.nprobe)
+        return pb2.SearchResponse(
+            hits=[pb2.Hit(id=i, score=score, label=label, metadata=meta) for i, score, label, meta in hits]
+        )
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def _check_claimed_binding(self, collection: Collection, model: str, output: str) -> None:
+        binding = collection.config.binding
+        if (model and model != binding.model) or (output and output != binding.output):
+            raise FailedPrecondition(
+                f"collection {collection.name!r} holds {describe(binding)}; the request is "
+                f"for model {model or binding.model!r} output {output or binding.output!r}"
+            )
+
+    def _served_model(self, collection: Collection) -> LoadedModel:
+        binding = collection.config.binding
+        try:
+            model = self.models.get(binding.model, binding.version)
+        except NotFound as err:
+            raise FailedPrecondition(
+                f"collection {collection.name!r} holds {describe(binding)}, which this server "
+                "no longer serves; serve that model version again to embed images"
+            ) from err
+        served = model.binding(binding.output) if binding.output in model.output_names else None
+        if served != binding:
+            raise FailedPrecondition(
+                f"collection {collection.name!r} holds {describe(binding)} but the server now "
+                f"serves {describe(served) if served else 'no such output'} under that name"
+            )
+        return model
+
+    def _embed(self, collection: Collection, images: list[bytes], names: list[str], flip: bool = False):
+        model = self._served_model(collection)
+        return model.embed(images, flip=flip, names=names)[collection.config.binding.output]
+
+
+def _check_vector(name: str, values, dim: int) -> None:
+    if len(values) != dim:
+        raise InvalidArgument(f"{name} has {len(values)} values; the collection's vectors have {dim}")
+
+
+def _check_item(i: int, item: pb2.Item, dim: int) -> None:
+    content = item.WhichOneof("content")
+    if content is None:
+        raise InvalidArgument(f"item {i} has neither an image nor a vector")
+    if content == "vector":
+        _check_vector(f"item {i}'s vector", item.vector.values, dim)
+    if len(item.id.encode()) > MAX_ID_BYTES:
+        raise InvalidArgument(f"item {i}: id is longer than {MAX_ID_BYTES} bytes")
+    if len(item.metadata) > MAX_METADATA_ENTRIES:
+        raise InvalidArgument(f"item {i} has {len(item.metadata)} metadata entries, more than {MAX_METADATA_ENTRIES}")
+    for key, value in item.metadata.items():
+        if len(key.encode()) + len(value.encode()) > MAX_METADATA_BYTES:
+            raise InvalidArgument(f"item {i}: metadata entry {key[:40]!r} is over {MAX_METADATA_BYTES} bytes")
