@@ -7,6 +7,7 @@ REPO ?= build/repo
 PORT ?= 50051
 METRICS_PORT ?= 9464
 SERVER := localhost:$(PORT)
+UKBENCH ?= ../shared/data/ukbench
 
 .PHONY: venv demo test protos lint bench
 
@@ -18,18 +19,27 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Export the embedded default, serve it, embed and classify real photos, stop the server.
+# Export the embedded default, serve it, classify photos, index real photos and query them, stop the server.
 demo: $(STAMP)
-	@mkdir -p build
+	@mkdir -p build && rm -rf build/demo-data
 	@test -f $(REPO)/efficientnet-lite0/1/model.onnx || $(BIN)/offshelf export efficientnet-lite0 --repo $(REPO)
-	@$(BIN)/offshelf serve --repo $(REPO) --port $(PORT) --metrics-port $(METRICS_PORT) --drain-seconds 0 \
-		2> build/serve.log & server=$$!; trap "kill $$server; wait $$server" EXIT; \
+	@$(BIN)/offshelf serve --repo $(REPO) --data-dir build/demo-data --port $(PORT) --metrics-port $(METRICS_PORT) \
+		--drain-seconds 0 2> build/serve.log & server=$$!; trap "kill $$server; wait $$server" EXIT; \
 	echo "server starting (log: build/serve.log)"; \
 	$(BIN)/offshelf health --server $(SERVER) --wait 120 || { tail -5 build/serve.log; exit 1; }; \
 	$(BIN)/offshelf models --server $(SERVER); \
-	photos=$$($(BIN)/python -c "import skimage, pathlib; d = pathlib.Path(skimage.__file__).parent / 'data'; \
-		print(' '.join(str(d / n) for n in ['chelsea.png', 'coffee.png', 'rocket.jpg', 'astronaut.png']))"); \
-	$(BIN)/offshelf embed --server $(SERVER) --top 3 $$photos
+	skimage=$$($(BIN)/python -c "import skimage, pathlib; print(pathlib.Path(skimage.__file__).parent / 'data')"); \
+	echo; echo "== classify: top ImageNet labels and embedding sizes"; \
+	$(BIN)/offshelf embed --server $(SERVER) --top 3 $$skimage/chelsea.png $$skimage/coffee.png $$skimage/rocket.jpg; \
+	if [ -d $(UKBENCH) ]; then photos=$(UKBENCH); queries="$(UKBENCH)/ukbench00004.jpg $(UKBENCH)/ukbench00101.jpg"; \
+	else photos=$$skimage; queries="$$skimage/chelsea.png $$skimage/astronaut.png"; fi; \
+	echo; echo "== index $$photos"; \
+	$(BIN)/offshelf collection create demo --server $(SERVER) && \
+	$(BIN)/offshelf add --server $(SERVER) --collection demo $$photos && \
+	echo && echo "== search: top 4 of each query" && \
+	for q in $$queries; do $(BIN)/offshelf search --server $(SERVER) --collection demo -k 4 $$q || exit 1; done; \
+	if [ -d $(UKBENCH) ]; then echo; echo "== UKBench N-S score"; \
+		$(BIN)/offshelf eval ukbench --server $(SERVER) $(UKBENCH) --plot build/ukbench-ns.png; fi
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -16,6 +16,8 @@ import time
 
 import grpc
 import numpy as np
+from google.protobuf import json_format
+from offshelf.clients import evaluate
 from offshelf.clients.client import DEFAULT_MODEL, Client
 
 DELEGATED = {
@@ -64,6 +66,70 @@ def parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", parents=[server], help="list served models and outputs")
     models.add_argument("--json", action="store_true", help="print as JSON")
+
+    collection = commands.add_parser("collection", help="create, list, show or delete collections")
+    actions = collection.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = actions.add_parser("create", parents=[server], help="create a collection bound to a model output")
+    create.add_argument("name")
+    create.add_argument("--model", default=DEFAULT_MODEL, help="model name (default: %(default)s)")
+    create.add_argument("--version", type=int, default=0, help="model version (default: latest, fixed at creation)")
+    create.add_argument("--output", default="embedding", help="model output to index (default: %(default)s)")
+    create.add_argument(
+        "--metric",
+        choices=["ip", "l2"],
+        default="ip",
+        help="ip: inner product on L2-normalised vectors (default); l2: Euclidean",
+    )
+    create.add_argument(
+        "--index-type",
+        choices=["flat", "hnsw", "ivfpq"],
+        default="flat",
+        help="flat: exact (default); hnsw: graph; ivfpq: compressed, trained once big enough",
+    )
+    for action in ("list", "show", "delete"):
+        sub = actions.add_parser(action, parents=[server], help=f"{action} collection(s)")
+        if action != "list":
+            sub.add_argument("name")
+        sub.add_argument("--json", action="store_true", help="print as JSON")
+
+    add = commands.add_parser(
+        "add",
+        parents=[server],
+        help="index image files or folders into a collection",
+        description="Index images (files, or folders searched recursively for .jpg, .jpeg, "
+        ".png, .webp, .gif). Ids are the file paths; labels the parent folder names.",
+    )
+    add.add_argument("paths", nargs="+", type=pathlib.Path, metavar="PATH")
+    add.add_argument("--collection", required=True)
+    add.add_argument("--batch-size", type=int, default=32, help="images per Add request (default: %(default)s)")
+
+    search = commands.add_parser("search", parents=[server], help="find the nearest indexed images to an image")
+    search.add_argument("image", type=pathlib.Path, metavar="IMAGE")
+    search.add_argument("--collection", required=True)
+    search.add_argument("-k", type=int, default=5, help="results (default: %(default)s)")
+    search.add_argument("--flip", action="store_true", help="average the query with its mirror image")
+    search.add_argument("--json", action="store_true", help="print as JSON")
+
+    evaluate = commands.add_parser(
+        "eval",
+        parents=[server],
+        help="retrieval score on UKBench or INRIA Holidays",
+        description="Index the dataset into a temporary collection through the server, "
+        "query it and print the score: UKBench N-S (out of 4) or Holidays mAP.",
+    )
+    evaluate.add_argument("dataset", choices=["ukbench", "holidays"])
+    evaluate.add_argument("folder", type=pathlib.Path, metavar="DIR")
+    evaluate.add_argument("--model", default=DEFAULT_MODEL, help="model name (default: %(default)s)")
+    evaluate.add_argument("--output", default="embedding", help="model output (default: %(default)s)")
+    evaluate.add_argument("--index-type", choices=["flat", "hnsw", "ivfpq"], default="flat")
+    evaluate.add_argument("--flip", action="store_true", help="query with images and their mirror images")
+    evaluate.add_argument(
+        "--plot",
+        type=pathlib.Path,
+        metavar="FILE",
+        help="write a PNG: N-S histogram (ukbench) or precision-recall (holidays)",
+    )
+    evaluate.add_argument("--json", action="store_true", help="print the score as JSON")
 
     health = commands.add_parser(
         "health",
@@ -166,6 +232,113 @@ def run_models(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif"}
+
+
+def collection_dict(c) -> dict:
+    return json_format.MessageToDict(c, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+
+def run_collection(args: argparse.Namespace, client: Client) -> int:
+    if args.action == "create":
+        info = client.create_collection(
+            args.name,
+            model=args.model,
+            version=args.version,
+            output=args.output,
+            metric=args.metric,
+            index_type=args.index_type,
+        )
+        print(
+            f"created {info.name}: {info.binding.model} v{info.binding.version} {info.binding.output} "
+            f"({info.binding.dim}-d), {info.index_type}"
+        )
+    elif args.action == "list":
+        infos = client.list_collections()
+        if args.json:
+            print(json.dumps([collection_dict(c) for c in infos], indent=2))
+        for c in [] if args.json else infos:
+            print(
+                f"{c.name}  {c.count} items  {c.index_type}  {c.binding.model} v{c.binding.version} "
+                f"{c.binding.output}  {c.bytes_on_disk / 1e6:.1f} MB"
+            )
+    elif args.action == "show":
+        print(json.dumps(collection_dict(client.get_collection(args.name)), indent=2))
+    else:
+        client.delete_collection(args.name)
+        print(f"deleted {args.name}")
+    return 0
+
+
+def image_files(paths: list[pathlib.Path]) -> list[pathlib.Path]:
+    found = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"no such file or folder: {path}")
+    return found
+
+
+def run_add(args: argparse.Namespace, client: Client) -> int:
+    files = image_files(args.paths)
+    if not files:
+        print("offshelf add: error: no images found", file=sys.stderr)
+        return EXIT_USAGE
+    client.add_images(
+        args.collection,
+        files,
+        ids=[str(f) for f in files],
+        labels=[f.parent.name for f in files],
+        batch_size=args.batch_size,
+    )
+    print(f"added {len(files)} images; {args.collection} holds {client.get_collection(args.collection).count}")
+    return 0
+
+
+def run_search(args: argparse.Namespace, client: Client) -> int:
+    hits = client.search(args.collection, image=args.image, k=args.k, flip=args.flip)
+    if args.json:
+        print(json.dumps([hit.__dict__ for hit in hits]))
+        return 0
+    print(args.image)
+    for rank, hit in enumerate(hits, 1):
+        print(f"  {rank:2d}. {hit.score:7.4f}  {hit.id}" + (f"  [{hit.label}]" if hit.label else ""))
+    return 0
+
+
+def run_eval(args: argparse.Namespace, client: Client) -> int:
+    dataset = evaluate.ukbench(args.folder) if args.dataset == "ukbench" else evaluate.holidays(args.folder)
+    with evaluate.temporary_collection(client, dataset, args.model, args.output, args.index_type) as name:
+        if args.dataset == "ukbench":
+            result = evaluate.ns_score(client, name, dataset, flip=args.flip)
+        else:
+            result = evaluate.mean_average_precision(client, name, dataset, flip=args.flip)
+    if args.plot:
+        evaluate.plot(result, args.plot)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "metric": result.name,
+                    "score": result.score,
+                    "queries": len(result.per_query),
+                    "images": len(dataset.paths),
+                }
+            )
+        )
+    else:
+        print(
+            f"{result.name}: {result.score:.3f} ({len(result.per_query)} queries, {len(dataset.paths)} images, "
+            f"{args.model} {args.output}{', flip' if args.flip else ''})"
+        )
+        if args.plot:
+            print(f"plot: {args.plot}")
+    return 0
+
+
 def run_health(args: argparse.Namespace, client: Client) -> int:
     deadline = time.monotonic() + args.wait
     while True:
@@ -186,10 +359,21 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in DELEGATED:
         return importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:])
     args = parser().parse_args(argv)
-    run = {"embed": run_embed, "models": run_models, "health": run_health}[args.command]
+    run = {
+        "embed": run_embed,
+        "models": run_models,
+        "health": run_health,
+        "collection": run_collection,
+        "add": run_add,
+        "search": run_search,
+        "eval": run_eval,
+    }[args.command]
     try:
         with Client(args.server, timeout=args.timeout) as client:
             return run(args, client)
+    except (FileNotFoundError, RuntimeError) as err:
+        print(f"offshelf {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
     except grpc.RpcError as err:
         print(f"offshelf {args.command}: {err.code().name}: {err.details()}", file=sys.stderr)
         unreachable = err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)

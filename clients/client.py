@@ -4,16 +4,29 @@ from __future__ import annotations
 
 import os
 import pathlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from offshelf.protos.v1 import embedding_pb2, embedding_pb2_grpc
+from offshelf.protos.v1 import embedding_pb2, embedding_pb2_grpc, index_pb2, index_pb2_grpc
+from tqdm import tqdm
 
 ImageSource = str | os.PathLike[str] | bytes
 DEFAULT_MODEL = "efficientnet-lite0"
 MAX_MESSAGE_BYTES = 64 << 20
+
+
+METRICS = {"ip": index_pb2.METRIC_INNER_PRODUCT, "l2": index_pb2.METRIC_L2}
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    label: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 def read_image(image: ImageSource) -> bytes:
@@ -35,6 +48,7 @@ class Client:
         )
         self._embedding = embedding_pb2_grpc.EmbeddingStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._index = index_pb2_grpc.IndexStub(self._channel)
 
     def embed(
         self, images: Iterable[ImageSource], model: str = DEFAULT_MODEL, outputs: Iterable[str] = (), version: int = 0
@@ -49,6 +63,114 @@ class Client:
 
     def list_models(self) -> list[embedding_pb2.ModelInfo]:
         return list(self._embedding.ListModels(embedding_pb2.ListModelsRequest(), timeout=self.timeout).models)
+
+    # --- collections -------------------------------------------------------------------------
+
+    def create_collection(
+        self,
+        name: str,
+        model: str = DEFAULT_MODEL,
+        output: str = "embedding",
+        version: int = 0,
+        metric: str = "ip",
+        index_type: str = "flat",
+        hnsw: dict[str, int] | None = None,
+        ivfpq: dict[str, int] | None = None,
+    ) -> index_pb2.Collection:
+        """metric: "ip" (inner product on L2-normalised vectors) or "l2"; index_type: flat, hnsw or ivfpq."""
+        request = index_pb2.CreateCollectionRequest(
+            name=name,
+            model=model,
+            output=output,
+            version=version,
+            metric=METRICS[metric],
+            index_type=index_type,
+            hnsw=index_pb2.HnswParams(**(hnsw or {})),
+            ivfpq=index_pb2.IvfPqParams(**(ivfpq or {})),
+        )
+        return self._index.CreateCollection(request, timeout=self.timeout)
+
+    def list_collections(self) -> list[index_pb2.Collection]:
+        return list(self._index.ListCollections(index_pb2.ListCollectionsRequest(), timeout=self.timeout).collections)
+
+    def get_collection(self, name: str) -> index_pb2.Collection:
+        return self._index.GetCollection(index_pb2.GetCollectionRequest(name=name), timeout=self.timeout)
+
+    def delete_collection(self, name: str) -> None:
+        self._index.DeleteCollection(index_pb2.DeleteCollectionRequest(name=name), timeout=self.timeout)
+
+    def add(
+        self,
+        collection: str,
+        images: Sequence[ImageSource] = (),
+        vectors: Sequence[Sequence[float]] = (),
+        ids: Sequence[str] = (),
+        labels: Sequence[str] = (),
+        metadata: Sequence[dict[str, str]] = (),
+    ) -> list[str]:
+        """Adds one batch of images or vectors (not both); returns the ids, assigned where none was given."""
+        contents = [{"image": read_image(i)} for i in images] + [
+            {"vector": embedding_pb2.Vector(values=np.asarray(v, np.float32).tolist(), dim=len(v))} for v in vectors
+        ]
+        items = [
+            index_pb2.Item(
+                id=ids[i] if ids else "",
+                label=labels[i] if labels else "",
+                metadata=metadata[i] if metadata else {},
+                **content,
+            )
+            for i, content in enumerate(contents)
+        ]
+        response = self._index.Add(index_pb2.AddRequest(collection=collection, items=items), timeout=self.timeout)
+        return list(response.ids)
+
+    def add_images(
+        self,
+        collection: str,
+        paths: Sequence[ImageSource],
+        ids: Sequence[str] = (),
+        labels: Sequence[str] = (),
+        batch_size: int = 32,
+        progress: bool = True,
+    ) -> list[str]:
+        """Adds many images in batches, with a progress bar."""
+        added: list[str] = []
+        with tqdm(total=len(paths), unit="img", desc=f"indexing into {collection}", disable=not progress) as bar:
+            for start in range(0, len(paths), batch_size):
+                end = start + batch_size
+                added += self.add(collection, images=paths[start:end], ids=ids[start:end], labels=labels[start:end])
+                bar.update(len(paths[start:end]))
+        return added
+
+    def remove(self, collection: str, ids: Sequence[str]) -> index_pb2.RemoveResponse:
+        return self._index.Remove(index_pb2.RemoveRequest(collection=collection, ids=list(ids)), timeout=self.timeout)
+
+    def search(
+        self,
+        collection: str,
+        image: ImageSource | None = None,
+        vector: Sequence[float] | None = None,
+        id: str | None = None,
+        k: int = 10,
+        flip: bool = False,
+        ef_search: int = 0,
+        nprobe: int = 0,
+    ) -> list[Hit]:
+        """The k nearest items to an image, a vector or an indexed item (give exactly one)."""
+        request = index_pb2.SearchRequest(collection=collection, k=k, flip=flip, ef_search=ef_search, nprobe=nprobe)
+        if image is not None:
+            request.image = read_image(image)
+        elif vector is not None:
+            request.vector.values[:] = np.asarray(vector, np.float32).tolist()
+            request.vector.dim = len(vector)
+        elif id is not None:
+            request.id = id
+        response = self._index.Search(request, timeout=self.timeout)
+        return [Hit(h.id, h.score, h.label, dict(h.metadata)) for h in response.hits]
+
+    def train_whitening(self, collection: str, dim: int = 0) -> index_pb2.Collection:
+        request = index_pb2.TrainWhiteningRequest(collection=collection, dim=dim)
+        return self._index.TrainWhitening(request, timeout=self.timeout)
 
     def health(self, service: str = "") -> str:
         """The health status name: SERVING, NOT_SERVING, ..."""
