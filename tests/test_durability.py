@@ -1,0 +1,187 @@
+"""Collections survive restarts and kill -9; torn or corrupt files are recovered or refused, never silent."""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+
+import grpc
+import numpy as np
+from conftest import ServerProcess
+from offshelf.clients import Client
+
+DIM = 1280
+
+
+def unit_vectors(count: int, seed: int) -> np.ndarray:
+    vectors = np.random.default_rng(seed).standard_normal((count, DIM)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def started(model_repo, data_dir=None, **settings) -> ServerProcess:
+    proc = ServerProcess(model_repo, data_dir=data_dir, drain_seconds=0, **settings)
+    proc.wait_serving()
+    return proc
+
+
+def test_a_restart_restores_every_collection(model_repo):
+    vectors = unit_vectors(400, seed=1)
+    proc = started(model_repo)
+    try:
+        with Client(proc.address) as client:
+            client.create_collection("flat")
+            client.create_collection("graph", index_type="hnsw", hnsw={"m": 16})
+            client.create_collection(
+                "pq", index_type="ivfpq", metric="l2", ivfpq={"nlist": 4, "train_size": 256, "m": 16}
+            )
+            for name in ("flat", "graph", "pq"):
+                client.add(
+                    name,
+                    vectors=vectors,
+                    ids=[f"id{i}" for i in range(400)],
+                    labels=[str(i % 7) for i in range(400)],
+                    metadata=[{"i": str(i)} for i in range(400)],
+                )
+                client.remove(name, ["id0", "id1"])
+            deadline = time.monotonic() + 60
+            while not client.get_collection("pq").trained:
+                assert time.monotonic() < deadline, "ivfpq was never trained"
+                time.sleep(0.2)
+            before = {
+                name: [client.search(name, vector=vectors[i], k=5) for i in (2, 50, 399)]
+                for name in ("flat", "graph", "pq")
+            }
+            infos = {c.name: c for c in client.list_collections()}
+        assert proc.terminate() == 0
+    finally:
+        proc.kill()
+
+    proc = started(model_repo, data_dir=proc.data_dir)
+    try:
+        with Client(proc.address) as client:
+            for name in ("flat", "graph", "pq"):
+                info = client.get_collection(name)
+                assert (info.count, info.index_type, info.trained) == (398, infos[name].index_type, infos[name].trained)
+                assert [client.search(name, vector=vectors[i], k=5) for i in (2, 50, 399)] == before[name]
+                assert client.search(name, id="id50", k=1)[0].metadata == {"i": "50"}
+    finally:
+        proc.kill()
+
+
+def test_every_acknowledged_add_survives_kill_9_during_8_concurrent_writers(model_repo):
+    proc = started(model_repo, snapshot_every_writes=300)
+    acknowledged: list[tuple[str, np.ndarray]] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def writer(w: int) -> None:
+        with Client(proc.address, timeout=10) as client:
+            for n in range(10_000):
+                if stop.is_set():
+                    return
+                vectors = unit_vectors(5, seed=w * 100_000 + n)
+                ids = [f"w{w}-{n}-{j}" for j in range(5)]
+                try:
+                    client.add("crash", vectors=vectors, ids=ids)
+                except grpc.RpcError:
+                    return
+                with lock:
+                    acknowledged.extend(zip(ids, vectors, strict=True))
+
+    try:
+        with Client(proc.address) as client:
+            client.create_collection("crash")
+        threads = [threading.Thread(target=writer, args=(w,)) for w in range(8)]
+        for t in threads:
+            t.start()
+        while len(acknowledged) < 1500:
+            time.sleep(0.05)
+        proc.process.kill()  # SIGKILL: no snapshot, no flush, no goodbye
+        proc.process.wait()
+        stop.set()
+        for t in threads:
+            t.join(30)
+    finally:
+        proc.kill()
+
+    proc = started(model_repo, data_dir=proc.data_dir)
+    try:
+        with Client(proc.address) as client:
+            assert client.get_collection("crash").count >= len(acknowledged)
+            for item_id, vector in acknowledged:
+                (top,) = client.search("crash", id=item_id, k=1)
+                assert top.id == item_id
+            for item_id, vector in acknowledged[::50]:
+                assert client.search("crash", vector=vector, k=1)[0].id == item_id
+    finally:
+        proc.kill()
+
+
+def test_a_torn_log_tail_is_discarded_and_everything_acknowledged_is_kept(model_repo):
+    proc = started(model_repo)
+    try:
+        with Client(proc.address) as client:
+            client.create_collection("torn")
+            ids = client.add("torn", vectors=unit_vectors(10, seed=2))
+        proc.process.kill()
+        proc.process.wait()
+    finally:
+        proc.kill()
+    wal = proc.data_dir / "collections" / "torn" / "wal.log"
+    intact = wal.stat().st_size
+    with wal.open("ab") as f:
+        f.write(struct.pack("<II", 5000, 1234) + b"half a record")  # a write cut short by the crash
+
+    proc = started(model_repo, data_dir=proc.data_dir)
+    try:
+        with Client(proc.address) as client:
+            assert client.get_collection("torn").count == 10
+            assert client.search("torn", id=ids[9], k=1)[0].id == ids[9]
+        assert wal.stat().st_size == intact
+        assert any("torn tail" in e["message"] for e in proc.logs)
+    finally:
+        proc.kill()
+
+
+def _refused_start(model_repo, data_dir) -> str:
+    proc = ServerProcess(model_repo, data_dir=data_dir, drain_seconds=0)
+    try:
+        assert proc.process.wait(60) == 1
+        return next(e["error"] for e in proc.logs if e["level"] == "error")
+    finally:
+        proc.kill()
+
+
+def test_corruption_inside_the_log_refuses_readiness(model_repo):
+    proc = started(model_repo)
+    try:
+        with Client(proc.address) as client:
+            client.create_collection("bitrot")
+            client.add("bitrot", vectors=unit_vectors(3, seed=3))
+            client.add("bitrot", vectors=unit_vectors(3, seed=4))
+        proc.process.kill()
+        proc.process.wait()
+    finally:
+        proc.kill()
+    wal = proc.data_dir / "collections" / "bitrot" / "wal.log"
+    data = bytearray(wal.read_bytes())
+    data[40] ^= 0xFF  # inside the first of two records
+    wal.write_bytes(bytes(data))
+    error = _refused_start(model_repo, proc.data_dir)
+    assert "fails its checksum" in error and "corrupt" in error
+
+
+def test_a_truncated_snapshot_refuses_readiness(model_repo):
+    proc = started(model_repo)
+    try:
+        with Client(proc.address) as client:
+            client.create_collection("halved")
+            client.add("halved", vectors=unit_vectors(50, seed=5))
+        assert proc.terminate() == 0  # a clean stop writes a snapshot and empties the log
+    finally:
+        proc.kill()
+    snapshot = proc.data_dir / "collections" / "halved" / "snapshot.npz"
+    snapshot.write_bytes(snapshot.read_bytes()[: snapshot.stat().st_size // 2])
+    error = _refused_start(model_repo, proc.data_dir)
+    assert "snapshot.npz is corrupt or truncated" in error

@@ -1,0 +1,181 @@
+"""The Index service on the real server: collections, add/search/remove round trips, bad input."""
+
+from __future__ import annotations
+
+import uuid
+
+import grpc
+import numpy as np
+import pytest
+from conftest import shared_photos, skimage_photo
+from offshelf.protos.v1 import embedding_pb2, index_pb2
+
+DIM = 1280
+
+
+def unit_vectors(count: int, seed: int) -> np.ndarray:
+    vectors = np.random.default_rng(seed).standard_normal((count, DIM)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def status_of(call) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    return caught.value.code(), caught.value.details()
+
+
+@pytest.fixture
+def collection(client):
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    info = client.create_collection(name)
+    yield info.name
+    try:
+        client.delete_collection(name)
+    except grpc.RpcError:
+        pass
+
+
+def test_create_binds_the_collection_to_the_model_output(client, collection):
+    info = client.get_collection(collection)
+    assert info.binding.model == "efficientnet-lite0" and info.binding.version == 1
+    assert (info.binding.output, info.binding.dim, info.binding.pooling) == ("embedding", DIM, "avg")
+    assert len(info.binding.preprocessing_hash) == 64
+    assert info.index_type == "flat" and info.metric == index_pb2.METRIC_INNER_PRODUCT
+    assert info.count == 0
+    assert collection in [c.name for c in client.list_collections()]
+
+
+def test_vector_round_trip_with_labels_metadata_replace_and_remove(client, collection):
+    vectors = unit_vectors(20, seed=1)
+    ids = client.add(
+        collection,
+        vectors=vectors[:10],
+        ids=[f"v{i}" for i in range(10)],
+        labels=[f"class-{i % 3}" for i in range(10)],
+        metadata=[{"n": str(i)} for i in range(10)],
+    )
+    assert ids == [f"v{i}" for i in range(10)]
+    assigned = client.add(collection, vectors=vectors[10:12])
+    assert len(set(assigned)) == 2 and all(len(i) == 32 for i in assigned)
+
+    (top, *_) = client.search(collection, vector=vectors[4] * 3.0, k=3)  # scale does not matter for cosine
+    assert (top.id, top.label, top.metadata) == ("v4", "class-1", {"n": "4"})
+    assert top.score == pytest.approx(1.0, abs=1e-5)
+    assert client.search(collection, id="v7", k=1)[0].id == "v7"
+
+    client.add(collection, vectors=vectors[15:16], ids=["v4"], labels=["replaced"])  # same id: replaces
+    assert client.get_collection(collection).count == 12
+    assert client.search(collection, vector=vectors[15], k=1)[0].label == "replaced"
+    assert "v4" not in [h.id for h in client.search(collection, vector=vectors[4], k=12) if h.score > 0.99]
+
+    removed = client.remove(collection, ["v1", "v2", "nope"])
+    assert (removed.removed, list(removed.not_found), removed.count) == (2, ["nope"], 10)
+    assert {"v1", "v2"}.isdisjoint(h.id for h in client.search(collection, vector=vectors[1], k=10))
+    code, details = status_of(lambda: client.search(collection, id="v1", k=1))
+    assert code == grpc.StatusCode.NOT_FOUND and "no item 'v1'" in details
+    assert client.get_collection(collection).bytes_on_disk > 10 * DIM * 4
+
+
+def test_search_by_image_finds_the_same_object_and_flip_works(client, collection):
+    photos = shared_photos("ukbench", 16)
+    client.add_images(collection, photos, ids=[p.stem for p in photos], progress=False)
+    hits = client.search(collection, image=photos[5], k=4)
+    assert hits[0].id == photos[5].stem and hits[0].score == pytest.approx(1.0, abs=1e-4)
+    assert {h.id for h in hits} == {p.stem for p in photos[4:8]}
+    flipped = client.search(collection, image=photos[5], k=4, flip=True)
+    assert {h.id for h in flipped} == {p.stem for p in photos[4:8]}
+    assert flipped[0].score < 0.9999  # the mirrored view changes the query
+
+
+def test_client_streaming_add(client, collection):
+    vectors = unit_vectors(30, seed=2)
+    requests = [
+        index_pb2.AddRequest(
+            collection=collection,
+            items=[
+                index_pb2.Item(id=f"s{i}", vector=embedding_pb2.Vector(values=vectors[i].tolist(), dim=DIM))
+                for i in range(start, start + 10)
+            ],
+        )
+        for start in (0, 10, 20)
+    ]
+    response = client._index.AddStream(iter(requests), timeout=30)
+    assert list(response.ids) == [f"s{i}" for i in range(30)] and response.count == 30
+
+
+def test_whitening_is_learned_and_applied_to_adds_and_queries(client, collection):
+    vectors = unit_vectors(300, seed=3)
+    client.add(collection, vectors=vectors[:200], ids=[str(i) for i in range(200)])
+    code, details = status_of(lambda: client.train_whitening(collection, dim=500))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "needs more than 500 vectors" in details
+    info = client.train_whitening(collection, dim=64)
+    assert info.whitening_dim == 64
+    client.add(collection, vectors=vectors[200:], ids=[str(i) for i in range(200, 300)])
+    assert [client.search(collection, id=str(i), k=1)[0].id for i in (3, 150, 250)] == ["3", "150", "250"]
+
+
+def test_binding_mismatch_is_a_failed_precondition_naming_both(client, collection):
+    request = index_pb2.AddRequest(
+        collection=collection,
+        model="resnet50",
+        items=[index_pb2.Item(vector=embedding_pb2.Vector(values=unit_vectors(1, 4)[0].tolist()))],
+    )
+    code, details = status_of(lambda: client._index.Add(request, timeout=30))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "efficientnet-lite0 v1 output 'embedding'" in details and "'resnet50'" in details
+    search = index_pb2.SearchRequest(collection=collection, output="logits", k=1, id="x")
+    code, details = status_of(lambda: client._index.Search(search, timeout=30))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "'logits'" in details
+
+
+def test_a_batch_with_one_bad_item_is_rejected_whole(client, collection):
+    good = unit_vectors(3, seed=5)
+    photo = skimage_photo("coffee.png").read_bytes()
+    items = [
+        index_pb2.Item(id="a", vector=embedding_pb2.Vector(values=good[0].tolist())),
+        index_pb2.Item(id="b", image=photo),
+        index_pb2.Item(id="c", image=b"not an image"),
+    ]
+    code, details = status_of(lambda: client._index.Add(index_pb2.AddRequest(collection=collection, items=items)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("item 2 is not a JPEG")
+    assert client.get_collection(collection).count == 0
+
+
+@pytest.mark.parametrize(
+    ("call", "code", "hint"),
+    [
+        (lambda c, n: c.search("no-such", vector=[0.0] * DIM, k=1), "NOT_FOUND", "no collection named 'no-such'"),
+        (lambda c, n: c.add(n), "INVALID_ARGUMENT", "no items"),
+        (lambda c, n: c.add(n, vectors=unit_vectors(1001, 6)), "INVALID_ARGUMENT", "more than the limit of 1000"),
+        (lambda c, n: c.add(n, vectors=[[1.0] * 7]), "INVALID_ARGUMENT", "has 7 values; the collection's vectors have"),
+        (lambda c, n: c.add(n, vectors=[[0.0] * DIM]), "INVALID_ARGUMENT", "all zeros"),
+        (lambda c, n: c.add(n, vectors=unit_vectors(2, 7), ids=["x", "x"]), "INVALID_ARGUMENT", "appears twice"),
+        (lambda c, n: c.search(n, vector=[1.0] * DIM, k=0), "INVALID_ARGUMENT", "ask for 1 to 1000 results"),
+        (lambda c, n: c.search(n, vector=[1.0] * DIM, k=1001), "INVALID_ARGUMENT", "ask for 1 to 1000 results"),
+        (lambda c, n: c.search(n, vector=[1.0] * 3, k=1), "INVALID_ARGUMENT", "query vector has 3 values"),
+        (lambda c, n: c.search(n, k=1), "INVALID_ARGUMENT", "no query"),
+        (lambda c, n: c.search(n, image=b"", k=1), "INVALID_ARGUMENT", "query image is empty"),
+        (lambda c, n: c.remove(n, []), "INVALID_ARGUMENT", "no ids"),
+        (lambda c, n: c.create_collection(n), "ALREADY_EXISTS", "exists"),
+        (lambda c, n: c.create_collection("bad name!"), "INVALID_ARGUMENT", "is invalid"),
+        (lambda c, n: c.create_collection("x1", index_type="lsh"), "INVALID_ARGUMENT", "unknown index_type 'lsh'"),
+        (lambda c, n: c.create_collection("x2", output="fc7"), "INVALID_ARGUMENT", "no output 'fc7'"),
+        (lambda c, n: c.create_collection("x3", model="vgg16"), "NOT_FOUND", "no model named 'vgg16'"),
+        (lambda c, n: c.get_collection("no-such"), "NOT_FOUND", "no collection named"),
+        (lambda c, n: c.delete_collection("no-such"), "NOT_FOUND", "no collection named"),
+    ],
+)
+def test_bad_index_requests_get_precise_statuses(client, collection, call, code, hint):
+    got, details = status_of(lambda: call(client, collection))
+    assert got.name == code
+    assert hint in details
+    assert client.get_collection(collection).count == 0
+    assert client.health() == "SERVING"
+
+
+def test_delete_removes_the_collection_and_its_files(server, client):
+    client.create_collection("doomed")
+    client.add("doomed", vectors=unit_vectors(5, 8))
+    client.delete_collection("doomed")
+    assert "doomed" not in [c.name for c in client.list_collections()]
+    assert not (server.data_dir / "collections" / "doomed").exists()
