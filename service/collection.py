@@ -163,16 +163,26 @@ class Collection:
         with self._rw.read():
             if not self._items:
                 return []
+            query = self._to_index_space(query, self._whitening)
             removed = self._removed_selector[-1] if self._removed_selector else None
             params = search_params(self.config, self._trained, ef_search, nprobe, removed)
-            scores, internals = self._index.search(
-                self._to_index_space(query, self._whitening), min(k, len(self._items)), params=params
-            )
-            return [
-                (self._items[i][0], float(s), self._items[i][1], self._items[i][2])
-                for s, i in zip(scores[0], internals[0], strict=True)
-                if i in self._items
-            ]
+            refine = self.config.ivfpq.refine_factor if self._trained else 1
+            scores, internals = self._index.search(query, min(k * refine, len(self._items)), params=params)
+            ranked = [(float(s), i) for s, i in zip(scores[0], internals[0].tolist(), strict=True) if i in self._items]
+            if refine > 1 and ranked:
+                ranked = self._exact_top(query[0], [i for _, i in ranked], k)
+            return [(self._items[i][0], score, self._items[i][1], self._items[i][2]) for score, i in ranked[:k]]
+
+    def _exact_top(self, query: np.ndarray, candidates: list[int], k: int) -> list[tuple[float, int]]:
+        """Re-ranks PQ candidates by their exact distance to the query (as faiss IndexRefineFlat would)."""
+        exact = self._to_index_space(np.stack([self._vectors[i] for i in candidates]), self._whitening)
+        if self.config.metric == index_pb2.METRIC_L2:
+            scores = ((exact - query) ** 2).sum(axis=1)
+            order = np.argsort(scores, kind="stable")[:k]
+        else:
+            scores = exact @ query
+            order = np.argsort(-scores, kind="stable")[:k]
+        return [(float(scores[i]), candidates[i]) for i in order]
 
     def prepare(self, vectors: np.ndarray) -> np.ndarray:
         """Checks vectors and L2-normalises them for an inner-product collection."""

@@ -30,10 +30,11 @@ def with_defaults(config: index_pb2.Collection) -> None:
         ivf.nbits = ivf.nbits or 8
         ivf.nprobe = ivf.nprobe or 16
         ivf.train_size = ivf.train_size or 40 * ivf.nlist
+        ivf.refine_factor = ivf.refine_factor or 10
         if dim % ivf.m:
             raise InvalidArgument(f"ivfpq m={ivf.m} must divide the dimension {dim}")
-        if not 1 <= ivf.nbits <= 16 or min(ivf.nlist, ivf.nprobe) < 1:
-            raise InvalidArgument("ivfpq needs nbits in 1..16 and positive nlist and nprobe")
+        if not 1 <= ivf.nbits <= 16 or min(ivf.nlist, ivf.nprobe, ivf.refine_factor) < 1:
+            raise InvalidArgument("ivfpq needs nbits in 1..16 and positive nlist, nprobe and refine_factor")
         if ivf.train_size < max(ivf.nlist, 1 << ivf.nbits):
             raise InvalidArgument(
                 f"ivfpq train_size {ivf.train_size} is below what k-means needs "

@@ -26,18 +26,20 @@ class HnswParams(_message.Message):
     def __init__(self, m: _Optional[int] = ..., ef_construction: _Optional[int] = ..., ef_search: _Optional[int] = ...) -> None: ...
 
 class IvfPqParams(_message.Message):
-    __slots__ = ("nlist", "m", "nbits", "nprobe", "train_size")
+    __slots__ = ("nlist", "m", "nbits", "nprobe", "train_size", "refine_factor")
     NLIST_FIELD_NUMBER: _ClassVar[int]
     M_FIELD_NUMBER: _ClassVar[int]
     NBITS_FIELD_NUMBER: _ClassVar[int]
     NPROBE_FIELD_NUMBER: _ClassVar[int]
     TRAIN_SIZE_FIELD_NUMBER: _ClassVar[int]
+    REFINE_FACTOR_FIELD_NUMBER: _ClassVar[int]
     nlist: int
     m: int
     nbits: int
     nprobe: int
     train_size: int
-    def __init__(self, nlist: _Optional[int] = ..., m: _Optional[int] = ..., nbits: _Optional[int] = ..., nprobe: _Optional[int] = ..., train_size: _Optional[int] = ...) -> None: ...
+    refine_factor: int
+    def __init__(self, nlist: _Optional[int] = ..., m: _Optional[int] = ..., nbits: _Optional[int] = ..., nprobe: _Optional[int] = ..., train_size: _Optional[int] = ..., refine_factor: _Optional[int] = ...) -> None: ...
 
 class Binding(_message.Message):
     __slots__ = ("model", "version", "output", "pooling", "preprocessing_hash", "dim")

@@ -1,0 +1,90 @@
+"""hnsw and ivfpq against exact flat search, through the service, on clustered vectors like embeddings."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+DIM = 1280
+
+
+def clustered_vectors(count: int, seed: int) -> np.ndarray:
+    """Vectors near a 64-d subspace, in 50 clusters, plus isotropic noise: the shape of CNN embeddings."""
+    rng = np.random.default_rng(seed)
+    basis = rng.standard_normal((64, DIM)).astype(np.float32)
+    centres = 2 * rng.standard_normal((50, 64)).astype(np.float32)
+    latent = centres[rng.integers(0, 50, count)] + rng.standard_normal((count, 64)).astype(np.float32)
+    vectors = latent @ basis
+    noise = rng.standard_normal((count, DIM)).astype(np.float32)
+    return vectors + 0.3 * noise * np.linalg.norm(vectors, axis=1, keepdims=True).mean() / np.sqrt(DIM)
+
+
+def recall_at_10(client, name: str, truth: list[list[str]], queries: np.ndarray, **search) -> float:
+    found = [[h.id for h in client.search(name, vector=q, k=10, **search)] for q in queries]
+    return float(np.mean([len(set(t) & set(f)) / 10 for t, f in zip(truth, found, strict=True)]))
+
+
+@pytest.fixture(scope="module")
+def loaded(server):
+    from offshelf.clients import Client
+
+    vectors = clustered_vectors(3000, seed=0)
+    queries = vectors[::60] + 0.05 * clustered_vectors(50, seed=1)
+    with Client(server.address, timeout=120) as client:
+        client.create_collection("types-flat")
+        client.create_collection("types-hnsw", index_type="hnsw", hnsw={"m": 16, "ef_construction": 100})
+        client.create_collection("types-ivfpq", index_type="ivfpq", ivfpq={"nlist": 32, "train_size": 2000})
+        for name in ("types-flat", "types-hnsw", "types-ivfpq"):
+            for start in range(0, 1500, 500):
+                client.add(name, vectors=vectors[start : start + 500], ids=[str(i) for i in range(start, start + 500)])
+        yield client, vectors, queries
+        for name in ("types-flat", "types-hnsw", "types-ivfpq"):
+            client.delete_collection(name)
+
+
+def fill_and_train(client, vectors, queries) -> None:
+    """Adds the second 1500 vectors (once) and waits until ivfpq has trained, searching meanwhile."""
+    if client.get_collection("types-ivfpq").count == 3000:
+        return
+    for name in ("types-flat", "types-hnsw", "types-ivfpq"):
+        for start in range(1500, 3000, 500):
+            client.add(name, vectors=vectors[start : start + 500], ids=[str(i) for i in range(start, start + 500)])
+    deadline = time.monotonic() + 120
+    while not client.get_collection("types-ivfpq").trained:
+        assert time.monotonic() < deadline, "ivfpq never trained"
+        client.search("types-ivfpq", vector=queries[0], k=10)  # searches go on while it trains
+        time.sleep(0.1)
+
+
+def test_ivfpq_answers_exactly_until_trained_then_trains_in_the_background(loaded):
+    client, vectors, queries = loaded
+    if client.get_collection("types-ivfpq").count < 2000:
+        assert not client.get_collection("types-ivfpq").trained  # below train_size
+        for q in queries[:10]:
+            assert client.search("types-ivfpq", vector=q, k=10) == client.search("types-flat", vector=q, k=10)
+    fill_and_train(client, vectors, queries)
+    assert client.get_collection("types-ivfpq").trained
+    assert client.get_collection("types-ivfpq").count == 3000
+
+
+def test_hnsw_and_ivfpq_reach_recall_at_10_of_0_9_against_flat(loaded):
+    client, vectors, queries = loaded
+    fill_and_train(client, vectors, queries)
+    truth = [[h.id for h in client.search("types-flat", vector=q, k=10)] for q in queries]
+    assert recall_at_10(client, "types-hnsw", truth, queries) >= 0.9
+    assert recall_at_10(client, "types-hnsw", truth, queries, ef_search=256) >= 0.9
+    assert recall_at_10(client, "types-ivfpq", truth, queries) >= 0.9
+    assert recall_at_10(client, "types-ivfpq", truth, queries, nprobe=32) >= 0.9
+
+
+def test_removed_items_never_come_back_from_hnsw_or_ivfpq(loaded):
+    client, vectors, queries = loaded
+    fill_and_train(client, vectors, queries)
+    for name in ("types-hnsw", "types-ivfpq"):
+        assert client.search(name, vector=vectors[7], k=1)[0].id == "7"
+        client.remove(name, ["7", "8"])
+        assert {"7", "8"}.isdisjoint(h.id for h in client.search(name, vector=vectors[7], k=50))
+        client.add(name, vectors=vectors[7:9], ids=["7", "8"])
+        assert client.search(name, vector=vectors[7], k=1)[0].id == "7"
