@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 
+import numpy as np
 import pytest
 from offshelf.clients import Client
 
@@ -30,6 +31,18 @@ def shared_photos(folder: str, count: int) -> list[pathlib.Path]:
     if not path.is_dir():
         pytest.skip(f"{path} is absent: real photos come from ../shared/data (or set OFFSHELF_DATA)")
     return sorted(path.rglob("*.jpg"))[:count]
+
+
+def clustered_vectors(count: int, dim: int, seed: int) -> np.ndarray:
+    """Vectors near a 64-d subspace, in 50 clusters, plus isotropic noise: the shape of CNN embeddings."""
+    rng = np.random.default_rng(seed)
+    basis = rng.standard_normal((64, dim)).astype(np.float32)
+    centres = 2 * rng.standard_normal((50, 64)).astype(np.float32)
+    latent = centres[rng.integers(0, 50, count)] + rng.standard_normal((count, 64)).astype(np.float32)
+    vectors = latent @ basis
+    noise = rng.standard_normal((count, dim)).astype(np.float32)
+    scale = 0.3 * float(np.linalg.norm(vectors, axis=1).mean()) / dim**0.5
+    return (vectors + scale * noise).astype(np.float32)
 
 
 @pytest.fixture(scope="session")

@@ -109,7 +109,7 @@ def test_every_acknowledged_add_survives_kill_9_during_8_concurrent_writers(mode
     try:
         with Client(proc.address) as client:
             assert client.get_collection("crash").count >= len(acknowledged)
-            for item_id, vector in acknowledged:
+            for item_id, _ in acknowledged:
                 (top,) = client.search("crash", id=item_id, k=1)
                 assert top.id == item_id
             for item_id, vector in acknowledged[::50]:

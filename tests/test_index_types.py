@@ -6,19 +6,9 @@ import time
 
 import numpy as np
 import pytest
+from conftest import clustered_vectors
 
 DIM = 1280
-
-
-def clustered_vectors(count: int, seed: int) -> np.ndarray:
-    """Vectors near a 64-d subspace, in 50 clusters, plus isotropic noise: the shape of CNN embeddings."""
-    rng = np.random.default_rng(seed)
-    basis = rng.standard_normal((64, DIM)).astype(np.float32)
-    centres = 2 * rng.standard_normal((50, 64)).astype(np.float32)
-    latent = centres[rng.integers(0, 50, count)] + rng.standard_normal((count, 64)).astype(np.float32)
-    vectors = latent @ basis
-    noise = rng.standard_normal((count, DIM)).astype(np.float32)
-    return vectors + 0.3 * noise * np.linalg.norm(vectors, axis=1, keepdims=True).mean() / np.sqrt(DIM)
 
 
 def recall_at_10(client, name: str, truth: list[list[str]], queries: np.ndarray, **search) -> float:
@@ -30,8 +20,8 @@ def recall_at_10(client, name: str, truth: list[list[str]], queries: np.ndarray,
 def loaded(server):
     from offshelf.clients import Client
 
-    vectors = clustered_vectors(3000, seed=0)
-    queries = vectors[::60] + 0.05 * clustered_vectors(50, seed=1)
+    vectors = clustered_vectors(3000, DIM, seed=0)
+    queries = vectors[::60] + 0.05 * clustered_vectors(50, DIM, seed=1)
     with Client(server.address, timeout=120) as client:
         client.create_collection("types-flat")
         client.create_collection("types-hnsw", index_type="hnsw", hnsw={"m": 16, "ef_construction": 100})

@@ -1,0 +1,175 @@
+"""Retrieval throughput, latency, recall and memory: the service's gRPC Index next to raw faiss.
+
+Prints one table. For each index type (flat, hnsw, ivfpq, the service's defaults), the same
+synthetic clustered vectors go into raw faiss (same index classes and parameters; ivfpq
+re-ranks like faiss IndexRefineFlat) and into a collection of a real server through the SDK.
+Usage: python bench/search.py [--vectors 100000] [--million] [--queries 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import faiss
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from bench_model import write_identity_model  # noqa: E402
+from conftest import ServerProcess, clustered_vectors  # noqa: E402
+from offshelf.clients import Client  # noqa: E402
+from offshelf.protos.v1 import index_pb2  # noqa: E402
+from offshelf.service.faiss_index import new_index, search_params, train_ivfpq, with_defaults  # noqa: E402
+
+DIM = 512
+BATCH = 1000
+
+
+def rss_mb(pid: int) -> float:
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def recall(truth: np.ndarray, found: list[list[int]]) -> float:
+    return float(np.mean([len(set(t.tolist()) & set(f)) / len(t) for t, f in zip(truth, found, strict=True)]))
+
+
+def latencies(durations: list[float]) -> tuple[float, float]:
+    return float(np.percentile(durations, 50) * 1000), float(np.percentile(durations, 99) * 1000)
+
+
+def raw_faiss(index_type: str, data: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> dict:
+    """The service's index classes and parameters, called directly, one query per call, one thread."""
+    config = index_pb2.Collection(index_type=index_type, binding=index_pb2.Binding(dim=DIM))
+    with_defaults(config)
+    started = time.perf_counter()
+    trained = train_ivfpq(config, data[: config.ivfpq.train_size]) if index_type == "ivfpq" else None
+    index = new_index(config, DIM, trained)
+    for start in range(0, len(data), BATCH):
+        index.add_with_ids(data[start : start + BATCH], np.arange(start, start + len(data[start : start + BATCH])))
+    add_seconds = time.perf_counter() - started
+    if index_type == "ivfpq":  # exact re-ranking of refine_factor x k candidates, as the service does
+        index = faiss.IndexRefineFlat(index, faiss.swig_ptr(data))
+        index.k_factor = config.ivfpq.refine_factor
+    params = search_params(config, trained is not None, 0, 0, None)
+    if index_type == "ivfpq":
+        params = faiss.IndexRefineSearchParameters(k_factor=config.ivfpq.refine_factor, base_index_params=params)
+    durations, found = [], []
+    for q in queries:
+        t = time.perf_counter()
+        _, ids = index.search(q[None], 10, params=params)
+        durations.append(time.perf_counter() - t)
+        found.append(ids[0].tolist())
+    memory = len(faiss.serialize_index(index.base_index if index_type == "ivfpq" else index)) / 2**20
+    if index_type == "ivfpq":
+        memory += data.nbytes / 2**20  # the refine stage keeps the vectors
+    return {
+        "add": len(data) / add_seconds,
+        "qps": len(queries) / sum(durations),
+        "lat": latencies(durations),
+        "recall": recall(truth, found),
+        "memory": memory,
+    }
+
+
+def through_grpc(
+    server: ServerProcess, index_type: str, data: np.ndarray, queries: np.ndarray, truth: np.ndarray, concurrency: int
+) -> dict:
+    name = f"bench-{index_type}"
+    with Client(server.address, timeout=600) as client:
+        before = rss_mb(server.process.pid)
+        client.create_collection(name, model=f"random-projection-{DIM}", index_type=index_type)
+        started = time.perf_counter()
+        for start in range(0, len(data), BATCH):
+            client.add(name, vectors=data[start : start + BATCH], ids=[str(i) for i in range(start, start + BATCH)])
+        while index_type == "ivfpq" and not client.get_collection(name).trained:
+            time.sleep(0.1)
+        add_seconds = time.perf_counter() - started
+        memory = rss_mb(server.process.pid) - before
+
+        def one(q: np.ndarray) -> tuple[float, list[int]]:
+            t = time.perf_counter()
+            hits = client.search(name, vector=q, k=10)
+            return time.perf_counter() - t, [int(h.id) for h in hits]
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            results = list(pool.map(one, queries))
+        wall = time.perf_counter() - started
+        client.delete_collection(name)
+    return {
+        "add": len(data) / add_seconds,
+        "qps": len(queries) / wall,
+        "lat": latencies([d for d, _ in results]),
+        "recall": recall(truth, [f for _, f in results]),
+        "memory": memory,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vectors", type=int, default=100_000)
+    parser.add_argument("--million", action="store_true", help="1,000,000 vectors")
+    parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=4, help="gRPC client threads")
+    parser.add_argument("--repo", type=pathlib.Path, default=ROOT / "build" / "repo")
+    parser.add_argument("--types", default="flat,hnsw,ivfpq")
+    args = parser.parse_args()
+    count = 1_000_000 if args.million else args.vectors
+    faiss.omp_set_num_threads(1)
+    print(f"generating {count} clustered {DIM}-d vectors ...", flush=True)
+    data = clustered_vectors(count, DIM, seed=0)
+    queries = data[:: max(1, count // args.queries)][: args.queries] + 0.05 * clustered_vectors(args.queries, DIM, 1)
+    faiss.normalize_L2(data)
+    faiss.normalize_L2(queries)
+    _, truth = faiss.knn(queries, data, 10, metric=faiss.METRIC_INNER_PRODUCT)
+
+    repo = write_identity_model(ROOT / "build" / "bench-repo", DIM)
+    server = ServerProcess(repo, drain_seconds=0, snapshot_every_writes=10**9)
+    rows = []
+    try:
+        server.wait_serving()
+        for index_type in args.types.split(","):
+            print(f"{index_type}: raw faiss ...", flush=True)
+            rows.append((index_type, "raw faiss, 1 thread", raw_faiss(index_type, data, queries, truth)))
+            print(f"{index_type}: gRPC ...", flush=True)
+            rows.append(
+                (
+                    index_type,
+                    f"gRPC, {args.concurrency} clients",
+                    through_grpc(server, index_type, data, queries, truth, args.concurrency),
+                )
+            )
+    finally:
+        server.terminate()
+
+    print(
+        f"\n{count} vectors, {DIM}-d, inner product, {len(queries)} queries, k=10, {os.cpu_count()} CPUs, "
+        f"faiss {faiss.__version__}\n"
+    )
+    print("| index | path                | add vec/s | search QPS | p50 ms | p99 ms | recall@10 | memory MB |")
+    print("|-------|---------------------|-----------|------------|--------|--------|-----------|-----------|")
+    for index_type, path, r in rows:
+        print(
+            f"| {index_type:<5} | {path:<19} | {r['add']:9.0f} | {r['qps']:10.0f} | {r['lat'][0]:6.2f} | "
+            f"{r['lat'][1]:6.2f} | {r['recall']:9.3f} | {r['memory']:9.0f} |"
+        )
+    by_key = {(t, p.split(",")[0]): r for t, p, r in rows}
+    if ("hnsw", "gRPC") in by_key:
+        ratio = by_key[("hnsw", "gRPC")]["qps"] / by_key[("hnsw", "raw faiss")]["qps"]
+        print(
+            f"\nhnsw: gRPC Search QPS = {ratio:.0%} of raw faiss at recall@10 {by_key[('hnsw', 'gRPC')]['recall']:.3f} "
+            "(target >= 70% at recall >= 0.95)"
+        )
+
+
+if __name__ == "__main__":
+    main()
