@@ -7,8 +7,9 @@ import pathlib
 import numpy as np
 import onnx
 from google.protobuf import json_format
-from offshelf.protos.v1 import model_card_pb2
 from onnx import TensorProto, helper
+
+from offshelf.protos.v1 import model_card_pb2
 
 SIZE = 8  # input crop, pixels
 

@@ -18,10 +18,11 @@ import onnxruntime as ort
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import ServerProcess  # noqa: E402
 from offshelf.clients import Client  # noqa: E402
 from offshelf.service.models import read_card  # noqa: E402
 from offshelf.service.preprocess import Preprocessor  # noqa: E402
+
+from conftest import ServerProcess  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:

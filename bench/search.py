@@ -21,11 +21,12 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from bench_model import write_identity_model  # noqa: E402
-from conftest import ServerProcess, clustered_vectors  # noqa: E402
 from offshelf.clients import Client  # noqa: E402
 from offshelf.protos.v1 import index_pb2  # noqa: E402
 from offshelf.service.faiss_index import new_index, search_params, train_ivfpq, with_defaults  # noqa: E402
+
+from bench_model import write_identity_model  # noqa: E402
+from conftest import ServerProcess, clustered_vectors  # noqa: E402
 
 DIM = 512
 BATCH = 1000

@@ -17,6 +17,7 @@ import time
 import grpc
 import numpy as np
 from google.protobuf import json_format
+
 from offshelf.clients import evaluate
 from offshelf.clients.client import DEFAULT_MODEL, Client
 

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from offshelf.protos.v1 import embedding_pb2, embedding_pb2_grpc, index_pb2, index_pb2_grpc
 from tqdm import tqdm
+
+from offshelf.protos.v1 import embedding_pb2, embedding_pb2_grpc, index_pb2, index_pb2_grpc
 
 ImageSource = str | os.PathLike[str] | bytes
 DEFAULT_MODEL = "efficientnet-lite0"
@@ -167,6 +168,32 @@ class Client:
             request.id = id
         response = self._index.Search(request, timeout=self.timeout)
         return [Hit(h.id, h.score, h.label, dict(h.metadata)) for h in response.hits]
+
+    def search_batch(
+        self,
+        collection: str,
+        images: Sequence[ImageSource] = (),
+        vectors: Sequence[Sequence[float]] = (),
+        ids: Sequence[str] = (),
+        k: int = 10,
+        flip: bool = False,
+        ef_search: int = 0,
+        nprobe: int = 0,
+    ) -> list[list[Hit]]:
+        """Many queries in one call: the hits of each image, then each vector, then each id."""
+        queries = (
+            [index_pb2.Query(image=read_image(i)) for i in images]
+            + [
+                index_pb2.Query(vector=embedding_pb2.Vector(values=np.asarray(v, np.float32).tolist(), dim=len(v)))
+                for v in vectors
+            ]
+            + [index_pb2.Query(id=i) for i in ids]
+        )
+        request = index_pb2.SearchBatchRequest(
+            collection=collection, queries=queries, k=k, flip=flip, ef_search=ef_search, nprobe=nprobe
+        )
+        response = self._index.SearchBatch(request, timeout=self.timeout)
+        return [[Hit(h.id, h.score, h.label, dict(h.metadata)) for h in r.hits] for r in response.results]
 
     def train_whitening(self, collection: str, dim: int = 0) -> index_pb2.Collection:
         request = index_pb2.TrainWhiteningRequest(collection=collection, dim=dim)

@@ -14,8 +14,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
-from offshelf.clients.client import Client
 from tqdm import tqdm
+
+from offshelf.clients.client import Client
+
+QUERY_BATCH = 50
 
 
 @dataclass
@@ -70,20 +73,28 @@ def temporary_collection(client: Client, dataset: Dataset, model: str, output: s
         client.delete_collection(name)
 
 
-def _ranking(client: Client, collection: str, dataset: Dataset, query: int, k: int, flip: bool) -> list[int]:
-    if flip:
-        hits = client.search(collection, image=dataset.paths[query], k=k, flip=True)
-    else:
-        hits = client.search(collection, id=str(query), k=k)
-    return [int(h.id) for h in hits]
+def _rankings(client: Client, collection: str, dataset: Dataset, k: int, flip: bool, desc: str) -> list[list[int]]:
+    """The top k item indexes of every query, asked in batches (by image with flip, else by indexed id)."""
+    rankings: list[list[int]] = []
+    with tqdm(total=len(dataset.queries), unit="query", desc=desc) as bar:
+        for start in range(0, len(dataset.queries), QUERY_BATCH):
+            batch = dataset.queries[start : start + QUERY_BATCH]
+            if flip:
+                hits = client.search_batch(collection, images=[dataset.paths[q] for q in batch], k=k, flip=True)
+            else:
+                hits = client.search_batch(collection, ids=[str(q) for q in batch], k=k)
+            rankings += [[int(h.id) for h in row] for row in hits]
+            bar.update(len(batch))
+    return rankings
 
 
 def ns_score(client: Client, collection: str, dataset: Dataset, flip: bool = False) -> Result:
     """Mean number of the query's group among its top 4, the query included (at most 4)."""
-    per_query = []
-    for q in tqdm(dataset.queries, unit="query", desc="UKBench N-S"):
-        top = _ranking(client, collection, dataset, q, 4, flip)
-        per_query.append(float(sum(dataset.groups[i] == dataset.groups[q] for i in top)))
+    rankings = _rankings(client, collection, dataset, 4, flip, "UKBench N-S")
+    per_query = [
+        float(sum(dataset.groups[i] == dataset.groups[q] for i in top))
+        for q, top in zip(dataset.queries, rankings, strict=True)
+    ]
     return Result("UKBench N-S", float(np.mean(per_query)), per_query)
 
 
@@ -92,12 +103,13 @@ def mean_average_precision(
 ) -> Result:
     """Holidays mAP: the query is removed from its own ranking; AP is the mean precision at each relevant rank."""
     result = Result("Holidays mAP", 0.0)
-    for q in tqdm(dataset.queries, unit="query", desc="Holidays mAP"):
-        ranking = [i for i in _ranking(client, collection, dataset, q, min(len(dataset.paths), max_k), flip) if i != q]
+    k = min(len(dataset.paths), max_k)
+    rankings = _rankings(client, collection, dataset, k, flip, "Holidays mAP")
+    for q, ranking in zip(dataset.queries, rankings, strict=True):
         relevant = sum(g == dataset.groups[q] for g in dataset.groups) - 1
-        hits = np.array([dataset.groups[i] == dataset.groups[q] for i in ranking], dtype=float)
         if relevant == 0:
             continue
+        hits = np.array([dataset.groups[i] == dataset.groups[q] for i in ranking if i != q], dtype=float)
         found = np.cumsum(hits)
         precision = found / np.arange(1, len(hits) + 1)
         result.per_query.append(float((precision * hits).sum() / relevant))

@@ -18,10 +18,11 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from google.protobuf import json_format
-from offshelf.export.zoo import BuiltModel, ExportError
-from offshelf.protos.v1 import model_card_pb2 as card_pb2
 from PIL import Image
 from torchvision import transforms
+
+from offshelf.export.zoo import BuiltModel, ExportError
+from offshelf.protos.v1 import model_card_pb2 as card_pb2
 
 OPSET = 18
 PARITY_TOLERANCE = 1e-4

@@ -7,10 +7,11 @@ import pathlib
 from dataclasses import dataclass
 
 import torch
-from offshelf.export.efficientnet_lite import VARIANTS, EfficientNetLite
-from offshelf.protos.v1 import model_card_pb2 as card_pb2
 from torch import nn
 from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+from offshelf.export.efficientnet_lite import VARIANTS, EfficientNetLite
+from offshelf.protos.v1 import model_card_pb2 as card_pb2
 
 
 class ExportError(Exception):

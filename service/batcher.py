@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+
 from offshelf.service.errors import Internal, Unavailable
 from offshelf.service.logs import fields
 from offshelf.service.metrics import Metrics

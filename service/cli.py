@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import sys
 
+from pydantic_settings import CliApp
+
 from offshelf.service import logs
 from offshelf.service.server import serve
 from offshelf.service.settings import ServiceSettings
-from pydantic_settings import CliApp
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,7 @@ import zipfile
 import faiss
 import numpy as np
 from google.protobuf import json_format
+
 from offshelf.protos.v1 import index_pb2
 from offshelf.service.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from offshelf.service.faiss_index import new_index, search_params, train_ivfpq
@@ -158,20 +159,24 @@ class Collection:
                 raise NotFound(f"collection {self.name!r} has no item {item_id!r}")
             return self._vectors[internal]
 
-    def search(self, query: np.ndarray, k: int, ef_search: int = 0, nprobe: int = 0) -> list[Hit]:
-        query = self.prepare(query[None])
+    def search(self, queries: np.ndarray, k: int, ef_search: int = 0, nprobe: int = 0) -> list[list[Hit]]:
+        """The k nearest items to each query vector (one FAISS batch)."""
+        queries = self.prepare(queries)
         with self._rw.read():
             if not self._items:
-                return []
-            query = self._to_index_space(query, self._whitening)
+                return [[] for _ in queries]
+            queries = self._to_index_space(queries, self._whitening)
             removed = self._removed_selector[-1] if self._removed_selector else None
             params = search_params(self.config, self._trained, ef_search, nprobe, removed)
             refine = self.config.ivfpq.refine_factor if self._trained else 1
-            scores, internals = self._index.search(query, min(k * refine, len(self._items)), params=params)
-            ranked = [(float(s), i) for s, i in zip(scores[0], internals[0].tolist(), strict=True) if i in self._items]
-            if refine > 1 and ranked:
-                ranked = self._exact_top(query[0], [i for _, i in ranked], k)
-            return [(self._items[i][0], score, self._items[i][1], self._items[i][2]) for score, i in ranked[:k]]
+            scores, internals = self._index.search(queries, min(k * refine, len(self._items)), params=params)
+            results = []
+            for query, row_scores, row_internals in zip(queries, scores, internals.tolist(), strict=True):
+                ranked = [(float(s), i) for s, i in zip(row_scores, row_internals, strict=True) if i in self._items]
+                if refine > 1 and ranked:
+                    ranked = self._exact_top(query, [i for _, i in ranked], k)
+                results.append([(self._items[i][0], score, *self._items[i][1:]) for score, i in ranked[:k]])
+            return results
 
     def _exact_top(self, query: np.ndarray, candidates: list[int], k: int) -> list[tuple[float, int]]:
         """Re-ranks PQ candidates by their exact distance to the query (as faiss IndexRefineFlat would)."""

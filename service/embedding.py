@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+
 from offshelf.protos.v1 import embedding_pb2 as pb2
 from offshelf.protos.v1 import embedding_pb2_grpc as pb2_grpc
 from offshelf.service.errors import InvalidArgument

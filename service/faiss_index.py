@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import faiss
 import numpy as np
+
 from offshelf.protos.v1 import index_pb2
 from offshelf.service.errors import InvalidArgument
 

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import grpc
 import numpy as np
+
 from offshelf.protos.v1 import index_pb2 as pb2
 from offshelf.protos.v1 import index_pb2_grpc as pb2_grpc
 from offshelf.service.collection import Collection, Item
@@ -124,26 +125,57 @@ class IndexServicer(pb2_grpc.IndexServicer):
     # --- search ------------------------------------------------------------------------------
 
     def Search(self, request: pb2.SearchRequest, context: grpc.ServicerContext) -> pb2.SearchResponse:
+        kind = request.WhichOneof("query")
+        query = pb2.Query(**{kind: getattr(request, kind)}) if kind else pb2.Query()
+        (result,) = self._search(request, [query], ["query"])
+        return result
+
+    def SearchBatch(self, request: pb2.SearchBatchRequest, context: grpc.ServicerContext) -> pb2.SearchBatchResponse:
+        if not request.queries:
+            raise InvalidArgument("no queries: send at least one query")
+        if len(request.queries) > self.max_items:
+            raise InvalidArgument(
+                f"{len(request.queries)} queries in one request, more than the limit of "
+                f"{self.max_items}; split them over several requests"
+            )
+        names = [f"query {i}" for i in range(len(request.queries))]
+        return pb2.SearchBatchResponse(results=self._search(request, list(request.queries), names))
+
+    def _search(self, request, queries: list[pb2.Query], names: list[str]) -> list[pb2.SearchResponse]:
+        """Search and SearchBatch: the request's common fields, then one vector per query, then one FAISS batch."""
         collection = self.collections.get(request.collection)
         if not 1 <= request.k <= self.max_k:
             raise InvalidArgument(f"k={request.k}: ask for 1 to {self.max_k} results")
         if request.ef_search < 0 or request.nprobe < 0:
             raise InvalidArgument("ef_search and nprobe must be 0 (the collection's setting) or positive")
         self._check_claimed_binding(collection, request.model, request.output)
-        query = request.WhichOneof("query")
-        if query is None:
-            raise InvalidArgument("no query: set image, vector or id")
-        if query == "image":
-            vector = self._embed(collection, [request.image], names=["query image"], flip=request.flip)[0]
-        elif query == "vector":
-            _check_vector("query vector", request.vector.values, collection.dim)
-            vector = np.asarray(request.vector.values, np.float32)
-        else:
-            vector = collection.vector_of(request.id)
-        hits = collection.search(vector, request.k, request.ef_search, request.nprobe)
-        return pb2.SearchResponse(
-            hits=[pb2.Hit(id=i, score=score, label=label, metadata=meta) for i, score, label, meta in hits]
-        )
+        vectors = np.zeros((len(queries), collection.dim), np.float32)
+        images = []
+        for i, (query, name) in enumerate(zip(queries, names, strict=True)):
+            kind = query.WhichOneof("query")
+            if kind is None:
+                raise InvalidArgument(f"{name} is empty: set image, vector or id")
+            if kind == "vector":
+                _check_vector(f"{name} vector", query.vector.values, collection.dim)
+                vectors[i] = query.vector.values
+            elif kind == "id":
+                vectors[i] = collection.vector_of(query.id)
+            else:
+                images.append(i)
+        if images:
+            vectors[images] = self._embed(
+                collection,
+                [queries[i].image for i in images],
+                names=[f"{names[i]} image" for i in images],
+                flip=request.flip,
+            )
+        hits = collection.search(vectors, request.k, request.ef_search, request.nprobe)
+        return [
+            pb2.SearchResponse(
+                hits=[pb2.Hit(id=i, score=score, label=label, metadata=meta) for i, score, label, meta in row]
+            )
+            for row in hits
+        ]
 
     # --- helpers -----------------------------------------------------------------------------
 

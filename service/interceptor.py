@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+
 from offshelf.service.errors import ServiceError
 from offshelf.service.logs import fields
 from offshelf.service.metrics import Metrics

@@ -11,6 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from google.protobuf import json_format
+from PIL import ImageOps
+
 from offshelf.protos.v1 import index_pb2
 from offshelf.protos.v1 import model_card_pb2 as card_pb2
 from offshelf.service.batcher import Batcher
@@ -20,7 +22,6 @@ from offshelf.service.metrics import Metrics
 from offshelf.service.preprocess import Preprocessor
 from offshelf.service.runtime import OnnxRuntime
 from offshelf.service.settings import ServiceSettings
-from PIL import ImageOps
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,10 @@ import io
 import warnings
 
 import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
 from offshelf.protos.v1 import model_card_pb2 as card_pb2
 from offshelf.service.errors import InvalidArgument
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
 _RESAMPLING = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}

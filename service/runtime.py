@@ -12,6 +12,7 @@ import pathlib
 
 import numpy as np
 import onnxruntime as ort
+
 from offshelf.service.errors import ModelLoadError
 from offshelf.service.logs import fields
 

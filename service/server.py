@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
 from offshelf.protos.v1 import embedding_pb2, embedding_pb2_grpc, index_pb2, index_pb2_grpc
 from offshelf.service.collection import CollectionLoadError
 from offshelf.service.collections import CollectionRegistry

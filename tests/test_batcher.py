@@ -9,11 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper
+
 from offshelf.service.batcher import Batcher
 from offshelf.service.errors import Internal, Unavailable
 from offshelf.service.metrics import Metrics
 from offshelf.service.runtime import OnnxRuntime
-from onnx import TensorProto, helper
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,10 @@ import time
 
 import grpc
 import numpy as np
-from conftest import ServerProcess
+
 from offshelf.clients import Client
+
+from conftest import ServerProcess
 
 DIM = 1280
 

@@ -8,10 +8,12 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
-from conftest import shared_photos, skimage_photo
+from prometheus_client.parser import text_string_to_metric_families
+
 from offshelf.clients import Client
 from offshelf.protos.v1 import embedding_pb2
-from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import shared_photos, skimage_photo
 
 
 def scrape(server) -> dict[tuple[str, tuple], float]:

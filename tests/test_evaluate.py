@@ -7,8 +7,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import SHARED_DATA, shared_photos
+
 from offshelf.clients import evaluate
+
+from conftest import SHARED_DATA, shared_photos
 
 
 def offshelf(*args: str) -> subprocess.CompletedProcess:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import onnx
 import pytest
 from google.protobuf import json_format
+
 from offshelf.export import cli
 from offshelf.export.repository import default_check_images, write_model
 from offshelf.export.zoo import ExportError, build

@@ -7,8 +7,10 @@ import uuid
 import grpc
 import numpy as np
 import pytest
-from conftest import shared_photos, skimage_photo
+
 from offshelf.protos.v1 import embedding_pb2, index_pb2
+
+from conftest import shared_photos, skimage_photo
 
 DIM = 1280
 
@@ -87,6 +89,26 @@ def test_search_by_image_finds_the_same_object_and_flip_works(client, collection
     assert flipped[0].score < 0.9999  # the mirrored view changes the query
 
 
+def test_search_batch_answers_each_query_as_search_would(client, collection):
+    vectors = unit_vectors(40, seed=9)
+    client.add(collection, vectors=vectors, ids=[str(i) for i in range(40)])
+    photo = skimage_photo("chelsea.png")
+    batch = client.search_batch(collection, images=[photo], vectors=vectors[:5], ids=["30", "31"], k=3)
+    singles = (
+        [client.search(collection, image=photo, k=3)]
+        + [client.search(collection, vector=v, k=3) for v in vectors[:5]]
+        + [client.search(collection, id=i, k=3) for i in ("30", "31")]
+    )
+    assert batch == singles
+    bad = index_pb2.SearchBatchRequest(
+        collection=collection,
+        k=3,
+        queries=[index_pb2.Query(id="1"), index_pb2.Query(vector=embedding_pb2.Vector(values=[1.0, 2.0]))],
+    )
+    code, details = status_of(lambda: client._index.SearchBatch(bad, timeout=30))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("query 1 vector has 2 values")
+
+
 def test_client_streaming_add(client, collection):
     vectors = unit_vectors(30, seed=2)
     requests = [
@@ -153,7 +175,7 @@ def test_a_batch_with_one_bad_item_is_rejected_whole(client, collection):
         (lambda c, n: c.search(n, vector=[1.0] * DIM, k=0), "INVALID_ARGUMENT", "ask for 1 to 1000 results"),
         (lambda c, n: c.search(n, vector=[1.0] * DIM, k=1001), "INVALID_ARGUMENT", "ask for 1 to 1000 results"),
         (lambda c, n: c.search(n, vector=[1.0] * 3, k=1), "INVALID_ARGUMENT", "query vector has 3 values"),
-        (lambda c, n: c.search(n, k=1), "INVALID_ARGUMENT", "no query"),
+        (lambda c, n: c.search(n, k=1), "INVALID_ARGUMENT", "query is empty: set image, vector or id"),
         (lambda c, n: c.search(n, image=b"", k=1), "INVALID_ARGUMENT", "query image is empty"),
         (lambda c, n: c.remove(n, []), "INVALID_ARGUMENT", "no ids"),
         (lambda c, n: c.create_collection(n), "ALREADY_EXISTS", "exists"),

@@ -10,8 +10,10 @@ import threading
 import time
 
 import grpc
-from conftest import ServerProcess, shared_photos
+
 from offshelf.clients import Client
+
+from conftest import ServerProcess, shared_photos
 
 
 def test_sigterm_turns_health_not_serving_finishes_in_flight_calls_and_exits(model_repo):

@@ -6,12 +6,14 @@ import io
 
 import numpy as np
 import pytest
-from conftest import skimage_photo
+from PIL import Image
+
 from offshelf.export.repository import card_transform
 from offshelf.protos.v1 import model_card_pb2
 from offshelf.service.errors import InvalidArgument
 from offshelf.service.preprocess import Preprocessor
-from PIL import Image
+
+from conftest import skimage_photo
 
 SPEC = model_card_pb2.Preprocessing(
     input_name="image",

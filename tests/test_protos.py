@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from conftest import ROOT
 from offshelf.protos.generate import generate
+
+from conftest import ROOT
 
 
 def test_generated_stubs_are_up_to_date(tmp_path):

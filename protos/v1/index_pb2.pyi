@@ -242,3 +242,39 @@ class TrainWhiteningRequest(_message.Message):
     collection: str
     dim: int
     def __init__(self, collection: _Optional[str] = ..., dim: _Optional[int] = ...) -> None: ...
+
+class Query(_message.Message):
+    __slots__ = ("image", "vector", "id")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    vector: _embedding_pb2.Vector
+    id: str
+    def __init__(self, image: _Optional[bytes] = ..., vector: _Optional[_Union[_embedding_pb2.Vector, _Mapping]] = ..., id: _Optional[str] = ...) -> None: ...
+
+class SearchBatchRequest(_message.Message):
+    __slots__ = ("collection", "queries", "k", "flip", "ef_search", "nprobe", "model", "output")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    FLIP_FIELD_NUMBER: _ClassVar[int]
+    EF_SEARCH_FIELD_NUMBER: _ClassVar[int]
+    NPROBE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    queries: _containers.RepeatedCompositeFieldContainer[Query]
+    k: int
+    flip: bool
+    ef_search: int
+    nprobe: int
+    model: str
+    output: str
+    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[Query, _Mapping]]] = ..., k: _Optional[int] = ..., flip: _Optional[bool] = ..., ef_search: _Optional[int] = ..., nprobe: _Optional[int] = ..., model: _Optional[str] = ..., output: _Optional[str] = ...) -> None: ...
+
+class SearchBatchResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[SearchResponse]
+    def __init__(self, results: _Optional[_Iterable[_Union[SearchResponse, _Mapping]]] = ...) -> None: ...

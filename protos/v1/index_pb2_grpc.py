@@ -74,6 +74,11 @@ class IndexStub:
                 request_serializer=offshelf_dot_protos_dot_v1_dot_index__pb2.SearchRequest.SerializeToString,
                 response_deserializer=offshelf_dot_protos_dot_v1_dot_index__pb2.SearchResponse.FromString,
                 _registered_method=True)
+        self.SearchBatch = channel.unary_unary(
+                '/offshelf.v1.Index/SearchBatch',
+                request_serializer=offshelf_dot_protos_dot_v1_dot_index__pb2.SearchBatchRequest.SerializeToString,
+                response_deserializer=offshelf_dot_protos_dot_v1_dot_index__pb2.SearchBatchResponse.FromString,
+                _registered_method=True)
         self.TrainWhitening = channel.unary_unary(
                 '/offshelf.v1.Index/TrainWhitening',
                 request_serializer=offshelf_dot_protos_dot_v1_dot_index__pb2.TrainWhiteningRequest.SerializeToString,
@@ -151,6 +156,14 @@ class IndexServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchBatch(self, request, context):
+        """Many queries in one call, searched as one FAISS batch; results[i] is what Search would
+        answer for queries[i]. Errors as for Search; a bad query fails the whole call, naming it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def TrainWhitening(self, request, context):
         """Learns a PCA-whitening from the collection's own vectors and rebuilds the index with it;
         later adds and queries are whitened alike. Calling it again re-learns it.
@@ -202,6 +215,11 @@ def add_IndexServicer_to_server(servicer, server):
                     servicer.Search,
                     request_deserializer=offshelf_dot_protos_dot_v1_dot_index__pb2.SearchRequest.FromString,
                     response_serializer=offshelf_dot_protos_dot_v1_dot_index__pb2.SearchResponse.SerializeToString,
+            ),
+            'SearchBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchBatch,
+                    request_deserializer=offshelf_dot_protos_dot_v1_dot_index__pb2.SearchBatchRequest.FromString,
+                    response_serializer=offshelf_dot_protos_dot_v1_dot_index__pb2.SearchBatchResponse.SerializeToString,
             ),
             'TrainWhitening': grpc.unary_unary_rpc_method_handler(
                     servicer.TrainWhitening,
@@ -425,6 +443,33 @@ class Index:
             '/offshelf.v1.Index/Search',
             offshelf_dot_protos_dot_v1_dot_index__pb2.SearchRequest.SerializeToString,
             offshelf_dot_protos_dot_v1_dot_index__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/offshelf.v1.Index/SearchBatch',
+            offshelf_dot_protos_dot_v1_dot_index__pb2.SearchBatchRequest.SerializeToString,
+            offshelf_dot_protos_dot_v1_dot_index__pb2.SearchBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
