@@ -9,6 +9,8 @@ import shutil
 import threading
 import uuid
 
+import faiss
+
 from offshelf.protos.v1 import index_pb2
 from offshelf.service.collection import CONFIG, Collection
 from offshelf.service.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
@@ -18,7 +20,9 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class CollectionRegistry:
-    def __init__(self, data_dir: pathlib.Path, snapshot_every: int):
+    def __init__(self, data_dir: pathlib.Path, snapshot_every: int, faiss_threads: int):
+        if faiss_threads:
+            faiss.omp_set_num_threads(faiss_threads)
         self.root = data_dir / "collections"
         self.snapshot_every = snapshot_every
         self._collections: dict[str, Collection] = {}

@@ -38,7 +38,7 @@ class Server:
         self.settings = settings
         self.metrics = Metrics()
         self.models = ModelRegistry(settings, self.metrics)
-        self.collections = CollectionRegistry(settings.data_dir, settings.snapshot_every_writes)
+        self.collections = CollectionRegistry(settings.data_dir, settings.snapshot_every_writes, settings.faiss_threads)
         self.health = health.HealthServicer()
         self.grpc_port = 0
         self.metrics_port = 0

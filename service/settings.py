@@ -44,6 +44,12 @@ class ServiceSettings(BaseSettings):
     )
     max_items_per_add: int = Field(1000, ge=1, description="Most items one Add (or one AddStream message) carries.")
     max_search_k: int = Field(1000, ge=1, description="Most results one Search may ask for.")
+    faiss_threads: int = Field(
+        1,
+        ge=0,
+        description="OpenMP threads of one FAISS call; 0 lets FAISS use every core. Concurrent requests "
+        "already run in parallel, so more threads per call oversubscribe the CPU under load.",
+    )
     snapshot_every_writes: int = Field(
         10_000, ge=1, description="Items written to a collection's log before it is snapshotted and emptied."
     )
