@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -99,7 +100,9 @@ def main() -> None:
     in_process = row("(b+a) decode + onnxruntime in-process, batch 16", 16, timed(decode_and_infer, args.seconds))
     rows.append(in_process)
 
-    server = ServerProcess(args.repo, max_batch_size=16, max_batch_delay_ms=2, drain_seconds=0)
+    server = ServerProcess(
+        args.repo, pathlib.Path(tempfile.mkdtemp()), max_batch_size=16, max_batch_delay_ms=2, drain_seconds=0
+    )
     try:
         server.wait_serving()
         service_rows = []

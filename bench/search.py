@@ -12,6 +12,7 @@ import argparse
 import os
 import pathlib
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -143,7 +144,7 @@ def main() -> None:
     _, truth = faiss.knn(queries, data, 10, metric=faiss.METRIC_INNER_PRODUCT)
 
     repo = write_identity_model(ROOT / "build" / "bench-repo", DIM)
-    server = ServerProcess(repo, drain_seconds=0, snapshot_every_writes=10**9)
+    server = ServerProcess(repo, pathlib.Path(tempfile.mkdtemp()), drain_seconds=0, snapshot_every_writes=10**9)
     rows: dict[tuple[str, str], dict] = {}
     try:
         server.wait_serving()

@@ -55,11 +55,12 @@ class Client:
         self, images: Iterable[ImageSource], model: str = DEFAULT_MODEL, outputs: Iterable[str] = (), version: int = 0
     ) -> dict[str, np.ndarray]:
         """Output name -> float32 array of shape (number of images, dim); all outputs when none are named."""
+        outputs = list(outputs)
         request = embedding_pb2.EmbedRequest(
-            model=model, version=version, outputs=list(outputs), images=[read_image(i) for i in images]
+            model=model, version=version, outputs=outputs, images=[read_image(i) for i in images]
         )
         response = self._embedding.Embed(request, timeout=self.timeout)
-        names = list(response.results[0].outputs) if response.results else []
+        names = list(dict.fromkeys(outputs)) or (list(response.results[0].outputs) if response.results else [])
         return {name: np.array([r.outputs[name].values for r in response.results], dtype=np.float32) for name in names}
 
     def list_models(self) -> list[embedding_pb2.ModelInfo]:

@@ -8,7 +8,6 @@ import pathlib
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -67,9 +66,9 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 class ServerProcess:
     """``offshelf serve`` in a subprocess on 127.0.0.1 with free ports; its JSON log lines are collected."""
 
-    def __init__(self, repo: pathlib.Path, data_dir: pathlib.Path | None = None, **settings: object):
-        self.data_dir = data_dir or pathlib.Path(tempfile.mkdtemp(prefix="offshelf-data-"))
-        settings = {"data_dir": self.data_dir, **settings}
+    def __init__(self, repo: pathlib.Path, data_dir: pathlib.Path, **settings: object):
+        self.data_dir = data_dir
+        settings = {"data_dir": data_dir, **settings}
         env = {**os.environ, **{f"OFFSHELF_{k.upper()}": str(v) for k, v in settings.items()}}
         self.process = subprocess.Popen(
             [
@@ -132,9 +131,11 @@ class ServerProcess:
 
 
 @pytest.fixture(scope="session")
-def server(model_repo: pathlib.Path):
-    """One serving process for the read-only integration tests."""
-    proc = ServerProcess(model_repo, max_images_per_request=32, max_batch_size=8, max_batch_delay_ms=20)
+def server(model_repo: pathlib.Path, tmp_path_factory: pytest.TempPathFactory):
+    """One serving process shared by the integration tests."""
+    proc = ServerProcess(
+        model_repo, tmp_path_factory.mktemp("data"), max_images_per_request=32, max_batch_size=8, max_batch_delay_ms=20
+    )
     try:
         proc.wait_serving()
         yield proc

@@ -21,15 +21,15 @@ def unit_vectors(count: int, seed: int) -> np.ndarray:
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-def started(model_repo, data_dir=None, **settings) -> ServerProcess:
+def started(model_repo, data_dir, **settings) -> ServerProcess:
     proc = ServerProcess(model_repo, data_dir=data_dir, drain_seconds=0, **settings)
     proc.wait_serving()
     return proc
 
 
-def test_a_restart_restores_every_collection(model_repo):
+def test_a_restart_restores_every_collection(model_repo, tmp_path):
     vectors = unit_vectors(400, seed=1)
-    proc = started(model_repo)
+    proc = started(model_repo, tmp_path)
     try:
         with Client(proc.address) as client:
             client.create_collection("flat")
@@ -59,7 +59,7 @@ def test_a_restart_restores_every_collection(model_repo):
     finally:
         proc.kill()
 
-    proc = started(model_repo, data_dir=proc.data_dir)
+    proc = started(model_repo, tmp_path)
     try:
         with Client(proc.address) as client:
             for name in ("flat", "graph", "pq"):
@@ -71,8 +71,8 @@ def test_a_restart_restores_every_collection(model_repo):
         proc.kill()
 
 
-def test_every_acknowledged_add_survives_kill_9_during_8_concurrent_writers(model_repo):
-    proc = started(model_repo, snapshot_every_writes=300)
+def test_every_acknowledged_add_survives_kill_9_during_8_concurrent_writers(model_repo, tmp_path):
+    proc = started(model_repo, tmp_path, snapshot_every_writes=300)
     acknowledged: list[tuple[str, np.ndarray]] = []
     lock = threading.Lock()
     stop = threading.Event()
@@ -107,7 +107,7 @@ def test_every_acknowledged_add_survives_kill_9_during_8_concurrent_writers(mode
     finally:
         proc.kill()
 
-    proc = started(model_repo, data_dir=proc.data_dir)
+    proc = started(model_repo, tmp_path)
     try:
         with Client(proc.address) as client:
             assert client.get_collection("crash").count >= len(acknowledged)
@@ -120,8 +120,8 @@ def test_every_acknowledged_add_survives_kill_9_during_8_concurrent_writers(mode
         proc.kill()
 
 
-def test_a_torn_log_tail_is_discarded_and_everything_acknowledged_is_kept(model_repo):
-    proc = started(model_repo)
+def test_a_torn_log_tail_is_discarded_and_everything_acknowledged_is_kept(model_repo, tmp_path):
+    proc = started(model_repo, tmp_path)
     try:
         with Client(proc.address) as client:
             client.create_collection("torn")
@@ -130,12 +130,12 @@ def test_a_torn_log_tail_is_discarded_and_everything_acknowledged_is_kept(model_
         proc.process.wait()
     finally:
         proc.kill()
-    wal = proc.data_dir / "collections" / "torn" / "wal.log"
+    wal = tmp_path / "collections" / "torn" / "wal.log"
     intact = wal.stat().st_size
     with wal.open("ab") as f:
         f.write(struct.pack("<II", 5000, 1234) + b"half a record")  # a write cut short by the crash
 
-    proc = started(model_repo, data_dir=proc.data_dir)
+    proc = started(model_repo, tmp_path)
     try:
         with Client(proc.address) as client:
             assert client.get_collection("torn").count == 10
@@ -155,8 +155,8 @@ def _refused_start(model_repo, data_dir) -> str:
         proc.kill()
 
 
-def test_corruption_inside_the_log_refuses_readiness(model_repo):
-    proc = started(model_repo)
+def test_corruption_inside_the_log_refuses_readiness(model_repo, tmp_path):
+    proc = started(model_repo, tmp_path)
     try:
         with Client(proc.address) as client:
             client.create_collection("bitrot")
@@ -166,16 +166,16 @@ def test_corruption_inside_the_log_refuses_readiness(model_repo):
         proc.process.wait()
     finally:
         proc.kill()
-    wal = proc.data_dir / "collections" / "bitrot" / "wal.log"
+    wal = tmp_path / "collections" / "bitrot" / "wal.log"
     data = bytearray(wal.read_bytes())
     data[40] ^= 0xFF  # inside the first of two records
     wal.write_bytes(bytes(data))
-    error = _refused_start(model_repo, proc.data_dir)
+    error = _refused_start(model_repo, tmp_path)
     assert "fails its checksum" in error and "corrupt" in error
 
 
-def test_a_truncated_snapshot_refuses_readiness(model_repo):
-    proc = started(model_repo)
+def test_a_truncated_snapshot_refuses_readiness(model_repo, tmp_path):
+    proc = started(model_repo, tmp_path)
     try:
         with Client(proc.address) as client:
             client.create_collection("halved")
@@ -183,7 +183,7 @@ def test_a_truncated_snapshot_refuses_readiness(model_repo):
         assert proc.terminate() == 0  # a clean stop writes a snapshot and empties the log
     finally:
         proc.kill()
-    snapshot = proc.data_dir / "collections" / "halved" / "snapshot.npz"
+    snapshot = tmp_path / "collections" / "halved" / "snapshot.npz"
     snapshot.write_bytes(snapshot.read_bytes()[: snapshot.stat().st_size // 2])
-    error = _refused_start(model_repo, proc.data_dir)
+    error = _refused_start(model_repo, tmp_path)
     assert "snapshot.npz is corrupt or truncated" in error

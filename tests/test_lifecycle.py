@@ -16,8 +16,8 @@ from offshelf.clients import Client
 from conftest import ServerProcess, shared_photos
 
 
-def test_sigterm_turns_health_not_serving_finishes_in_flight_calls_and_exits(model_repo):
-    proc = ServerProcess(model_repo, drain_seconds=2, max_batch_size=4, max_images_per_request=64)
+def test_sigterm_turns_health_not_serving_finishes_in_flight_calls_and_exits(model_repo, tmp_path):
+    proc = ServerProcess(model_repo, tmp_path, drain_seconds=2, max_batch_size=4, max_images_per_request=64)
     try:
         proc.wait_serving()
         photos = shared_photos("ukbench", 64)
@@ -52,7 +52,7 @@ def test_a_broken_model_keeps_the_server_from_becoming_ready(model_repo, tmp_pat
     broken = tmp_path / "repo"
     shutil.copytree(model_repo, broken)
     (broken / "efficientnet-lite0" / "1" / "card.json").write_text("{ not json")
-    proc = ServerProcess(broken)
+    proc = ServerProcess(broken, tmp_path / "data")
     try:
         assert proc.process.wait(60) == 1
         error = next(e for e in proc.logs if e["level"] == "error")
@@ -61,12 +61,14 @@ def test_a_broken_model_keeps_the_server_from_becoming_ready(model_repo, tmp_pat
         proc.kill()
 
 
-def test_serving_never_imports_torch(model_repo):
+def test_serving_never_imports_torch(model_repo, tmp_path):
     script = f"""
 import sys
 from offshelf.service.server import Server
 from offshelf.service.settings import ServiceSettings
-server = Server(ServiceSettings(repo={str(model_repo)!r}, host="127.0.0.1", port=0, metrics_port=0, drain_seconds=0))
+settings = ServiceSettings(repo={str(model_repo)!r}, data_dir={str(tmp_path)!r}, host="127.0.0.1", port=0,
+                           metrics_port=0, drain_seconds=0)
+server = Server(settings)
 server.start()
 server.load()
 server.stop()
