@@ -53,12 +53,10 @@ def row(name: str, images_per_call: int, durations: list[float], wall: float | N
 
 def ensure_repo(repo: pathlib.Path) -> pathlib.Path:
     if not (repo / "efficientnet-lite0" / "1" / "model.onnx").exists():
-        from offshelf.export.repository import default_check_images, write_model
-        from offshelf.export.zoo import build
+        from offshelf.export.repository import ExportRequest, export_model
+        from offshelf.export.zoo import build_network
 
-        write_model(
-            build("efficientnet-lite0"), "efficientnet-lite0", repo, "efficientnet-lite0", default_check_images()
-        )
+        export_model(ExportRequest(build_network("efficientnet-lite0"), repo, "efficientnet-lite0"))
     return repo / "efficientnet-lite0" / "1"
 
 

@@ -78,6 +78,7 @@ class EfficientNetLite(nn.Module):
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = nn.Conv2d(c_in, 1280, 1, bias=False)
         self._bn1 = nn.BatchNorm2d(1280, **_BN)
+        self._head_act = nn.ReLU6()  # a module, so that the last feature map is tappable by name
         self._avg_pooling = nn.AdaptiveAvgPool2d(1)
         self._dropout = nn.Dropout(dropout)
         self._fc = nn.Linear(1280, num_classes)
@@ -87,7 +88,7 @@ class EfficientNetLite(nn.Module):
         x = nn.functional.relu6(self._bn0(self._conv_stem(x)))
         for block in self._blocks:
             x = block(x)
-        return nn.functional.relu6(self._bn1(self._conv_head(x)))
+        return self._head_act(self._bn1(self._conv_head(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = self._avg_pooling(self.features(x)).flatten(1)

@@ -48,18 +48,11 @@ def clustered_vectors(count: int, dim: int, seed: int) -> np.ndarray:
 @pytest.fixture(scope="session")
 def model_repo(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """A model repository holding the embedded default, exported by the real export tool."""
-    from offshelf.export.repository import default_check_images, write_model
-    from offshelf.export.zoo import build
+    from offshelf.export.repository import ExportRequest, export_model
+    from offshelf.export.zoo import build_network
 
     repo = tmp_path_factory.mktemp("repo")
-    write_model(
-        build("efficientnet-lite0"),
-        "efficientnet-lite0",
-        repo,
-        "efficientnet-lite0",
-        default_check_images(),
-        log=lambda _: None,
-    )
+    export_model(ExportRequest(build_network("efficientnet-lite0"), repo, "efficientnet-lite0"), log=lambda _: None)
     return repo
 
 

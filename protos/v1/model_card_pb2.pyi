@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ModelCard(_message.Message):
-    __slots__ = ("name", "version", "architecture", "weights", "preprocessing", "outputs", "export", "parity")
+    __slots__ = ("name", "version", "architecture", "weights", "preprocessing", "outputs", "export", "parity", "agreement")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,7 @@ class ModelCard(_message.Message):
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     EXPORT_FIELD_NUMBER: _ClassVar[int]
     PARITY_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     architecture: str
@@ -24,7 +25,8 @@ class ModelCard(_message.Message):
     outputs: _containers.RepeatedCompositeFieldContainer[OutputSpec]
     export: ExportInfo
     parity: Parity
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., architecture: _Optional[str] = ..., weights: _Optional[_Union[Weights, _Mapping]] = ..., preprocessing: _Optional[_Union[Preprocessing, _Mapping]] = ..., outputs: _Optional[_Iterable[_Union[OutputSpec, _Mapping]]] = ..., export: _Optional[_Union[ExportInfo, _Mapping]] = ..., parity: _Optional[_Union[Parity, _Mapping]] = ...) -> None: ...
+    agreement: Agreement
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., architecture: _Optional[str] = ..., weights: _Optional[_Union[Weights, _Mapping]] = ..., preprocessing: _Optional[_Union[Preprocessing, _Mapping]] = ..., outputs: _Optional[_Iterable[_Union[OutputSpec, _Mapping]]] = ..., export: _Optional[_Union[ExportInfo, _Mapping]] = ..., parity: _Optional[_Union[Parity, _Mapping]] = ..., agreement: _Optional[_Union[Agreement, _Mapping]] = ...) -> None: ...
 
 class Weights(_message.Message):
     __slots__ = ("source", "file_name", "sha256")
@@ -106,3 +108,26 @@ class Parity(_message.Message):
     max_abs_diff_by_output: _containers.ScalarMap[str, float]
     tolerance: float
     def __init__(self, images: _Optional[int] = ..., max_abs_diff: _Optional[float] = ..., max_abs_diff_by_output: _Optional[_Mapping[str, float]] = ..., tolerance: _Optional[float] = ...) -> None: ...
+
+class Agreement(_message.Message):
+    __slots__ = ("images", "top1", "max_abs_diff_by_output", "threshold", "forced", "quantization")
+    class MaxAbsDiffByOutputEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    TOP1_FIELD_NUMBER: _ClassVar[int]
+    MAX_ABS_DIFF_BY_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    FORCED_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
+    images: int
+    top1: float
+    max_abs_diff_by_output: _containers.ScalarMap[str, float]
+    threshold: float
+    forced: bool
+    quantization: str
+    def __init__(self, images: _Optional[int] = ..., top1: _Optional[float] = ..., max_abs_diff_by_output: _Optional[_Mapping[str, float]] = ..., threshold: _Optional[float] = ..., forced: _Optional[bool] = ..., quantization: _Optional[str] = ...) -> None: ...
