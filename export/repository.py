@@ -76,12 +76,14 @@ def default_check_images() -> list[pathlib.Path]:
 def card_transform(pre: card_pb2.Preprocessing) -> Callable[[Image.Image], torch.Tensor]:
     """torchvision's version of the card's preprocessing, for the checks."""
     interpolation = transforms.InterpolationMode[pre.interpolation.upper()]
-    return transforms.Compose([
-        transforms.Resize(pre.resize_shorter, interpolation=interpolation),
-        transforms.CenterCrop((pre.crop_height, pre.crop_width)),
-        transforms.ToTensor(),
-        transforms.Normalize(list(pre.mean), list(pre.std)),
-    ])
+    return transforms.Compose(
+        [
+            transforms.Resize(pre.resize_shorter, interpolation=interpolation),
+            transforms.CenterCrop((pre.crop_height, pre.crop_width)),
+            transforms.ToTensor(),
+            transforms.Normalize(list(pre.mean), list(pre.std)),
+        ]
+    )
 
 
 def load_batch(paths: list[pathlib.Path], pre: card_pb2.Preprocessing) -> torch.Tensor:
@@ -91,19 +93,34 @@ def load_batch(paths: list[pathlib.Path], pre: card_pb2.Preprocessing) -> torch.
     return torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])
 
 
-def export_onnx(model: torch.nn.Module, path: pathlib.Path, input_name: str, output_names: list[str],
-                example: torch.Tensor) -> None:
+def export_onnx(
+    model: torch.nn.Module, path: pathlib.Path, input_name: str, output_names: list[str], example: torch.Tensor
+) -> None:
     example = example[:1].repeat(2, 1, 1, 1)  # torch.export would specialise a batch dimension it sees as 1
     torch.onnx.export(
-        model, (example,), str(path), input_names=[input_name], output_names=output_names, opset_version=OPSET,
-        dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False)
+        model,
+        (example,),
+        str(path),
+        input_names=[input_name],
+        output_names=output_names,
+        opset_version=OPSET,
+        dynamo=True,
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+        external_data=False,
+        verbose=False,
+    )
 
 
 def run_onnx(path: pathlib.Path, input_name: str, batch: torch.Tensor) -> list[np.ndarray]:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     outputs = [o.name for o in session.get_outputs()]
-    return [np.concatenate(parts) for parts in zip(*(
-        session.run(outputs, {input_name: batch[i : i + 16].numpy()}) for i in range(0, len(batch), 16)), strict=True)]
+    return [
+        np.concatenate(parts)
+        for parts in zip(
+            *(session.run(outputs, {input_name: batch[i : i + 16].numpy()}) for i in range(0, len(batch), 16)),
+            strict=True,
+        )
+    ]
 
 
 def quantize_int8(fp32: pathlib.Path, out: pathlib.Path, input_name: str, calibration: torch.Tensor | None) -> str:
@@ -125,10 +142,16 @@ def quantize_int8(fp32: pathlib.Path, out: pathlib.Path, input_name: str, calibr
             return next(self.batches, None)
 
     # Percentile calibration (clipping activation outliers) agreed best with fp32 on EfficientNet-Lite0.
-    quantization.quantize_static(str(fp32), str(out), Reader(), quant_format=quantization.QuantFormat.QDQ,
-                                 per_channel=True, weight_type=quantization.QuantType.QInt8,
-                                 activation_type=quantization.QuantType.QUInt8,
-                                 calibrate_method=quantization.CalibrationMethod.Percentile)
+    quantization.quantize_static(
+        str(fp32),
+        str(out),
+        Reader(),
+        quant_format=quantization.QuantFormat.QDQ,
+        per_channel=True,
+        weight_type=quantization.QuantType.QInt8,
+        activation_type=quantization.QuantType.QUInt8,
+        calibrate_method=quantization.CalibrationMethod.Percentile,
+    )
     return "static"
 
 
@@ -148,9 +171,11 @@ def triton_config(name: str, card: card_pb2.ModelCard, max_batch_size: int) -> s
     """config.pbtxt for Triton's onnxruntime backend over the same repository."""
     pre = card.preprocessing
     outputs = "\n".join(f'  {{ name: "{o.name}" data_type: TYPE_FP32 dims: [ {o.dim} ] }},' for o in card.outputs)
-    return (f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: {max_batch_size}\n'
-            f'input [\n  {{ name: "{pre.input_name}" data_type: TYPE_FP32 dims: [ 3, {pre.crop_height}, '
-            f'{pre.crop_width} ] }}\n]\noutput [\n{outputs.rstrip(",")}\n]\ndynamic_batching {{ }}\n')
+    return (
+        f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: {max_batch_size}\n'
+        f'input [\n  {{ name: "{pre.input_name}" data_type: TYPE_FP32 dims: [ 3, {pre.crop_height}, '
+        f"{pre.crop_width} ] }}\n]\noutput [\n{outputs.rstrip(',')}\n]\ndynamic_batching {{ }}\n"
+    )
 
 
 def export_model(request: ExportRequest, log: Log = print) -> pathlib.Path:
@@ -166,10 +191,16 @@ def export_model(request: ExportRequest, log: Log = print) -> pathlib.Path:
         requests = request.outputs or default_outputs(network.module)
         tapped = TappedModel(network.module, requests, pre.crop_height, pre.crop_width).eval()
     classifier = last_linear(network.module)
-    specs = [card_pb2.OutputSpec(name=r.name, layer=r.layer, pooling=r.describe().removesuffix("+l2"),
-                                 l2_normalized=r.l2,
-                                 labels=network.class_names if r.layer == classifier and r.pooling == "none" else [])
-             for r in requests]
+    specs = [
+        card_pb2.OutputSpec(
+            name=r.name,
+            layer=r.layer,
+            pooling=r.describe().removesuffix("+l2"),
+            l2_normalized=r.l2,
+            labels=network.class_names if r.layer == classifier and r.pooling == "none" else [],
+        )
+        for r in requests
+    ]
     batch = load_batch(request.check_images or default_check_images(), pre)
     with torch.no_grad():
         reference = [t.numpy() for t in tapped(batch)]
@@ -184,14 +215,22 @@ def export_model(request: ExportRequest, log: Log = print) -> pathlib.Path:
         with stage(log, f"traced and exported to ONNX (opset {OPSET})"):
             export_onnx(tapped, fp32, pre.input_name, names, batch[:1])
         with stage(log, f"checked fp32 against torch on {len(batch)} photos"):
-            diffs = {n: float(np.abs(o - r).max()) for n, o, r in
-                     zip(names, run_onnx(fp32, pre.input_name, batch), reference, strict=True)}
-        parity = card_pb2.Parity(images=len(batch), max_abs_diff=max(diffs.values()), max_abs_diff_by_output=diffs,
-                                 tolerance=request.tolerance)
+            diffs = {
+                n: float(np.abs(o - r).max())
+                for n, o, r in zip(names, run_onnx(fp32, pre.input_name, batch), reference, strict=True)
+            }
+        parity = card_pb2.Parity(
+            images=len(batch),
+            max_abs_diff=max(diffs.values()),
+            max_abs_diff_by_output=diffs,
+            tolerance=request.tolerance,
+        )
         log(f"max |torch - onnxruntime| = {parity.max_abs_diff:.2e}")
         if parity.max_abs_diff > request.tolerance:
-            raise ExportError(f"onnxruntime disagrees with torch by {parity.max_abs_diff:.2e} "
-                              f"(tolerance {request.tolerance:.0e}); nothing was written")
+            raise ExportError(
+                f"onnxruntime disagrees with torch by {parity.max_abs_diff:.2e} "
+                f"(tolerance {request.tolerance:.0e}); nothing was written"
+            )
         final, agreement = staged / "model.onnx", None
         if request.precision == "fp32":
             fp32.rename(final)
@@ -199,12 +238,23 @@ def export_model(request: ExportRequest, log: Log = print) -> pathlib.Path:
             agreement = _reduce_precision(request, tapped, fp32, final, batch, reference, names, specs, log)
             fp32.unlink()
         card = card_pb2.ModelCard(
-            name=request.name, version=version, architecture=network.architecture, weights=network.weights,
-            preprocessing=pre, outputs=specs, parity=parity, agreement=agreement,
+            name=request.name,
+            version=version,
+            architecture=network.architecture,
+            weights=network.weights,
+            preprocessing=pre,
+            outputs=specs,
+            parity=parity,
+            agreement=agreement,
             export=card_pb2.ExportInfo(
-                tool="offshelf.export", tool_version=importlib.metadata.version("offshelf"),
-                torch_version=torch.__version__, opset=OPSET, precision=request.precision,
-                created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")))
+                tool="offshelf.export",
+                tool_version=importlib.metadata.version("offshelf"),
+                torch_version=torch.__version__,
+                opset=OPSET,
+                precision=request.precision,
+                created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            ),
+        )
         (staged / "card.json").write_text(json_format.MessageToJson(card, indent=2, preserving_proto_field_name=True))
         staged.chmod(0o755)
         staged.rename(model_dir / str(version))
@@ -215,9 +265,17 @@ def export_model(request: ExportRequest, log: Log = print) -> pathlib.Path:
     return model_dir / str(version)
 
 
-def _reduce_precision(request: ExportRequest, tapped: TappedModel, fp32: pathlib.Path, out: pathlib.Path,
-                      batch: torch.Tensor, reference: list[np.ndarray], names: list[str],
-                      specs: list[card_pb2.OutputSpec], log: Log) -> card_pb2.Agreement:
+def _reduce_precision(
+    request: ExportRequest,
+    tapped: TappedModel,
+    fp32: pathlib.Path,
+    out: pathlib.Path,
+    batch: torch.Tensor,
+    reference: list[np.ndarray],
+    names: list[str],
+    specs: list[card_pb2.OutputSpec],
+    log: Log,
+) -> card_pb2.Agreement:
     input_name = request.network.preprocessing.input_name
     quantization = ""
     if request.precision == "fp16":
@@ -227,9 +285,11 @@ def _reduce_precision(request: ExportRequest, tapped: TappedModel, fp32: pathlib
         calibration = None
         if request.calibration_images:
             calibration = load_batch(request.calibration_images, request.network.preprocessing)
-        with stage(log, "quantized to int8 " + ("(static, calibrated on "
-                                                f"{len(calibration)} photos)" if calibration is not None
-                                                else "(dynamic)")):
+        with stage(
+            log,
+            "quantized to int8 "
+            + (f"(static, calibrated on {len(calibration)} photos)" if calibration is not None else "(dynamic)"),
+        ):
             quantization = quantize_int8(fp32, out, input_name, calibration)
     with stage(log, f"checked {request.precision} against fp32 torch on {len(batch)} photos"):
         outputs = run_onnx(out, input_name, batch)
@@ -237,11 +297,21 @@ def _reduce_precision(request: ExportRequest, tapped: TappedModel, fp32: pathlib
     classes = [i for i, spec in enumerate(specs) if spec.labels]
     top1 = float(np.mean(outputs[classes[0]].argmax(1) == reference[classes[0]].argmax(1))) if classes else 1.0
     threshold = request.min_agreement if request.min_agreement is not None else MIN_AGREEMENT[request.precision]
-    agreement = card_pb2.Agreement(images=len(batch), top1=top1, max_abs_diff_by_output=diffs, threshold=threshold,
-                                   forced=request.force, quantization=quantization)
-    log(f"{request.precision}: top-1 agreement with fp32 {top1:.1%}, max |diff| "
-        + ", ".join(f"{n} {d:.2e}" for n, d in diffs.items()))
+    agreement = card_pb2.Agreement(
+        images=len(batch),
+        top1=top1,
+        max_abs_diff_by_output=diffs,
+        threshold=threshold,
+        forced=request.force,
+        quantization=quantization,
+    )
+    log(
+        f"{request.precision}: top-1 agreement with fp32 {top1:.1%}, max |diff| "
+        + ", ".join(f"{n} {d:.2e}" for n, d in diffs.items())
+    )
     if top1 < threshold and not request.force:
-        raise ExportError(f"{request.precision} agrees with fp32 on top-1 for {top1:.1%} of {len(batch)} photos, "
-                          f"below {threshold:.0%}; nothing was written (--force writes it anyway)")
+        raise ExportError(
+            f"{request.precision} agrees with fp32 on top-1 for {top1:.1%} of {len(batch)} photos, "
+            f"below {threshold:.0%}; nothing was written (--force writes it anyway)"
+        )
     return agreement

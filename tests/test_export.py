@@ -9,7 +9,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import SHARED_DATA, ServerProcess, shared_photos, skimage_photo
 from google.protobuf import json_format
 
 from offshelf.clients import Client
@@ -21,6 +20,8 @@ from offshelf.export.repository import ExportRequest, default_check_images, expo
 from offshelf.export.taps import TappedModel, parse_output
 from offshelf.export.zoo import build_network
 from offshelf.protos.v1 import model_card_pb2
+
+from conftest import SHARED_DATA, ServerProcess, shared_photos, skimage_photo
 
 QUIET = {"log": lambda _: None}
 
@@ -54,12 +55,25 @@ def test_card_records_weights_preprocessing_outputs_and_measured_parity(model_re
     assert set(card.parity.max_abs_diff_by_output) == {"logits", "embedding"}
 
 
-@pytest.mark.parametrize("architecture", ["resnet18", "vgg11", "mobilenet_v3_small", "efficientnet_b0",
-                                          "convnext_tiny", "regnet_y_400mf", "densenet121", "googlenet", "alexnet"])
+@pytest.mark.parametrize(
+    "architecture",
+    [
+        "resnet18",
+        "vgg11",
+        "mobilenet_v3_small",
+        "efficientnet_b0",
+        "convnext_tiny",
+        "regnet_y_400mf",
+        "densenet121",
+        "googlenet",
+        "alexnet",
+    ],
+)
 def test_each_family_exports_at_random_init_within_1e_4(architecture, tmp_path):
     network = build_network(architecture, "random")
-    target = export_model(ExportRequest(network, tmp_path, architecture, check_images=default_check_images()[:2]),
-                          **QUIET)
+    target = export_model(
+        ExportRequest(network, tmp_path, architecture, check_images=default_check_images()[:2]), **QUIET
+    )
     card = read_card(target)
     assert card.parity.max_abs_diff <= 1e-4
     assert "random initialisation" in card.weights.source
@@ -111,15 +125,27 @@ def test_every_pooling_matches_a_numpy_reference():
 
 def test_layer_taps_with_pooling_and_l2(tmp_path):
     network = build_network("vgg11", "random")
-    outputs = [parse_output(s) for s in ("fc6=classifier.0", "fc7=classifier.3", "pool5=features.20:gem:l2",
-                                         "mac=features.20:max", "r=features.20:rmac:l2")]
-    target = export_model(ExportRequest(network, tmp_path, "vgg", outputs=outputs,
-                                        check_images=default_check_images()[:2]), **QUIET)
+    outputs = [
+        parse_output(s)
+        for s in (
+            "fc6=classifier.0",
+            "fc7=classifier.3",
+            "pool5=features.20:gem:l2",
+            "mac=features.20:max",
+            "r=features.20:rmac:l2",
+        )
+    ]
+    target = export_model(
+        ExportRequest(network, tmp_path, "vgg", outputs=outputs, check_images=default_check_images()[:2]), **QUIET
+    )
     card = read_card(target)
     assert [(o.name, o.layer, o.pooling, o.dim, o.l2_normalized) for o in card.outputs] == [
-        ("fc6", "classifier.0", "none", 4096, False), ("fc7", "classifier.3", "none", 4096, False),
-        ("pool5", "features.20", "gem(p=3)", 512, True), ("mac", "features.20", "max", 512, False),
-        ("r", "features.20", "rmac", 512, True)]
+        ("fc6", "classifier.0", "none", 4096, False),
+        ("fc7", "classifier.3", "none", 4096, False),
+        ("pool5", "features.20", "gem(p=3)", 512, True),
+        ("mac", "features.20", "max", 512, False),
+        ("r", "features.20", "rmac", 512, True),
+    ]
     session = ort.InferenceSession(str(target / "model.onnx"), providers=["CPUExecutionProvider"])
     batch = load_batch(default_check_images()[:2], network.preprocessing).numpy()
     (pool5,) = session.run(["pool5"], {"image": batch})
@@ -155,38 +181,82 @@ def test_a_plain_state_dict_with_a_replaced_classifier_takes_labels_from_a_file(
     module.fc = torch.nn.Linear(512, 3)
     torch.save(module.state_dict(), tmp_path / "finetuned.pth")
     (tmp_path / "labels.txt").write_text("ant\nbee\nwasp\n")
-    assert cli.main(["resnet18", "--weights", str(tmp_path / "finetuned.pth"), "--labels", str(tmp_path / "labels.txt"),
-                     "--repo", str(tmp_path / "repo")]) == 0
+    assert (
+        cli.main(
+            [
+                "resnet18",
+                "--weights",
+                str(tmp_path / "finetuned.pth"),
+                "--labels",
+                str(tmp_path / "labels.txt"),
+                "--repo",
+                str(tmp_path / "repo"),
+            ]
+        )
+        == 0
+    )
     card = read_card(tmp_path / "repo" / "resnet18" / "1")
     assert list(card.outputs[0].labels) == ["ant", "bee", "wasp"] and card.outputs[0].dim == 3
 
 
-@pytest.mark.parametrize(("precision", "extra"), [("fp16", []), ("int8", ["--calibrate", "flowers"])])
-def test_reduced_precision_cards_hold_agreement_measured_on_real_photos(precision, extra, tmp_path, capsys):
+def _reduced(precision: str, tmp_path, *extra: str) -> list[str]:
     shared_photos("cats_vs_dogs", 1)
-    extra = [str(SHARED_DATA / e) if e == "flowers" else e for e in extra]
-    args = ["efficientnet-lite0", "--repo", str(tmp_path), "--precision", precision, "--check-images",
-            str(SHARED_DATA / "cats_vs_dogs" / "validation"), "--check-count", "48", *extra]
-    code = cli.main(args)
-    if code != 0:  # below the threshold: refused, nothing written, unless forced
-        assert "nothing was written (--force writes it anyway)" in capsys.readouterr().err
-        assert not list((tmp_path / "efficientnet-lite0").glob("[0-9]*"))
-        assert cli.main([*args, "--force"]) == 0
+    return [
+        "efficientnet-lite0",
+        "--repo",
+        str(tmp_path),
+        "--precision",
+        precision,
+        "--check-images",
+        str(SHARED_DATA / "cats_vs_dogs" / "validation"),
+        "--check-count",
+        "48",
+        *extra,
+    ]
+
+
+def test_fp16_card_holds_its_agreement_with_fp32_on_real_photos(tmp_path):
+    assert cli.main(_reduced("fp16", tmp_path)) == 0
     card = read_card(tmp_path / "efficientnet-lite0" / "1")
-    assert card.export.precision == precision
-    assert card.agreement.images == 48
-    assert 0.5 < card.agreement.top1 <= 1.0
+    assert card.export.precision == "fp16"
+    assert card.agreement.images == 48 and card.agreement.top1 >= 0.99 and card.agreement.threshold == 0.99
+    assert 0 < card.agreement.max_abs_diff_by_output["embedding"] < 0.1
+    assert not card.agreement.forced
+    assert (tmp_path / "efficientnet-lite0" / "1" / "model.onnx").stat().st_size < 10_000_000  # half of fp32
+
+
+def test_agreement_below_the_threshold_refuses_unless_forced(tmp_path, capsys):
+    assert cli.main(_reduced("fp16", tmp_path, "--min-agreement", "1.01")) == 2
+    assert "nothing was written (--force writes it anyway)" in capsys.readouterr().err
+    assert not list((tmp_path / "efficientnet-lite0").glob("[0-9]*"))
+    assert cli.main(_reduced("fp16", tmp_path, "--min-agreement", "1.01", "--force")) == 0
+    assert read_card(tmp_path / "efficientnet-lite0" / "1").agreement.forced
+
+
+def test_int8_static_card_holds_its_agreement_with_fp32_on_real_photos(tmp_path):
+    calibration = ["--calibrate", str(SHARED_DATA / "flowers"), "--calibrate-count", "24", "--force"]
+    assert cli.main(_reduced("int8", tmp_path, *calibration)) == 0
+    card = read_card(tmp_path / "efficientnet-lite0" / "1")
+    assert (card.export.precision, card.agreement.quantization) == ("int8", "static")
+    assert card.agreement.images == 48 and 0.5 < card.agreement.top1 <= 1.0 and card.agreement.threshold == 0.97
+    assert card.agreement.forced == (card.agreement.top1 < 0.97)
     assert set(card.agreement.max_abs_diff_by_output) == {"logits", "embedding"}
-    assert card.agreement.forced == (code != 0)
-    assert card.agreement.quantization == ("static" if precision == "int8" else "")
-    if precision == "fp16":
-        assert card.agreement.top1 >= 0.99 and code == 0
 
 
 def test_the_service_serves_a_multi_output_export_and_a_request_picks_one(tmp_path):
     outputs = ["embedding=_head_act:avg", "gem=_head_act:gem:l2", "rmac=_head_act:rmac:l2", "logits=_fc"]
-    assert cli.main(["efficientnet-lite0", "--repo", str(tmp_path / "repo"), "--triton",
-                     *[a for o in outputs for a in ("--output", o)]]) == 0
+    assert (
+        cli.main(
+            [
+                "efficientnet-lite0",
+                "--repo",
+                str(tmp_path / "repo"),
+                "--triton",
+                *[a for o in outputs for a in ("--output", o)],
+            ]
+        )
+        == 0
+    )
     assert 'platform: "onnxruntime_onnx"' in (tmp_path / "repo" / "efficientnet-lite0" / "config.pbtxt").read_text()
     server = ServerProcess(tmp_path / "repo", tmp_path / "data", drain_seconds=0)
     try:
@@ -223,8 +293,9 @@ def test_bad_requests_are_clear_errors_and_write_nothing(args, message, tmp_path
 
 
 def test_parity_beyond_the_tolerance_refuses_to_write(tmp_path):
-    request = ExportRequest(build_network("efficientnet-lite0"), tmp_path, "m", check_images=default_check_images()[:2],
-                            tolerance=0.0)
+    request = ExportRequest(
+        build_network("efficientnet-lite0"), tmp_path, "m", check_images=default_check_images()[:2], tolerance=0.0
+    )
     with pytest.raises(ExportError, match="nothing was written"):
         export_model(request, **QUIET)
     assert list((tmp_path / "m").iterdir()) == []
@@ -239,8 +310,13 @@ def test_cli_writes_the_next_version_and_prints_its_stages(tmp_path, capsys):
         assert cli.main(["efficientnet-lite0", "--repo", str(tmp_path / "repo"), "--check-images", str(photos)]) == 0
         assert read_card(tmp_path / "repo" / "efficientnet-lite0" / str(expected_version)).version == expected_version
     out = capsys.readouterr().out
-    for stage in ("loading its weights", "tapped the layers", "exported to ONNX", "checked fp32 against torch on 2",
-                  "wrote"):
+    for stage in (
+        "loading its weights",
+        "tapped the layers",
+        "exported to ONNX",
+        "checked fp32 against torch on 2",
+        "wrote",
+    ):
         assert stage in out
 
 
