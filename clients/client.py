@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -12,7 +13,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tqdm import tqdm
 
-from offshelf.protos.v1 import embedding_pb2, embedding_pb2_grpc, index_pb2, index_pb2_grpc
+from offshelf.protos.v1 import embedding_pb2, embedding_pb2_grpc, heads_pb2, heads_pb2_grpc, index_pb2, index_pb2_grpc
 
 ImageSource = str | os.PathLike[str] | bytes
 DEFAULT_MODEL = "efficientnet-lite0"
@@ -20,6 +21,11 @@ MAX_MESSAGE_BYTES = 64 << 20
 
 
 METRICS = {"ip": index_pb2.METRIC_INNER_PRODUCT, "l2": index_pb2.METRIC_L2}
+AUGMENTATIONS = {
+    "none": embedding_pb2.AUGMENTATION_NONE,
+    "flip": embedding_pb2.AUGMENTATION_FLIP,
+    "10crop": embedding_pb2.AUGMENTATION_TEN_CROP,
+}
 
 
 @dataclass(frozen=True)
@@ -50,14 +56,27 @@ class Client:
         self._embedding = embedding_pb2_grpc.EmbeddingStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._index = index_pb2_grpc.IndexStub(self._channel)
+        self._heads = heads_pb2_grpc.HeadsStub(self._channel)
 
     def embed(
-        self, images: Iterable[ImageSource], model: str = DEFAULT_MODEL, outputs: Iterable[str] = (), version: int = 0
+        self,
+        images: Iterable[ImageSource],
+        model: str = DEFAULT_MODEL,
+        outputs: Iterable[str] = (),
+        version: int = 0,
+        augmentation: str = "none",
     ) -> dict[str, np.ndarray]:
-        """Output name -> float32 array of shape (number of images, dim); all outputs when none are named."""
+        """Output name -> float32 array of shape (number of images, dim); all outputs when none are named.
+
+        augmentation: none, flip or 10crop (each output averaged over the image's views).
+        """
         outputs = list(outputs)
         request = embedding_pb2.EmbedRequest(
-            model=model, version=version, outputs=outputs, images=[read_image(i) for i in images]
+            model=model,
+            version=version,
+            outputs=outputs,
+            images=[read_image(i) for i in images],
+            augmentation=AUGMENTATIONS[augmentation],
         )
         response = self._embedding.Embed(request, timeout=self.timeout)
         names = list(dict.fromkeys(outputs)) or (list(response.results[0].outputs) if response.results else [])
@@ -199,6 +218,68 @@ class Client:
     def train_whitening(self, collection: str, dim: int = 0) -> index_pb2.Collection:
         request = index_pb2.TrainWhiteningRequest(collection=collection, dim=dim)
         return self._index.TrainWhitening(request, timeout=self.timeout)
+
+    # --- heads -------------------------------------------------------------------------------
+
+    def train_head(
+        self,
+        name: str,
+        kind: str = "logreg",
+        collection: str | None = None,
+        images: Sequence[ImageSource] = (),
+        labels: Sequence[str] = (),
+        model: str = DEFAULT_MODEL,
+        output: str = "embedding",
+        add_classes: bool = False,
+    ) -> heads_pb2.HeadJob:
+        """Starts training in the server's background from a collection's labelled items or labelled images."""
+        request = heads_pb2.TrainHeadRequest(name=name, kind=kind, add_classes=add_classes)
+        if collection is not None:
+            request.collection = collection
+        else:
+            request.images.CopyFrom(
+                heads_pb2.LabelledImages(
+                    model=model,
+                    output=output,
+                    images=[
+                        heads_pb2.LabelledImage(image=read_image(i), label=label)
+                        for i, label in zip(images, labels, strict=True)
+                    ],
+                )
+            )
+        return self._heads.TrainHead(request, timeout=self.timeout)
+
+    def get_head(self, name: str) -> heads_pb2.Head:
+        return self._heads.GetHead(heads_pb2.GetHeadRequest(name=name), timeout=self.timeout)
+
+    def wait_for_head(self, name: str, timeout: float = 600.0) -> heads_pb2.Head:
+        """Polls GetHead until its latest job has finished; raises RuntimeError if it failed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            head = self.get_head(name)
+            if head.job.state == heads_pb2.JOB_STATE_FAILED:
+                raise RuntimeError(f"training head {name!r} failed: {head.job.message}")
+            if head.job.state == heads_pb2.JOB_STATE_SUCCEEDED:
+                return head
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"head {name!r} still training after {timeout} s: {head.job.message}")
+            time.sleep(0.2)
+
+    def list_heads(self) -> list[heads_pb2.Head]:
+        return list(self._heads.ListHeads(heads_pb2.ListHeadsRequest(), timeout=self.timeout).heads)
+
+    def delete_head(self, name: str) -> None:
+        self._heads.DeleteHead(heads_pb2.DeleteHeadRequest(name=name), timeout=self.timeout)
+
+    def classify(
+        self, images: Iterable[ImageSource], head: str, k: int = 5, augmentation: str = "none"
+    ) -> list[list[tuple[str, float]]]:
+        """Top-k (label, probability) per image; augmentation: none, flip or 10crop."""
+        request = heads_pb2.ClassifyRequest(
+            head=head, images=[read_image(i) for i in images], k=k, augmentation=AUGMENTATIONS[augmentation]
+        )
+        response = self._heads.Classify(request, timeout=self.timeout)
+        return [[(s.label, s.probability) for s in r.top] for r in response.results]
 
     def health(self, service: str = "") -> str:
         """The health status name: SERVING, NOT_SERVING, ..."""

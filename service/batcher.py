@@ -19,7 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
-from offshelf.service.errors import Internal, Unavailable
+from offshelf.service.errors import Internal, InvalidArgument, Unavailable
 from offshelf.service.logs import fields
 from offshelf.service.metrics import Metrics
 
@@ -70,6 +70,11 @@ class Batcher:
             _Chunk({k: v[i : i + self.max_batch_size] for k, v in inputs.items()}, min(self.max_batch_size, size - i))
             for i in range(0, size, self.max_batch_size)
         ]
+        if size > self.max_queue_images:
+            raise InvalidArgument(
+                f"{size} images in one call (after test-time augmentation) exceed model "
+                f"{self.name}'s queue of {self.max_queue_images}; send fewer images per request"
+            )
         with self._condition:
             if self._failure is not None:
                 raise Unavailable(f"model {self.name} cannot run: {self._failure}")

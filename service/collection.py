@@ -152,6 +152,13 @@ class Collection:
         info.whitening_dim = 0 if self._whitening is None else len(self._whitening[1])
         return info
 
+    def labelled_vectors(self) -> tuple[np.ndarray, list[str]]:
+        """The vectors and labels of every labelled item (for training heads)."""
+        with self._rw.read():
+            labelled = [i for i, (_, label, _) in self._items.items() if label]
+            vectors = np.stack([self._vectors[i] for i in labelled]) if labelled else np.zeros((0, self.dim))
+            return vectors, [self._items[i][1] for i in labelled]
+
     def vector_of(self, item_id: str) -> np.ndarray:
         with self._rw.read():
             internal = self._ids.get(item_id)

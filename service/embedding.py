@@ -29,7 +29,7 @@ class EmbeddingServicer(pb2_grpc.EmbeddingServicer):
             raise InvalidArgument(f"version {request.version} is negative; use 0 for the latest")
         model = self.registry.get(request.model, request.version)
         outputs = model.check_outputs(list(request.outputs))
-        arrays = model.embed(list(request.images))
+        arrays = model.embed(list(request.images), request.augmentation)
         results = [
             pb2.ImageEmbeddings(
                 outputs={

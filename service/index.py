@@ -9,21 +9,15 @@ import numpy as np
 
 from offshelf.protos.v1 import index_pb2 as pb2
 from offshelf.protos.v1 import index_pb2_grpc as pb2_grpc
+from offshelf.protos.v1.embedding_pb2 import AUGMENTATION_FLIP, AUGMENTATION_NONE
 from offshelf.service.collection import Collection, Item
 from offshelf.service.collections import CollectionRegistry
-from offshelf.service.errors import FailedPrecondition, InvalidArgument, NotFound
+from offshelf.service.errors import FailedPrecondition, InvalidArgument
 from offshelf.service.faiss_index import with_defaults
-from offshelf.service.models import LoadedModel, ModelRegistry
+from offshelf.service.models import ModelRegistry, describe
 from offshelf.service.settings import ServiceSettings
 
 MAX_METADATA_ENTRIES, MAX_METADATA_BYTES, MAX_ID_BYTES = 16, 1024, 256
-
-
-def describe(binding: pb2.Binding) -> str:
-    return (
-        f"{binding.model} v{binding.version} output {binding.output!r} ({binding.dim}-d, {binding.pooling} "
-        f"pooling, preprocessing {binding.preprocessing_hash[:12]})"
-    )
 
 
 class IndexServicer(pb2_grpc.IndexServicer):
@@ -167,7 +161,7 @@ class IndexServicer(pb2_grpc.IndexServicer):
                 collection,
                 [queries[i].image for i in images],
                 names=[f"{names[i]} image" for i in images],
-                flip=request.flip,
+                augmentation=AUGMENTATION_FLIP if request.flip else AUGMENTATION_NONE,
             )
         hits = collection.search(vectors, request.k, request.ef_search, request.nprobe)
         return [
@@ -187,26 +181,9 @@ class IndexServicer(pb2_grpc.IndexServicer):
                 f"for model {model or binding.model!r} output {output or binding.output!r}"
             )
 
-    def _served_model(self, collection: Collection) -> LoadedModel:
-        binding = collection.config.binding
-        try:
-            model = self.models.get(binding.model, binding.version)
-        except NotFound as err:
-            raise FailedPrecondition(
-                f"collection {collection.name!r} holds {describe(binding)}, which this server "
-                "no longer serves; serve that model version again to embed images"
-            ) from err
-        served = model.binding(binding.output) if binding.output in model.output_names else None
-        if served != binding:
-            raise FailedPrecondition(
-                f"collection {collection.name!r} holds {describe(binding)} but the server now "
-                f"serves {describe(served) if served else 'no such output'} under that name"
-            )
-        return model
-
-    def _embed(self, collection: Collection, images: list[bytes], names: list[str], flip: bool = False):
-        model = self._served_model(collection)
-        return model.embed(images, flip=flip, names=names)[collection.config.binding.output]
+    def _embed(self, collection: Collection, images: list[bytes], names: list[str], augmentation: int = 0):
+        model = self.models.for_binding(collection.config.binding, f"collection {collection.name!r}")
+        return model.embed(images, augmentation, names)[collection.config.binding.output]
 
 
 def _check_vector(name: str, values, dim: int) -> None:

@@ -11,12 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from google.protobuf import json_format
-from PIL import ImageOps
 
 from offshelf.protos.v1 import index_pb2
 from offshelf.protos.v1 import model_card_pb2 as card_pb2
 from offshelf.service.batcher import Batcher
-from offshelf.service.errors import InvalidArgument, ModelLoadError, NotFound, Unavailable
+from offshelf.service.errors import FailedPrecondition, InvalidArgument, ModelLoadError, NotFound, Unavailable
 from offshelf.service.logs import fields
 from offshelf.service.metrics import Metrics
 from offshelf.service.preprocess import Preprocessor
@@ -24,6 +23,13 @@ from offshelf.service.runtime import OnnxRuntime
 from offshelf.service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
+
+
+def describe(binding: index_pb2.Binding) -> str:
+    return (
+        f"{binding.model} v{binding.version} output {binding.output!r} ({binding.dim}-d, {binding.pooling} "
+        f"pooling, preprocessing {binding.preprocessing_hash[:12]})"
+    )
 
 
 def read_card(version_dir: pathlib.Path) -> card_pb2.ModelCard:
@@ -82,20 +88,23 @@ class LoadedModel:
             )
         return list(dict.fromkeys(requested)) or self.output_names
 
-    def embed(self, images: list[bytes], flip: bool = False, names: list[str] | None = None) -> dict[str, np.ndarray]:
+    def embed(
+        self, images: list[bytes], augmentation: int = 0, names: list[str] | None = None
+    ) -> dict[str, np.ndarray]:
         """Every output of the model for each image, as (len(images), dim) arrays.
 
-        flip: test-time augmentation; each output is the mean over the image and its mirror image.
+        augmentation: an Augmentation; each output is then the mean over the image's views.
         names: what error messages call each image (default "image <i>").
         """
         names = names or [f"image {i}" for i in range(len(images))]
-        decoded = [self.preprocessor.decode(data, name) for data, name in zip(images, names, strict=True)]
-        if flip:
-            decoded += [ImageOps.mirror(image) for image in decoded]
-        batch = np.stack([self.preprocessor.to_tensor(image) for image in decoded])
-        outputs = self.batcher.run({self.card.preprocessing.input_name: batch})
-        if flip:
-            outputs = {name: (a[: len(images)] + a[len(images) :]) / 2 for name, a in outputs.items()}
+        views = [
+            self.preprocessor.views(self.preprocessor.decode(data, name), augmentation)
+            for data, name in zip(images, names, strict=True)
+        ]
+        per_image = len(views[0])
+        outputs = self.batcher.run({self.card.preprocessing.input_name: np.stack([v for vs in views for v in vs])})
+        if per_image > 1:
+            outputs = {name: a.reshape(len(images), per_image, -1).mean(axis=1) for name, a in outputs.items()}
         return outputs
 
     def binding(self, output: str) -> index_pb2.Binding:
@@ -184,6 +193,22 @@ class ModelRegistry:
                 f"{', '.join(map(str, sorted(versions)))} (or 0 for the latest)"
             )
         return versions[version]
+
+    def for_binding(self, binding: index_pb2.Binding, owner: str) -> LoadedModel:
+        """The served model whose output is exactly what `owner` (a collection or head) was built on."""
+        try:
+            model = self.get(binding.model, binding.version)
+        except NotFound as err:
+            raise FailedPrecondition(
+                f"{owner} holds {describe(binding)}, which this server no longer serves; serve that model version again"
+            ) from err
+        served = model.binding(binding.output) if binding.output in model.output_names else None
+        if served != binding:
+            raise FailedPrecondition(
+                f"{owner} holds {describe(binding)} but the server now serves "
+                f"{describe(served) if served else 'no such output'} under that name"
+            )
+        return model
 
     def all(self) -> dict[str, list[LoadedModel]]:
         with self._lock:

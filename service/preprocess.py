@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from offshelf.protos.v1 import model_card_pb2 as card_pb2
+from offshelf.protos.v1.embedding_pb2 import AUGMENTATION_NONE, AUGMENTATION_TEN_CROP
 from offshelf.service.errors import InvalidArgument
 
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
@@ -63,12 +64,27 @@ class Preprocessor:
         return (target_short, target_long) if width <= height else (target_long, target_short)
 
     def to_tensor(self, image: Image.Image) -> np.ndarray:
-        """(3, crop_height, crop_width) float32, normalised."""
+        """(3, crop_height, crop_width) float32, normalised: the centre crop."""
+        return self.views(image, AUGMENTATION_NONE)[0]
+
+    def views(self, image: Image.Image, augmentation: int) -> list[np.ndarray]:
+        """The centre crop; with FLIP also its mirror image; with TEN_CROP the four corner crops, the centre
+        crop and their mirror images (torchvision's TenCrop)."""
         image = image.resize(self._resized_size(image.width, image.height), self._resample)
         crop_h, crop_w = self.spec.crop_height, self.spec.crop_width
         top = int(round((image.height - crop_h) / 2.0))
         left = int(round((image.width - crop_w) / 2.0))
-        pixels = np.asarray(image.crop((left, top, left + crop_w, top + crop_h)), np.float32)
+        boxes = [(left, top)]
+        if augmentation == AUGMENTATION_TEN_CROP:
+            right, bottom = image.width - crop_w, image.height - crop_h
+            boxes = [(0, 0), (right, 0), (0, bottom), (right, bottom), (left, top)]
+        crops = [image.crop((x, y, x + crop_w, y + crop_h)) for x, y in boxes]
+        if augmentation != AUGMENTATION_NONE:
+            crops += [ImageOps.mirror(crop) for crop in crops]
+        return [self._normalise(crop) for crop in crops]
+
+    def _normalise(self, crop: Image.Image) -> np.ndarray:
+        pixels = np.asarray(crop, np.float32)
         if self._bgr:
             pixels = pixels[..., ::-1]
         return (pixels * self._scale + self._offset).transpose(2, 0, 1)

@@ -12,11 +12,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from offshelf.protos.v1 import embedding_pb2, embedding_pb2_grpc, index_pb2, index_pb2_grpc
+from offshelf.protos.v1 import embedding_pb2, embedding_pb2_grpc, heads_pb2, heads_pb2_grpc, index_pb2, index_pb2_grpc
 from offshelf.service.collection import CollectionLoadError
 from offshelf.service.collections import CollectionRegistry
 from offshelf.service.embedding import EmbeddingServicer
 from offshelf.service.errors import ModelLoadError
+from offshelf.service.heads import HeadRegistry, HeadsServicer
 from offshelf.service.index import IndexServicer
 from offshelf.service.interceptor import RpcInterceptor
 from offshelf.service.logs import fields
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 SERVICES = [
     embedding_pb2.DESCRIPTOR.services_by_name["Embedding"].full_name,
     index_pb2.DESCRIPTOR.services_by_name["Index"].full_name,
+    heads_pb2.DESCRIPTOR.services_by_name["Heads"].full_name,
 ]
 
 
@@ -39,6 +41,7 @@ class Server:
         self.metrics = Metrics()
         self.models = ModelRegistry(settings, self.metrics)
         self.collections = CollectionRegistry(settings.data_dir, settings.snapshot_every_writes, settings.faiss_threads)
+        self.heads = HeadRegistry(settings.data_dir, self.models, self.collections)
         self.health = health.HealthServicer()
         self.grpc_port = 0
         self.metrics_port = 0
@@ -54,6 +57,9 @@ class Server:
             EmbeddingServicer(self.models, settings.max_images_per_request), self._grpc
         )
         index_pb2_grpc.add_IndexServicer_to_server(IndexServicer(self.collections, self.models, settings), self._grpc)
+        heads_pb2_grpc.add_HeadsServicer_to_server(
+            HeadsServicer(self.heads, self.models, settings.max_images_per_request), self._grpc
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection([*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME], self._grpc)
 
@@ -71,6 +77,7 @@ class Server:
         started = time.perf_counter()
         self.models.load_all()
         self.collections.load_all()
+        self.heads.load_all()
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "serving",
@@ -91,6 +98,7 @@ class Server:
         log.info("draining", extra=fields(drain_seconds=self.settings.drain_seconds))
         time.sleep(self.settings.drain_seconds)
         self._grpc.stop(self.settings.grace_seconds).wait()
+        self.heads.close()
         self.collections.close()
         self.models.close()
         self.metrics.close()

@@ -1,4 +1,5 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -6,17 +7,28 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class Augmentation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    AUGMENTATION_NONE: _ClassVar[Augmentation]
+    AUGMENTATION_FLIP: _ClassVar[Augmentation]
+    AUGMENTATION_TEN_CROP: _ClassVar[Augmentation]
+AUGMENTATION_NONE: Augmentation
+AUGMENTATION_FLIP: Augmentation
+AUGMENTATION_TEN_CROP: Augmentation
+
 class EmbedRequest(_message.Message):
-    __slots__ = ("model", "version", "outputs", "images")
+    __slots__ = ("model", "version", "outputs", "images", "augmentation")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
+    AUGMENTATION_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     outputs: _containers.RepeatedScalarFieldContainer[str]
     images: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., outputs: _Optional[_Iterable[str]] = ..., images: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    augmentation: Augmentation
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., outputs: _Optional[_Iterable[str]] = ..., images: _Optional[_Iterable[bytes]] = ..., augmentation: _Optional[_Union[Augmentation, str]] = ...) -> None: ...
 
 class Vector(_message.Message):
     __slots__ = ("values", "dim")

@@ -1,0 +1,301 @@
+"""Heads: classifiers over one embedding output, trained in the background, versioned on disk, hot-swapped.
+
+Layout: ``<data_dir>/heads/<name>/<version>/{head.onnx, card.json[, ncm.npz]}``; a version
+folder appears whole (staged, then renamed). The served version is one object reference:
+a new version replaces it atomically, and requests already holding the old one finish on it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import pathlib
+import re
+import shutil
+import tempfile
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import onnx
+import onnxruntime as ort
+from google.protobuf import json_format
+
+from offshelf.protos.v1 import heads_pb2 as pb2
+from offshelf.protos.v1 import heads_pb2_grpc as pb2_grpc
+from offshelf.protos.v1 import index_pb2
+from offshelf.service.collections import CollectionRegistry
+from offshelf.service.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError, Unavailable
+from offshelf.service.head_fitting import KINDS, FittedHead, fit
+from offshelf.service.logs import fields
+from offshelf.service.models import ModelRegistry, describe
+
+log = logging.getLogger(__name__)
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+class HeadVersion:
+    """One loaded version: card, onnxruntime session, and (ncm) the class sums for adding classes."""
+
+    def __init__(self, directory: pathlib.Path):
+        self.card = json_format.Parse((directory / "card.json").read_text(), pb2.HeadCard())
+        self.session = ort.InferenceSession(str(directory / "head.onnx"), providers=["CPUExecutionProvider"])
+        ncm = directory / "ncm.npz"
+        self.fitted = None
+        if ncm.exists():
+            with np.load(ncm) as data:
+                self.fitted = FittedHead(
+                    onnx.ModelProto(), list(self.card.labels), self.card.metrics, data["sums"], data["counts"]
+                )
+
+    def probabilities(self, vectors: np.ndarray) -> np.ndarray:
+        return self.session.run(["probabilities"], {"embedding": vectors.astype(np.float32)})[0]
+
+
+class HeadEntry:
+    def __init__(self, name: str):
+        self.name = name
+        self.served: HeadVersion | None = None
+        self.versions: list[int] = []
+        self.job = pb2.HeadJob(head=name)
+        self.deleted = False
+
+
+class HeadRegistry:
+    def __init__(self, data_dir: pathlib.Path, models: ModelRegistry, collections: CollectionRegistry):
+        self.root = data_dir / "heads"
+        self.models = models
+        self.collections = collections
+        self._heads: dict[str, HeadEntry] = {}
+        self._lock = threading.Lock()
+        self._jobs = ThreadPoolExecutor(max_workers=1, thread_name_prefix="head-training")
+
+    def load_all(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        for directory in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            entry = HeadEntry(directory.name)
+            entry.versions = sorted(int(v.name) for v in directory.iterdir() if v.name.isdigit())
+            if entry.versions:
+                entry.served = HeadVersion(directory / str(entry.versions[-1]))
+                entry.job = pb2.HeadJob(
+                    head=entry.name,
+                    version=entry.versions[-1],
+                    state=pb2.JOB_STATE_SUCCEEDED,
+                    progress=1.0,
+                    message="loaded from disk",
+                )
+                self._heads[entry.name] = entry
+
+    def close(self) -> None:
+        self._jobs.shutdown(wait=True, cancel_futures=True)
+
+    def get(self, name: str) -> HeadEntry:
+        with self._lock:
+            entry = self._heads.get(name)
+        if entry is None:
+            raise NotFound(f"no head named {name!r}; ListHeads lists them")
+        return entry
+
+    def all(self) -> list[HeadEntry]:
+        with self._lock:
+            return [self._heads[n] for n in sorted(self._heads)]
+
+    def delete(self, name: str) -> None:
+        with self._lock:
+            entry = self._heads.pop(name, None)
+        if entry is None:
+            raise NotFound(f"no head named {name!r}; ListHeads lists them")
+        entry.deleted = True
+        doomed = self.root / f".deleting-{uuid.uuid4().hex}"
+        if (self.root / name).exists():
+            (self.root / name).rename(doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+
+    def train(self, request: pb2.TrainHeadRequest) -> pb2.HeadJob:
+        if not NAME.fullmatch(request.name):
+            raise InvalidArgument(
+                f"head name {request.name!r} is invalid: use 1-128 letters, digits, '.', '-' or "
+                "'_', starting with a letter or digit"
+            )
+        if request.kind not in KINDS:
+            raise InvalidArgument(f"unknown head kind {request.kind!r}; choose one of: {', '.join(KINDS)}")
+        if request.add_classes and request.kind != "ncm":
+            raise InvalidArgument("add_classes works with kind ncm only")
+        binding, gather = self._source(request)
+        with self._lock:
+            entry = self._heads.setdefault(request.name, HeadEntry(request.name))
+            if entry.job.state in (pb2.JOB_STATE_QUEUED, pb2.JOB_STATE_RUNNING):
+                raise Unavailable(
+                    f"head {request.name!r} is already training (version {entry.job.version}); "
+                    "wait for it (GetHead) before starting another"
+                )
+            if entry.served is not None and entry.served.card.binding != binding:
+                raise FailedPrecondition(
+                    f"head {request.name!r} is bound to {describe(entry.served.card.binding)}; "
+                    f"the source holds {describe(binding)}: delete the head or use another name"
+                )
+            version = max(entry.versions, default=0) + 1
+            entry.job = pb2.HeadJob(
+                head=request.name, version=version, state=pb2.JOB_STATE_QUEUED, message="waiting for the trainer"
+            )
+            job = pb2.HeadJob()
+            job.CopyFrom(entry.job)
+        self._jobs.submit(self._run, entry, request, binding, gather, version)
+        return job
+
+    def _source(self, request: pb2.TrainHeadRequest):
+        """The binding of the training data and a function that gathers (vectors, labels) in the job."""
+        source = request.WhichOneof("source")
+        if source == "collection":
+            collection = self.collections.get(request.collection)
+            return collection.config.binding, lambda progress: collection.labelled_vectors()
+        if source != "images":
+            raise InvalidArgument("no training data: set collection or images")
+        images = request.images
+        if not images.images:
+            raise InvalidArgument("images is empty: send labelled images")
+        unlabelled = [i for i, item in enumerate(images.images) if not item.label]
+        if unlabelled:
+            raise InvalidArgument(f"image {unlabelled[0]} has no label")
+        model = self.models.get(images.model, images.version)
+        (output,) = model.check_outputs([images.output or "embedding"])
+        binding = model.binding(output)
+
+        def gather(progress):
+            vectors = []
+            for start in range(0, len(images.images), 32):
+                batch = images.images[start : start + 32]
+                progress(0.3 * start / len(images.images), f"embedding images {start}/{len(images.images)}")
+                vectors.append(
+                    model.embed([i.image for i in batch], names=[f"image {start + j}" for j in range(len(batch))])[
+                        output
+                    ]
+                )
+            return np.concatenate(vectors), [i.label for i in images.images]
+
+        return binding, gather
+
+    def _run(
+        self, entry: HeadEntry, request: pb2.TrainHeadRequest, binding: index_pb2.Binding, gather, version: int
+    ) -> None:
+        def progress(fraction: float, message: str) -> None:
+            entry.job.progress, entry.job.message = fraction, message
+
+        entry.job.state = pb2.JOB_STATE_RUNNING
+        try:
+            vectors, labels = gather(progress)
+            if len(vectors) == 0:
+                raise InvalidArgument("the source has no labelled items")
+            offset = 0.3 if request.WhichOneof("source") == "images" else 0.0
+            previous = entry.served.fitted if request.add_classes and entry.served else None
+            fitted = fit(
+                request.kind, vectors, labels, lambda f, m: progress(offset + (1 - offset) * 0.9 * f, m), previous
+            )
+            progress(0.95, "writing and loading the new version")
+            served = self._write(entry.name, version, request.kind, binding, fitted)
+            with self._lock:
+                if entry.deleted:
+                    return
+                entry.served = served
+                entry.versions.append(version)
+            entry.job.state, entry.job.progress = pb2.JOB_STATE_SUCCEEDED, 1.0
+            entry.job.message = (
+                f"serving version {version}: {len(fitted.labels)} classes, cross-validated accuracy "
+                f"{fitted.metrics.cv_accuracy:.3f} over {fitted.metrics.folds} folds"
+            )
+            log.info(
+                "head trained",
+                extra=fields(
+                    head=entry.name, version=version, kind=request.kind, cv_accuracy=fitted.metrics.cv_accuracy
+                ),
+            )
+        except ServiceError as err:
+            entry.job.state, entry.job.message = pb2.JOB_STATE_FAILED, err.message
+        except Exception as err:
+            log.exception("head training failed", extra=fields(head=entry.name))
+            entry.job.state, entry.job.message = pb2.JOB_STATE_FAILED, f"training failed: {err}"
+
+    def _write(self, name: str, version: int, kind: str, binding: index_pb2.Binding, fitted: FittedHead) -> HeadVersion:
+        head_dir = self.root / name
+        head_dir.mkdir(parents=True, exist_ok=True)
+        staged = pathlib.Path(tempfile.mkdtemp(dir=head_dir, prefix=".incoming-"))
+        try:
+            onnx.save(fitted.graph, staged / "head.onnx")
+            card = pb2.HeadCard(
+                name=name,
+                version=version,
+                kind=kind,
+                binding=binding,
+                labels=fitted.labels,
+                metrics=fitted.metrics,
+                created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            )
+            (staged / "card.json").write_text(json_format.MessageToJson(card, preserving_proto_field_name=True))
+            if fitted.class_sums is not None:
+                np.savez(staged / "ncm.npz", sums=fitted.class_sums, counts=fitted.class_counts)
+            staged.chmod(0o755)
+            staged.rename(head_dir / str(version))
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+        return HeadVersion(head_dir / str(version))
+
+
+def _head_message(entry: HeadEntry) -> pb2.Head:
+    head = pb2.Head(job=entry.job, versions=entry.versions)
+    if entry.served is not None:
+        head.card.CopyFrom(entry.served.card)
+    return head
+
+
+class HeadsServicer(pb2_grpc.HeadsServicer):
+    def __init__(self, heads: HeadRegistry, models: ModelRegistry, max_images: int):
+        self.heads = heads
+        self.models = models
+        self.max_images = max_images
+
+    def TrainHead(self, request: pb2.TrainHeadRequest, context: grpc.ServicerContext) -> pb2.HeadJob:
+        return self.heads.train(request)
+
+    def GetHead(self, request: pb2.GetHeadRequest, context: grpc.ServicerContext) -> pb2.Head:
+        return _head_message(self.heads.get(request.name))
+
+    def ListHeads(self, request: pb2.ListHeadsRequest, context: grpc.ServicerContext) -> pb2.ListHeadsResponse:
+        return pb2.ListHeadsResponse(heads=[_head_message(e) for e in self.heads.all()])
+
+    def DeleteHead(self, request: pb2.DeleteHeadRequest, context: grpc.ServicerContext) -> pb2.DeleteHeadResponse:
+        self.heads.delete(request.name)
+        return pb2.DeleteHeadResponse()
+
+    def Classify(self, request: pb2.ClassifyRequest, context: grpc.ServicerContext) -> pb2.ClassifyResponse:
+        served = self.heads.get(request.head).served
+        if served is None:
+            raise NotFound(f"head {request.head!r} has no version ready yet; GetHead shows its training job")
+        binding = served.card.binding
+        if request.model and request.model != binding.model:
+            raise FailedPrecondition(
+                f"head {request.head!r} is bound to {describe(binding)}; the request is for model {request.model!r}"
+            )
+        if not request.images:
+            raise InvalidArgument("no images: send at least one encoded image")
+        if len(request.images) > self.max_images:
+            raise InvalidArgument(
+                f"{len(request.images)} images in one request, more than the limit of "
+                f"{self.max_images}; split them over several requests"
+            )
+        if request.k < 0:
+            raise InvalidArgument(f"k={request.k}: ask for 1 or more labels (0 means 5)")
+        model = self.models.for_binding(binding, f"head {request.head!r}")
+        vectors = model.embed(list(request.images), request.augmentation)[binding.output]
+        probabilities = served.probabilities(vectors)
+        k = min(request.k or 5, len(served.card.labels))
+        results = []
+        for row in probabilities:
+            top = np.argsort(-row)[:k]
+            results.append(
+                pb2.Classification(
+                    top=[pb2.LabelScore(label=served.card.labels[i], probability=float(row[i])) for i in top]
+                )
+            )
+        return pb2.ClassifyResponse(head=served.card.name, version=served.card.version, results=results)
