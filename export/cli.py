@@ -125,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if argv[:1] == ["layers"]:
             return run_layers(argv[1:])
+        if argv[:1] == ["merge"]:
+            from offshelf.export.merge import main as merge_main
+
+            return merge_main(argv[1:])
         args = parser().parse_args(argv)
         request = ExportRequest(
             network=None,

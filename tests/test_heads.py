@@ -176,3 +176,45 @@ def test_test_time_augmentation_for_embed_and_classify(client):
     for augmentation in ("flip", "10crop"):
         (top,) = client.classify([photos[0]], "tta", k=1, augmentation=augmentation)
         assert top[0][0] == "ants"
+
+
+def test_merge_writes_backbone_and_head_as_one_onnx_that_matches_classify(client, server, model_repo, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    import onnxruntime as ort
+
+    from offshelf.export.repository import load_batch
+    from offshelf.service.models import read_card
+
+    photos, labels = hymenoptera("train", 10)
+    client.train_head("merged", "linear-svm", images=photos, labels=labels)
+    version = client.wait_for_head("merged").card.version
+    out = tmp_path / "merged.onnx"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "offshelf.clients.cli",
+            "export",
+            "merge",
+            str(model_repo / "efficientnet-lite0" / "1"),
+            str(server.data_dir / "heads" / "merged" / str(version)),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["logits", "embedding", "probabilities"]
+    assert json.loads(session.get_modelmeta().custom_metadata_map["labels"]) == ["ants", "bees"]
+    val, _ = hymenoptera("val", 3)
+    pre = read_card(model_repo / "efficientnet-lite0" / "1").preprocessing
+    (probabilities,) = session.run(["probabilities"], {"image": load_batch(val, pre).numpy()})
+    served = client.classify(val, "merged", k=2)
+    for row, top in zip(probabilities, served, strict=True):
+        assert {label: p for label, p in top} == pytest.approx(dict(zip(["ants", "bees"], row.tolist())), abs=2e-3)
