@@ -217,4 +217,6 @@ def test_merge_writes_backbone_and_head_as_one_onnx_that_matches_classify(client
     (probabilities,) = session.run(["probabilities"], {"image": load_batch(val, pre).numpy()})
     served = client.classify(val, "merged", k=2)
     for row, top in zip(probabilities, served, strict=True):
-        assert {label: p for label, p in top} == pytest.approx(dict(zip(["ants", "bees"], row.tolist())), abs=2e-3)
+        assert {label: p for label, p in top} == pytest.approx(
+            dict(zip(["ants", "bees"], row.tolist(), strict=True)), abs=2e-3
+        )
