@@ -24,6 +24,10 @@ from offshelf.clients.client import DEFAULT_MODEL, Client
 DELEGATED = {
     "export": ("offshelf.export.cli", "export a CNN to ONNX into a model repository (needs offshelf[torch])"),
     "serve": ("offshelf.service.cli", "run the gRPC server over a model repository"),
+    "train": (
+        "offshelf.train.cli",
+        "fine-tune a CNN on an image folder, or train it from scratch (needs offshelf[torch])",
+    ),
 }
 EXIT_SERVER_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
 
