@@ -106,3 +106,38 @@ def test_from_scratch_trains_the_same_pipeline_from_random_weights(tmp_path, cap
     )
     assert "frozen blocks: none" in capsys.readouterr().out
     assert (tmp_path / "checkpoint.pt").exists()
+
+
+def test_dann_adapts_to_an_unlabelled_target_domain_and_reports_both_accuracies(tmp_path):
+    from PIL import Image, ImageOps
+
+    from offshelf.train.dann import DannConfig, run_dann
+
+    shared_photos("hymenoptera", 1)
+    source = tmp_path / "source"
+    for split, folder, count in (
+        ("train", source, 16),
+        ("train", tmp_path / "target", 16),
+        ("val", tmp_path / "target-labelled", 10),
+    ):
+        for cls in ("ants", "bees"):
+            (folder / cls).mkdir(parents=True, exist_ok=True)
+            for photo in sorted((SHARED_DATA / "hymenoptera" / split / cls).glob("*.jpg"))[:count]:
+                image = Image.open(photo).convert("RGB")
+                if folder != source:  # the target domain: inverted greyscale photos
+                    image = ImageOps.invert(image.convert("L").convert("RGB"))
+                image.save(folder / cls / photo.name)
+    report = run_dann(
+        DannConfig(
+            source=source,
+            target=tmp_path / "target",
+            target_labelled=tmp_path / "target-labelled",
+            out=tmp_path / "out",
+            freeze="_blocks.14",
+            epochs=1,
+            batch_size=8,
+        ),
+        log=lambda _: None,
+    )
+    assert 0.0 <= report.source_only_accuracy <= 1.0 and 0.0 <= report.adapted_accuracy <= 1.0
+    assert (tmp_path / "out" / "checkpoint.pt").exists()

@@ -49,10 +49,62 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def dann_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="offshelf train dann",
+        description="Domain-adversarial adaptation (DANN): train on labelled --source class folders while a "
+        "domain discriminator behind a gradient reversal layer aligns features with the unlabelled --target "
+        "images. With --target-labelled, scores the source-only baseline and the adapted model on it.",
+    )
+    p.add_argument("--source", type=pathlib.Path, required=True, help="labelled source images: <class>/*.jpg")
+    p.add_argument(
+        "--target",
+        type=pathlib.Path,
+        required=True,
+        help="unlabelled target images in sub-folders (their names are ignored)",
+    )
+    p.add_argument("--target-labelled", type=pathlib.Path, help="labelled target images to score on")
+    p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("adapted"), help="output folder")
+    p.add_argument("--arch", default="efficientnet-lite0")
+    p.add_argument("--weights")
+    p.add_argument("--freeze", default="", metavar="LAYER|N")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=32)
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["dann"]:
+        from offshelf.train.dann import DannConfig, run_dann
+
+        args = dann_parser().parse_args(argv[1:])
+        try:
+            run_dann(
+                DannConfig(
+                    source=args.source,
+                    target=args.target,
+                    target_labelled=args.target_labelled,
+                    out=args.out,
+                    architecture=args.arch,
+                    weights=args.weights,
+                    freeze=args.freeze,
+                    lr=args.lr,
+                    epochs=args.epochs,
+                    batch_size=args.batch_size,
+                )
+            )
+        except ExportError as err:
+            print(f"offshelf train: error: {err}", file=sys.stderr)
+            return 2
+        return 0
     if argv[:1] != ["finetune"]:
-        print("usage: offshelf train finetune DATA_DIR [options]  (see --help)", file=sys.stderr)
+        print(
+            "usage: offshelf train finetune DATA_DIR [options] | offshelf train dann --source DIR --target DIR "
+            "(see --help of each)",
+            file=sys.stderr,
+        )
         return 2
     args = parser().parse_args(argv[1:])
     config = FinetuneConfig(
