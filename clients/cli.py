@@ -20,6 +20,7 @@ from google.protobuf import json_format
 
 from offshelf.clients import evaluate
 from offshelf.clients.client import DEFAULT_MODEL, Client
+from offshelf.protos.v1 import heads_pb2
 
 DELEGATED = {
     "export": ("offshelf.export.cli", "export a CNN to ONNX into a model repository (needs offshelf[torch])"),
@@ -135,6 +136,36 @@ def parser() -> argparse.ArgumentParser:
         help="write a PNG: N-S histogram (ukbench) or precision-recall (holidays)",
     )
     evaluate.add_argument("--json", action="store_true", help="print the score as JSON")
+
+    head = commands.add_parser("head", help="train, list, show or delete classification heads")
+    head_actions = head.add_subparsers(dest="action", required=True, metavar="ACTION")
+    train = head_actions.add_parser(
+        "train",
+        parents=[server],
+        help="train a head in the server's background",
+        description="Train a head on labelled images (class folders: DIR/<label>/*.jpg) "
+        "or on a collection's labelled items, and wait for it.",
+    )
+    train.add_argument("name")
+    source = train.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", type=pathlib.Path, metavar="DIR", help="class folders of images")
+    source.add_argument("--collection", help="a collection with labelled items")
+    train.add_argument("--kind", choices=["logreg", "linear-svm", "ncm"], default="logreg")
+    train.add_argument("--model", default=DEFAULT_MODEL, help="model name (default: %(default)s)")
+    train.add_argument("--output", default="embedding", help="model output (default: %(default)s)")
+    train.add_argument("--add-classes", action="store_true", help="ncm: keep the served classes, add these")
+    for action in ("list", "show", "delete"):
+        sub = head_actions.add_parser(action, parents=[server], help=f"{action} head(s)")
+        if action != "list":
+            sub.add_argument("name")
+        sub.add_argument("--json", action="store_true", help="print as JSON")
+
+    classify = commands.add_parser("classify", parents=[server], help="top labels of images from a head")
+    classify.add_argument("images", nargs="+", type=pathlib.Path, metavar="IMAGE")
+    classify.add_argument("--head", required=True)
+    classify.add_argument("-k", type=int, default=3, help="labels per image (default: %(default)s)")
+    classify.add_argument("--augmentation", choices=["none", "flip", "10crop"], default="none")
+    classify.add_argument("--json", action="store_true", help="print as JSON")
 
     health = commands.add_parser(
         "health",
@@ -344,6 +375,64 @@ def run_eval(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
+def run_head(args: argparse.Namespace, client: Client) -> int:
+    if args.action == "train":
+        if args.images:
+            files = image_files([args.images])
+            client.train_head(
+                args.name,
+                args.kind,
+                images=files,
+                labels=[f.parent.name for f in files],
+                model=args.model,
+                output=args.output,
+                add_classes=args.add_classes,
+            )
+        else:
+            client.train_head(args.name, args.kind, collection=args.collection, add_classes=args.add_classes)
+        card = client.wait_for_head(args.name, timeout=args.timeout * 100).card
+        print(
+            f"{card.name} v{card.version} ({card.kind}): {len(card.labels)} classes, {card.metrics.examples} "
+            f"examples, cross-validated accuracy {card.metrics.cv_accuracy:.3f} ({card.metrics.folds} folds)"
+        )
+    elif args.action == "list":
+        heads = client.list_heads()
+        if args.json:
+            print(json.dumps([collection_dict(h) for h in heads], indent=2))
+        for h in [] if args.json else heads:
+            state = heads_state(h)
+            print(
+                f"{h.job.head}  v{h.card.version or '-'}  {h.card.kind or '-'}  {len(h.card.labels)} classes  {state}"
+            )
+    elif args.action == "show":
+        print(json.dumps(collection_dict(client.get_head(args.name)), indent=2))
+    else:
+        client.delete_head(args.name)
+        print(f"deleted {args.name}")
+    return 0
+
+
+def heads_state(head) -> str:
+    return heads_pb2.JobState.Name(head.job.state).removeprefix("JOB_STATE_").lower()
+
+
+def run_classify(args: argparse.Namespace, client: Client) -> int:
+    results = client.classify(args.images, args.head, k=args.k, augmentation=args.augmentation)
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {"image": str(p), "top": [{"label": label, "probability": prob} for label, prob in top]}
+                    for p, top in zip(args.images, results, strict=True)
+                ]
+            )
+        )
+        return 0
+    for path, top in zip(args.images, results, strict=True):
+        print(f"{path}: " + ", ".join(f"{label} {prob:.3f}" for label, prob in top))
+    return 0
+
+
 def run_health(args: argparse.Namespace, client: Client) -> int:
     deadline = time.monotonic() + args.wait
     while True:
@@ -372,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
         "add": run_add,
         "search": run_search,
         "eval": run_eval,
+        "head": run_head,
+        "classify": run_classify,
     }[args.command]
     try:
         with Client(args.server, timeout=args.timeout) as client:

@@ -53,3 +53,25 @@ def test_exit_codes_tell_usage_server_and_unreachable_apart(server, tmp_path):
     assert refused.returncode == 1 and "INVALID_ARGUMENT: image 0 is not a JPEG" in refused.stderr
     unreachable = offshelf("models", "--server", "127.0.0.1:1", "--timeout", "2")
     assert unreachable.returncode == 3 and "UNAVAILABLE" in unreachable.stderr
+
+
+def test_head_train_list_classify_and_delete(server, tmp_path):
+    from conftest import shared_photos
+
+    photos = tmp_path / "photos"
+    for cls in ("ants", "bees"):
+        (photos / cls).mkdir(parents=True)
+        for photo in shared_photos(f"hymenoptera/train/{cls}", 6):
+            (photos / cls / photo.name).symlink_to(photo)
+    trained = offshelf(
+        "head", "train", "cli-bugs", "--images", str(photos), "--kind", "ncm", "--server", server.address
+    )
+    assert trained.returncode == 0, trained.stderr
+    assert "cli-bugs v1 (ncm): 2 classes, 12 examples" in trained.stdout
+    assert "cli-bugs  v1  ncm  2 classes  succeeded" in offshelf("head", "list", "--server", server.address).stdout
+    image = next((photos / "ants").iterdir())
+    classified = offshelf("classify", str(image), "--head", "cli-bugs", "--json", "--server", server.address)
+    assert json.loads(classified.stdout)[0]["top"][0]["label"] == "ants"
+    assert offshelf("head", "delete", "cli-bugs", "--server", server.address).returncode == 0
+    missing = offshelf("classify", str(image), "--head", "cli-bugs", "--server", server.address)
+    assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
