@@ -8,6 +8,7 @@ from offshelf.protos.v1 import embedding_pb2 as pb2
 from offshelf.protos.v1 import embedding_pb2_grpc as pb2_grpc
 from offshelf.service.errors import InvalidArgument
 from offshelf.service.models import LoadedModel, ModelRegistry
+from offshelf.service.preprocess import check_image_count
 
 
 class EmbeddingServicer(pb2_grpc.EmbeddingServicer):
@@ -18,13 +19,7 @@ class EmbeddingServicer(pb2_grpc.EmbeddingServicer):
     def Embed(self, request: pb2.EmbedRequest, context: grpc.ServicerContext) -> pb2.EmbedResponse:
         if not request.model:
             raise InvalidArgument("model is empty: name a served model (ListModels lists them)")
-        if not request.images:
-            raise InvalidArgument("no images: send at least one encoded image in images")
-        if len(request.images) > self.max_images:
-            raise InvalidArgument(
-                f"{len(request.images)} images in one request, more than the limit of "
-                f"{self.max_images}; split them over several requests"
-            )
+        check_image_count(len(request.images), self.max_images)
         if request.version < 0:
             raise InvalidArgument(f"version {request.version} is negative; use 0 for the latest")
         model = self.registry.get(request.model, request.version)

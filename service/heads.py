@@ -31,6 +31,7 @@ from offshelf.service.errors import FailedPrecondition, InvalidArgument, NotFoun
 from offshelf.service.head_fitting import KINDS, FittedHead, fit
 from offshelf.service.logs import fields
 from offshelf.service.models import ModelRegistry, describe
+from offshelf.service.preprocess import check_image_count
 
 log = logging.getLogger(__name__)
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -277,13 +278,7 @@ class HeadsServicer(pb2_grpc.HeadsServicer):
             raise FailedPrecondition(
                 f"head {request.head!r} is bound to {describe(binding)}; the request is for model {request.model!r}"
             )
-        if not request.images:
-            raise InvalidArgument("no images: send at least one encoded image")
-        if len(request.images) > self.max_images:
-            raise InvalidArgument(
-                f"{len(request.images)} images in one request, more than the limit of "
-                f"{self.max_images}; split them over several requests"
-            )
+        check_image_count(len(request.images), self.max_images)
         if request.k < 0:
             raise InvalidArgument(f"k={request.k}: ask for 1 or more labels (0 means 5)")
         model = self.models.for_binding(binding, f"head {request.head!r}")

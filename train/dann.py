@@ -22,8 +22,9 @@ from tqdm import tqdm
 
 from offshelf.export.checkpoint import write_checkpoint
 from offshelf.export.errors import ExportError
+from offshelf.export.repository import card_transform
 from offshelf.export.zoo import build_network, last_linear
-from offshelf.train.data import eval_transform, train_transform
+from offshelf.train.data import train_transform
 from offshelf.train.finetune import _epoch, freeze
 
 
@@ -131,7 +132,7 @@ def run_dann(config: DannConfig, log=print) -> DannReport:
     target = DataLoader(target_set, config.batch_size, shuffle=True, num_workers=2)
     evaluation = None
     if config.target_labelled:
-        labelled = datasets.ImageFolder(config.target_labelled, eval_transform(pre))
+        labelled = datasets.ImageFolder(config.target_labelled, card_transform(pre))
         if labelled.classes != classes:
             raise ExportError(f"{config.target_labelled} has classes {labelled.classes}; the source has {classes}")
         evaluation = DataLoader(labelled, config.batch_size, num_workers=2)

@@ -10,31 +10,20 @@ from torch.utils.data import Dataset, Subset
 from torchvision import datasets, transforms
 
 from offshelf.export.errors import ExportError
+from offshelf.export.repository import card_transform
 from offshelf.protos.v1 import model_card_pb2 as card_pb2
 
 
 def train_transform(pre: card_pb2.Preprocessing, augment: bool) -> transforms.Compose:
     normalise = [transforms.ToTensor(), transforms.Normalize(list(pre.mean), list(pre.std))]
     if not augment:
-        return eval_transform(pre)
+        return card_transform(pre)
     return transforms.Compose(
         [
             transforms.RandomResizedCrop((pre.crop_height, pre.crop_width), scale=(0.5, 1.0)),
             transforms.RandomHorizontalFlip(),
             transforms.ColorJitter(0.2, 0.2, 0.2),
             *normalise,
-        ]
-    )
-
-
-def eval_transform(pre: card_pb2.Preprocessing) -> transforms.Compose:
-    interpolation = transforms.InterpolationMode[pre.interpolation.upper()]
-    return transforms.Compose(
-        [
-            transforms.Resize(pre.resize_shorter, interpolation=interpolation),
-            transforms.CenterCrop((pre.crop_height, pre.crop_width)),
-            transforms.ToTensor(),
-            transforms.Normalize(list(pre.mean), list(pre.std)),
         ]
     )
 
@@ -51,12 +40,12 @@ def load_splits(
     val_dir = next((folder / n for n in ("val", "validation") if (folder / n).is_dir()), None)
     if (folder / "train").is_dir() and val_dir is not None:
         train = datasets.ImageFolder(folder / "train", train_transform(pre, augment))
-        val = datasets.ImageFolder(val_dir, eval_transform(pre))
+        val = datasets.ImageFolder(val_dir, card_transform(pre))
         if val.classes != train.classes:
             raise ExportError(f"{val_dir} has classes {val.classes}, {folder / 'train'} has {train.classes}")
     elif folder.is_dir():
         train = datasets.ImageFolder(folder, train_transform(pre, augment))
-        val = datasets.ImageFolder(folder, eval_transform(pre))
+        val = datasets.ImageFolder(folder, card_transform(pre))
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()
         cut = int(len(order) * val_fraction)
         if cut == 0:
