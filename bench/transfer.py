@@ -60,7 +60,7 @@ def heads_rows(client: Client, name: str, train, val) -> list[tuple[str, float, 
 def training_row(label: str, config: FinetuneConfig) -> tuple[str, float, float]:
     started = time.perf_counter()
     history = finetune(config, log=lambda _: None)
-    accuracy = history.val_accuracy[history.best_epoch - 1]
+    accuracy = history.best_accuracy
     print(f"  {label}: {accuracy:.4f} after {len(history.val_loss)} epochs", flush=True)
     return label, accuracy, time.perf_counter() - started
 
@@ -106,7 +106,13 @@ def main() -> None:
                 rows.append(
                     training_row(
                         "fine-tuned (last 4 blocks + head, early stopping)",
-                        FinetuneConfig(out=work / f"{name}-finetuned", freeze="_blocks.11", **common),
+                        FinetuneConfig(
+                            out=work / f"{name}-finetuned",
+                            freeze="_blocks.11",
+                            lr_head=1e-4,
+                            lr_backbone=1e-5,
+                            **common,
+                        ),
                     )
                 )
                 table += [(name, *row) for row in rows]

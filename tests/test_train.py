@@ -82,6 +82,23 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path):
     assert history.val_loss[history.best_epoch - 1] == min(history.val_loss)
 
 
+def test_the_linear_probe_starts_fine_tuning_and_is_kept_when_nothing_beats_it(tmp_path):
+    shared_photos("hymenoptera", 1)
+    history = finetune(
+        FinetuneConfig(
+            data=SHARED_DATA / "hymenoptera",
+            out=tmp_path,
+            freeze="_blocks.15",
+            lr_head=3.0,
+            epochs=2,
+            patience=1,
+            limit_per_class=12,
+        ),
+        log=lambda _: None,
+    )
+    assert history.best_epoch == 0 and history.best_accuracy >= 0.85  # the probe; lr 3.0 only made it worse
+
+
 def test_from_scratch_trains_the_same_pipeline_from_random_weights(tmp_path, capsys):
     shared_photos("hymenoptera", 1)
     assert (

@@ -40,6 +40,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-augment", dest="augment", action="store_false", help="no random resized crop, flip or colour jitter"
     )
+    p.add_argument(
+        "--no-init-head",
+        dest="init_head",
+        action="store_false",
+        help="start the new classifier at random instead of from a linear probe on the features",
+    )
     p.add_argument("--epochs", type=int, default=20, help="most epochs (default: %(default)s)")
     p.add_argument("--patience", type=int, default=3, help="epochs without a better validation loss before stopping")
     p.add_argument("--batch-size", type=int, default=32)
@@ -123,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         val_split=args.val_split,
         limit_per_class=args.limit_per_class,
         seed=args.seed,
+        init_head=args.init_head,
     )
     try:
         finetune(config)

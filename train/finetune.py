@@ -12,6 +12,7 @@ import copy
 import pathlib
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -40,6 +41,7 @@ class FinetuneConfig:
     val_split: float = 0.2
     limit_per_class: int = 0
     seed: int = 0
+    init_head: bool = True  # start the classifier from a linear probe (pretrained weights only)
 
 
 @dataclass
@@ -48,7 +50,8 @@ class History:
     train_accuracy: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
     val_accuracy: list[float] = field(default_factory=list)
-    best_epoch: int = 0
+    best_epoch: int = 0  # 0: the initial linear probe stayed best
+    best_accuracy: float = 0.0
 
 
 def blocks(module: nn.Module) -> list[tuple[str, list[nn.Parameter]]]:
@@ -90,11 +93,42 @@ def parameter_groups(module: nn.Module, classifier: str, config: FinetuneConfig)
     return groups
 
 
+def init_head(model: nn.Module, classifier: str, loader: DataLoader) -> None:
+    """Starts the new classifier from a logistic regression on the pretrained features (a linear probe), so
+    fine-tuning refines a good model instead of first undoing a random head through the backbone."""
+    from sklearn.linear_model import LogisticRegression
+
+    head = model.get_submodule(classifier)
+    parent, _, leaf = classifier.rpartition(".")
+    owner = model.get_submodule(parent) if parent else model
+    setattr(owner, leaf, nn.Identity())
+    model.eval()
+    features, targets = [], []
+    with torch.no_grad():
+        for images, labels in tqdm(loader, desc="features for the initial classifier", unit="batch", leave=False):
+            features.append(model(images))
+            targets.append(labels)
+    setattr(owner, leaf, head)
+    x, y = torch.cat(features).numpy(), torch.cat(targets).numpy()
+    probe = LogisticRegression(C=1.0, max_iter=3000).fit(x, y)
+    weight, bias = probe.coef_, probe.intercept_
+    if len(probe.classes_) == 2:  # one row for class 1: split it into two softmax rows
+        weight, bias = [-weight[0] / 2, weight[0] / 2], [-bias[0] / 2, bias[0] / 2]
+    with torch.no_grad():
+        head.weight.copy_(torch.as_tensor(np.asarray(weight), dtype=torch.float32))
+        head.bias.copy_(torch.as_tensor(np.asarray(bias), dtype=torch.float32))
+
+
 def _epoch(
     model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer | None, description: str
 ) -> tuple[float, float]:
     training = optimizer is not None
     model.train(training)
+    for module in model.modules():  # frozen blocks keep their BatchNorm statistics too
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
+            p.requires_grad for p in module.parameters()
+        ):
+            module.eval()
     total_loss, correct, seen = 0.0, 0, 0
     with torch.set_grad_enabled(training), tqdm(loader, desc=description, unit="batch", leave=False) as bar:
         for images, targets in bar:
@@ -123,6 +157,12 @@ def finetune(config: FinetuneConfig, log=print) -> History:
     parent, _, leaf = classifier.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, leaf, nn.Linear(old.in_features, len(classes)))
     frozen = freeze(model, config.freeze)
+    if config.init_head and config.weights != "random":
+        plain, _, _ = load_splits(
+            config.data, network.preprocessing, False, config.val_split, config.limit_per_class, config.seed
+        )
+        init_head(model, classifier, DataLoader(plain, config.batch_size, num_workers=2))
+        log("initialised the classifier by logistic regression on the frozen features")
     log(
         f"{config.architecture}: {len(classes)} classes {classes}, {len(train)} training and {len(val)} validation "
         f"images; frozen blocks: {', '.join(frozen) or 'none'}"
@@ -132,7 +172,11 @@ def finetune(config: FinetuneConfig, log=print) -> History:
         DataLoader(train, config.batch_size, shuffle=True, num_workers=2),
         DataLoader(val, config.batch_size, num_workers=2),
     )
-    history, best, best_loss, waited = History(), None, float("inf"), 0
+    history, best, best_loss, waited = History(), copy.deepcopy(model.state_dict()), float("inf"), 0
+    start_accuracy = 0.0
+    if config.init_head and config.weights != "random":  # the linear probe is the first candidate
+        best_loss, start_accuracy = _epoch(model, loaders[1], None, "epoch 0 val")
+        log(f"epoch 0 (linear probe): val loss {best_loss:.4f} acc {start_accuracy:.3f}")
     for epoch in range(1, config.epochs + 1):
         train_loss, train_accuracy = _epoch(model, loaders[0], optimizer, f"epoch {epoch} train")
         val_loss, val_accuracy = _epoch(model, loaders[1], None, f"epoch {epoch} val")
@@ -156,9 +200,11 @@ def finetune(config: FinetuneConfig, log=print) -> History:
     config.out.mkdir(parents=True, exist_ok=True)
     write_checkpoint(config.out / "checkpoint.pt", config.architecture, best, classes, network.preprocessing)
     plot(history, config.out / "curves.png")
+    best_accuracy = history.val_accuracy[history.best_epoch - 1] if history.best_epoch else start_accuracy
+    history.best_accuracy = best_accuracy
     log(
-        f"best epoch {history.best_epoch}: val loss {best_loss:.4f}, acc "
-        f"{history.val_accuracy[history.best_epoch - 1]:.3f}; wrote {config.out / 'checkpoint.pt'} and curves.png"
+        f"best epoch {history.best_epoch}: val loss {best_loss:.4f}, acc {best_accuracy:.3f}; "
+        f"wrote {config.out / 'checkpoint.pt'} and curves.png"
     )
     return history
 
