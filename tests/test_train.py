@@ -64,38 +64,29 @@ def test_finetune_writes_a_checkpoint_and_curves_that_export_reads(tmp_path):
     assert list(card.outputs[0].labels) == ["ants", "bees"] and card.outputs[0].dim == 2
 
 
-def test_early_stopping_keeps_the_best_epoch(tmp_path):
+def _hymenoptera_run(tmp_path, **overrides):
+    """A small fine-tuning run with a learning rate high enough to make validation loss get worse."""
     shared_photos("hymenoptera", 1)
-    history = finetune(
-        FinetuneConfig(
-            data=SHARED_DATA / "hymenoptera",
-            out=tmp_path,
-            freeze="_blocks.15",
-            lr_head=3.0,
-            epochs=6,
-            patience=1,
-            limit_per_class=12,
-        ),
-        log=lambda _: None,
+    config = FinetuneConfig(
+        data=SHARED_DATA / "hymenoptera",
+        out=tmp_path,
+        freeze="_blocks.15",
+        lr_head=3.0,
+        patience=1,
+        limit_per_class=12,
+        **overrides,
     )
+    return finetune(config, log=lambda _: None)
+
+
+def test_early_stopping_keeps_the_best_epoch(tmp_path):
+    history = _hymenoptera_run(tmp_path, epochs=6, init_head=False)
     assert len(history.val_loss) < 6
     assert history.val_loss[history.best_epoch - 1] == min(history.val_loss)
 
 
 def test_the_linear_probe_starts_fine_tuning_and_is_kept_when_nothing_beats_it(tmp_path):
-    shared_photos("hymenoptera", 1)
-    history = finetune(
-        FinetuneConfig(
-            data=SHARED_DATA / "hymenoptera",
-            out=tmp_path,
-            freeze="_blocks.15",
-            lr_head=3.0,
-            epochs=2,
-            patience=1,
-            limit_per_class=12,
-        ),
-        log=lambda _: None,
-    )
+    history = _hymenoptera_run(tmp_path, epochs=2)
     assert history.best_epoch == 0 and history.best_accuracy >= 0.85  # the probe; lr 3.0 only made it worse
 
 
