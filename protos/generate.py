@@ -1,4 +1,5 @@
-"""Generates the Python stubs of protos/v1/*.proto into a folder (default: protos/v1).
+"""Generates the Python stubs of protos/<package>/*.proto beside them (v1: offshelf's API; inference: the
+Open Inference Protocol).
 
 The .proto files are compiled under the virtual path offshelf/protos/, so the stubs
 import each other as ``offshelf.protos.v1``. Run through ``make protos``.
@@ -14,12 +15,12 @@ import tempfile
 from grpc_tools import protoc
 
 PROTOS = pathlib.Path(__file__).resolve().parent
-STUB_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
+PACKAGES = ("v1", "inference")
 
 
 def generate(out_dir: pathlib.Path) -> list[pathlib.Path]:
-    """Writes the stubs into out_dir and returns their paths."""
-    sources = sorted(f"offshelf/protos/v1/{p.name}" for p in (PROTOS / "v1").glob("*.proto"))
+    """Writes the stubs into out_dir/<package>/ and returns their paths."""
+    sources = sorted(f"offshelf/protos/{k}/{p.name}" for k in PACKAGES for p in (PROTOS / k).glob("*.proto"))
     with tempfile.TemporaryDirectory() as tmp:
         args = [
             "protoc",
@@ -32,16 +33,17 @@ def generate(out_dir: pathlib.Path) -> list[pathlib.Path]:
         ]
         if protoc.main(args) != 0:
             sys.exit("protoc failed")
-        out_dir.mkdir(parents=True, exist_ok=True)
         written = []
-        for stub in sorted((pathlib.Path(tmp) / "offshelf/protos/v1").iterdir()):
-            shutil.copy(stub, out_dir / stub.name)
-            written.append(out_dir / stub.name)
+        for package in PACKAGES:
+            (out_dir / package).mkdir(parents=True, exist_ok=True)
+            for stub in sorted((pathlib.Path(tmp) / "offshelf/protos" / package).iterdir()):
+                shutil.copy(stub, out_dir / package / stub.name)
+                written.append(out_dir / package / stub.name)
         return written
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=pathlib.Path, default=PROTOS / "v1")
+    parser.add_argument("--out", type=pathlib.Path, default=PROTOS)
     for path in generate(parser.parse_args().out):
         print(path)

@@ -99,6 +99,13 @@ class HeadRegistry:
             raise NotFound(f"no head named {name!r}; ListHeads lists them")
         return entry
 
+    def serving(self, name: str) -> HeadVersion:
+        """The version that answers requests now; NotFound while the first one is still training."""
+        served = self.get(name).served
+        if served is None:
+            raise NotFound(f"head {name!r} has no version ready yet; GetHead shows its training job")
+        return served
+
     def all(self) -> list[HeadEntry]:
         with self._lock:
             return [self._heads[n] for n in sorted(self._heads)]
@@ -270,9 +277,7 @@ class HeadsServicer(pb2_grpc.HeadsServicer):
         return pb2.DeleteHeadResponse()
 
     def Classify(self, request: pb2.ClassifyRequest, context: grpc.ServicerContext) -> pb2.ClassifyResponse:
-        served = self.heads.get(request.head).served
-        if served is None:
-            raise NotFound(f"head {request.head!r} has no version ready yet; GetHead shows its training job")
+        served = self.heads.serving(request.head)
         binding = served.card.binding
         if request.model and request.model != binding.model:
             raise FailedPrecondition(

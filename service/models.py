@@ -101,10 +101,15 @@ class LoadedModel:
             self.preprocessor.views(self.preprocessor.decode(data, name), augmentation)
             for data, name in zip(images, names, strict=True)
         ]
-        per_image = len(views[0])
-        outputs = self.batcher.run({self.card.preprocessing.input_name: np.stack([v for vs in views for v in vs])})
+        return self.infer(np.stack([v for vs in views for v in vs]), per_image=len(views[0]))
+
+    def infer(self, batch: np.ndarray, per_image: int = 1) -> dict[str, np.ndarray]:
+        """Every output for a preprocessed (images x per_image, 3, H, W) batch, averaged over each image's views.
+        Embed and the Open Inference Protocol both come through here, so they share the batcher."""
+        outputs = self.batcher.run({self.card.preprocessing.input_name: batch})
         if per_image > 1:
-            outputs = {name: a.reshape(len(images), per_image, -1).mean(axis=1) for name, a in outputs.items()}
+            images = len(batch) // per_image
+            outputs = {name: a.reshape(images, per_image, -1).mean(axis=1) for name, a in outputs.items()}
         return outputs
 
     def binding(self, output: str) -> index_pb2.Binding:

@@ -1,4 +1,5 @@
-"""The serving process: gRPC server (Embedding, health, reflection), metrics endpoint, graceful shutdown."""
+"""The serving process: gRPC server (Embedding, Index, Heads, Open Inference Protocol, health, reflection),
+metrics endpoint, graceful shutdown."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from offshelf.protos.inference import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from offshelf.protos.v1 import embedding_pb2, embedding_pb2_grpc, heads_pb2, heads_pb2_grpc, index_pb2, index_pb2_grpc
 from offshelf.service.collection import CollectionLoadError
 from offshelf.service.collections import CollectionRegistry
@@ -19,6 +21,7 @@ from offshelf.service.embedding import EmbeddingServicer
 from offshelf.service.errors import ModelLoadError
 from offshelf.service.heads import HeadRegistry, HeadsServicer
 from offshelf.service.index import IndexServicer
+from offshelf.service.inference import InferenceServicer
 from offshelf.service.interceptor import RpcInterceptor
 from offshelf.service.logs import fields
 from offshelf.service.metrics import Metrics
@@ -30,6 +33,7 @@ SERVICES = [
     embedding_pb2.DESCRIPTOR.services_by_name["Embedding"].full_name,
     index_pb2.DESCRIPTOR.services_by_name["Index"].full_name,
     heads_pb2.DESCRIPTOR.services_by_name["Heads"].full_name,
+    grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
 ]
 
 
@@ -43,6 +47,7 @@ class Server:
         self.collections = CollectionRegistry(settings.data_dir, settings.snapshot_every_writes, settings.faiss_threads)
         self.heads = HeadRegistry(settings.data_dir, self.models, self.collections)
         self.health = health.HealthServicer()
+        self.ready = threading.Event()
         self.grpc_port = 0
         self.metrics_port = 0
         self._grpc = grpc.server(
@@ -59,6 +64,9 @@ class Server:
         index_pb2_grpc.add_IndexServicer_to_server(IndexServicer(self.collections, self.models, settings), self._grpc)
         heads_pb2_grpc.add_HeadsServicer_to_server(
             HeadsServicer(self.heads, self.models, settings.max_images_per_request), self._grpc
+        )
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(self.models, self.heads, settings.max_images_per_request, self.ready.is_set), self._grpc
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection([*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME], self._grpc)
@@ -78,6 +86,7 @@ class Server:
         self.models.load_all()
         self.collections.load_all()
         self.heads.load_all()
+        self.ready.set()
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "serving",
@@ -94,6 +103,7 @@ class Server:
 
     def stop(self) -> None:
         """Reports NOT_SERVING for drain_seconds, refuses new calls, lets in-flight calls finish, closes."""
+        self.ready.clear()
         self.health.enter_graceful_shutdown()
         log.info("draining", extra=fields(drain_seconds=self.settings.drain_seconds))
         time.sleep(self.settings.drain_seconds)

@@ -9,5 +9,9 @@ from conftest import ROOT
 
 def test_generated_stubs_are_up_to_date(tmp_path):
     fresh = generate(tmp_path)
-    stale = [p.name for p in fresh if p.read_bytes() != (ROOT / "protos" / "v1" / p.name).read_bytes()]
+    stale = [
+        str(p.relative_to(tmp_path))
+        for p in fresh
+        if p.read_bytes() != (ROOT / "protos" / p.relative_to(tmp_path)).read_bytes()
+    ]
     assert not stale, f"stale stubs {stale}: run `make protos` and commit the result"

@@ -1,0 +1,250 @@
+"""The Open Inference Protocol (KServe v2) servicer, so stock Triton and KServe clients work unchanged.
+
+A model's one input takes either FP32 (N, 3, H, W), already preprocessed as the model card says, or
+BYTES (N) of encoded images, which are decoded and preprocessed here. Outputs are the model's outputs
+(FP32, N x dim) and, for each head trained on this model version, ``<head>/probabilities`` (FP32,
+N x classes, in the head's label order) and ``<head>/labels`` (BYTES, N x top_k, best first).
+Requests go through the same batcher as Embed.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Callable, Iterator
+from importlib.metadata import version as package_version
+
+import grpc
+import numpy as np
+
+from offshelf.protos.inference import grpc_predict_v2_pb2 as pb2
+from offshelf.protos.inference import grpc_predict_v2_pb2_grpc as pb2_grpc
+from offshelf.protos.v1.embedding_pb2 import AUGMENTATION_FLIP, AUGMENTATION_NONE, AUGMENTATION_TEN_CROP
+from offshelf.service.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError, Unavailable
+from offshelf.service.heads import HeadRegistry, HeadVersion
+from offshelf.service.logs import fields
+from offshelf.service.models import LoadedModel, ModelRegistry
+from offshelf.service.preprocess import check_image_count
+
+log = logging.getLogger(__name__)
+AUGMENTATIONS = {"none": AUGMENTATION_NONE, "flip": AUGMENTATION_FLIP, "10crop": AUGMENTATION_TEN_CROP}
+PARAMETERS = ("augmentation", "top_k")
+HEAD_OUTPUTS = ("probabilities", "labels")
+Tensor = tuple[str, list[int], bytes]  # datatype, shape, raw contents
+
+
+def serialize_bytes(items: list[bytes]) -> bytes:
+    """The protocol's BYTES layout: each element prefixed by its length (4 bytes, little-endian)."""
+    return b"".join(struct.pack("<I", len(item)) + item for item in items)
+
+
+def deserialize_bytes(raw: bytes, what: str) -> list[bytes]:
+    items, position = [], 0
+    while position < len(raw):
+        if position + 4 > len(raw):
+            raise InvalidArgument(f"{what}: truncated BYTES contents (a 4-byte length prefix is cut short)")
+        (length,) = struct.unpack_from("<I", raw, position)
+        position += 4
+        if position + length > len(raw):
+            raise InvalidArgument(f"{what}: a BYTES element claims {length} bytes but fewer remain")
+        items.append(raw[position : position + length])
+        position += length
+    return items
+
+
+class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):
+    def __init__(
+        self, models: ModelRegistry, heads: HeadRegistry, max_images: int, is_ready: Callable[[], bool]
+    ) -> None:
+        self.models = models
+        self.heads = heads
+        self.max_images = max_images
+        self.is_ready = is_ready
+
+    def ServerLive(self, request: pb2.ServerLiveRequest, context: grpc.ServicerContext) -> pb2.ServerLiveResponse:
+        return pb2.ServerLiveResponse(live=True)
+
+    def ServerReady(self, request: pb2.ServerReadyRequest, context: grpc.ServicerContext) -> pb2.ServerReadyResponse:
+        return pb2.ServerReadyResponse(ready=self.is_ready())
+
+    def ModelReady(self, request: pb2.ModelReadyRequest, context: grpc.ServicerContext) -> pb2.ModelReadyResponse:
+        try:
+            self._model(request.name, request.version)
+        except (NotFound, Unavailable):
+            return pb2.ModelReadyResponse(ready=False)
+        return pb2.ModelReadyResponse(ready=True)
+
+    def ServerMetadata(
+        self, request: pb2.ServerMetadataRequest, context: grpc.ServicerContext
+    ) -> pb2.ServerMetadataResponse:
+        return pb2.ServerMetadataResponse(name="offshelf", version=package_version("offshelf"), extensions=[])
+
+    def ModelMetadata(
+        self, request: pb2.ModelMetadataRequest, context: grpc.ServicerContext
+    ) -> pb2.ModelMetadataResponse:
+        model = self._model(request.name, request.version)
+        pre = model.card.preprocessing
+        tensor = pb2.ModelMetadataResponse.TensorMetadata
+        outputs = [tensor(name=o.name, datatype="FP32", shape=[-1, o.dim]) for o in model.card.outputs]
+        for head in self._heads_of(model):
+            classes = len(head.card.labels)
+            outputs += [
+                tensor(name=f"{head.card.name}/probabilities", datatype="FP32", shape=[-1, classes]),
+                tensor(name=f"{head.card.name}/labels", datatype="BYTES", shape=[-1, -1]),
+            ]
+        return pb2.ModelMetadataResponse(
+            name=model.name,
+            versions=[str(m.version) for m in self.models.all()[model.name]],
+            platform="onnxruntime_onnx",
+            inputs=[tensor(name=pre.input_name, datatype="FP32", shape=[-1, 3, pre.crop_height, pre.crop_width])],
+            outputs=outputs,
+        )
+
+    def ModelInfer(self, request: pb2.ModelInferRequest, context: grpc.ServicerContext) -> pb2.ModelInferResponse:
+        model = self._model(request.model_name, request.model_version)
+        parameters = _parameters(request)
+        requested = [o.name for o in request.outputs] or model.output_names
+        model_outputs, head_outputs = self._split_outputs(model, requested)
+        arrays = self._run(model, request, parameters["augmentation"])
+        tensors: dict[str, Tensor] = {
+            name: ("FP32", list(arrays[name].shape), arrays[name].astype("<f4").tobytes()) for name in model_outputs
+        }
+        for head_name, kinds in head_outputs.items():
+            head = self.heads.serving(head_name)
+            probabilities = head.probabilities(arrays[head.card.binding.output])
+            if "probabilities" in kinds:
+                tensors[f"{head_name}/probabilities"] = (
+                    "FP32",
+                    list(probabilities.shape),
+                    probabilities.astype("<f4").tobytes(),
+                )
+            if "labels" in kinds:
+                k = min(parameters["top_k"], probabilities.shape[1])
+                labels = [head.card.labels[i].encode() for row in probabilities for i in np.argsort(-row)[:k]]
+                tensors[f"{head_name}/labels"] = ("BYTES", [len(probabilities), k], serialize_bytes(labels))
+        response = pb2.ModelInferResponse(model_name=model.name, model_version=str(model.version), id=request.id)
+        for name in requested:
+            datatype, shape, raw = tensors[name]
+            response.outputs.add(name=name, datatype=datatype, shape=shape)
+            response.raw_output_contents.append(raw)
+        return response
+
+    def ModelStreamInfer(
+        self, requests: Iterator[pb2.ModelInferRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb2.ModelStreamInferResponse]:
+        for request in requests:
+            try:
+                yield pb2.ModelStreamInferResponse(infer_response=self.ModelInfer(request, context))
+            except ServiceError as err:
+                yield pb2.ModelStreamInferResponse(error_message=f"{err.code.name}: {err.message}")
+            except Exception:
+                log.exception("unexpected error", extra=fields(rpc="ModelStreamInfer"))
+                yield pb2.ModelStreamInferResponse(error_message="INTERNAL: unexpected server error; see its log")
+
+    def _model(self, name: str, version: str) -> LoadedModel:
+        if not name:
+            raise InvalidArgument("model name is empty: name a served model (ListModels lists them)")
+        if version and not version.isdigit():
+            raise InvalidArgument(f"model version {version!r} is not a number; leave it empty for the latest")
+        return self.models.get(name, int(version or 0))
+
+    def _heads_of(self, model: LoadedModel) -> list[HeadVersion]:
+        """The heads whose served version was trained on this model version's outputs."""
+        served = [entry.served for entry in self.heads.all() if entry.served is not None]
+        return [
+            head
+            for head in served
+            if head.card.binding.output in model.output_names
+            and model.binding(head.card.binding.output) == head.card.binding
+        ]
+
+    def _split_outputs(self, model: LoadedModel, requested: list[str]) -> tuple[list[str], dict[str, set[str]]]:
+        """(model outputs, {head: {probabilities, labels}}) of the requested output names."""
+        if len(set(requested)) != len(requested):
+            raise InvalidArgument(f"outputs {requested} name one output twice; ask for each once")
+        model_outputs, head_outputs = [], {}
+        for name in requested:
+            if name in model.output_names:
+                model_outputs.append(name)
+                continue
+            head_name, _, kind = name.rpartition("/")
+            if not head_name or kind not in HEAD_OUTPUTS:
+                raise InvalidArgument(
+                    f"model {model.name} version {model.version} has no output {name!r}; its outputs are "
+                    f"{', '.join(model.output_names)}, and <head>/probabilities or <head>/labels for its heads"
+                )
+            binding = self.heads.serving(head_name).card.binding
+            if self.models.for_binding(binding, f"head {head_name!r}") is not model:
+                raise FailedPrecondition(
+                    f"head {head_name!r} was trained on {binding.model} version {binding.version}; "
+                    f"send the request to that model"
+                )
+            head_outputs.setdefault(head_name, set()).add(kind)
+        return model_outputs, head_outputs
+
+    def _run(self, model: LoadedModel, request: pb2.ModelInferRequest, augmentation: int) -> dict[str, np.ndarray]:
+        pre = model.card.preprocessing
+        if len(request.inputs) != 1 or request.inputs[0].name != pre.input_name:
+            raise InvalidArgument(
+                f"model {model.name} takes one input, {pre.input_name!r}; the request has "
+                f"{[i.name for i in request.inputs] or 'none'}"
+            )
+        tensor = request.inputs[0]
+        if request.raw_input_contents and len(request.raw_input_contents) != 1:
+            raise InvalidArgument("raw_input_contents must hold one entry per input: exactly one")
+        raw = request.raw_input_contents[0] if request.raw_input_contents else None
+        shape = list(tensor.shape)
+        if tensor.datatype == "BYTES":
+            if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
+                raise InvalidArgument(f"a BYTES input has shape [N] or [N, 1] (one encoded image each), not {shape}")
+            images = deserialize_bytes(raw, pre.input_name) if raw is not None else list(tensor.contents.bytes_contents)
+            if len(images) != shape[0]:
+                raise InvalidArgument(f"input shape {shape} says {shape[0]} images; the contents hold {len(images)}")
+            check_image_count(len(images), self.max_images)
+            return model.embed(images, augmentation, [f"{pre.input_name}[{i}]" for i in range(len(images))])
+        if tensor.datatype == "FP32":
+            if augmentation != AUGMENTATION_NONE:
+                raise InvalidArgument(
+                    "augmentation applies to BYTES (encoded image) input only; preprocess it yourself"
+                )
+            expected = [pre.crop_height, pre.crop_width]
+            if len(shape) != 4 or shape[1] != 3 or shape[2:] != expected:
+                raise InvalidArgument(
+                    f"an FP32 input has shape [N, 3, {expected[0]}, {expected[1]}] (preprocessed as the model card "
+                    f"says), not {shape}; or send encoded images as BYTES [N]"
+                )
+            check_image_count(shape[0], self.max_images)
+            count = int(np.prod(shape))
+            if raw is not None:
+                if len(raw) != count * 4:
+                    raise InvalidArgument(
+                        f"shape {shape} needs {count * 4} bytes of FP32; the contents hold {len(raw)}"
+                    )
+                batch = np.frombuffer(raw, "<f4").reshape(shape)
+            else:
+                held = len(tensor.contents.fp32_contents)
+                if held != count:
+                    raise InvalidArgument(f"shape {shape} needs {count} fp32_contents; the request holds {held}")
+                batch = np.asarray(tensor.contents.fp32_contents, np.float32).reshape(shape)
+            if not np.isfinite(batch).all():
+                raise InvalidArgument("the FP32 input holds NaN or infinite values")
+            return model.infer(np.ascontiguousarray(batch, np.float32))
+        raise InvalidArgument(
+            f"input datatype {tensor.datatype!r} is not accepted: send FP32 [N, 3, H, W] or BYTES [N] encoded images"
+        )
+
+
+def _parameters(request: pb2.ModelInferRequest) -> dict:
+    """augmentation (string: none, flip, 10crop) and top_k (int, labels per image) from the request."""
+    unknown = sorted(set(request.parameters) - set(PARAMETERS))
+    if unknown:
+        raise InvalidArgument(f"unknown request parameters {unknown}; accepted: {', '.join(PARAMETERS)}")
+    augmentation = request.parameters.get("augmentation")
+    name = augmentation.string_param if augmentation is not None else "none"
+    if name not in AUGMENTATIONS:
+        raise InvalidArgument(f"augmentation {name!r} is not one of {', '.join(AUGMENTATIONS)} (a string parameter)")
+    top_k = request.parameters.get("top_k")
+    k = top_k.int64_param if top_k is not None else 1
+    if k < 1:
+        raise InvalidArgument(f"top_k={k}: ask for 1 or more labels per image (an int64 parameter)")
+    return {"augmentation": AUGMENTATIONS[name], "top_k": k}
