@@ -19,7 +19,7 @@ import numpy as np
 from google.protobuf import json_format
 
 from offshelf.clients import evaluate
-from offshelf.clients.client import DEFAULT_MODEL, Client
+from offshelf.clients.client import DEFAULT_MODEL, Client, image_files
 from offshelf.protos.v1 import heads_pb2
 
 DELEGATED = {
@@ -268,9 +268,6 @@ def run_models(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif"}
-
-
 def collection_dict(c) -> dict:
     return json_format.MessageToDict(c, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
 
@@ -304,18 +301,6 @@ def run_collection(args: argparse.Namespace, client: Client) -> int:
         client.delete_collection(args.name)
         print(f"deleted {args.name}")
     return 0
-
-
-def image_files(paths: list[pathlib.Path]) -> list[pathlib.Path]:
-    found = []
-    for path in paths:
-        if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise FileNotFoundError(f"no such file or folder: {path}")
-    return found
 
 
 def run_add(args: argparse.Namespace, client: Client) -> int:

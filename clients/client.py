@@ -1,23 +1,32 @@
-"""Python SDK: ``Client("host:port").embed(images, model=..., outputs=...)``."""
+"""Python SDK: ``Client("host:port").embed(images, model=..., outputs=...)``, and ``AsyncClient`` for asyncio.
+
+Every method of ``Api`` builds its request and says how to read the response; ``Client`` runs the call
+and returns the result, ``AsyncClient`` returns an awaitable of the same result. Data come back as
+numpy arrays and small dataclasses; descriptions (collections, heads, models) as the API's own typed
+protobuf messages, documented in protos/v1.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import glob
 import os
 import pathlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
-import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tqdm import tqdm
 
+from offshelf.clients.connection import Connection
 from offshelf.protos.v1 import embedding_pb2, embedding_pb2_grpc, heads_pb2, heads_pb2_grpc, index_pb2, index_pb2_grpc
 
 ImageSource = str | os.PathLike[str] | bytes
 DEFAULT_MODEL = "efficientnet-lite0"
-MAX_MESSAGE_BYTES = 64 << 20
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif"}
 
 
 METRICS = {"ip": index_pb2.METRIC_INNER_PRODUCT, "l2": index_pb2.METRIC_L2}
@@ -36,27 +45,63 @@ class Hit:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
+class Label(NamedTuple):
+    label: str
+    probability: float
+
+
 def read_image(image: ImageSource) -> bytes:
     return image if isinstance(image, bytes) else pathlib.Path(image).read_bytes()
 
 
-class Client:
-    """A connection to an offshelf server. Calls raise grpc.RpcError with the server's status and message."""
+def image_files(sources: Iterable[str | os.PathLike[str]]) -> list[pathlib.Path]:
+    """Files as given, folders searched recursively for images, glob patterns (``photos/**/*.jpg``) expanded."""
+    found: list[pathlib.Path] = []
+    for source in sources:
+        path = pathlib.Path(source)
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            found.append(path)
+        elif glob.has_magic(str(source)):
+            found += sorted(pathlib.Path(p) for p in glob.glob(str(source), recursive=True) if os.path.isfile(p))
+        else:
+            raise FileNotFoundError(f"no such file or folder: {path}")
+    return found
 
-    def __init__(self, address: str, timeout: float = 30.0):
-        self.address = address
+
+def _hits(hits: Iterable[index_pb2.Hit]) -> list[Hit]:
+    return [Hit(h.id, h.score, h.label, dict(h.metadata)) for h in hits]
+
+
+def _vector(values: Sequence[float]) -> embedding_pb2.Vector:
+    array = np.asarray(values, np.float32)
+    return embedding_pb2.Vector(values=array.tolist(), dim=len(array))
+
+
+class Api:
+    """Every RPC of offshelf.v1 and gRPC health. Errors raise grpc.RpcError (grpc.aio.AioRpcError) with the
+    server's status code and a message that says what to fix."""
+
+    def __init__(
+        self, address: str | Connection, timeout: float = 30.0, *, aio: bool = False, **connection: Any
+    ) -> None:
+        """address: host:port, or a Connection. timeout: the deadline of every call, in seconds.
+        connection: Connection's options (tls, ca_cert, client_cert, client_key, token, retries)."""
+        self.connection = address if isinstance(address, Connection) else Connection(address, **connection)
+        self.address = self.connection.address
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
-        self._embedding = embedding_pb2_grpc.EmbeddingStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
-        self._index = index_pb2_grpc.IndexStub(self._channel)
-        self._heads = heads_pb2_grpc.HeadsStub(self._channel)
+        self._channel = self.connection.aio_channel() if aio else self.connection.channel()
+        # The generated stubs, for requests these methods do not build (tests send malformed ones).
+        self.stubs = {
+            "embedding": embedding_pb2_grpc.EmbeddingStub(self._channel),
+            "index": index_pb2_grpc.IndexStub(self._channel),
+            "heads": heads_pb2_grpc.HeadsStub(self._channel),
+            "health": health_pb2_grpc.HealthStub(self._channel),
+        }
+
+    def _call(self, service: str, method: str, request: Any, parse: Callable[[Any], Any] = lambda r: r) -> Any:
+        raise NotImplementedError
 
     def embed(
         self,
@@ -78,12 +123,15 @@ class Client:
             images=[read_image(i) for i in images],
             augmentation=AUGMENTATIONS[augmentation],
         )
-        response = self._embedding.Embed(request, timeout=self.timeout)
-        names = list(dict.fromkeys(outputs)) or (list(response.results[0].outputs) if response.results else [])
-        return {name: np.array([r.outputs[name].values for r in response.results], dtype=np.float32) for name in names}
+
+        def parse(response: embedding_pb2.EmbedResponse) -> dict[str, np.ndarray]:
+            names = list(dict.fromkeys(outputs)) or (list(response.results[0].outputs) if response.results else [])
+            return {n: np.array([r.outputs[n].values for r in response.results], dtype=np.float32) for n in names}
+
+        return self._call("embedding", "Embed", request, parse)
 
     def list_models(self) -> list[embedding_pb2.ModelInfo]:
-        return list(self._embedding.ListModels(embedding_pb2.ListModelsRequest(), timeout=self.timeout).models)
+        return self._call("embedding", "ListModels", embedding_pb2.ListModelsRequest(), lambda r: list(r.models))
 
     # --- collections -------------------------------------------------------------------------
 
@@ -109,16 +157,37 @@ class Client:
             hnsw=index_pb2.HnswParams(**(hnsw or {})),
             ivfpq=index_pb2.IvfPqParams(**(ivfpq or {})),
         )
-        return self._index.CreateCollection(request, timeout=self.timeout)
+        return self._call("index", "CreateCollection", request)
 
     def list_collections(self) -> list[index_pb2.Collection]:
-        return list(self._index.ListCollections(index_pb2.ListCollectionsRequest(), timeout=self.timeout).collections)
+        return self._call("index", "ListCollections", index_pb2.ListCollectionsRequest(), lambda r: list(r.collections))
 
     def get_collection(self, name: str) -> index_pb2.Collection:
-        return self._index.GetCollection(index_pb2.GetCollectionRequest(name=name), timeout=self.timeout)
+        return self._call("index", "GetCollection", index_pb2.GetCollectionRequest(name=name))
 
     def delete_collection(self, name: str) -> None:
-        self._index.DeleteCollection(index_pb2.DeleteCollectionRequest(name=name), timeout=self.timeout)
+        return self._call("index", "DeleteCollection", index_pb2.DeleteCollectionRequest(name=name), lambda r: None)
+
+    @staticmethod
+    def _add_request(
+        collection: str,
+        images: Sequence[ImageSource] = (),
+        vectors: Sequence[Sequence[float]] = (),
+        ids: Sequence[str] = (),
+        labels: Sequence[str] = (),
+        metadata: Sequence[dict[str, str]] = (),
+    ) -> index_pb2.AddRequest:
+        contents = [{"image": read_image(i)} for i in images] + [{"vector": _vector(v)} for v in vectors]
+        items = [
+            index_pb2.Item(
+                id=ids[i] if ids else "",
+                label=labels[i] if labels else "",
+                metadata=metadata[i] if metadata else {},
+                **content,
+            )
+            for i, content in enumerate(contents)
+        ]
+        return index_pb2.AddRequest(collection=collection, items=items)
 
     def add(
         self,
@@ -129,42 +198,58 @@ class Client:
         labels: Sequence[str] = (),
         metadata: Sequence[dict[str, str]] = (),
     ) -> list[str]:
-        """Adds one batch of images or vectors (not both); returns the ids, assigned where none was given."""
-        contents = [{"image": read_image(i)} for i in images] + [
-            {"vector": embedding_pb2.Vector(values=np.asarray(v, np.float32).tolist(), dim=len(v))} for v in vectors
-        ]
-        items = [
-            index_pb2.Item(
-                id=ids[i] if ids else "",
-                label=labels[i] if labels else "",
-                metadata=metadata[i] if metadata else {},
-                **content,
+        """Adds one batch of images or vectors (not both), all or nothing; returns the ids, assigned where none
+        was given."""
+        request = self._add_request(collection, images, vectors, ids, labels, metadata)
+        return self._call("index", "Add", request, lambda r: list(r.ids))
+
+    def add_stream(self, requests: Iterable[index_pb2.AddRequest]) -> list[str]:
+        """Adds many batches over one stream (AddStream); each batch is applied whole as it arrives."""
+        return self._call("index", "AddStream", iter(requests), lambda r: list(r.ids))
+
+    def _image_batches(
+        self,
+        collection: str,
+        sources: Iterable[ImageSource],
+        ids: Sequence[str] | None,
+        labels: Sequence[str] | None,
+        batch_size: int,
+    ) -> Iterator[tuple[int, index_pb2.AddRequest]]:
+        """(images in it, request) per batch of add_images; folders and globs expanded."""
+        paths: list[ImageSource] = []
+        for source in sources:
+            paths += [source] if isinstance(source, bytes) else image_files([source])
+        for start in range(0, len(paths), batch_size):
+            end = min(start + batch_size, len(paths))
+            yield (
+                end - start,
+                self._add_request(
+                    collection, paths[start:end], ids=(ids or ())[start:end], labels=(labels or ())[start:end]
+                ),
             )
-            for i, content in enumerate(contents)
-        ]
-        response = self._index.Add(index_pb2.AddRequest(collection=collection, items=items), timeout=self.timeout)
-        return list(response.ids)
 
     def add_images(
         self,
         collection: str,
-        paths: Sequence[ImageSource],
-        ids: Sequence[str] = (),
-        labels: Sequence[str] = (),
+        sources: Iterable[ImageSource],
+        ids: Sequence[str] | None = None,
+        labels: Sequence[str] | None = None,
         batch_size: int = 32,
         progress: bool = True,
     ) -> list[str]:
-        """Adds many images in batches, with a progress bar."""
+        """Adds many images (files, folders searched recursively, glob patterns, or encoded bytes) in batches of
+        batch_size, with a progress bar. Each batch is acknowledged (durable) before the next is sent."""
+        batches = list(self._image_batches(collection, sources, ids, labels, batch_size))
         added: list[str] = []
-        with tqdm(total=len(paths), unit="img", desc=f"indexing into {collection}", disable=not progress) as bar:
-            for start in range(0, len(paths), batch_size):
-                end = start + batch_size
-                added += self.add(collection, images=paths[start:end], ids=ids[start:end], labels=labels[start:end])
-                bar.update(len(paths[start:end]))
+        with tqdm(total=sum(n for n, _ in batches), unit="img", desc=collection, disable=not progress) as bar:
+            for count, request in batches:
+                added += self._call("index", "Add", request, lambda r: list(r.ids))
+                bar.update(count)
         return added
 
     def remove(self, collection: str, ids: Sequence[str]) -> index_pb2.RemoveResponse:
-        return self._index.Remove(index_pb2.RemoveRequest(collection=collection, ids=list(ids)), timeout=self.timeout)
+        """Removes items by id; the response lists ids that were not there."""
+        return self._call("index", "Remove", index_pb2.RemoveRequest(collection=collection, ids=list(ids)))
 
     def search(
         self,
@@ -182,12 +267,10 @@ class Client:
         if image is not None:
             request.image = read_image(image)
         elif vector is not None:
-            request.vector.values[:] = np.asarray(vector, np.float32).tolist()
-            request.vector.dim = len(vector)
+            request.vector.CopyFrom(_vector(vector))
         elif id is not None:
             request.id = id
-        response = self._index.Search(request, timeout=self.timeout)
-        return [Hit(h.id, h.score, h.label, dict(h.metadata)) for h in response.hits]
+        return self._call("index", "Search", request, lambda r: _hits(r.hits))
 
     def search_batch(
         self,
@@ -203,21 +286,17 @@ class Client:
         """Many queries in one call: the hits of each image, then each vector, then each id."""
         queries = (
             [index_pb2.Query(image=read_image(i)) for i in images]
-            + [
-                index_pb2.Query(vector=embedding_pb2.Vector(values=np.asarray(v, np.float32).tolist(), dim=len(v)))
-                for v in vectors
-            ]
+            + [index_pb2.Query(vector=_vector(v)) for v in vectors]
             + [index_pb2.Query(id=i) for i in ids]
         )
         request = index_pb2.SearchBatchRequest(
             collection=collection, queries=queries, k=k, flip=flip, ef_search=ef_search, nprobe=nprobe
         )
-        response = self._index.SearchBatch(request, timeout=self.timeout)
-        return [[Hit(h.id, h.score, h.label, dict(h.metadata)) for h in r.hits] for r in response.results]
+        return self._call("index", "SearchBatch", request, lambda r: [_hits(result.hits) for result in r.results])
 
     def train_whitening(self, collection: str, dim: int = 0) -> index_pb2.Collection:
-        request = index_pb2.TrainWhiteningRequest(collection=collection, dim=dim)
-        return self._index.TrainWhitening(request, timeout=self.timeout)
+        """Fits PCA-whitening on the collection's vectors (dim 0: keep every dimension) and applies it."""
+        return self._call("index", "TrainWhitening", index_pb2.TrainWhiteningRequest(collection=collection, dim=dim))
 
     # --- heads -------------------------------------------------------------------------------
 
@@ -232,7 +311,8 @@ class Client:
         output: str = "embedding",
         add_classes: bool = False,
     ) -> heads_pb2.HeadJob:
-        """Starts training in the server's background from a collection's labelled items or labelled images."""
+        """Starts training in the server's background from a collection's labelled items or labelled images;
+        wait_for_head waits for it."""
         request = heads_pb2.TrainHeadRequest(name=name, kind=kind, add_classes=add_classes)
         if collection is not None:
             request.collection = collection
@@ -247,44 +327,61 @@ class Client:
                     ],
                 )
             )
-        return self._heads.TrainHead(request, timeout=self.timeout)
+        return self._call("heads", "TrainHead", request)
 
     def get_head(self, name: str) -> heads_pb2.Head:
-        return self._heads.GetHead(heads_pb2.GetHeadRequest(name=name), timeout=self.timeout)
+        return self._call("heads", "GetHead", heads_pb2.GetHeadRequest(name=name))
 
     def wait_for_head(self, name: str, timeout: float = 600.0) -> heads_pb2.Head:
         """Polls GetHead until its latest job has finished; raises RuntimeError if it failed."""
         deadline = time.monotonic() + timeout
-        while True:
-            head = self.get_head(name)
-            if head.job.state == heads_pb2.JOB_STATE_FAILED:
-                raise RuntimeError(f"training head {name!r} failed: {head.job.message}")
-            if head.job.state == heads_pb2.JOB_STATE_SUCCEEDED:
-                return head
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"head {name!r} still training after {timeout} s: {head.job.message}")
+        while not _finished(head := self.get_head(name), name, deadline, timeout):
             time.sleep(0.2)
+        return head
 
     def list_heads(self) -> list[heads_pb2.Head]:
-        return list(self._heads.ListHeads(heads_pb2.ListHeadsRequest(), timeout=self.timeout).heads)
+        return self._call("heads", "ListHeads", heads_pb2.ListHeadsRequest(), lambda r: list(r.heads))
 
     def delete_head(self, name: str) -> None:
-        self._heads.DeleteHead(heads_pb2.DeleteHeadRequest(name=name), timeout=self.timeout)
+        return self._call("heads", "DeleteHead", heads_pb2.DeleteHeadRequest(name=name), lambda r: None)
 
     def classify(
         self, images: Iterable[ImageSource], head: str, k: int = 5, augmentation: str = "none"
-    ) -> list[list[tuple[str, float]]]:
-        """Top-k (label, probability) per image; augmentation: none, flip or 10crop."""
+    ) -> list[list[Label]]:
+        """Top-k (label, probability) per image, best first; augmentation: none, flip or 10crop."""
         request = heads_pb2.ClassifyRequest(
             head=head, images=[read_image(i) for i in images], k=k, augmentation=AUGMENTATIONS[augmentation]
         )
-        response = self._heads.Classify(request, timeout=self.timeout)
-        return [[(s.label, s.probability) for s in r.top] for r in response.results]
+        return self._call(
+            "heads", "Classify", request, lambda r: [[Label(s.label, s.probability) for s in c.top] for c in r.results]
+        )
 
     def health(self, service: str = "") -> str:
         """The health status name: SERVING, NOT_SERVING, ..."""
-        response = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+        return self._call(
+            "health",
+            "Check",
+            health_pb2.HealthCheckRequest(service=service),
+            lambda r: health_pb2.HealthCheckResponse.ServingStatus.Name(r.status),
+        )
+
+
+def _finished(head: heads_pb2.Head, name: str, deadline: float, timeout: float) -> bool:
+    if head.job.state == heads_pb2.JOB_STATE_FAILED:
+        raise RuntimeError(f"training head {name!r} failed: {head.job.message}")
+    if head.job.state == heads_pb2.JOB_STATE_SUCCEEDED:
+        return True
+    if time.monotonic() > deadline:
+        raise TimeoutError(f"head {name!r} still training after {timeout} s: {head.job.message}")
+    return False
+
+
+class Client(Api):
+    """Blocking calls. ``with Client("localhost:50051") as client: client.embed([...])``."""
+
+    def _call(self, service: str, method: str, request: Any, parse: Callable[[Any], Any] = lambda r: r) -> Any:
+        stub = getattr(self.stubs[service], method)
+        return parse(stub(request, timeout=self.timeout, metadata=self.connection.metadata()))
 
     def close(self) -> None:
         self._channel.close()
@@ -294,3 +391,53 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class AsyncClient(Api):
+    """asyncio calls: the same methods as Client, each returning an awaitable.
+    ``async with AsyncClient("localhost:50051") as client: await client.embed([...])``."""
+
+    def __init__(self, address: str | Connection, timeout: float = 30.0, **connection: Any) -> None:
+        super().__init__(address, timeout, aio=True, **connection)
+
+    def _call(
+        self, service: str, method: str, request: Any, parse: Callable[[Any], Any] = lambda r: r
+    ) -> Awaitable[Any]:
+        stub = getattr(self.stubs[service], method)
+
+        async def call() -> Any:
+            return parse(await stub(request, timeout=self.timeout, metadata=self.connection.metadata()))
+
+        return call()
+
+    async def add_images(  # type: ignore[override]
+        self,
+        collection: str,
+        sources: Iterable[ImageSource],
+        ids: Sequence[str] | None = None,
+        labels: Sequence[str] | None = None,
+        batch_size: int = 32,
+        progress: bool = True,
+    ) -> list[str]:
+        batches = list(self._image_batches(collection, sources, ids, labels, batch_size))
+        added: list[str] = []
+        with tqdm(total=sum(n for n, _ in batches), unit="img", desc=collection, disable=not progress) as bar:
+            for count, request in batches:
+                added += await self._call("index", "Add", request, lambda r: list(r.ids))
+                bar.update(count)
+        return added
+
+    async def wait_for_head(self, name: str, timeout: float = 600.0) -> heads_pb2.Head:  # type: ignore[override]
+        deadline = time.monotonic() + timeout
+        while not _finished(head := await self.get_head(name), name, deadline, timeout):
+            await asyncio.sleep(0.2)
+        return head
+
+    async def close(self) -> None:  # type: ignore[override]
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

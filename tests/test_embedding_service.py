@@ -108,7 +108,7 @@ def test_bad_input_gets_a_precise_status_and_the_server_keeps_serving(server, cl
     fields = {"model": "efficientnet-lite0", "images": [photo], **request_fields}
     if fields["images"] == "many":
         fields["images"] = [photo] * 33
-    stub = client._embedding
+    stub = client.stubs["embedding"]
     got_code, details = _status(lambda: stub.Embed(embedding_pb2.EmbedRequest(**fields), timeout=30))
     assert got_code == code
     assert hint in details

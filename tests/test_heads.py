@@ -85,7 +85,7 @@ def test_retraining_hot_swaps_without_dropping_requests(client, server):
         with Client(server.address) as own:
             while not stop.is_set():
                 try:
-                    response = own._heads.Classify(
+                    response = own.stubs["heads"].Classify(
                         heads_pb2.ClassifyRequest(head="swap", images=[photos[0].read_bytes()], k=1), timeout=30
                     )
                     versions.add(response.version)
@@ -130,7 +130,7 @@ def test_bad_head_requests(client):
     client.train_head("ok", "ncm", images=photos, labels=labels)
     client.wait_for_head("ok")
     request = heads_pb2.ClassifyRequest(head="ok", model="resnet50", images=[photos[0].read_bytes()])
-    code, details = status(lambda: client._heads.Classify(request, timeout=30))
+    code, details = status(lambda: client.stubs["heads"].Classify(request, timeout=30))
     assert code == "FAILED_PRECONDITION" and "efficientnet-lite0 v1 output 'embedding'" in details
     assert status(lambda: client.classify([], "ok"))[1].startswith("no images")
     assert status(lambda: client.classify([b"junk"], "ok"))[1].startswith("image 0 is not a JPEG")

@@ -105,7 +105,7 @@ def test_search_batch_answers_each_query_as_search_would(client, collection):
         k=3,
         queries=[index_pb2.Query(id="1"), index_pb2.Query(vector=embedding_pb2.Vector(values=[1.0, 2.0]))],
     )
-    code, details = status_of(lambda: client._index.SearchBatch(bad, timeout=30))
+    code, details = status_of(lambda: client.stubs["index"].SearchBatch(bad, timeout=30))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("query 1 vector has 2 values")
 
 
@@ -121,7 +121,7 @@ def test_client_streaming_add(client, collection):
         )
         for start in (0, 10, 20)
     ]
-    response = client._index.AddStream(iter(requests), timeout=30)
+    response = client.stubs["index"].AddStream(iter(requests), timeout=30)
     assert list(response.ids) == [f"s{i}" for i in range(30)] and response.count == 30
 
 
@@ -142,11 +142,11 @@ def test_binding_mismatch_is_a_failed_precondition_naming_both(client, collectio
         model="resnet50",
         items=[index_pb2.Item(vector=embedding_pb2.Vector(values=unit_vectors(1, 4)[0].tolist()))],
     )
-    code, details = status_of(lambda: client._index.Add(request, timeout=30))
+    code, details = status_of(lambda: client.stubs["index"].Add(request, timeout=30))
     assert code == grpc.StatusCode.FAILED_PRECONDITION
     assert "efficientnet-lite0 v1 output 'embedding'" in details and "'resnet50'" in details
     search = index_pb2.SearchRequest(collection=collection, output="logits", k=1, id="x")
-    code, details = status_of(lambda: client._index.Search(search, timeout=30))
+    code, details = status_of(lambda: client.stubs["index"].Search(search, timeout=30))
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "'logits'" in details
 
 
@@ -158,7 +158,7 @@ def test_a_batch_with_one_bad_item_is_rejected_whole(client, collection):
         index_pb2.Item(id="b", image=photo),
         index_pb2.Item(id="c", image=b"not an image"),
     ]
-    code, details = status_of(lambda: client._index.Add(index_pb2.AddRequest(collection=collection, items=items)))
+    code, details = status_of(lambda: client.stubs["index"].Add(index_pb2.AddRequest(collection=collection, items=items)))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("item 2 is not a JPEG")
     assert client.get_collection(collection).count == 0
 
