@@ -20,6 +20,7 @@ from google.protobuf import json_format
 
 from offshelf.clients import evaluate
 from offshelf.clients.client import DEFAULT_MODEL, Client, image_files
+from offshelf.clients.connection import Connection
 from offshelf.protos.v1 import heads_pb2
 
 DELEGATED = {
@@ -45,6 +46,17 @@ def parser() -> argparse.ArgumentParser:
         help="server address host:port (default: $OFFSHELF_SERVER or %(default)s)",
     )
     server.add_argument("--timeout", type=float, default=30.0, help="deadline of each call in seconds")
+    server.add_argument("--json", action="store_true", help="print the result as JSON (errors too, on stderr)")
+    server.add_argument("--tls", action="store_true", help="connect with TLS (system roots unless --ca-cert)")
+    server.add_argument("--ca-cert", type=pathlib.Path, metavar="PEM", help="CA certificate for TLS")
+    server.add_argument(
+        "--token",
+        default=os.environ.get("OFFSHELF_TOKEN"),
+        help="bearer token sent with every call (default: $OFFSHELF_TOKEN)",
+    )
+    server.add_argument(
+        "--retries", type=int, default=4, help="retries after UNAVAILABLE, with backoff (default: %(default)s)"
+    )
 
     embed = commands.add_parser(
         "embed",
@@ -64,14 +76,11 @@ def parser() -> argparse.ArgumentParser:
         help="output to return; repeat for several (default: all)",
     )
     embed.add_argument("--top", type=int, default=3, help="labels to show for class outputs (default: 3)")
-    formats = embed.add_mutually_exclusive_group()
-    formats.add_argument("--json", action="store_true", help="print the vectors as JSON")
-    formats.add_argument(
+    embed.add_argument(
         "--npy", type=pathlib.Path, metavar="FILE", help="save one output's vectors as an (images, dim) .npy array"
     )
 
-    models = commands.add_parser("models", parents=[server], help="list served models and outputs")
-    models.add_argument("--json", action="store_true", help="print as JSON")
+    commands.add_parser("models", parents=[server], help="list served models and outputs")
 
     collection = commands.add_parser("collection", help="create, list, show or delete collections")
     actions = collection.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -96,16 +105,16 @@ def parser() -> argparse.ArgumentParser:
         sub = actions.add_parser(action, parents=[server], help=f"{action} collection(s)")
         if action != "list":
             sub.add_argument("name")
-        sub.add_argument("--json", action="store_true", help="print as JSON")
 
     add = commands.add_parser(
         "add",
         parents=[server],
-        help="index image files or folders into a collection",
-        description="Index images (files, or folders searched recursively for .jpg, .jpeg, "
-        ".png, .webp, .gif). Ids are the file paths; labels the parent folder names.",
+        help="index image files, folders or globs into a collection",
+        description="Index images: files, folders (searched recursively for .jpg, .jpeg, .png, .webp, .gif) "
+        "or quoted glob patterns such as 'photos/**/*.jpg'. Ids are the file paths; labels the parent "
+        "folder names.",
     )
-    add.add_argument("paths", nargs="+", type=pathlib.Path, metavar="PATH")
+    add.add_argument("paths", nargs="+", metavar="PATH")
     add.add_argument("--collection", required=True)
     add.add_argument("--batch-size", type=int, default=32, help="images per Add request (default: %(default)s)")
 
@@ -114,7 +123,6 @@ def parser() -> argparse.ArgumentParser:
     search.add_argument("--collection", required=True)
     search.add_argument("-k", type=int, default=5, help="results (default: %(default)s)")
     search.add_argument("--flip", action="store_true", help="average the query with its mirror image")
-    search.add_argument("--json", action="store_true", help="print as JSON")
 
     evaluate = commands.add_parser(
         "eval",
@@ -135,7 +143,6 @@ def parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="write a PNG: N-S histogram (ukbench) or precision-recall (holidays)",
     )
-    evaluate.add_argument("--json", action="store_true", help="print the score as JSON")
 
     head = commands.add_parser("head", help="train, list, show or delete classification heads")
     head_actions = head.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -158,14 +165,12 @@ def parser() -> argparse.ArgumentParser:
         sub = head_actions.add_parser(action, parents=[server], help=f"{action} head(s)")
         if action != "list":
             sub.add_argument("name")
-        sub.add_argument("--json", action="store_true", help="print as JSON")
 
     classify = commands.add_parser("classify", parents=[server], help="top labels of images from a head")
     classify.add_argument("images", nargs="+", type=pathlib.Path, metavar="IMAGE")
     classify.add_argument("--head", required=True)
     classify.add_argument("-k", type=int, default=3, help="labels per image (default: %(default)s)")
     classify.add_argument("--augmentation", choices=["none", "flip", "10crop"], default="none")
-    classify.add_argument("--json", action="store_true", help="print as JSON")
 
     health = commands.add_parser(
         "health",
@@ -180,13 +185,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run_embed(args: argparse.Namespace, client: Client) -> int:
+    if args.npy and args.json:
+        return report(args, "USAGE", "error: --npy and --json both say where the vectors go; pick one", EXIT_USAGE)
     if args.npy and len(args.output) != 1:
-        print("offshelf embed: error: --npy saves one output; name it with --output", file=sys.stderr)
-        return EXIT_USAGE
+        return report(args, "USAGE", "error: --npy saves one output; name it with --output", EXIT_USAGE)
     missing = [str(p) for p in args.images if not p.is_file()]
     if missing:
-        print(f"offshelf embed: error: no such file: {', '.join(missing)}", file=sys.stderr)
-        return EXIT_USAGE
+        return report(args, "USAGE", f"error: no such file: {', '.join(missing)}", EXIT_USAGE)
     arrays = client.embed(args.images, model=args.model, outputs=args.output, version=args.version)
     if args.npy:
         np.save(args.npy, arrays[args.output[0]])
@@ -268,7 +273,7 @@ def run_models(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
-def collection_dict(c) -> dict:
+def message_dict(c) -> dict:
     return json_format.MessageToDict(c, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
 
 
@@ -282,40 +287,47 @@ def run_collection(args: argparse.Namespace, client: Client) -> int:
             metric=args.metric,
             index_type=args.index_type,
         )
-        print(
-            f"created {info.name}: {info.binding.model} v{info.binding.version} {info.binding.output} "
-            f"({info.binding.dim}-d), {info.index_type}"
-        )
+        if args.json:
+            print(json.dumps(message_dict(info), indent=2))
+        else:
+            print(
+                f"created {info.name}: {info.binding.model} v{info.binding.version} {info.binding.output} "
+                f"({info.binding.dim}-d), {info.index_type}"
+            )
     elif args.action == "list":
         infos = client.list_collections()
         if args.json:
-            print(json.dumps([collection_dict(c) for c in infos], indent=2))
+            print(json.dumps([message_dict(c) for c in infos], indent=2))
         for c in [] if args.json else infos:
             print(
                 f"{c.name}  {c.count} items  {c.index_type}  {c.binding.model} v{c.binding.version} "
                 f"{c.binding.output}  {c.bytes_on_disk / 1e6:.1f} MB"
             )
     elif args.action == "show":
-        print(json.dumps(collection_dict(client.get_collection(args.name)), indent=2))
+        print(json.dumps(message_dict(client.get_collection(args.name)), indent=2))
     else:
         client.delete_collection(args.name)
-        print(f"deleted {args.name}")
+        print(json.dumps({"deleted": args.name}) if args.json else f"deleted {args.name}")
     return 0
 
 
 def run_add(args: argparse.Namespace, client: Client) -> int:
     files = image_files(args.paths)
     if not files:
-        print("offshelf add: error: no images found", file=sys.stderr)
-        return EXIT_USAGE
+        return report(args, "USAGE", "error: no images found", EXIT_USAGE)
     client.add_images(
         args.collection,
         files,
         ids=[str(f) for f in files],
         labels=[f.parent.name for f in files],
         batch_size=args.batch_size,
+        progress=not args.json,
     )
-    print(f"added {len(files)} images; {args.collection} holds {client.get_collection(args.collection).count}")
+    count = client.get_collection(args.collection).count
+    if args.json:
+        print(json.dumps({"collection": args.collection, "added": len(files), "count": count}))
+    else:
+        print(f"added {len(files)} images; {args.collection} holds {count}")
     return 0
 
 
@@ -375,7 +387,11 @@ def run_head(args: argparse.Namespace, client: Client) -> int:
             )
         else:
             client.train_head(args.name, args.kind, collection=args.collection, add_classes=args.add_classes)
-        card = client.wait_for_head(args.name, timeout=args.timeout * 100).card
+        head = client.wait_for_head(args.name, timeout=args.timeout * 100)
+        card = head.card
+        if args.json:
+            print(json.dumps(message_dict(head), indent=2))
+            return 0
         print(
             f"{card.name} v{card.version} ({card.kind}): {len(card.labels)} classes, {card.metrics.examples} "
             f"examples, cross-validated accuracy {card.metrics.cv_accuracy:.3f} ({card.metrics.folds} folds)"
@@ -383,17 +399,17 @@ def run_head(args: argparse.Namespace, client: Client) -> int:
     elif args.action == "list":
         heads = client.list_heads()
         if args.json:
-            print(json.dumps([collection_dict(h) for h in heads], indent=2))
+            print(json.dumps([message_dict(h) for h in heads], indent=2))
         for h in [] if args.json else heads:
             state = heads_state(h)
             print(
                 f"{h.job.head}  v{h.card.version or '-'}  {h.card.kind or '-'}  {len(h.card.labels)} classes  {state}"
             )
     elif args.action == "show":
-        print(json.dumps(collection_dict(client.get_head(args.name)), indent=2))
+        print(json.dumps(message_dict(client.get_head(args.name)), indent=2))
     else:
         client.delete_head(args.name)
-        print(f"deleted {args.name}")
+        print(json.dumps({"deleted": args.name}) if args.json else f"deleted {args.name}")
     return 0
 
 
@@ -428,7 +444,7 @@ def run_health(args: argparse.Namespace, client: Client) -> int:
                 raise
             status = err.code().name
         if status == "SERVING" or time.monotonic() >= deadline:
-            print(status)
+            print(json.dumps({"status": status}) if args.json else status)
             return 0 if status == "SERVING" else EXIT_SERVER_ERROR
         time.sleep(0.5)
 
@@ -450,15 +466,23 @@ def main(argv: list[str] | None = None) -> int:
         "classify": run_classify,
     }[args.command]
     try:
-        with Client(args.server, timeout=args.timeout) as client:
+        connection = Connection(args.server, tls=args.tls, ca_cert=args.ca_cert, token=args.token, retries=args.retries)
+        with Client(connection, timeout=args.timeout) as client:
             return run(args, client)
-    except (FileNotFoundError, RuntimeError) as err:
-        print(f"offshelf {args.command}: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+    except (FileNotFoundError, RuntimeError, ValueError) as err:
+        return report(args, "USAGE", f"error: {err}", EXIT_USAGE)
     except grpc.RpcError as err:
-        print(f"offshelf {args.command}: {err.code().name}: {err.details()}", file=sys.stderr)
         unreachable = err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-        return EXIT_UNREACHABLE if unreachable else EXIT_SERVER_ERROR
+        return report(args, err.code().name, err.details(), EXIT_UNREACHABLE if unreachable else EXIT_SERVER_ERROR)
+
+
+def report(args: argparse.Namespace, code: str, message: str, exit_code: int) -> int:
+    """Prints an error on stderr (as JSON with --json) and returns the exit code."""
+    if args.json:
+        print(json.dumps({"error": code, "message": message}), file=sys.stderr)
+    else:
+        print(f"offshelf {args.command}: {message if code == 'USAGE' else f'{code}: {message}'}", file=sys.stderr)
+    return exit_code
 
 
 if __name__ == "__main__":

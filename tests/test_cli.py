@@ -75,3 +75,40 @@ def test_head_train_list_classify_and_delete(server, tmp_path):
     assert offshelf("head", "delete", "cli-bugs", "--server", server.address).returncode == 0
     missing = offshelf("classify", str(image), "--head", "cli-bugs", "--server", server.address)
     assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
+
+
+def test_collection_add_search_as_json(server, tmp_path):
+    from conftest import shared_photos
+
+    photos = shared_photos("ukbench", 8)
+
+    def run_json(*args: str):
+        result = offshelf(*args, "--server", server.address, "--json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    created = run_json("collection", "create", "cli-json", "--index-type", "hnsw")
+    assert created["name"] == "cli-json" and created["binding"]["dim"] == 1280
+    assert run_json("add", str(photos[0].parent / "ukbench0000[0-7].jpg"), "--collection", "cli-json") == {
+        "collection": "cli-json",
+        "added": 8,
+        "count": 8,
+    }
+    assert [c["name"] for c in run_json("collection", "list")] == ["cli-json"]
+    assert int(run_json("collection", "show", "cli-json")["count"]) == 8
+    hits = run_json("search", str(photos[5]), "--collection", "cli-json", "-k", "2")
+    assert hits[0]["id"] == str(photos[5])
+    assert run_json("collection", "delete", "cli-json") == {"deleted": "cli-json"}
+    assert run_json("health") == {"status": "SERVING"}
+    missing = offshelf("collection", "show", "cli-json", "--server", server.address, "--json")
+    assert missing.returncode == 1 and json.loads(missing.stderr)["error"] == "NOT_FOUND"
+
+
+def test_every_command_has_help_with_json_and_connection_options():
+    commands = [["embed"], ["models"], ["add"], ["search"], ["classify"], ["health"], ["eval"]]
+    commands += [["collection", a] for a in ("create", "list", "show", "delete")]
+    commands += [["head", a] for a in ("train", "list", "show", "delete")]
+    for command in commands:
+        result = offshelf(*command, "--help")
+        assert result.returncode == 0, command
+        assert all(flag in result.stdout for flag in ("--json", "--tls", "--token", "--timeout")), command

@@ -158,7 +158,9 @@ def test_a_batch_with_one_bad_item_is_rejected_whole(client, collection):
         index_pb2.Item(id="b", image=photo),
         index_pb2.Item(id="c", image=b"not an image"),
     ]
-    code, details = status_of(lambda: client.stubs["index"].Add(index_pb2.AddRequest(collection=collection, items=items)))
+    code, details = status_of(
+        lambda: client.stubs["index"].Add(index_pb2.AddRequest(collection=collection, items=items))
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("item 2 is not a JPEG")
     assert client.get_collection(collection).count == 0
 
