@@ -27,7 +27,7 @@ from offshelf.protos.v1 import heads_pb2 as pb2
 from offshelf.protos.v1 import heads_pb2_grpc as pb2_grpc
 from offshelf.protos.v1 import index_pb2
 from offshelf.service.collections import CollectionRegistry
-from offshelf.service.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError, Unavailable
+from offshelf.service.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError
 from offshelf.service.head_fitting import KINDS, FittedHead, fit
 from offshelf.service.logs import fields
 from offshelf.service.models import ModelRegistry, describe
@@ -135,7 +135,7 @@ class HeadRegistry:
         with self._lock:
             entry = self._heads.setdefault(request.name, HeadEntry(request.name))
             if entry.job.state in (pb2.JOB_STATE_QUEUED, pb2.JOB_STATE_RUNNING):
-                raise Unavailable(
+                raise FailedPrecondition(  # not UNAVAILABLE: an immediate retry cannot succeed
                     f"head {request.name!r} is already training (version {entry.job.version}); "
                     "wait for it (GetHead) before starting another"
                 )
