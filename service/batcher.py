@@ -60,6 +60,8 @@ class Batcher:
         self._condition = threading.Condition()
         self._closed = False
         self._failure: str | None = None
+        metrics.queue_depth.labels(name).set_function(lambda: self._queued_images)
+        metrics.queue_capacity.labels(name).set(max_queue_images)
         self._worker = threading.Thread(target=self._work, name=f"batcher-{name}", daemon=True)
         self._worker.start()
 

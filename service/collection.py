@@ -21,6 +21,7 @@ import os
 import pathlib
 import struct
 import threading
+import time
 import uuid
 import zipfile
 
@@ -29,6 +30,7 @@ import numpy as np
 from google.protobuf import json_format
 
 from offshelf.protos.v1 import index_pb2
+from offshelf.service.drift import DriftMonitor
 from offshelf.service.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from offshelf.service.faiss_index import new_index, search_params, train_ivfpq
 from offshelf.service.logs import fields
@@ -91,6 +93,9 @@ class Collection:
         self._write_lock = threading.Lock()
         self._rw = ReadWriteLock()
         self._wal: WriteAheadLog | None = None
+        self._sum = np.zeros(self.dim, np.float64)  # of the stored vectors: their mean is the drift reference
+        self.drift = DriftMonitor()
+        self.last_snapshot_at: float | None = None  # Unix time
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -143,6 +148,13 @@ class Collection:
     def count(self) -> int:
         return len(self._ids)
 
+    def mean(self) -> np.ndarray | None:
+        count = self.count
+        return self._sum / count if count else None
+
+    def wal_bytes(self) -> int:
+        return self._wal.size() if self._wal is not None else 0
+
     def info(self) -> index_pb2.Collection:
         info = index_pb2.Collection()
         info.CopyFrom(self.config)
@@ -169,6 +181,7 @@ class Collection:
     def search(self, queries: np.ndarray, k: int, ef_search: int = 0, nprobe: int = 0) -> list[list[Hit]]:
         """The k nearest items to each query vector (one FAISS batch)."""
         queries = self.prepare(queries)
+        self.drift.observe(queries)
         with self._rw.read():
             if not self._items:
                 return [[] for _ in queries]
@@ -286,6 +299,7 @@ class Collection:
                     self._ids[item_id] = internal
                     self._items[internal] = (item_id, label, meta)
                     self._vectors[internal] = vector
+                self._sum += vectors.sum(axis=0)
                 self._index.add_with_ids(
                     self._to_index_space(vectors, self._whitening), np.asarray(internals, np.int64)
                 )
@@ -299,7 +313,7 @@ class Collection:
             return
         for internal in internals:
             item_id = self._items.pop(internal)[0]
-            del self._vectors[internal]
+            self._sum -= self._vectors.pop(internal)
             del self._ids[item_id]
         if self.config.index_type == "hnsw":
             self._removed.update(internals)
@@ -397,6 +411,7 @@ class Collection:
         write_atomically(self.directory / SNAPSHOT, lambda f: np.savez(f, **arrays))
         self._wal.truncate()
         self._writes_since_snapshot = 0
+        self.last_snapshot_at = time.time()
 
     def _load_snapshot(self) -> None:
         path = self.directory / SNAPSHOT
@@ -421,6 +436,8 @@ class Collection:
             self._ids[item_id] = internal
             self._items[internal] = (item_id, label, meta)
             self._vectors[internal] = vector
+        self._sum = vectors.sum(axis=0, dtype=np.float64)
+        self.last_snapshot_at = path.stat().st_mtime
         if "whitening_a" in arrays:
             self._whitening = (arrays["whitening_a"], arrays["whitening_b"])
         self._trained = state["trained"]

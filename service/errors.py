@@ -19,6 +19,14 @@ class InvalidArgument(ServiceError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 
+class DecodeError(InvalidArgument):
+    """An image that cannot be decoded; reason (empty, too_large, unsupported_format, corrupt) labels a metric."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 class NotFound(ServiceError):
     code = grpc.StatusCode.NOT_FOUND
 

@@ -1,6 +1,6 @@
 """Heads: classifiers over one embedding output, trained in the background, versioned on disk, hot-swapped.
 
-Layout: ``<data_dir>/heads/<name>/<version>/{head.onnx, card.json[, ncm.npz]}``; a version
+Layout: ``<data_dir>/heads/<name>/<version>/{head.onnx, card.json, training_mean.npy[, ncm.npz]}``; a version
 folder appears whole (staged, then renamed). The served version is one object reference:
 a new version replaces it atomically, and requests already holding the old one finish on it.
 """
@@ -27,6 +27,7 @@ from offshelf.protos.v1 import heads_pb2 as pb2
 from offshelf.protos.v1 import heads_pb2_grpc as pb2_grpc
 from offshelf.protos.v1 import index_pb2
 from offshelf.service.collections import CollectionRegistry
+from offshelf.service.drift import DriftMonitor
 from offshelf.service.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError
 from offshelf.service.head_fitting import KINDS, FittedHead, fit
 from offshelf.service.logs import fields
@@ -43,6 +44,9 @@ class HeadVersion:
     def __init__(self, directory: pathlib.Path):
         self.card = json_format.Parse((directory / "card.json").read_text(), pb2.HeadCard())
         self.session = ort.InferenceSession(str(directory / "head.onnx"), providers=["CPUExecutionProvider"])
+        reference = directory / "training_mean.npy"
+        self.training_mean = np.load(reference) if reference.exists() else None  # the domain-shift reference
+        self.drift = DriftMonitor()
         ncm = directory / "ncm.npz"
         self.fitted = None
         if ncm.exists():
@@ -52,6 +56,7 @@ class HeadVersion:
                 )
 
     def probabilities(self, vectors: np.ndarray) -> np.ndarray:
+        self.drift.observe(vectors)
         return self.session.run(["probabilities"], {"embedding": vectors.astype(np.float32)})[0]
 
 
@@ -202,7 +207,7 @@ class HeadRegistry:
                 request.kind, vectors, labels, lambda f, m: progress(offset + (1 - offset) * 0.9 * f, m), previous
             )
             progress(0.95, "writing and loading the new version")
-            served = self._write(entry.name, version, request.kind, binding, fitted)
+            served = self._write(entry.name, version, request.kind, binding, fitted, vectors.mean(axis=0))
             with self._lock:
                 if entry.deleted:
                     return
@@ -225,7 +230,15 @@ class HeadRegistry:
             log.exception("head training failed", extra=fields(head=entry.name))
             entry.job.state, entry.job.message = pb2.JOB_STATE_FAILED, f"training failed: {err}"
 
-    def _write(self, name: str, version: int, kind: str, binding: index_pb2.Binding, fitted: FittedHead) -> HeadVersion:
+    def _write(
+        self,
+        name: str,
+        version: int,
+        kind: str,
+        binding: index_pb2.Binding,
+        fitted: FittedHead,
+        training_mean: np.ndarray,
+    ) -> HeadVersion:
         head_dir = self.root / name
         head_dir.mkdir(parents=True, exist_ok=True)
         staged = pathlib.Path(tempfile.mkdtemp(dir=head_dir, prefix=".incoming-"))
@@ -241,6 +254,7 @@ class HeadRegistry:
                 created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             )
             (staged / "card.json").write_text(json_format.MessageToJson(card, preserving_proto_field_name=True))
+            np.save(staged / "training_mean.npy", training_mean.astype(np.float32))
             if fitted.class_sums is not None:
                 np.savez(staged / "ncm.npz", sums=fitted.class_sums, counts=fitted.class_counts)
             staged.chmod(0o755)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -14,6 +15,7 @@ from offshelf.service.collection import Collection, Item
 from offshelf.service.collections import CollectionRegistry
 from offshelf.service.errors import FailedPrecondition, InvalidArgument
 from offshelf.service.faiss_index import with_defaults
+from offshelf.service.metrics import Metrics
 from offshelf.service.models import ModelRegistry, describe
 from offshelf.service.settings import ServiceSettings
 
@@ -21,8 +23,11 @@ MAX_METADATA_ENTRIES, MAX_METADATA_BYTES, MAX_ID_BYTES = 16, 1024, 256
 
 
 class IndexServicer(pb2_grpc.IndexServicer):
-    def __init__(self, collections: CollectionRegistry, models: ModelRegistry, settings: ServiceSettings):
+    def __init__(
+        self, collections: CollectionRegistry, models: ModelRegistry, settings: ServiceSettings, metrics: Metrics
+    ):
         self.collections = collections
+        self.metrics = metrics
         self.models = models
         self.max_items = settings.max_items_per_add
         self.max_k = settings.max_search_k
@@ -163,7 +168,9 @@ class IndexServicer(pb2_grpc.IndexServicer):
                 names=[f"{names[i]} image" for i in images],
                 augmentation=AUGMENTATION_FLIP if request.flip else AUGMENTATION_NONE,
             )
+        started = time.perf_counter()
         hits = collection.search(vectors, request.k, request.ef_search, request.nprobe)
+        self.metrics.search_seconds.labels(collection.config.index_type).observe(time.perf_counter() - started)
         return [
             pb2.SearchResponse(
                 hits=[pb2.Hit(id=i, score=score, label=label, metadata=meta) for i, score, label, meta in row]

@@ -1,4 +1,5 @@
-"""Maps ServiceError to its gRPC status and counts every unary RPC by method and status code.
+"""Maps ServiceError to its gRPC status; counts every unary RPC by method and status code, the RPCs in flight,
+and decode failures by reason.
 
 Both live here because the status code is known only once the error is mapped. Anything
 that is not a ServiceError is logged and answered INTERNAL, never UNKNOWN.
@@ -13,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from offshelf.service.errors import ServiceError
+from offshelf.service.errors import DecodeError, ServiceError
 from offshelf.service.logs import fields
 from offshelf.service.metrics import Metrics
 
@@ -42,16 +43,22 @@ class RpcInterceptor(grpc.ServerInterceptor):
     def _wrap(self, rpc: str, behavior: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[..., Any]:
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
             started = time.perf_counter()
+            in_flight = self.metrics.in_flight.labels(rpc)
+            in_flight.inc()
             try:
                 response = behavior(request, context)
             except ServiceError as err:
                 code, message = err.code, err.message
+                if isinstance(err, DecodeError):
+                    self.metrics.decode_failures.labels(err.reason).inc()
             except Exception:
                 log.exception("unexpected error", extra=fields(rpc=rpc))
                 code, message = grpc.StatusCode.INTERNAL, f"{rpc} failed on an unexpected server error; see its log"
             else:
                 self._record(rpc, context.code() or grpc.StatusCode.OK, started)
                 return response
+            finally:
+                in_flight.dec()
             self._record(rpc, code, started)
             context.abort(code, message)
 

@@ -1,11 +1,23 @@
-"""Prometheus metrics of one server, in a registry of their own, served on their own HTTP port."""
+"""Prometheus metrics of one server, in a registry of their own, served on their own HTTP port.
+
+Metrics updated where things happen live here; state read at scrape time (collections, heads, GPUs)
+comes from the collectors in state_metrics.py.
+"""
 
 from __future__ import annotations
 
 import threading
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    start_http_server,
+)
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -14,6 +26,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+        PlatformCollector(registry=self.registry)  # python_info
         self.requests = Counter(
             "offshelf_requests_total",
             "RPCs answered, by method and gRPC status code.",
@@ -45,6 +59,37 @@ class Metrics:
             "offshelf_inference_duration_seconds",
             "Time of one inference call.",
             ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "offshelf_in_flight_requests",
+            "RPCs being answered now, by method.",
+            ["rpc"],
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "offshelf_queue_depth_images",
+            "Images waiting in a model's batching queue.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.queue_capacity = Gauge(
+            "offshelf_queue_capacity_images",
+            "Most images a model's batching queue holds; beyond it requests get UNAVAILABLE.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.decode_failures = Counter(
+            "offshelf_decode_failures_total",
+            "Images refused before inference, by reason (empty, too_large, unsupported_format, corrupt).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.search_seconds = Histogram(
+            "offshelf_search_duration_seconds",
+            "Time of one FAISS search call (a Search or a SearchBatch), by index type.",
+            ["index_type"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )

@@ -15,7 +15,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from offshelf.protos.v1 import model_card_pb2 as card_pb2
 from offshelf.protos.v1.embedding_pb2 import AUGMENTATION_NONE, AUGMENTATION_TEN_CROP
-from offshelf.service.errors import InvalidArgument
+from offshelf.service.errors import DecodeError, InvalidArgument
 
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
 _RESAMPLING = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
@@ -48,23 +48,26 @@ class Preprocessor:
     def decode(self, data: bytes, name: str = "image 0") -> Image.Image:
         """An RGB image upright per its EXIF orientation; InvalidArgument messages start with name."""
         if not data:
-            raise InvalidArgument(f"{name} is empty: send the encoded bytes of a JPEG, PNG, WebP or GIF file")
+            raise DecodeError(f"{name} is empty: send the encoded bytes of a JPEG, PNG, WebP or GIF file", "empty")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 image = Image.open(io.BytesIO(data), formats=FORMATS)
             if image.width * image.height > self.max_pixels:
-                raise InvalidArgument(
+                raise DecodeError(
                     f"{name} has {image.width}x{image.height} pixels, more than the "
-                    f"limit of {self.max_pixels}; downscale it before sending"
+                    f"limit of {self.max_pixels}; downscale it before sending",
+                    "too_large",
                 )
             if image.format == "JPEG":
                 image.draft("RGB", self._resized_size(image.width, image.height))
             image = ImageOps.exif_transpose(image).convert("RGB")
         except UnidentifiedImageError as err:
-            raise InvalidArgument(f"{name} is not a JPEG, PNG, WebP or GIF file ({len(data)} bytes)") from err
+            raise DecodeError(
+                f"{name} is not a JPEG, PNG, WebP or GIF file ({len(data)} bytes)", "unsupported_format"
+            ) from err
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-            raise InvalidArgument(f"{name} could not be decoded ({err}); send a complete, valid file") from err
+            raise DecodeError(f"{name} could not be decoded ({err}); send a complete, valid file", "corrupt") from err
         return image
 
     def _resized_size(self, width: int, height: int) -> tuple[int, int]:

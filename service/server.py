@@ -26,7 +26,9 @@ from offshelf.service.interceptor import RpcInterceptor
 from offshelf.service.logs import fields
 from offshelf.service.metrics import Metrics
 from offshelf.service.models import ModelRegistry
+from offshelf.service.runtime import CUDA
 from offshelf.service.settings import ServiceSettings
+from offshelf.service.state_metrics import GpuCollector, StateCollector
 
 log = logging.getLogger(__name__)
 SERVICES = [
@@ -46,6 +48,7 @@ class Server:
         self.models = ModelRegistry(settings, self.metrics)
         self.collections = CollectionRegistry(settings.data_dir, settings.snapshot_every_writes, settings.faiss_threads)
         self.heads = HeadRegistry(settings.data_dir, self.models, self.collections)
+        self.metrics.registry.register(StateCollector(self.collections, self.heads))
         self.health = health.HealthServicer()
         self.ready = threading.Event()
         self.grpc_port = 0
@@ -61,7 +64,9 @@ class Server:
         embedding_pb2_grpc.add_EmbeddingServicer_to_server(
             EmbeddingServicer(self.models, settings.max_images_per_request), self._grpc
         )
-        index_pb2_grpc.add_IndexServicer_to_server(IndexServicer(self.collections, self.models, settings), self._grpc)
+        index_pb2_grpc.add_IndexServicer_to_server(
+            IndexServicer(self.collections, self.models, settings, self.metrics), self._grpc
+        )
         heads_pb2_grpc.add_HeadsServicer_to_server(
             HeadsServicer(self.heads, self.models, settings.max_images_per_request), self._grpc
         )
@@ -86,6 +91,11 @@ class Server:
         self.models.load_all()
         self.collections.load_all()
         self.heads.load_all()
+        gpu = GpuCollector.create(
+            lambda: any(m.runtime.provider == CUDA for v in self.models.all().values() for m in v)
+        )
+        if gpu is not None:
+            self.metrics.registry.register(gpu)
         self.ready.set()
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info(

@@ -1,0 +1,39 @@
+"""Domain shift: how far recent query embeddings have moved from the embeddings a collection holds or a head
+was trained on. Features that worked on the reference data can fail quietly on a new domain; this makes it
+visible as a metric.
+
+The measure is the cosine distance between the two means (0: same direction; it grows as the query
+distribution moves away). Recent queries are an exponential moving average over about `window` vectors.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+
+class DriftMonitor:
+    def __init__(self, window: int = 200):
+        self.window = window
+        self._recent: np.ndarray | None = None
+        self._seen = 0
+        self._lock = threading.Lock()
+
+    def observe(self, vectors: np.ndarray) -> None:
+        with self._lock:
+            for vector in np.asarray(vectors, np.float64):
+                self._seen += 1
+                weight = max(1.0 / self._seen, 1.0 / self.window)  # a plain mean until the window fills
+                self._recent = vector if self._recent is None else (1 - weight) * self._recent + weight * vector
+
+    def shift(self, reference_mean: np.ndarray | None) -> float | None:
+        """Cosine distance between the recent queries' mean and reference_mean; None before any query."""
+        with self._lock:
+            recent = self._recent
+        if recent is None or reference_mean is None:
+            return None
+        norms = np.linalg.norm(recent) * np.linalg.norm(reference_mean)
+        if norms == 0:
+            return None
+        return float(1.0 - np.dot(recent, reference_mean) / norms)

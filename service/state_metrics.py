@@ -1,0 +1,108 @@
+"""Metrics read at scrape time: collections (vectors, bytes, WAL, last snapshot), heads (training jobs by
+state), domain shift of both, and GPU memory and utilisation through NVML when a model runs on CUDA."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from offshelf.protos.v1 import heads_pb2
+from offshelf.service.collections import CollectionRegistry
+from offshelf.service.heads import HeadRegistry
+
+log = logging.getLogger(__name__)
+JOB_STATES = {
+    heads_pb2.JOB_STATE_QUEUED: "queued",
+    heads_pb2.JOB_STATE_RUNNING: "running",
+    heads_pb2.JOB_STATE_SUCCEEDED: "succeeded",
+    heads_pb2.JOB_STATE_FAILED: "failed",
+}
+
+
+class StateCollector(Collector):
+    def __init__(self, collections: CollectionRegistry, heads: HeadRegistry):
+        self.collections = collections
+        self.heads = heads
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        vectors = GaugeMetricFamily("offshelf_collection_vectors", "Items in a collection.", labels=["collection"])
+        disk = GaugeMetricFamily(
+            "offshelf_collection_disk_bytes", "Bytes a collection's folder holds.", labels=["collection"]
+        )
+        wal = GaugeMetricFamily(
+            "offshelf_collection_wal_bytes",
+            "Bytes in a collection's write-ahead log (emptied at each snapshot).",
+            labels=["collection"],
+        )
+        snapshot = GaugeMetricFamily(
+            "offshelf_collection_last_snapshot_timestamp_seconds",
+            "Unix time of a collection's last snapshot.",
+            labels=["collection"],
+        )
+        shift = GaugeMetricFamily(
+            "offshelf_domain_shift",
+            "Cosine distance between the mean of recent query embeddings and the mean of the embeddings a "
+            "collection holds or a head was trained on (0: no shift).",
+            labels=["kind", "name"],
+        )
+        for collection in self.collections.all():
+            vectors.add_metric([collection.name], collection.count)
+            disk.add_metric([collection.name], collection.info().bytes_on_disk)
+            wal.add_metric([collection.name], collection.wal_bytes())
+            if collection.last_snapshot_at is not None:
+                snapshot.add_metric([collection.name], collection.last_snapshot_at)
+            distance = collection.drift.shift(collection.mean())
+            if distance is not None:
+                shift.add_metric(["collection", collection.name], distance)
+        jobs = GaugeMetricFamily(
+            "offshelf_head_jobs", "Heads whose latest training job is in each state.", labels=["state"]
+        )
+        counts = dict.fromkeys(JOB_STATES.values(), 0)
+        for entry in self.heads.all():
+            if entry.job.state in JOB_STATES:
+                counts[JOB_STATES[entry.job.state]] += 1
+            served = entry.served
+            distance = served.drift.shift(served.training_mean) if served is not None else None
+            if distance is not None:
+                shift.add_metric(["head", entry.name], distance)
+        for state, count in counts.items():
+            jobs.add_metric([state], count)
+        yield from (vectors, disk, wal, snapshot, jobs, shift)
+
+
+class GpuCollector(Collector):
+    """GPU memory and utilisation from NVML (the nvidia-ml-py package); registered only when a model runs on
+    CUDA and NVML can be initialised, so the series are absent on CPU machines."""
+
+    def __init__(self, nvml):
+        self.nvml = nvml
+
+    @classmethod
+    def create(cls, on_cuda: Callable[[], bool]) -> GpuCollector | None:
+        if not on_cuda():
+            return None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+        except Exception as err:  # not installed, or no driver: no GPU metrics
+            log.info("no GPU metrics: NVML unavailable (%s)", err)
+            return None
+        return cls(pynvml)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        memory = GaugeMetricFamily("offshelf_gpu_memory_used_bytes", "GPU memory in use.", labels=["gpu"])
+        total = GaugeMetricFamily("offshelf_gpu_memory_total_bytes", "GPU memory.", labels=["gpu"])
+        utilisation = GaugeMetricFamily(
+            "offshelf_gpu_utilization_ratio", "Fraction of time the GPU was busy (NVML's sample).", labels=["gpu"]
+        )
+        for index in range(self.nvml.nvmlDeviceGetCount()):
+            handle = self.nvml.nvmlDeviceGetHandleByIndex(index)
+            info = self.nvml.nvmlDeviceGetMemoryInfo(handle)
+            memory.add_metric([str(index)], info.used)
+            total.add_metric([str(index)], info.total)
+            utilisation.add_metric([str(index)], self.nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100)
+        yield from (memory, total, utilisation)
