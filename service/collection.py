@@ -153,7 +153,8 @@ class Collection:
         return self._sum / count if count else None
 
     def wal_bytes(self) -> int:
-        return self._wal.size() if self._wal is not None else 0
+        with self._write_lock:
+            return self._wal.size if self._wal is not None and not self.closed else 0
 
     def info(self) -> index_pb2.Collection:
         info = index_pb2.Collection()
