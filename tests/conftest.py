@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 
+import grpc
 import numpy as np
 import pytest
 
@@ -140,3 +142,44 @@ def server(model_repo: pathlib.Path, tmp_path_factory: pytest.TempPathFactory):
 def client(server: ServerProcess):
     with Client(server.address) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def traffic(model_repo, tmp_path_factory):
+    """A server of its own that has seen a known amount of traffic."""
+    server = ServerProcess(model_repo, tmp_path_factory.mktemp("metrics"), drain_seconds=0, snapshot_every_writes=20)
+    try:
+        server.wait_serving()
+        photos = shared_photos("ukbench", 24)
+        with Client(server.address) as client:
+            client.embed(photos[:3])
+            for bad in (b"", b"not an image"):
+                with pytest.raises(grpc.RpcError):
+                    client.embed([bad])
+            client.create_collection("objects", index_type="hnsw")
+            labels = [str(i // 4) for i in range(len(photos))]
+            client.add_images("objects", photos, labels=labels, batch_size=16, progress=False)  # 16, 8: a snapshot
+            client.add("objects", vectors=[np.ones(1280)], ids=["after-the-snapshot"])  # one write in the log
+            client.train_head("objects-head", "ncm", collection="objects")
+            client.wait_for_head("objects-head")
+            client.search_batch("objects", images=photos[:8], k=4)
+            client.classify(photos[:8], "objects-head")
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture(scope="session")
+def prometheus_tools() -> tuple[str, str]:
+    """(prometheus, promtool) from Debian's package, installed here when missing."""
+    if not (shutil.which("prometheus") and shutil.which("promtool")):
+        if os.geteuid() != 0 or not shutil.which("apt-get"):
+            pytest.skip("Prometheus is not installed and apt-get cannot install it here (needs root and apt)")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for command in (
+            ["apt-get", "update", "-qq"],
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "prometheus"],
+        ):
+            if subprocess.run(command, env=env, capture_output=True, timeout=600).returncode != 0:
+                pytest.skip(f"could not install Debian's prometheus package ({' '.join(command)} failed)")
+    return shutil.which("prometheus"), shutil.which("promtool")

@@ -4,17 +4,13 @@ scraping the service and answering queries about it."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import socket
 import subprocess
 import time
 import urllib.parse
 import urllib.request
 
-import grpc
 import numpy as np
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from offshelf.clients import Client
@@ -33,29 +29,6 @@ def scrape(server: ServerProcess) -> dict[tuple[str, tuple], float]:
 
 def value(samples, metric: str, **labels) -> float | None:
     return samples.get((metric, tuple(sorted(labels.items()))))
-
-
-@pytest.fixture(scope="module")
-def traffic(model_repo, tmp_path_factory):
-    """A server of its own that has seen a known amount of traffic."""
-    server = ServerProcess(model_repo, tmp_path_factory.mktemp("metrics"), drain_seconds=0)
-    try:
-        server.wait_serving()
-        photos = shared_photos("ukbench", 24)
-        with Client(server.address) as client:
-            client.embed(photos[:3])
-            for bad in (b"", b"not an image"):
-                with pytest.raises(grpc.RpcError):
-                    client.embed([bad])
-            client.create_collection("objects", index_type="hnsw")
-            client.add_images("objects", photos, labels=[str(i // 4) for i in range(len(photos))], progress=False)
-            client.train_head("objects-head", "ncm", collection="objects")
-            client.wait_for_head("objects-head")
-            client.search_batch("objects", images=photos[:8], k=4)
-            client.classify(photos[:8], "objects-head")
-        yield server
-    finally:
-        server.kill()
 
 
 def test_exposition_counts_the_traffic(traffic):
@@ -78,9 +51,11 @@ def test_exposition_counts_the_traffic(traffic):
         == 1
     )
     assert value(samples, "offshelf_search_duration_seconds_count", index_type="hnsw") == 1
-    assert value(samples, "offshelf_collection_vectors", collection="objects") == 24
-    assert value(samples, "offshelf_collection_disk_bytes", collection="objects") > 24 * 1280 * 4
-    assert value(samples, "offshelf_collection_wal_bytes", collection="objects") > 24 * 1280 * 4
+    assert value(samples, "offshelf_collection_vectors", collection="objects") == 25
+    assert value(samples, "offshelf_collection_disk_bytes", collection="objects") > 25 * 1280 * 4
+    assert 1280 * 4 < value(samples, "offshelf_collection_wal_bytes", collection="objects") < 2 * 1280 * 4
+    snapshot = value(samples, "offshelf_collection_last_snapshot_timestamp_seconds", collection="objects")
+    assert time.time() - 600 < snapshot <= time.time()
     assert value(samples, "offshelf_head_jobs", state="succeeded") == 1
     assert value(samples, "offshelf_head_jobs", state="running") == 0
     assert value(samples, "process_resident_memory_bytes") > 0 and value(samples, "process_cpu_seconds_total") > 0
@@ -103,22 +78,6 @@ def test_domain_shift_grows_when_queries_leave_the_indexed_domain(traffic):
     head_shifted = value(after, "offshelf_domain_shift", kind="head", name="objects-head")
     assert shifted > 2 * same and shifted - same > 0.05, (same, shifted)
     assert head_shifted > 2 * head_same and head_shifted - head_same > 0.05, (head_same, head_shifted)
-
-
-@pytest.fixture(scope="session")
-def prometheus_tools() -> tuple[str, str]:
-    """(prometheus, promtool) from Debian's package, installed here when missing."""
-    if not (shutil.which("prometheus") and shutil.which("promtool")):
-        if os.geteuid() != 0 or not shutil.which("apt-get"):
-            pytest.skip("Prometheus is not installed and apt-get cannot install it here (needs root and apt)")
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for command in (
-            ["apt-get", "update", "-qq"],
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "prometheus"],
-        ):
-            if subprocess.run(command, env=env, capture_output=True, timeout=600).returncode != 0:
-                pytest.skip(f"could not install Debian's prometheus package ({' '.join(command)} failed)")
-    return shutil.which("prometheus"), shutil.which("promtool")
 
 
 def test_promtool_accepts_the_exposition(traffic, prometheus_tools):
@@ -171,7 +130,7 @@ def test_a_real_prometheus_scrapes_the_service(traffic, prometheus_tools, tmp_pa
             time.sleep(0.5)
         assert results and float(results[0]["value"][1]) == 2, results
         assert query("up{job='offshelf'}")[0]["value"][1] == "1"
-        assert float(query('offshelf_collection_vectors{collection="objects"}')[0]["value"][1]) == 24
+        assert float(query('offshelf_collection_vectors{collection="objects"}')[0]["value"][1]) == 25
         assert float(query('offshelf_head_jobs{state="succeeded"}')[0]["value"][1]) == 1
         info = query("offshelf_model_info")[0]["metric"]
         assert (info["model"], info["provider"]) == ("efficientnet-lite0", "CPUExecutionProvider")

@@ -1,0 +1,149 @@
+"""deploy/: the kustomize overlays render, every object is valid for a current Kubernetes, the alert rules pass
+promtool, and every metric the rules and the dashboard use exists in the service's real exposition."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import urllib.request
+
+import kubernetes_validate
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import ROOT
+
+DEPLOY = ROOT / "deploy"
+KUBERNETES = kubernetes_validate.utils.latest_version()
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}  # prometheus-operator's CRDs: not in kubernetes-validate
+OVERLAYS = ("cpu", "gpu")
+
+
+def render(overlay: str) -> list[dict]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.fail("kubectl (with its built-in kustomize) is needed to render deploy/overlays")
+    rendered = subprocess.run(
+        [kubectl, "kustomize", str(DEPLOY / "overlays" / overlay)], capture_output=True, text=True, timeout=60
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    return [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def rendered(request) -> tuple[str, list[dict]]:
+    return request.param, render(request.param)
+
+
+def objects(rendered, kind: str) -> list[dict]:
+    return [doc for doc in rendered[1] if doc["kind"] == kind]
+
+
+def test_overlays_render_every_object(rendered):
+    kinds = sorted(doc["kind"] for doc in rendered[1])
+    assert kinds == sorted(
+        [
+            "ConfigMap",
+            "ConfigMap",
+            "Deployment",
+            "HorizontalPodAutoscaler",
+            "PersistentVolumeClaim",
+            "PodDisruptionBudget",
+            "PrometheusRule",
+            "Service",
+            "Service",
+            "ServiceMonitor",
+        ]
+    )
+
+
+def test_every_object_is_valid_kubernetes(rendered):
+    for doc in rendered[1]:
+        if doc["kind"] in CRD_KINDS:
+            continue  # see test_custom_resources_are_skipped_explicitly
+        kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+
+
+@pytest.mark.parametrize("kind", sorted(CRD_KINDS))
+def test_custom_resources_are_skipped_explicitly(kind):
+    pytest.skip(
+        f"{kind} is a prometheus-operator CRD: kubernetes-validate carries only core Kubernetes schemas and "
+        "the CRD schema cannot be downloaded here; promtool checks the rules' content instead"
+    )
+
+
+def test_deployment_drains_probes_and_hardening(rendered):
+    overlay, _ = rendered
+    (deployment,) = objects(rendered, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (server,) = pod["containers"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert server[probe]["grpc"]["port"] == 50051, probe
+    assert server["lifecycle"]["preStop"]["sleep"]["seconds"] > 0
+    (settings,) = [c for c in objects(rendered, "ConfigMap") if c["metadata"]["name"] == "offshelf-settings"]
+    drain, grace = float(settings["data"]["OFFSHELF_DRAIN_SECONDS"]), float(settings["data"]["OFFSHELF_GRACE_SECONDS"])
+    assert pod["terminationGracePeriodSeconds"] > server["lifecycle"]["preStop"]["sleep"]["seconds"] + drain + grace
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    for container in (server, *pod["initContainers"]):
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert "memory" in container["resources"]["limits"] and "cpu" in container["resources"]["requests"]
+    assert "torch" not in server["image"] and "export" in pod["initContainers"][0]["image"]
+    if overlay == "gpu":
+        assert server["resources"]["limits"]["nvidia.com/gpu"] == 1
+        assert pod["nodeSelector"] and pod["tolerations"]
+        assert settings["data"]["OFFSHELF_EXECUTION_PROVIDER"] == "cuda"
+    else:
+        assert "nvidia.com/gpu" not in server["resources"]["limits"]
+
+
+def test_services_and_monitoring_point_at_the_right_ports(rendered):
+    services = {s["metadata"]["name"]: s for s in objects(rendered, "Service")}
+    assert {p["name"] for p in services["offshelf"]["spec"]["ports"]} == {"grpc", "metrics"}
+    assert services["offshelf-headless"]["spec"]["clusterIP"] == "None"
+    (monitor,) = objects(rendered, "ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    (hpa,) = objects(rendered, "HorizontalPodAutoscaler")
+    assert {m["type"] for m in hpa["spec"]["metrics"]} == {"Resource", "Pods"}
+
+
+def rules_file(tmp_path):
+    (rule,) = [doc for doc in render("cpu") if doc["kind"] == "PrometheusRule"]
+    path = tmp_path / "rules.yml"
+    path.write_text(yaml.safe_dump(rule["spec"]))
+    return path, rule["spec"]
+
+
+def test_promtool_accepts_the_rules(prometheus_tools, tmp_path):
+    path, spec = rules_file(tmp_path)
+    checked = subprocess.run([prometheus_tools[1], "check", "rules", str(path)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    alerts = {r["alert"] for group in spec["groups"] for r in group["rules"] if "alert" in r}
+    assert alerts == {
+        "OffshelfHighErrorRatio",
+        "OffshelfHighLatency",
+        "OffshelfQueueSaturated",
+        "OffshelfNotReady",
+        "OffshelfDomainShift",
+    }
+
+
+METRIC = re.compile(r"\b((?:offshelf|process)_[a-z0-9_]+)")
+
+
+def test_rules_and_dashboard_use_only_metrics_the_service_exposes(traffic, tmp_path):
+    _, spec = rules_file(tmp_path)
+    used = {m for group in spec["groups"] for r in group["rules"] for m in METRIC.findall(r["expr"])}
+    dashboard = json.loads((DEPLOY / "base" / "grafana-dashboard.json").read_text())
+    used |= {m for panel in dashboard["panels"] for t in panel["targets"] for m in METRIC.findall(t["expr"])}
+    text = urllib.request.urlopen(traffic.metrics_url).read().decode()
+    exposed = {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
+    # GPU series appear only on CUDA; their names must at least be the ones the collector defines.
+    gpu = {m for m in used if m.startswith("offshelf_gpu_")}
+    collector = (ROOT / "service" / "state_metrics.py").read_text()
+    assert gpu and all(f'"{m}"' in collector for m in gpu)
+    missing = sorted(used - gpu - exposed)
+    assert not missing, f"used by deploy/ but not exposed by the service: {missing}"
+    assert len(used) >= 20
