@@ -35,6 +35,8 @@ class Connection:
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.enable_retries", int(self.retries > 0)),
+            # Spreads calls over every address a name resolves to (a headless Service's pods).
+            ("grpc.lb_policy_name", "round_robin"),
         ]
         if self.retries > 0:
             policy = {
