@@ -21,8 +21,11 @@ class DriftMonitor:
         self._lock = threading.Lock()
 
     def observe(self, vectors: np.ndarray) -> None:
+        """Adds query embeddings, each L2-normalised (every query counts the same)."""
+        vectors = np.asarray(vectors, np.float64)
+        vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         with self._lock:
-            for vector in np.asarray(vectors, np.float64):
+            for vector in vectors:
                 self._seen += 1
                 weight = max(1.0 / self._seen, 1.0 / self.window)  # a plain mean until the window fills
                 self._recent = vector if self._recent is None else (1 - weight) * self._recent + weight * vector

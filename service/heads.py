@@ -29,7 +29,7 @@ from offshelf.protos.v1 import index_pb2
 from offshelf.service.collections import CollectionRegistry
 from offshelf.service.drift import DriftMonitor
 from offshelf.service.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError
-from offshelf.service.head_fitting import KINDS, FittedHead, fit
+from offshelf.service.head_fitting import KINDS, FittedHead, fit, l2_normalise
 from offshelf.service.logs import fields
 from offshelf.service.models import ModelRegistry, describe
 from offshelf.service.preprocess import check_image_count
@@ -207,7 +207,8 @@ class HeadRegistry:
                 request.kind, vectors, labels, lambda f, m: progress(offset + (1 - offset) * 0.9 * f, m), previous
             )
             progress(0.95, "writing and loading the new version")
-            served = self._write(entry.name, version, request.kind, binding, fitted, vectors.mean(axis=0))
+            training_mean = l2_normalise(np.asarray(vectors, np.float32)).mean(axis=0)
+            served = self._write(entry.name, version, request.kind, binding, fitted, training_mean)
             with self._lock:
                 if entry.deleted:
                     return
