@@ -1,4 +1,5 @@
-"""Embedding throughput and latency: onnxruntime in-process, decode + preprocess, and the service end to end.
+"""Embedding throughput and latency: onnxruntime in-process, decode + preprocess, and the service end to end
+(Embed, and ModelInfer of the Open Inference Protocol).
 
 Prints one table. Usage: python bench/embed.py [--repo DIR] [--images DIR] [--seconds S]
 The model repository defaults to build/repo (``make demo`` writes it), exported if missing.
@@ -13,6 +14,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import numpy as np
 import onnxruntime as ort
 
@@ -20,6 +22,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from offshelf.clients import Client  # noqa: E402
+from offshelf.protos.inference import grpc_predict_v2_pb2 as oip_pb2  # noqa: E402
+from offshelf.protos.inference import grpc_predict_v2_pb2_grpc as oip_grpc  # noqa: E402
+from offshelf.service.inference import serialize_bytes  # noqa: E402
 from offshelf.service.models import read_card  # noqa: E402
 from offshelf.service.preprocess import Preprocessor  # noqa: E402
 
@@ -49,6 +54,23 @@ def row(name: str, images_per_call: int, durations: list[float], wall: float | N
         "p50": percentile(durations, 50),
         "p99": percentile(durations, 99),
     }
+
+
+def concurrent_row(name: str, call, concurrency: int, args: argparse.Namespace) -> dict:
+    """`concurrency` threads each send one-image requests for args.seconds."""
+
+    def worker(w: int) -> list[float]:
+        end, durations = time.perf_counter() + args.seconds, []
+        while time.perf_counter() < end:
+            started = time.perf_counter()
+            call(w * 1000 + len(durations))
+            durations.append(time.perf_counter() - started)
+        return durations
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        durations = [d for ds in pool.map(worker, range(concurrency)) for d in ds]
+    return row(name, 1, durations, time.perf_counter() - started)
 
 
 def ensure_repo(repo: pathlib.Path) -> pathlib.Path:
@@ -103,28 +125,23 @@ def main() -> None:
     )
     try:
         server.wait_serving()
-        service_rows = []
-        for concurrency in (1, 8, 16):
-            with Client(server.address, timeout=60) as client:
-                client.embed([jpegs[0]], outputs=["embedding"])
+        with Client(server.address, timeout=60) as client, grpc.insecure_channel(server.address) as channel:
+            oip = oip_grpc.GRPCInferenceServiceStub(channel)
+            client.embed([jpegs[0]], outputs=["embedding"])
 
-                def one_request(i: int) -> float:
-                    started = time.perf_counter()
-                    client.embed([jpegs[i % len(jpegs)]], outputs=["embedding"])
-                    return time.perf_counter() - started
+            def embed(i: int) -> None:
+                client.embed([jpegs[i % len(jpegs)]], outputs=["embedding"])
 
-                def worker(w: int) -> list[float]:
-                    end, durations = time.perf_counter() + args.seconds, []
-                    while time.perf_counter() < end:
-                        durations.append(one_request(w * 1000 + len(durations)))
-                    return durations
+            def infer(i: int) -> None:
+                request = oip_pb2.ModelInferRequest(model_name="efficientnet-lite0")
+                request.inputs.add(name="image", datatype="BYTES", shape=[1])
+                request.outputs.add(name="embedding")
+                request.raw_input_contents.append(serialize_bytes([jpegs[i % len(jpegs)]]))
+                oip.ModelInfer(request, timeout=60)
 
-                started = time.perf_counter()
-                with ThreadPoolExecutor(concurrency) as pool:
-                    durations = [d for ds in pool.map(worker, range(concurrency)) for d in ds]
-                wall = time.perf_counter() - started
-            service_rows.append(row(f"(c) service Embed, concurrency {concurrency}", 1, durations, wall))
-        rows += service_rows
+            for concurrency in (1, 8, 16):
+                rows.append(concurrent_row(f"(c) service Embed, concurrency {concurrency}", embed, concurrency, args))
+            rows.append(concurrent_row("(d) service OIP ModelInfer BYTES, concurrency 16", infer, 16, args))
     finally:
         server.terminate()
 
@@ -136,8 +153,9 @@ def main() -> None:
     print(f"|{'-' * 52}|{'-' * 11}|{'-' * 10}|{'-' * 10}|")
     for r in rows:
         print(f"| {r['name']:<50} | {r['ips']:9.1f} | {r['p50']:8.2f} | {r['p99']:8.2f} |")
-    ratio = rows[-1]["ips"] / in_process["ips"]
+    ratio = rows[-2]["ips"] / in_process["ips"]
     print(f"\nEmbed at concurrency 16 / in-process decode + inference: {ratio:.0%} (target >= 70%)")
+    print(f"ModelInfer (OIP) at concurrency 16 / Embed at concurrency 16: {rows[-1]['ips'] / rows[-2]['ips']:.0%}")
 
 
 if __name__ == "__main__":
