@@ -25,10 +25,14 @@ class DriftMonitor:
         vectors = np.asarray(vectors, np.float64)
         vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         with self._lock:
-            for vector in vectors:
-                self._seen += 1
-                weight = max(1.0 / self._seen, 1.0 / self.window)  # a plain mean until the window fills
-                self._recent = vector if self._recent is None else (1 - weight) * self._recent + weight * vector
+            # recent <- (1 - w) recent + w v for each vector in turn, in one step: w is 1/seen (a plain mean)
+            # until the window fills, then 1/window; each vector is then scaled by what the later ones keep.
+            weights = np.maximum(1.0 / (self._seen + np.arange(1, len(vectors) + 1)), 1.0 / self.window)
+            keep = 1.0 - weights
+            kept_after = np.append(np.cumprod(keep[::-1])[::-1][1:], 1.0)
+            previous = 0.0 if self._recent is None else np.prod(keep) * self._recent
+            self._recent = previous + (weights * kept_after) @ vectors
+            self._seen += len(vectors)
 
     def shift(self, reference_mean: np.ndarray | None) -> float | None:
         """Cosine distance between the recent queries' mean and reference_mean; None before any query."""

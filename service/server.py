@@ -91,9 +91,8 @@ class Server:
         self.models.load_all()
         self.collections.load_all()
         self.heads.load_all()
-        gpu = GpuCollector.create(
-            lambda: any(m.runtime.provider == CUDA for v in self.models.all().values() for m in v)
-        )
+        on_cuda = any(m.runtime.provider == CUDA for versions in self.models.all().values() for m in versions)
+        gpu = GpuCollector.create() if on_cuda else None
         if gpu is not None:
             self.metrics.registry.register(gpu)
         self.ready.set()

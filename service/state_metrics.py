@@ -4,7 +4,7 @@ state), domain shift of both, and GPU memory and utilisation through NVML when a
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -81,9 +81,8 @@ class GpuCollector(Collector):
         self.nvml = nvml
 
     @classmethod
-    def create(cls, on_cuda: Callable[[], bool]) -> GpuCollector | None:
-        if not on_cuda():
-            return None
+    def create(cls) -> GpuCollector | None:
+        """The collector, or None when NVML cannot be initialised."""
         try:
             import pynvml
 
