@@ -11,10 +11,14 @@ UKBENCH ?= ../shared/data/ukbench
 
 .PHONY: venv demo test protos lint bench
 
-$(STAMP): pyproject.toml
+# A strict editable install links every module into build/__editable__.*/offshelf, a real package tree for
+# readers and static tools; a module added, moved or removed changes its folder, which re-runs the install.
+PACKAGE_DIRS := $(shell find protos export train service clients -type d -not -name __pycache__)
+
+$(STAMP): pyproject.toml $(PACKAGE_DIRS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[torch,dev]'
+	$(BIN)/pip install -q -e '.[torch,dev]' --config-settings editable_mode=strict
 	touch $@
 
 venv: $(STAMP)
@@ -41,15 +45,16 @@ demo: $(STAMP)
 	if [ -d $(UKBENCH) ]; then echo; echo "== UKBench N-S score"; \
 		$(BIN)/offshelf eval ukbench --server $(SERVER) $(UKBENCH) --plot build/ukbench-ns.png; fi
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest
 
 # Regenerate protos/v1/*_pb2*.py from protos/v1/*.proto (a test fails when they are stale).
 protos: $(STAMP)
 	$(BIN)/python -m offshelf.protos.generate
 
+# Static checks: ruff's lint and format, mypy on service/ and clients/ (also run by `make test`).
 lint: $(STAMP)
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python bench/embed.py

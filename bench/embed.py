@@ -24,11 +24,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 from offshelf.clients import Client  # noqa: E402
 from offshelf.protos.inference import grpc_predict_v2_pb2 as oip_pb2  # noqa: E402
 from offshelf.protos.inference import grpc_predict_v2_pb2_grpc as oip_grpc  # noqa: E402
-from offshelf.service.inference import serialize_bytes  # noqa: E402
-from offshelf.service.models import read_card  # noqa: E402
-from offshelf.service.preprocess import Preprocessor  # noqa: E402
+from offshelf.service.api.oip import serialize_bytes  # noqa: E402
+from offshelf.service.models.preprocess import Preprocessor  # noqa: E402
+from offshelf.service.models.registry import read_card  # noqa: E402
 
-from conftest import ServerProcess  # noqa: E402
+from support import ServerProcess  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -21,7 +21,7 @@ from offshelf.export.repository import ExportRequest, export_model, images_in  #
 from offshelf.export.taps import parse_output  # noqa: E402
 from offshelf.export.zoo import build_network  # noqa: E402
 
-from conftest import ServerProcess  # noqa: E402
+from support import ServerProcess  # noqa: E402
 
 OUTPUTS = ["embedding=_head_act:avg", "gem=_head_act:gem:l2", "rmac=_head_act:rmac:l2", "logits=_fc"]
 

@@ -24,10 +24,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from offshelf.clients import Client  # noqa: E402
 from offshelf.protos.v1 import index_pb2  # noqa: E402
-from offshelf.service.faiss_index import new_index, search_params, train_ivfpq, with_defaults  # noqa: E402
+from offshelf.service.index.faiss_index import new_index, search_params, train_ivfpq, with_defaults  # noqa: E402
 
-from bench_model import write_identity_model  # noqa: E402
-from conftest import ServerProcess, clustered_vectors  # noqa: E402
+from support import ServerProcess, clustered_vectors, write_identity_model  # noqa: E402
 
 DIM = 512
 BATCH = 1000

@@ -23,7 +23,7 @@ from offshelf.export.zoo import build_network  # noqa: E402
 from offshelf.train.data import load_splits  # noqa: E402
 from offshelf.train.finetune import FinetuneConfig, finetune  # noqa: E402
 
-from conftest import ServerProcess  # noqa: E402
+from support import ServerProcess  # noqa: E402
 
 
 def paths_and_labels(subset) -> tuple[list[pathlib.Path], list[str]]:

@@ -15,18 +15,19 @@ from grpc_reflection.v1alpha import reflection
 
 from offshelf.protos.inference import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from offshelf.protos.v1 import embedding_pb2, embedding_pb2_grpc, heads_pb2, heads_pb2_grpc, index_pb2, index_pb2_grpc
-from offshelf.service.collection import CollectionLoadError
-from offshelf.service.collections import CollectionRegistry
-from offshelf.service.embedding import EmbeddingServicer
+from offshelf.service.api.embedding import EmbeddingServicer
+from offshelf.service.api.heads import HeadsServicer
+from offshelf.service.api.index import IndexServicer
+from offshelf.service.api.interceptor import RpcInterceptor
+from offshelf.service.api.oip import InferenceServicer
 from offshelf.service.errors import ModelLoadError
-from offshelf.service.heads import HeadRegistry, HeadsServicer
-from offshelf.service.index import IndexServicer
-from offshelf.service.inference import InferenceServicer
-from offshelf.service.interceptor import RpcInterceptor
+from offshelf.service.heads.registry import HeadRegistry
+from offshelf.service.index.collection import CollectionLoadError
+from offshelf.service.index.registry import CollectionRegistry
 from offshelf.service.logs import fields
 from offshelf.service.metrics import Metrics
-from offshelf.service.models import ModelRegistry
-from offshelf.service.runtime import CUDA
+from offshelf.service.models.registry import ModelRegistry
+from offshelf.service.models.runtime import CUDA
 from offshelf.service.settings import ServiceSettings
 from offshelf.service.state_metrics import GpuCollector, StateCollector
 

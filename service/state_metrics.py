@@ -10,8 +10,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from offshelf.protos.v1 import heads_pb2
-from offshelf.service.collections import CollectionRegistry
-from offshelf.service.heads import HeadRegistry
+from offshelf.service.heads.registry import HeadRegistry
+from offshelf.service.index.registry import CollectionRegistry
 
 log = logging.getLogger(__name__)
 JOB_STATES = {

@@ -11,10 +11,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from offshelf.service.batcher import Batcher
 from offshelf.service.errors import Internal, Unavailable
 from offshelf.service.metrics import Metrics
-from offshelf.service.runtime import OnnxRuntime
+from offshelf.service.models.batcher import Batcher
+from offshelf.service.models.runtime import OnnxRuntime
 
 
 @pytest.fixture(scope="module")

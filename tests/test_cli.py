@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from conftest import skimage_photo
+from support import skimage_photo
 
 
 def offshelf(*args: str) -> subprocess.CompletedProcess:
@@ -56,7 +56,7 @@ def test_exit_codes_tell_usage_server_and_unreachable_apart(server, tmp_path):
 
 
 def test_head_train_list_classify_and_delete(server, tmp_path):
-    from conftest import shared_photos
+    from support import shared_photos
 
     photos = tmp_path / "photos"
     for cls in ("ants", "bees"):
@@ -78,7 +78,7 @@ def test_head_train_list_classify_and_delete(server, tmp_path):
 
 
 def test_collection_add_search_as_json(server, tmp_path):
-    from conftest import shared_photos
+    from support import shared_photos
 
     photos = shared_photos("ukbench", 8)
 

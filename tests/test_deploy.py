@@ -14,7 +14,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ROOT
+from support import ROOT
 
 DEPLOY = ROOT / "deploy"
 KUBERNETES = kubernetes_validate.utils.latest_version()

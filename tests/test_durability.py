@@ -11,7 +11,7 @@ import numpy as np
 
 from offshelf.clients import Client
 
-from conftest import ServerProcess
+from support import ServerProcess
 
 DIM = 1280
 

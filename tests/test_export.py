@@ -21,7 +21,7 @@ from offshelf.export.taps import TappedModel, parse_output
 from offshelf.export.zoo import build_network
 from offshelf.protos.v1 import model_card_pb2
 
-from conftest import SHARED_DATA, ServerProcess, shared_photos, skimage_photo
+from support import SHARED_DATA, ServerProcess, shared_photos, skimage_photo
 
 QUIET = {"log": lambda _: None}
 

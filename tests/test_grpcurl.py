@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import skimage_photo
+from support import skimage_photo
 
 
 def grpcurl(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:

@@ -12,7 +12,7 @@ import pytest
 from offshelf.clients import Client
 from offshelf.protos.v1 import heads_pb2
 
-from conftest import ServerProcess, shared_photos, skimage_photo
+from support import ServerProcess, shared_photos, skimage_photo
 
 
 def hymenoptera(split: str, per_class: int) -> tuple[list, list[str]]:
@@ -186,7 +186,7 @@ def test_merge_writes_backbone_and_head_as_one_onnx_that_matches_classify(client
     import onnxruntime as ort
 
     from offshelf.export.repository import load_batch
-    from offshelf.service.models import read_card
+    from offshelf.service.models.registry import read_card
 
     photos, labels = hymenoptera("train", 10)
     client.train_head("merged", "linear-svm", images=photos, labels=labels)

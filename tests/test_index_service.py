@@ -10,7 +10,7 @@ import pytest
 
 from offshelf.protos.v1 import embedding_pb2, index_pb2
 
-from conftest import shared_photos, skimage_photo
+from support import shared_photos, skimage_photo
 
 DIM = 1280
 

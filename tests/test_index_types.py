@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import clustered_vectors
+from support import clustered_vectors
 
 DIM = 1280
 

@@ -16,11 +16,11 @@ import pytest
 from offshelf.clients import Client
 from offshelf.protos.inference import grpc_predict_v2_pb2 as oip
 from offshelf.protos.inference import grpc_predict_v2_pb2_grpc as oip_grpc
-from offshelf.service.inference import deserialize_bytes, serialize_bytes
-from offshelf.service.models import read_card
-from offshelf.service.preprocess import Preprocessor
+from offshelf.service.api.oip import deserialize_bytes, serialize_bytes
+from offshelf.service.models.preprocess import Preprocessor
+from offshelf.service.models.registry import read_card
 
-from conftest import ROOT, ServerProcess, shared_photos, skimage_photo
+from support import ROOT, ServerProcess, shared_photos, skimage_photo
 
 MODEL = "efficientnet-lite0"
 PHOTOS = [skimage_photo(n) for n in ("chelsea.png", "coffee.png", "rocket.jpg")]

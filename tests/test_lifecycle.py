@@ -13,7 +13,7 @@ import grpc
 
 from offshelf.clients import Client
 
-from conftest import ServerProcess, shared_photos
+from support import ServerProcess, shared_photos
 
 
 def test_sigterm_turns_health_not_serving_finishes_in_flight_calls_and_exits(model_repo, tmp_path):

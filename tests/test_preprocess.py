@@ -11,9 +11,9 @@ from PIL import Image
 from offshelf.export.repository import card_transform
 from offshelf.protos.v1 import model_card_pb2
 from offshelf.service.errors import InvalidArgument
-from offshelf.service.preprocess import Preprocessor
+from offshelf.service.models.preprocess import Preprocessor
 
-from conftest import skimage_photo
+from support import skimage_photo
 
 SPEC = model_card_pb2.Preprocessing(
     input_name="image",

@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from offshelf.clients import AsyncClient, Client, Label
 
-from conftest import shared_photos, skimage_photo
+from support import shared_photos, skimage_photo
 
 PHOTOS = [skimage_photo(n) for n in ("chelsea.png", "coffee.png", "rocket.jpg")]
 

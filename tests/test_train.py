@@ -9,7 +9,7 @@ from offshelf.export.zoo import build_network, last_linear
 from offshelf.train import cli
 from offshelf.train.finetune import FinetuneConfig, blocks, finetune, freeze, parameter_groups
 
-from conftest import SHARED_DATA, shared_photos
+from support import SHARED_DATA, shared_photos
 
 
 def test_freezing_by_name_or_count_and_per_block_learning_rates():

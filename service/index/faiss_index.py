@@ -73,7 +73,7 @@ def search_params(
     config: index_pb2.Collection, trained: bool, ef_search: int, nprobe: int, removed: faiss.IDSelector | None
 ) -> faiss.SearchParameters | None:
     if config.index_type == "hnsw":
-        params = faiss.SearchParametersHNSW()
+        params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # not in faiss's stubs
         params.efSearch = ef_search or config.hnsw.ef_search
     elif config.index_type == "ivfpq" and trained:
         params = faiss.SearchParametersIVF()

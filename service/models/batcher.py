@@ -103,7 +103,7 @@ class Batcher:
         self._worker.join()
 
     def _work(self) -> None:
-        batch: list[_Chunk] = []
+        batch: list[_Chunk] | None = []
         try:
             while (batch := self._next_batch()) is not None:
                 self._run_batch(batch)

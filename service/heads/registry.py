@@ -17,22 +17,19 @@ import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-import grpc
 import numpy as np
 import onnx
 import onnxruntime as ort
 from google.protobuf import json_format
 
 from offshelf.protos.v1 import heads_pb2 as pb2
-from offshelf.protos.v1 import heads_pb2_grpc as pb2_grpc
 from offshelf.protos.v1 import index_pb2
-from offshelf.service.collections import CollectionRegistry
 from offshelf.service.drift import DriftMonitor
 from offshelf.service.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError
-from offshelf.service.head_fitting import KINDS, FittedHead, fit, l2_normalise
+from offshelf.service.heads.fitting import KINDS, FittedHead, fit, l2_normalise
+from offshelf.service.index.registry import CollectionRegistry
 from offshelf.service.logs import fields
-from offshelf.service.models import ModelRegistry, describe
-from offshelf.service.preprocess import check_image_count
+from offshelf.service.models.registry import ModelRegistry, describe
 
 log = logging.getLogger(__name__)
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -256,61 +253,10 @@ class HeadRegistry:
             )
             (staged / "card.json").write_text(json_format.MessageToJson(card, preserving_proto_field_name=True))
             np.save(staged / "training_mean.npy", training_mean.astype(np.float32))
-            if fitted.class_sums is not None:
+            if fitted.class_sums is not None and fitted.class_counts is not None:
                 np.savez(staged / "ncm.npz", sums=fitted.class_sums, counts=fitted.class_counts)
             staged.chmod(0o755)
             staged.rename(head_dir / str(version))
         finally:
             shutil.rmtree(staged, ignore_errors=True)
         return HeadVersion(head_dir / str(version))
-
-
-def _head_message(entry: HeadEntry) -> pb2.Head:
-    head = pb2.Head(job=entry.job, versions=entry.versions)
-    if entry.served is not None:
-        head.card.CopyFrom(entry.served.card)
-    return head
-
-
-class HeadsServicer(pb2_grpc.HeadsServicer):
-    def __init__(self, heads: HeadRegistry, models: ModelRegistry, max_images: int):
-        self.heads = heads
-        self.models = models
-        self.max_images = max_images
-
-    def TrainHead(self, request: pb2.TrainHeadRequest, context: grpc.ServicerContext) -> pb2.HeadJob:
-        return self.heads.train(request)
-
-    def GetHead(self, request: pb2.GetHeadRequest, context: grpc.ServicerContext) -> pb2.Head:
-        return _head_message(self.heads.get(request.name))
-
-    def ListHeads(self, request: pb2.ListHeadsRequest, context: grpc.ServicerContext) -> pb2.ListHeadsResponse:
-        return pb2.ListHeadsResponse(heads=[_head_message(e) for e in self.heads.all()])
-
-    def DeleteHead(self, request: pb2.DeleteHeadRequest, context: grpc.ServicerContext) -> pb2.DeleteHeadResponse:
-        self.heads.delete(request.name)
-        return pb2.DeleteHeadResponse()
-
-    def Classify(self, request: pb2.ClassifyRequest, context: grpc.ServicerContext) -> pb2.ClassifyResponse:
-        served = self.heads.serving(request.head)
-        binding = served.card.binding
-        if request.model and request.model != binding.model:
-            raise FailedPrecondition(
-                f"head {request.head!r} is bound to {describe(binding)}; the request is for model {request.model!r}"
-            )
-        check_image_count(len(request.images), self.max_images)
-        if request.k < 0:
-            raise InvalidArgument(f"k={request.k}: ask for 1 or more labels (0 means 5)")
-        model = self.models.for_binding(binding, f"head {request.head!r}")
-        vectors = model.embed(list(request.images), request.augmentation)[binding.output]
-        probabilities = served.probabilities(vectors)
-        k = min(request.k or 5, len(served.card.labels))
-        results = []
-        for row in probabilities:
-            top = np.argsort(-row)[:k]
-            results.append(
-                pb2.Classification(
-                    top=[pb2.LabelScore(label=served.card.labels[i], probability=float(row[i])) for i in top]
-                )
-            )
-        return pb2.ClassifyResponse(head=served.card.name, version=served.card.version, results=results)

@@ -12,8 +12,8 @@ import uuid
 import faiss
 
 from offshelf.protos.v1 import index_pb2
-from offshelf.service.collection import CONFIG, Collection
 from offshelf.service.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from offshelf.service.index.collection import CONFIG, Collection
 
 log = logging.getLogger(__name__)
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")

@@ -21,10 +21,10 @@ from offshelf.protos.inference import grpc_predict_v2_pb2 as pb2
 from offshelf.protos.inference import grpc_predict_v2_pb2_grpc as pb2_grpc
 from offshelf.protos.v1.embedding_pb2 import AUGMENTATION_FLIP, AUGMENTATION_NONE, AUGMENTATION_TEN_CROP
 from offshelf.service.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError, Unavailable
-from offshelf.service.heads import HeadRegistry, HeadVersion
+from offshelf.service.heads.registry import HeadRegistry, HeadVersion
 from offshelf.service.logs import fields
-from offshelf.service.models import LoadedModel, ModelRegistry
-from offshelf.service.preprocess import check_image_count
+from offshelf.service.models.preprocess import check_image_count
+from offshelf.service.models.registry import LoadedModel, ModelRegistry
 
 log = logging.getLogger(__name__)
 AUGMENTATIONS = {"none": AUGMENTATION_NONE, "flip": AUGMENTATION_FLIP, "10crop": AUGMENTATION_TEN_CROP}
@@ -162,7 +162,8 @@ class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):
         """(model outputs, {head: {probabilities, labels}}) of the requested output names."""
         if len(set(requested)) != len(requested):
             raise InvalidArgument(f"outputs {requested} name one output twice; ask for each once")
-        model_outputs, head_outputs = [], {}
+        model_outputs: list[str] = []
+        head_outputs: dict[str, set[str]] = {}
         for name in requested:
             if name in model.output_names:
                 model_outputs.append(name)

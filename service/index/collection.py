@@ -24,6 +24,7 @@ import threading
 import time
 import uuid
 import zipfile
+from typing import Any
 
 import faiss
 import numpy as np
@@ -32,10 +33,10 @@ from google.protobuf import json_format
 from offshelf.protos.v1 import index_pb2
 from offshelf.service.drift import DriftMonitor
 from offshelf.service.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from offshelf.service.faiss_index import new_index, search_params, train_ivfpq
+from offshelf.service.index.faiss_index import new_index, search_params, train_ivfpq
+from offshelf.service.index.rwlock import ReadWriteLock
+from offshelf.service.index.wal import CorruptLog, WriteAheadLog, fsync_dir
 from offshelf.service.logs import fields
-from offshelf.service.rwlock import ReadWriteLock
-from offshelf.service.wal import CorruptLog, WriteAheadLog, fsync_dir
 
 log = logging.getLogger(__name__)
 CONFIG, SNAPSHOT, WAL = "collection.json", "snapshot.npz", "wal.log"
@@ -248,7 +249,7 @@ class Collection:
                 "first": first,
                 "items": [[i, label, meta] for i, (_, label, meta) in zip(ids, items, strict=True)],
             }
-            self._wal.append(_encode(header, vectors))
+            self._log().append(_encode(header, vectors))
             self._apply(header, vectors)
             self._after_write(len(items))
         return ids
@@ -259,7 +260,7 @@ class Collection:
             present = [i for i in dict.fromkeys(item_ids) if i in self._ids]
             if present:
                 header = {"seq": self._seq + 1, "op": "remove", "ids": present}
-                self._wal.append(_encode(header))
+                self._log().append(_encode(header))
                 self._apply(header, None)
                 self._after_write(len(present))
         return len(present), [i for i in dict.fromkeys(item_ids) if i not in present]
@@ -286,6 +287,11 @@ class Collection:
             self._snapshot()
         self._maybe_train()
 
+    def _log(self) -> WriteAheadLog:
+        if self._wal is None:
+            raise Unavailable(f"collection {self.name!r} is not open")
+        return self._wal
+
     def _check_open(self) -> None:
         if self.closed:
             raise Unavailable(f"collection {self.name!r} is closing or deleted")
@@ -294,6 +300,7 @@ class Collection:
         """Applies one logged write to memory and the index (live and during replay alike)."""
         with self._rw.write():
             if header["op"] == "add":
+                assert vectors is not None, "an add carries vectors"
                 internals = list(range(header["first"], header["first"] + len(header["items"])))
                 self._drop([self._ids[item_id] for item_id, _, _ in header["items"] if item_id in self._ids])
                 for internal, (item_id, label, meta), vector in zip(internals, header["items"], vectors, strict=True):
@@ -321,7 +328,7 @@ class Collection:
             batch = faiss.IDSelectorBatch(np.fromiter(self._removed, np.int64, len(self._removed)))
             self._removed_selector = (batch, faiss.IDSelectorNot(batch))
         else:
-            self._index.remove_ids(np.asarray(internals, np.int64))
+            self._index.remove_ids(np.asarray(internals, np.int64))  # type: ignore[arg-type]  # faiss wraps arrays
 
     def _after_write(self, items: int) -> None:
         self._writes_since_snapshot += items
@@ -387,7 +394,7 @@ class Collection:
     def _snapshot(self) -> None:
         with self._rw.read():
             internals = np.fromiter(self._items, np.int64, len(self._items))
-            arrays = {
+            arrays: dict[str, Any] = {
                 "internal_ids": internals,
                 "vectors": np.stack([self._vectors[i] for i in internals])
                 if len(internals)
@@ -410,7 +417,7 @@ class Collection:
             if self.config.index_type == "hnsw" or self._trained:
                 arrays["faiss"] = faiss.serialize_index(self._index)
         write_atomically(self.directory / SNAPSHOT, lambda f: np.savez(f, **arrays))
-        self._wal.truncate()
+        self._log().truncate()
         self._writes_since_snapshot = 0
         self.last_snapshot_at = time.time()
 

@@ -14,12 +14,12 @@ from google.protobuf import json_format
 
 from offshelf.protos.v1 import index_pb2
 from offshelf.protos.v1 import model_card_pb2 as card_pb2
-from offshelf.service.batcher import Batcher
 from offshelf.service.errors import FailedPrecondition, InvalidArgument, ModelLoadError, NotFound, Unavailable
 from offshelf.service.logs import fields
 from offshelf.service.metrics import Metrics
-from offshelf.service.preprocess import Preprocessor
-from offshelf.service.runtime import OnnxRuntime
+from offshelf.service.models.batcher import Batcher
+from offshelf.service.models.preprocess import Preprocessor
+from offshelf.service.models.runtime import OnnxRuntime
 from offshelf.service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)

@@ -52,16 +52,16 @@ class Preprocessor:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image = Image.open(io.BytesIO(data), formats=FORMATS)
-            if image.width * image.height > self.max_pixels:
+                opened = Image.open(io.BytesIO(data), formats=FORMATS)
+            if opened.width * opened.height > self.max_pixels:
                 raise DecodeError(
-                    f"{name} has {image.width}x{image.height} pixels, more than the "
+                    f"{name} has {opened.width}x{opened.height} pixels, more than the "
                     f"limit of {self.max_pixels}; downscale it before sending",
                     "too_large",
                 )
-            if image.format == "JPEG":
-                image.draft("RGB", self._resized_size(image.width, image.height))
-            image = ImageOps.exif_transpose(image).convert("RGB")
+            if opened.format == "JPEG":
+                opened.draft("RGB", self._resized_size(opened.width, opened.height))
+            image = ImageOps.exif_transpose(opened).convert("RGB")
         except UnidentifiedImageError as err:
             raise DecodeError(
                 f"{name} is not a JPEG, PNG, WebP or GIF file ({len(data)} bytes)", "unsupported_format"

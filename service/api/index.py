@@ -11,12 +11,12 @@ import numpy as np
 from offshelf.protos.v1 import index_pb2 as pb2
 from offshelf.protos.v1 import index_pb2_grpc as pb2_grpc
 from offshelf.protos.v1.embedding_pb2 import AUGMENTATION_FLIP, AUGMENTATION_NONE
-from offshelf.service.collection import Collection, Item
-from offshelf.service.collections import CollectionRegistry
 from offshelf.service.errors import FailedPrecondition, InvalidArgument
-from offshelf.service.faiss_index import with_defaults
+from offshelf.service.index.collection import Collection, Item
+from offshelf.service.index.faiss_index import with_defaults
+from offshelf.service.index.registry import CollectionRegistry
 from offshelf.service.metrics import Metrics
-from offshelf.service.models import ModelRegistry, describe
+from offshelf.service.models.registry import ModelRegistry, describe
 from offshelf.service.settings import ServiceSettings
 
 MAX_METADATA_ENTRIES, MAX_METADATA_BYTES, MAX_ID_BYTES = 16, 1024, 256

@@ -162,7 +162,7 @@ def _fit_ncm(
     sums = np.stack([x[y == i].sum(axis=0) for i in range(len(names))])
     counts = np.bincount(y, minlength=len(names)).astype(np.float64)
     metrics = _metrics(NearestCentroid(), x, y, names) if len(names) > 1 else heads_pb2.HeadMetrics(examples=len(y))
-    if previous is not None and previous.class_sums is not None:
+    if previous is not None and previous.class_sums is not None and previous.class_counts is not None:
         kept = [i for i, label in enumerate(previous.labels) if label not in names]
         names = [previous.labels[i] for i in kept] + names
         sums = np.vstack([previous.class_sums[kept], sums])

@@ -1,0 +1,158 @@
+"""What tests and benchmarks share: paths, photos, synthetic vectors, a tiny ONNX model, and a real server in a
+subprocess. Tests get these through conftest.py's fixtures or import them; benchmarks import them."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import onnx
+import pytest
+from google.protobuf import json_format
+from onnx import TensorProto, helper
+
+from offshelf.clients import Client
+from offshelf.protos.v1 import model_card_pb2
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SHARED_DATA = pathlib.Path(os.environ.get("OFFSHELF_DATA", ROOT.parent / "shared" / "data"))
+
+
+def skimage_photo(name: str) -> pathlib.Path:
+    import skimage
+
+    return pathlib.Path(skimage.__file__).parent / "data" / name
+
+
+def shared_photos(folder: str, count: int) -> list[pathlib.Path]:
+    path = SHARED_DATA / folder
+    if not path.is_dir():
+        pytest.skip(f"{path} is absent: real photos come from ../shared/data (or set OFFSHELF_DATA)")
+    return sorted(path.rglob("*.jpg"))[:count]
+
+
+def clustered_vectors(count: int, dim: int, seed: int) -> np.ndarray:
+    """Vectors near a 64-d subspace, in 50 clusters, plus isotropic noise: the shape of CNN embeddings."""
+    rng = np.random.default_rng(seed)
+    basis = rng.standard_normal((64, dim)).astype(np.float32)
+    centres = 2 * rng.standard_normal((50, 64)).astype(np.float32)
+    latent = centres[rng.integers(0, 50, count)] + rng.standard_normal((count, 64)).astype(np.float32)
+    vectors = latent @ basis
+    noise = rng.standard_normal((count, dim)).astype(np.float32)
+    scale = 0.3 * float(np.linalg.norm(vectors, axis=1).mean()) / dim**0.5
+    return (vectors + scale * noise).astype(np.float32)
+
+
+TINY_SIZE = 8  # input crop of the tiny model, pixels
+
+
+def write_identity_model(repo: pathlib.Path, dim: int) -> pathlib.Path:
+    """repo/random-projection-<dim>/1: embedding = flatten(image) @ W (W fixed, random). Returns repo."""
+    name = f"random-projection-{dim}"
+    version_dir = repo / name / "1"
+    if (version_dir / "card.json").exists():
+        return repo
+    version_dir.mkdir(parents=True, exist_ok=True)
+    weights = np.random.default_rng(0).standard_normal((3 * TINY_SIZE * TINY_SIZE, dim)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["image"], ["flat"]), helper.make_node("MatMul", ["flat", "w"], ["embedding"])],
+        name,
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, TINY_SIZE, TINY_SIZE])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", dim])],
+        [helper.make_tensor("w", TensorProto.FLOAT, weights.shape, weights.flatten().tolist())],
+    )
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), version_dir / "model.onnx"
+    )
+    card = model_card_pb2.ModelCard(
+        name=name,
+        version=1,
+        architecture="random-projection",
+        preprocessing=model_card_pb2.Preprocessing(
+            input_name="image",
+            resize_shorter=TINY_SIZE,
+            crop_height=TINY_SIZE,
+            crop_width=TINY_SIZE,
+            interpolation="bilinear",
+            channel_order="RGB",
+            mean=[0.5] * 3,
+            std=[0.5] * 3,
+        ),
+        outputs=[model_card_pb2.OutputSpec(name="embedding", layer="projection", pooling="none", dim=dim)],
+    )
+    (version_dir / "card.json").write_text(json_format.MessageToJson(card, preserving_proto_field_name=True))
+    return repo
+
+
+class ServerProcess:
+    """``offshelf serve`` in a subprocess on 127.0.0.1 with free ports; its JSON log lines are collected."""
+
+    def __init__(self, repo: pathlib.Path, data_dir: pathlib.Path, **settings: object):
+        self.data_dir = data_dir
+        settings = {"data_dir": data_dir, **settings}
+        env = {**os.environ, **{f"OFFSHELF_{k.upper()}": str(v) for k, v in settings.items()}}
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "offshelf.service.cli",
+                "--repo",
+                str(repo),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--metrics-port",
+                "0",
+            ],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.logs: list[dict] = []
+        self._listening = threading.Event()
+        threading.Thread(target=self._read_logs, daemon=True).start()
+        if not self._listening.wait(60):
+            self.kill()
+            raise RuntimeError(f"server did not start listening: {self.logs}")
+        started = next(e for e in self.logs if e.get("message") == "listening")
+        self.address = f"127.0.0.1:{started['grpc_port']}"
+        self.metrics_url = f"http://127.0.0.1:{started['metrics_port']}/metrics"
+
+    def _read_logs(self) -> None:
+        for line in self.process.stderr:
+            if line.startswith("{"):
+                entry = json.loads(line)
+                self.logs.append(entry)
+                if entry.get("message") == "listening":
+                    self._listening.set()
+
+    def wait_serving(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        with Client(self.address, timeout=5) as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"server exited with {self.process.returncode}: {self.logs}")
+                try:
+                    if client.health() == "SERVING":
+                        return
+                except Exception:
+                    pass
+                time.sleep(0.2)
+        raise RuntimeError(f"server not SERVING after {timeout} s: {self.logs}")
+
+    def terminate(self, timeout: float = 60) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
