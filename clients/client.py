@@ -15,7 +15,7 @@ import pathlib
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -429,11 +429,13 @@ class AsyncClient(Api):
 
     async def wait_for_head(self, name: str, timeout: float = 600.0) -> heads_pb2.Head:  # type: ignore[override]
         deadline = time.monotonic() + timeout
-        while not _finished(head := await self.get_head(name), name, deadline, timeout):
+        while not _finished(
+            head := await cast(Awaitable[heads_pb2.Head], self.get_head(name)), name, deadline, timeout
+        ):
             await asyncio.sleep(0.2)
         return head
 
-    async def close(self) -> None:  # type: ignore[override]
+    async def close(self) -> None:
         await self._channel.close()
 
     async def __aenter__(self) -> AsyncClient:
