@@ -1,4 +1,5 @@
-"""The service's one error hierarchy: each error carries the gRPC status it is answered with."""
+"""The service's errors. ServiceError: what a request is answered with, each carrying its gRPC status.
+StartupError: what keeps the server from becoming ready (a model, collection or head that cannot be served)."""
 
 from __future__ import annotations
 
@@ -45,8 +46,20 @@ class Internal(ServiceError):
     code = grpc.StatusCode.INTERNAL
 
 
-class ModelLoadError(Exception):
-    """A model in the repository cannot be served; the server refuses to become ready."""
+class StartupError(Exception):
+    """Something the server must serve cannot be loaded, or it cannot listen: it logs the message and exits 1."""
+
+
+class ModelLoadError(StartupError):
+    """A model in the repository cannot be served."""
+
+
+class CollectionLoadError(StartupError):
+    """A collection on disk cannot be restored consistently."""
+
+
+class HeadLoadError(StartupError):
+    """A head version on disk cannot be loaded."""
 
 
 class AlreadyExists(ServiceError):

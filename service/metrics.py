@@ -70,7 +70,7 @@ class Metrics:
         )
         self.queue_depth = Gauge(
             "offshelf_queue_depth_images",
-            "Images waiting in a model's batching queue.",
+            "Images admitted to a model and not yet running: being decoded, queued, or in a batch still filling.",
             ["model"],
             registry=self.registry,
         )

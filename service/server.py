@@ -20,9 +20,8 @@ from offshelf.service.api.heads import HeadsServicer
 from offshelf.service.api.index import IndexServicer
 from offshelf.service.api.interceptor import RpcInterceptor
 from offshelf.service.api.oip import InferenceServicer
-from offshelf.service.errors import ModelLoadError
+from offshelf.service.errors import StartupError
 from offshelf.service.heads.registry import HeadRegistry
-from offshelf.service.index.collection import CollectionLoadError
 from offshelf.service.index.registry import CollectionRegistry
 from offshelf.service.logs import fields
 from offshelf.service.metrics import Metrics
@@ -81,9 +80,15 @@ class Server:
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.grpc_port = self._grpc.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
         if self.grpc_port == 0:
-            raise OSError(f"cannot listen on {self.settings.host}:{self.settings.port}; is the port taken?")
+            raise StartupError(f"cannot listen on {self.settings.host}:{self.settings.port}; is the port taken?")
         self._grpc.start()
-        self.metrics_port = self.metrics.serve(self.settings.host, self.settings.metrics_port)
+        try:
+            self.metrics_port = self.metrics.serve(self.settings.host, self.settings.metrics_port)
+        except OSError as err:
+            raise StartupError(
+                f"cannot serve metrics on {self.settings.host}:{self.settings.metrics_port} ({err}); "
+                "pick a free --metrics-port"
+            ) from err
         log.info("listening", extra=fields(grpc_port=self.grpc_port, metrics_port=self.metrics_port))
 
     def load(self) -> None:
@@ -111,12 +116,14 @@ class Server:
         for service in ["", *SERVICES]:
             self.health.set(service, status)
 
-    def stop(self) -> None:
-        """Reports NOT_SERVING for drain_seconds, refuses new calls, lets in-flight calls finish, closes."""
+    def stop(self, drain: bool = True) -> None:
+        """Reports NOT_SERVING for drain_seconds (when draining), refuses new calls, lets in-flight calls finish,
+        closes."""
         self.ready.clear()
         self.health.enter_graceful_shutdown()
-        log.info("draining", extra=fields(drain_seconds=self.settings.drain_seconds))
-        time.sleep(self.settings.drain_seconds)
+        if drain:
+            log.info("draining", extra=fields(drain_seconds=self.settings.drain_seconds))
+            time.sleep(self.settings.drain_seconds)
         self._grpc.stop(self.settings.grace_seconds).wait()
         self.heads.close()
         self.collections.close()
@@ -131,12 +138,12 @@ def serve(settings: ServiceSettings) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    server.start()
     try:
+        server.start()
         server.load()
-    except (ModelLoadError, CollectionLoadError) as err:
-        log.error("not ready: a model or collection cannot be served", extra=fields(error=str(err)))
-        server.stop()
+    except StartupError as err:
+        log.error("cannot start serving", extra=fields(error=str(err)))
+        server.stop(drain=False)
         return 1
     stop.wait()
     server.stop()

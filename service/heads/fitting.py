@@ -3,6 +3,8 @@
 Every head graph takes the raw embedding ("embedding", (N, D)), L2-normalises it (the heads
 are fitted on L2-normalised vectors) and outputs class probabilities ("probabilities",
 (N, classes)), so a head file is self-contained and can be merged behind its backbone.
+
+scikit-learn is imported when a head is first fitted, not when the server starts (it takes most of a second).
 """
 
 from __future__ import annotations
@@ -13,12 +15,6 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-from sklearn.calibration import CalibratedClassifierCV
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import confusion_matrix
-from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_predict
-from sklearn.neighbors import NearestCentroid
-from sklearn.svm import LinearSVC
 
 from offshelf.protos.v1 import heads_pb2
 from offshelf.service.errors import InvalidArgument
@@ -101,6 +97,9 @@ def _folds(y: np.ndarray) -> int:
 
 
 def _metrics(model, x: np.ndarray, y: np.ndarray, labels: list[str], c: float = 0.0) -> heads_pb2.HeadMetrics:
+    from sklearn.metrics import confusion_matrix
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
     folds = _folds(y)
     if folds < 2:  # too few examples per class to cross-validate
         return heads_pb2.HeadMetrics(examples=len(y), folds=0, c=c)
@@ -119,6 +118,11 @@ def fit(
     kind: str, vectors: np.ndarray, labels: list[str], progress: Progress, previous: FittedHead | None = None
 ) -> FittedHead:
     """Fits a head of `kind` on vectors with string labels (ncm with `previous`: adds or replaces classes)."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.svm import LinearSVC
+
     if kind not in KINDS:
         raise InvalidArgument(f"unknown head kind {kind!r}; choose one of: {', '.join(KINDS)}")
     x = l2_normalise(np.asarray(vectors, np.float32))
@@ -159,6 +163,8 @@ def fit(
 def _fit_ncm(
     x: np.ndarray, y: np.ndarray, names: list[str], progress: Progress, previous: FittedHead | None
 ) -> FittedHead:
+    from sklearn.neighbors import NearestCentroid
+
     sums = np.stack([x[y == i].sum(axis=0) for i in range(len(names))])
     counts = np.bincount(y, minlength=len(names)).astype(np.float64)
     metrics = _metrics(NearestCentroid(), x, y, names) if len(names) > 1 else heads_pb2.HeadMetrics(examples=len(y))

@@ -25,7 +25,7 @@ from google.protobuf import json_format
 from offshelf.protos.v1 import heads_pb2 as pb2
 from offshelf.protos.v1 import index_pb2
 from offshelf.service.drift import DriftMonitor
-from offshelf.service.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError
+from offshelf.service.errors import FailedPrecondition, HeadLoadError, InvalidArgument, NotFound, ServiceError
 from offshelf.service.heads.fitting import KINDS, FittedHead, fit, l2_normalise
 from offshelf.service.index.registry import CollectionRegistry
 from offshelf.service.logs import fields
@@ -39,18 +39,24 @@ class HeadVersion:
     """One loaded version: card, onnxruntime session, and (ncm) the class sums for adding classes."""
 
     def __init__(self, directory: pathlib.Path):
-        self.card = json_format.Parse((directory / "card.json").read_text(), pb2.HeadCard())
-        self.session = ort.InferenceSession(str(directory / "head.onnx"), providers=["CPUExecutionProvider"])
-        reference = directory / "training_mean.npy"
-        self.training_mean = np.load(reference) if reference.exists() else None  # the domain-shift reference
+        try:
+            self.card = json_format.Parse((directory / "card.json").read_text(), pb2.HeadCard())
+            self.session = ort.InferenceSession(str(directory / "head.onnx"), providers=["CPUExecutionProvider"])
+            reference = directory / "training_mean.npy"
+            self.training_mean = np.load(reference) if reference.exists() else None  # the domain-shift reference
+            ncm = directory / "ncm.npz"
+            self.fitted = None
+            if ncm.exists():
+                with np.load(ncm) as data:
+                    self.fitted = FittedHead(
+                        onnx.ModelProto(), list(self.card.labels), self.card.metrics, data["sums"], data["counts"]
+                    )
+        except (OSError, ValueError, KeyError, RuntimeError, json_format.ParseError) as err:
+            raise HeadLoadError(
+                f"head version {directory} cannot be loaded ({err}); delete that folder to serve the head's "
+                "previous version, or train the head again"
+            ) from err
         self.drift = DriftMonitor()
-        ncm = directory / "ncm.npz"
-        self.fitted = None
-        if ncm.exists():
-            with np.load(ncm) as data:
-                self.fitted = FittedHead(
-                    onnx.ModelProto(), list(self.card.labels), self.card.metrics, data["sums"], data["counts"]
-                )
 
     def probabilities(self, vectors: np.ndarray) -> np.ndarray:
         self.drift.observe(vectors)

@@ -32,7 +32,7 @@ from google.protobuf import json_format
 
 from offshelf.protos.v1 import index_pb2
 from offshelf.service.drift import DriftMonitor
-from offshelf.service.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from offshelf.service.errors import CollectionLoadError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from offshelf.service.index.faiss_index import new_index, search_params, train_ivfpq
 from offshelf.service.index.rwlock import ReadWriteLock
 from offshelf.service.index.wal import CorruptLog, WriteAheadLog, fsync_dir
@@ -42,10 +42,6 @@ log = logging.getLogger(__name__)
 CONFIG, SNAPSHOT, WAL = "collection.json", "snapshot.npz", "wal.log"
 Item = tuple[str, str, dict[str, str]]  # (id, label, metadata)
 Hit = tuple[str, float, str, dict[str, str]]  # (id, score, label, metadata)
-
-
-class CollectionLoadError(Exception):
-    """A collection on disk cannot be restored consistently; the server refuses to become ready."""
 
 
 def write_atomically(path: pathlib.Path, write) -> None:

@@ -3,8 +3,9 @@
 Requests are split into chunks of at most max_batch_size images when submitted, and one
 worker thread merges queued chunks into batches of up to max_batch_size, waiting at most
 max_delay for the first chunk's batch to fill. The queue is bounded in images: a request
-that does not fit is refused at once with UNAVAILABLE. If the worker dies, every pending
-and later request fails with UNAVAILABLE.
+that does not fit is refused at once with UNAVAILABLE. Room is taken before a request's
+images are decoded (admit), so an overloaded model refuses work before paying for it. If
+the worker dies, every pending and later request fails with UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -39,6 +40,26 @@ class _Chunk:
     result: Future[Tensors] = field(default_factory=Future)
 
 
+class Admission:
+    """Room for a number of images in a batcher's queue, taken before they are decoded. Use it as a context
+    manager: leaving it without run() (a decoding error, say) gives the room back."""
+
+    def __init__(self, batcher: Batcher, images: int):
+        self.batcher = batcher
+        self.images = images
+        self.queued = False
+
+    def run(self, inputs: Tensors) -> Tensors:
+        return self.batcher._enqueue(self, inputs)
+
+    def __enter__(self) -> Admission:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.queued:
+            self.batcher._release(self.images)
+
+
 class Batcher:
     def __init__(
         self,
@@ -67,28 +88,49 @@ class Batcher:
 
     def run(self, inputs: Tensors) -> Tensors:
         """Runs inputs (same leading batch dimension) through the runtime, batched with other callers'."""
-        size = len(next(iter(inputs.values())))
-        chunks = [
-            _Chunk({k: v[i : i + self.max_batch_size] for k, v in inputs.items()}, min(self.max_batch_size, size - i))
-            for i in range(0, size, self.max_batch_size)
-        ]
-        if size > self.max_queue_images:
+        with self.admit(len(next(iter(inputs.values())))) as admission:
+            return admission.run(inputs)
+
+    def admit(self, images: int) -> Admission:
+        """Room for `images` in the queue, held until they are queued (or the admission is left unused);
+        UNAVAILABLE at once when the model is overloaded, shutting down or broken."""
+        if images > self.max_queue_images:
             raise InvalidArgument(
-                f"{size} images in one call (after test-time augmentation) exceed model "
+                f"{images} images in one call (after test-time augmentation) exceed model "
                 f"{self.name}'s queue of {self.max_queue_images}; send fewer images per request"
             )
         with self._condition:
-            if self._failure is not None:
-                raise Unavailable(f"model {self.name} cannot run: {self._failure}")
-            if self._closed:
-                raise Unavailable(f"model {self.name} is shutting down; retry on another replica")
-            if self._queued_images + size > self.max_queue_images:
+            self._check_running()
+            if self._queued_images + images > self.max_queue_images:
                 raise Unavailable(
                     f"model {self.name} is overloaded ({self._queued_images} images queued, limit "
                     f"{self.max_queue_images}); retry with backoff"
                 )
+            self._queued_images += images
+        return Admission(self, images)
+
+    def _check_running(self) -> None:
+        if self._failure is not None:
+            raise Unavailable(f"model {self.name} cannot run: {self._failure}")
+        if self._closed:
+            raise Unavailable(f"model {self.name} is shutting down; retry on another replica")
+
+    def _release(self, images: int) -> None:
+        with self._condition:
+            self._queued_images -= images
+
+    def _enqueue(self, admission: Admission, inputs: Tensors) -> Tensors:
+        size = len(next(iter(inputs.values())))
+        if size != admission.images:
+            raise ValueError(f"{size} images to run on an admission for {admission.images}")
+        chunks = [
+            _Chunk({k: v[i : i + self.max_batch_size] for k, v in inputs.items()}, min(self.max_batch_size, size - i))
+            for i in range(0, size, self.max_batch_size)
+        ]
+        with self._condition:
+            self._check_running()
             self._queue.extend(chunks)
-            self._queued_images += size
+            admission.queued = True
             self._condition.notify()
         results = [chunk.result.result() for chunk in chunks]
         if len(results) == 1:
@@ -131,9 +173,9 @@ class Batcher:
                     chunk = self._queue.popleft()
                     batch.append(chunk)
                     size += chunk.size
-                    self._queued_images -= chunk.size
                 remaining = deadline - time.monotonic()
                 if self._queue or size == self.max_batch_size or remaining <= 0 or self._closed:
+                    self._queued_images -= size  # a batch still filling keeps its images counted as waiting
                     return batch
                 self._condition.wait(remaining)
 

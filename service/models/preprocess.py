@@ -14,10 +14,11 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from offshelf.protos.v1 import model_card_pb2 as card_pb2
-from offshelf.protos.v1.embedding_pb2 import AUGMENTATION_NONE, AUGMENTATION_TEN_CROP
+from offshelf.protos.v1.embedding_pb2 import AUGMENTATION_FLIP, AUGMENTATION_NONE, AUGMENTATION_TEN_CROP
 from offshelf.service.errors import DecodeError, InvalidArgument
 
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
+VIEWS_PER_IMAGE: dict[int, int] = {AUGMENTATION_NONE: 1, AUGMENTATION_FLIP: 2, AUGMENTATION_TEN_CROP: 10}
 _RESAMPLING = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
@@ -79,6 +80,13 @@ class Preprocessor:
     def to_tensor(self, image: Image.Image) -> np.ndarray:
         """(3, crop_height, crop_width) float32, normalised: the centre crop."""
         return self.views(image, AUGMENTATION_NONE)[0]
+
+    @staticmethod
+    def views_per_image(augmentation: int) -> int:
+        """How many views views() makes of one image; InvalidArgument for an augmentation it does not know."""
+        if augmentation not in VIEWS_PER_IMAGE:
+            raise InvalidArgument(f"augmentation {augmentation} is unknown; use NONE, FLIP or TEN_CROP")
+        return VIEWS_PER_IMAGE[augmentation]
 
     def views(self, image: Image.Image, augmentation: int) -> list[np.ndarray]:
         """The centre crop; with FLIP also its mirror image; with TEN_CROP the four corner crops, the centre

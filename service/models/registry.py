@@ -97,20 +97,22 @@ class LoadedModel:
         names: what error messages call each image (default "image <i>").
         """
         names = names or [f"image {i}" for i in range(len(images))]
-        views = [
-            self.preprocessor.views(self.preprocessor.decode(data, name), augmentation)
-            for data, name in zip(images, names, strict=True)
-        ]
-        return self.infer(np.stack([v for vs in views for v in vs]), per_image=len(views[0]))
-
-    def infer(self, batch: np.ndarray, per_image: int = 1) -> dict[str, np.ndarray]:
-        """Every output for a preprocessed (images x per_image, 3, H, W) batch, averaged over each image's views.
-        Embed and the Open Inference Protocol both come through here, so they share the batcher."""
-        outputs = self.batcher.run({self.card.preprocessing.input_name: batch})
+        per_image = self.preprocessor.views_per_image(augmentation)
+        with self.batcher.admit(len(images) * per_image) as admission:  # refused before decoding when overloaded
+            views = [
+                view
+                for data, name in zip(images, names, strict=True)
+                for view in self.preprocessor.views(self.preprocessor.decode(data, name), augmentation)
+            ]
+            outputs = admission.run({self.card.preprocessing.input_name: np.stack(views)})
         if per_image > 1:
-            images = len(batch) // per_image
-            outputs = {name: a.reshape(images, per_image, -1).mean(axis=1) for name, a in outputs.items()}
+            outputs = {name: a.reshape(len(images), per_image, -1).mean(axis=1) for name, a in outputs.items()}
         return outputs
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output for a preprocessed (images, 3, H, W) batch. Embed and the Open Inference Protocol both
+        reach the same batcher, so their requests are batched together."""
+        return self.batcher.run({self.card.preprocessing.input_name: batch})
 
     def binding(self, output: str) -> index_pb2.Binding:
         """What vectors of this output are: the binding a collection records and checks."""

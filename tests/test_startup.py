@@ -1,0 +1,50 @@
+"""What keeps a server from starting is one StartupError: logged as one line naming the fix, exit code 1,
+never a traceback."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+
+from support import write_identity_model
+
+
+def serve(repo, data_dir, metrics_port: int = 0) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "offshelf.service.cli", "--repo", str(repo), "--data-dir", str(data_dir)]
+    command += ["--host", "127.0.0.1", "--port", "0", "--metrics-port", str(metrics_port)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def the_error(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [json.loads(line) for line in result.stderr.splitlines() if '"level": "error"' in line]
+    assert len(errors) == 1, result.stderr
+    return errors[0]["error"]
+
+
+def test_a_corrupt_head_card_is_a_startup_error(tmp_path):
+    version = tmp_path / "data" / "heads" / "broken" / "1"
+    version.mkdir(parents=True)
+    (version / "card.json").write_text("{not json")
+    error = the_error(serve(write_identity_model(tmp_path / "repo", 16), tmp_path / "data"))
+    assert str(version) in error and "train the head again" in error
+
+
+def test_a_taken_metrics_port_is_a_startup_error(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        error = the_error(serve(write_identity_model(tmp_path / "repo", 16), tmp_path / "data", metrics_port=port))
+    assert f"127.0.0.1:{port}" in error and "--metrics-port" in error
+
+
+def test_starting_the_server_loads_no_scikit_learn():
+    """scikit-learn takes most of a second to import; only fitting a head needs it."""
+    script = "import sys, offshelf.service.server; print(sorted(m for m in sys.modules if m.startswith('sklearn')))"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
