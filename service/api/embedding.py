@@ -6,8 +6,8 @@ import grpc
 
 from offshelf.protos.v1 import embedding_pb2 as pb2
 from offshelf.protos.v1 import embedding_pb2_grpc as pb2_grpc
+from offshelf.service.api.checks import check_image_count
 from offshelf.service.errors import InvalidArgument
-from offshelf.service.models.preprocess import check_image_count
 from offshelf.service.models.registry import LoadedModel, ModelRegistry
 
 

@@ -7,9 +7,10 @@ import numpy as np
 
 from offshelf.protos.v1 import heads_pb2 as pb2
 from offshelf.protos.v1 import heads_pb2_grpc as pb2_grpc
+from offshelf.service.api.checks import check_image_count, check_name
 from offshelf.service.errors import FailedPrecondition, InvalidArgument
+from offshelf.service.heads.fitting import KINDS
 from offshelf.service.heads.registry import HeadEntry, HeadRegistry
-from offshelf.service.models.preprocess import check_image_count
 from offshelf.service.models.registry import ModelRegistry, describe
 
 
@@ -27,6 +28,7 @@ class HeadsServicer(pb2_grpc.HeadsServicer):
         self.max_images = max_images
 
     def TrainHead(self, request: pb2.TrainHeadRequest, context: grpc.ServicerContext) -> pb2.HeadJob:
+        _check_train_request(request)
         return self.heads.train(request)
 
     def GetHead(self, request: pb2.GetHeadRequest, context: grpc.ServicerContext) -> pb2.Head:
@@ -62,3 +64,20 @@ class HeadsServicer(pb2_grpc.HeadsServicer):
                 )
             )
         return pb2.ClassifyResponse(head=served.card.name, version=served.card.version, results=results)
+
+
+def _check_train_request(request: pb2.TrainHeadRequest) -> None:
+    check_name("head", request.name)
+    if request.kind not in KINDS:
+        raise InvalidArgument(f"unknown head kind {request.kind!r}; choose one of: {', '.join(KINDS)}")
+    if request.add_classes and request.kind != "ncm":
+        raise InvalidArgument("add_classes works with kind ncm only")
+    source = request.WhichOneof("source")
+    if source is None:
+        raise InvalidArgument("no training data: set collection or images")
+    if source == "images":
+        if not request.images.images:
+            raise InvalidArgument("images is empty: send labelled images")
+        unlabelled = [i for i, item in enumerate(request.images.images) if not item.label]
+        if unlabelled:
+            raise InvalidArgument(f"image {unlabelled[0]} has no label")

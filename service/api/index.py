@@ -11,6 +11,7 @@ import numpy as np
 from offshelf.protos.v1 import index_pb2 as pb2
 from offshelf.protos.v1 import index_pb2_grpc as pb2_grpc
 from offshelf.protos.v1.embedding_pb2 import AUGMENTATION_FLIP, AUGMENTATION_NONE
+from offshelf.service.api.checks import check_name
 from offshelf.service.errors import FailedPrecondition, InvalidArgument
 from offshelf.service.index.collection import Collection, Item
 from offshelf.service.index.faiss_index import with_defaults
@@ -35,6 +36,7 @@ class IndexServicer(pb2_grpc.IndexServicer):
     # --- collections -------------------------------------------------------------------------
 
     def CreateCollection(self, request: pb2.CreateCollectionRequest, context: grpc.ServicerContext) -> pb2.Collection:
+        check_name("collection", request.name)
         if not request.model:
             raise InvalidArgument("model is empty: name the served model whose embeddings the collection holds")
         model = self.models.get(request.model, request.version)

@@ -20,10 +20,10 @@ import numpy as np
 from offshelf.protos.inference import grpc_predict_v2_pb2 as pb2
 from offshelf.protos.inference import grpc_predict_v2_pb2_grpc as pb2_grpc
 from offshelf.protos.v1.embedding_pb2 import AUGMENTATION_FLIP, AUGMENTATION_NONE, AUGMENTATION_TEN_CROP
+from offshelf.service.api.checks import check_image_count
 from offshelf.service.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError, Unavailable
 from offshelf.service.heads.registry import HeadRegistry, HeadVersion
 from offshelf.service.logs import fields
-from offshelf.service.models.preprocess import check_image_count
 from offshelf.service.models.registry import LoadedModel, ModelRegistry
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime
 import logging
 import pathlib
-import re
 import shutil
 import tempfile
 import threading
@@ -26,13 +25,12 @@ from offshelf.protos.v1 import heads_pb2 as pb2
 from offshelf.protos.v1 import index_pb2
 from offshelf.service.drift import DriftMonitor
 from offshelf.service.errors import FailedPrecondition, HeadLoadError, InvalidArgument, NotFound, ServiceError
-from offshelf.service.heads.fitting import KINDS, FittedHead, fit, l2_normalise
+from offshelf.service.heads.fitting import FittedHead, fit, l2_normalise
 from offshelf.service.index.registry import CollectionRegistry
 from offshelf.service.logs import fields
 from offshelf.service.models.registry import ModelRegistry, describe
 
 log = logging.getLogger(__name__)
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class HeadVersion:
@@ -130,15 +128,7 @@ class HeadRegistry:
             shutil.rmtree(doomed, ignore_errors=True)
 
     def train(self, request: pb2.TrainHeadRequest) -> pb2.HeadJob:
-        if not NAME.fullmatch(request.name):
-            raise InvalidArgument(
-                f"head name {request.name!r} is invalid: use 1-128 letters, digits, '.', '-' or "
-                "'_', starting with a letter or digit"
-            )
-        if request.kind not in KINDS:
-            raise InvalidArgument(f"unknown head kind {request.kind!r}; choose one of: {', '.join(KINDS)}")
-        if request.add_classes and request.kind != "ncm":
-            raise InvalidArgument("add_classes works with kind ncm only")
+        """Queues a training job for a validated request (api/heads.py validates it)."""
         binding, gather = self._source(request)
         with self._lock:
             entry = self._heads.setdefault(request.name, HeadEntry(request.name))
@@ -167,14 +157,7 @@ class HeadRegistry:
         if source == "collection":
             collection = self.collections.get(request.collection)
             return collection.config.binding, lambda progress: collection.labelled_vectors()
-        if source != "images":
-            raise InvalidArgument("no training data: set collection or images")
         images = request.images
-        if not images.images:
-            raise InvalidArgument("images is empty: send labelled images")
-        unlabelled = [i for i, item in enumerate(images.images) if not item.label]
-        if unlabelled:
-            raise InvalidArgument(f"image {unlabelled[0]} has no label")
         model = self.models.get(images.model, images.version)
         (output,) = model.check_outputs([images.output or "embedding"])
         binding = model.binding(output)

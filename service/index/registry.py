@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import pathlib
-import re
 import shutil
 import threading
 import uuid
@@ -12,11 +11,10 @@ import uuid
 import faiss
 
 from offshelf.protos.v1 import index_pb2
-from offshelf.service.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from offshelf.service.errors import AlreadyExists, NotFound, Unavailable
 from offshelf.service.index.collection import CONFIG, Collection
 
 log = logging.getLogger(__name__)
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class CollectionRegistry:
@@ -42,11 +40,6 @@ class CollectionRegistry:
 
     def create(self, config: index_pb2.Collection) -> Collection:
         self._check_loaded()
-        if not NAME.fullmatch(config.name):
-            raise InvalidArgument(
-                f"collection name {config.name!r} is invalid: use 1-128 letters, digits, '.', '-' "
-                "or '_', starting with a letter or digit"
-            )
         with self._lock:
             if config.name in self._collections:
                 raise AlreadyExists(f"collection {config.name!r} exists; delete it first or pick another name")

@@ -22,16 +22,6 @@ VIEWS_PER_IMAGE: dict[int, int] = {AUGMENTATION_NONE: 1, AUGMENTATION_FLIP: 2, A
 _RESAMPLING = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
-def check_image_count(count: int, limit: int) -> None:
-    """The image count of a request: at least one, at most the server's limit."""
-    if not count:
-        raise InvalidArgument("no images: send at least one encoded image in images")
-    if count > limit:
-        raise InvalidArgument(
-            f"{count} images in one request, more than the limit of {limit}; split them over several requests"
-        )
-
-
 class Preprocessor:
     def __init__(self, spec: card_pb2.Preprocessing, max_pixels: int):
         if spec.interpolation not in _RESAMPLING:

@@ -1,0 +1,28 @@
+"""Request checks the servicers share."""
+
+from __future__ import annotations
+
+import re
+
+from offshelf.service.errors import InvalidArgument
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_name(what: str, name: str) -> None:
+    """A collection or head name: it becomes a folder name, so only safe characters."""
+    if not NAME.fullmatch(name):
+        raise InvalidArgument(
+            f"{what} name {name!r} is invalid: use 1-128 letters, digits, '.', '-' or '_', "
+            "starting with a letter or digit"
+        )
+
+
+def check_image_count(count: int, limit: int) -> None:
+    """The image count of a request: at least one, at most the server's limit."""
+    if not count:
+        raise InvalidArgument("no images: send at least one encoded image in images")
+    if count > limit:
+        raise InvalidArgument(
+            f"{count} images in one request, more than the limit of {limit}; split them over several requests"
+        )
