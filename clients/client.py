@@ -17,11 +17,13 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, cast
 
+import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tqdm import tqdm
 
 from offshelf.clients.connection import Connection
+from offshelf.clients.errors import DeadlineExceeded, TrainingFailed, from_rpc_error
 from offshelf.protos.v1 import embedding_pb2, embedding_pb2_grpc, heads_pb2, heads_pb2_grpc, index_pb2, index_pb2_grpc
 
 ImageSource = str | os.PathLike[str] | bytes
@@ -80,8 +82,9 @@ def _vector(values: Sequence[float]) -> embedding_pb2.Vector:
 
 
 class Api:
-    """Every RPC of offshelf.v1 and gRPC health. Errors raise grpc.RpcError (grpc.aio.AioRpcError) with the
-    server's status code and a message that says what to fix."""
+    """Every RPC of offshelf.v1 and gRPC health. A failed call raises the OffshelfError subclass of its status
+    (offshelf.clients.errors: NotFound, InvalidArgument, ...), a grpc.RpcError carrying the server's status and
+    a message that says what to fix."""
 
     def __init__(
         self, address: str | Connection, timeout: float = 30.0, *, aio: bool = False, **connection: Any
@@ -333,7 +336,8 @@ class Api:
         return self._call("heads", "GetHead", heads_pb2.GetHeadRequest(name=name))
 
     def wait_for_head(self, name: str, timeout: float = 600.0) -> heads_pb2.Head:
-        """Polls GetHead until its latest job has finished; raises RuntimeError if it failed."""
+        """Polls GetHead until its latest job has finished. Raises TrainingFailed (with the job's message) if it
+        failed, DeadlineExceeded (also a TimeoutError) if it is still training after timeout seconds."""
         deadline = time.monotonic() + timeout
         while not _finished(head := self.get_head(name), name, deadline, timeout):
             time.sleep(0.2)
@@ -368,11 +372,13 @@ class Api:
 
 def _finished(head: heads_pb2.Head, name: str, deadline: float, timeout: float) -> bool:
     if head.job.state == heads_pb2.JOB_STATE_FAILED:
-        raise RuntimeError(f"training head {name!r} failed: {head.job.message}")
+        raise TrainingFailed(f"training head {name!r} failed: {head.job.message}")
     if head.job.state == heads_pb2.JOB_STATE_SUCCEEDED:
         return True
     if time.monotonic() > deadline:
-        raise TimeoutError(f"head {name!r} still training after {timeout} s: {head.job.message}")
+        raise DeadlineExceeded(
+            f"head {name!r} still training after {timeout} s ({head.job.message}); wait longer with a larger timeout"
+        )
     return False
 
 
@@ -381,7 +387,11 @@ class Client(Api):
 
     def _call(self, service: str, method: str, request: Any, parse: Callable[[Any], Any] = lambda r: r) -> Any:
         stub = getattr(self.stubs[service], method)
-        return parse(stub(request, timeout=self.timeout, metadata=self.connection.metadata()))
+        try:
+            response = stub(request, timeout=self.timeout, metadata=self.connection.metadata())
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+        return parse(response)
 
     def close(self) -> None:
         self._channel.close()
@@ -406,7 +416,11 @@ class AsyncClient(Api):
         stub = getattr(self.stubs[service], method)
 
         async def call() -> Any:
-            return parse(await stub(request, timeout=self.timeout, metadata=self.connection.metadata()))
+            try:
+                response = await stub(request, timeout=self.timeout, metadata=self.connection.metadata())
+            except grpc.RpcError as err:
+                raise from_rpc_error(err) from err
+            return parse(response)
 
         return call()
 
