@@ -1,7 +1,9 @@
 """The ``offshelf`` command line.
 
-Client commands live here; ``export`` and ``serve`` are handed to their own packages, imported
-only when used, so the client commands never load torch or onnxruntime.
+Each client command is a pair, ``add_<command>`` (its arguments) and ``run_<command>`` (the calls), named in
+COMMANDS; results are printed by ``show`` alone, as JSON with --json or as text. ``export``, ``serve`` and
+``train`` are handed to their own packages, imported only when used, so the client commands never load torch
+or onnxruntime.
 """
 
 from __future__ import annotations
@@ -13,15 +15,19 @@ import os
 import pathlib
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from importlib import metadata
+from typing import Any, NamedTuple, TypeVar
 
-import grpc
 import numpy as np
 from google.protobuf import json_format
+from google.protobuf.message import Message
 
 from offshelf.clients import evaluate
 from offshelf.clients.client import DEFAULT_MODEL, Client, image_files
 from offshelf.clients.connection import Connection
-from offshelf.protos.v1 import heads_pb2
+from offshelf.clients.errors import DeadlineExceeded, OffshelfError, Unavailable
+from offshelf.protos.v1 import embedding_pb2, heads_pb2, index_pb2
 
 DELEGATED = {
     "export": ("offshelf.export.cli", "export a CNN to ONNX into a model repository (needs offshelf[torch])"),
@@ -31,290 +37,281 @@ DELEGATED = {
         "fine-tune a CNN on an image folder, or train it from scratch (needs offshelf[torch])",
     ),
 }
-EXIT_SERVER_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NO_ANSWER, EXIT_NOT_SERVING = 0, 1, 2, 3, 4
+EXIT_STDOUT_CLOSED = 141  # 128 + SIGPIPE, what a shell reports for a tool killed by a closed pipe
+EXIT_CODES = {
+    EXIT_OK: "success",
+    EXIT_REFUSED: "the server answered with an error, or a head's training failed (status and message on stderr)",
+    EXIT_USAGE: "usage error: bad flags, a missing file, no images found, a bad setting of serve",
+    EXIT_NO_ANSWER: "no answer: the server is unreachable or overloaded (UNAVAILABLE), or the deadline passed",
+    EXIT_NOT_SERVING: "health: the server answered, but is not SERVING",
+    EXIT_STDOUT_CLOSED: "stdout was closed before everything was printed (e.g. piped into head)",
+}
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="offshelf", description="Off-the-shelf CNN features, served.")
-    commands = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (_, help_text) in DELEGATED.items():
-        commands.add_parser(name, help=help_text, add_help=False)
-    server = argparse.ArgumentParser(add_help=False)
-    server.add_argument(
-        "--server",
-        default=os.environ.get("OFFSHELF_SERVER", "localhost:50051"),
-        help="server address host:port (default: $OFFSHELF_SERVER or %(default)s)",
-    )
-    server.add_argument("--timeout", type=float, default=30.0, help="deadline of each call in seconds")
-    server.add_argument("--json", action="store_true", help="print the result as JSON (errors too, on stderr)")
-    server.add_argument("--tls", action="store_true", help="connect with TLS (system roots unless --ca-cert)")
-    server.add_argument("--ca-cert", type=pathlib.Path, metavar="PEM", help="CA certificate for TLS")
-    server.add_argument(
-        "--token",
-        default=os.environ.get("OFFSHELF_TOKEN"),
-        help="bearer token sent with every call (default: $OFFSHELF_TOKEN)",
-    )
-    server.add_argument(
-        "--retries", type=int, default=4, help="retries after UNAVAILABLE, with backoff (default: %(default)s)"
+class UsageError(Exception):
+    """A command line that cannot work as given; the message says how to fix it."""
+
+
+class NotServing(Exception):
+    """health: the server answered with a status other than SERVING."""
+
+
+class Shown(NamedTuple):
+    """One result as both outputs print it."""
+
+    data: Any  # printed as JSON with --json
+    text: str  # printed otherwise
+
+
+def show(args: argparse.Namespace, result: Shown | Iterable[Shown]) -> None:
+    """Prints a result, or a stream of them, as JSON with --json, else as text. A stream is printed as it comes
+    (as one JSON array, an item per line), so embedding many images never holds every vector at once."""
+    if isinstance(result, Shown):
+        print(json.dumps(result.data, indent=2) if args.json else result.text)
+    elif not args.json:
+        for item in result:
+            print(item.text)
+    else:
+        separator = "[\n"
+        for item in result:
+            sys.stdout.write(separator + json.dumps(item.data))
+            separator = ",\n"
+        print("[]" if separator == "[\n" else "\n]")
+
+
+def message_dict(message: Message) -> dict:
+    return json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
 
-    embed = commands.add_parser(
-        "embed",
-        parents=[server],
-        help="embed images with a served model",
-        description="Embed images and print each output's size (and top labels for "
-        "outputs that score classes), or write the vectors as JSON or .npy.",
+
+T = TypeVar("T")
+
+
+def batched(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def require_files(paths: Iterable[pathlib.Path]) -> None:
+    """Checks every file before the first request, so a typo does not end a long run halfway."""
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise UsageError(f"no such file: {', '.join(missing)}")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of 1 or more, not {text!r}")
+    return value
+
+
+def no_arguments(parser: argparse.ArgumentParser) -> None:
+    """For commands that take only the connection options."""
+
+
+def add_batch_size(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=32,
+        metavar="N",
+        help="images per request, at most the server's max_images_per_request (default: %(default)s)",
     )
-    embed.add_argument("images", nargs="+", type=pathlib.Path, metavar="IMAGE")
-    embed.add_argument("--model", default=DEFAULT_MODEL, help="model name (default: %(default)s)")
-    embed.add_argument("--version", type=int, default=0, help="model version (default: latest)")
-    embed.add_argument(
+
+
+# --- embed -------------------------------------------------------------------------------------
+
+
+def add_embed(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", type=pathlib.Path, metavar="IMAGE")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="model name (default: %(default)s)")
+    parser.add_argument("--version", type=int, default=0, help="model version (default: latest)")
+    parser.add_argument(
         "--output",
         action="append",
         default=[],
         metavar="NAME",
         help="output to return; repeat for several (default: all)",
     )
-    embed.add_argument("--top", type=int, default=3, help="labels to show for class outputs (default: 3)")
-    embed.add_argument(
+    parser.add_argument("--top", type=int, default=3, help="labels to show for class outputs (default: 3)")
+    parser.add_argument(
         "--npy", type=pathlib.Path, metavar="FILE", help="save one output's vectors as an (images, dim) .npy array"
     )
+    add_batch_size(parser)
 
-    commands.add_parser("models", parents=[server], help="list served models and outputs")
 
-    collection = commands.add_parser("collection", help="create, list, show or delete collections")
-    actions = collection.add_subparsers(dest="action", required=True, metavar="ACTION")
-    create = actions.add_parser("create", parents=[server], help="create a collection bound to a model output")
-    create.add_argument("name")
-    create.add_argument("--model", default=DEFAULT_MODEL, help="model name (default: %(default)s)")
-    create.add_argument("--version", type=int, default=0, help="model version (default: latest, fixed at creation)")
-    create.add_argument("--output", default="embedding", help="model output to index (default: %(default)s)")
-    create.add_argument(
+def run_embed(args: argparse.Namespace, client: Client) -> None:
+    if args.npy and args.json:
+        raise UsageError("--npy and --json both say where the vectors go; pick one")
+    if args.npy and len(args.output) != 1:
+        raise UsageError("--npy saves one output; name it with --output")
+    require_files(args.images)
+    if args.npy:
+        vectors = np.stack([outputs[args.output[0]] for _, outputs in embedded(args, client)])
+        np.save(args.npy, vectors)
+        saved = Shown({"npy": str(args.npy), "shape": vectors.shape}, f"saved {vectors.shape} float32 to {args.npy}")
+        show(args, saved)
+        return
+    labels = class_labels(client, args.model, args.version)
+    show(args, (embedded_image(path, outputs, labels, args.top) for path, outputs in embedded(args, client)))
+
+
+def embedded(args: argparse.Namespace, client: Client) -> Iterator[tuple[pathlib.Path, dict[str, np.ndarray]]]:
+    """(image, its vector of each output), a request of --batch-size images at a time: files are read per batch."""
+    for paths in batched(args.images, args.batch_size):
+        arrays = client.embed(paths, model=args.model, outputs=args.output, version=args.version)
+        for i, path in enumerate(paths):
+            yield path, {name: array[i] for name, array in arrays.items()}
+
+
+def class_labels(client: Client, model: str, version: int) -> dict[str, list[str]]:
+    """Output name -> class names, for the outputs that score classes; empty when the model is not served (the
+    Embed call then says so)."""
+    served = [v for m in client.list_models() if m.name == model for v in m.versions if version in (0, v.version)]
+    return {o.name: list(o.labels) for o in served[-1].outputs if o.labels} if served else {}
+
+
+def embedded_image(path: pathlib.Path, outputs: dict[str, np.ndarray], labels: dict[str, list[str]], top: int) -> Shown:
+    data = {"image": str(path), "outputs": {name: vector.tolist() for name, vector in outputs.items()}}
+    lines = [str(path)] + [
+        f"  {name}: {describe(vector, labels.get(name, []), top)}" for name, vector in outputs.items()
+    ]
+    return Shown(data, "\n".join(lines))
+
+
+def describe(vector: np.ndarray, labels: list[str], top: int) -> str:
+    """Size and norm, and for class scores the top labels with softmax probabilities."""
+    text = f"dim {len(vector)}, L2 norm {np.linalg.norm(vector):.3f}"
+    if labels and top > 0:
+        probabilities = np.exp(vector - vector.max())
+        probabilities /= probabilities.sum()
+        best = np.argsort(-probabilities)[:top]
+        text += ", top: " + ", ".join(f"{labels[k]} ({k}) {probabilities[k]:.2f}" for k in best)
+    return text
+
+
+# --- models ------------------------------------------------------------------------------------
+
+
+def run_models(args: argparse.Namespace, client: Client) -> None:
+    show(args, (served_model(m) for m in client.list_models()))
+
+
+def served_model(model: embedding_pb2.ModelInfo) -> Shown:
+    data = {
+        "name": model.name,
+        "versions": [
+            {
+                "version": v.version,
+                "architecture": v.architecture,
+                "provider": v.execution_provider,
+                "input": [v.input_height, v.input_width],
+                "outputs": [
+                    {
+                        "name": o.name,
+                        "dim": o.dim,
+                        "layer": o.layer,
+                        "pooling": o.pooling,
+                        "l2_normalized": o.l2_normalized,
+                    }
+                    for o in v.outputs
+                ],
+            }
+            for v in model.versions
+        ],
+    }
+    lines = [
+        f"{model.name} v{v.version}  {v.architecture}  {v.input_height}x{v.input_width}  {v.execution_provider}  "
+        f"outputs: {', '.join(f'{o.name} ({o.dim})' for o in v.outputs)}"
+        for v in model.versions
+    ]
+    return Shown(data, "\n".join(lines))
+
+
+# --- collections -------------------------------------------------------------------------------
+
+
+def add_name(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name")
+
+
+def add_collection_create(parser: argparse.ArgumentParser) -> None:
+    add_name(parser)
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="model name (default: %(default)s)")
+    parser.add_argument("--version", type=int, default=0, help="model version (default: latest, fixed at creation)")
+    parser.add_argument("--output", default="embedding", help="model output to index (default: %(default)s)")
+    parser.add_argument(
         "--metric",
         choices=["ip", "l2"],
         default="ip",
         help="ip: inner product on L2-normalised vectors (default); l2: Euclidean",
     )
-    create.add_argument(
+    parser.add_argument(
         "--index-type",
         choices=["flat", "hnsw", "ivfpq"],
         default="flat",
         help="flat: exact (default); hnsw: graph; ivfpq: compressed, trained once big enough",
     )
-    for action in ("list", "show", "delete"):
-        sub = actions.add_parser(action, parents=[server], help=f"{action} collection(s)")
-        if action != "list":
-            sub.add_argument("name")
 
-    add = commands.add_parser(
-        "add",
-        parents=[server],
-        help="index image files, folders or globs into a collection",
-        description="Index images: files, folders (searched recursively for .jpg, .jpeg, .png, .webp, .gif) "
-        "or quoted glob patterns such as 'photos/**/*.jpg'. Ids are the file paths; labels the parent "
-        "folder names.",
+
+def run_collection_create(args: argparse.Namespace, client: Client) -> None:
+    info = client.create_collection(
+        args.name,
+        model=args.model,
+        version=args.version,
+        output=args.output,
+        metric=args.metric,
+        index_type=args.index_type,
     )
-    add.add_argument("paths", nargs="+", metavar="PATH")
-    add.add_argument("--collection", required=True)
-    add.add_argument("--batch-size", type=int, default=32, help="images per Add request (default: %(default)s)")
-
-    search = commands.add_parser("search", parents=[server], help="find the nearest indexed images to an image")
-    search.add_argument("image", type=pathlib.Path, metavar="IMAGE")
-    search.add_argument("--collection", required=True)
-    search.add_argument("-k", type=int, default=5, help="results (default: %(default)s)")
-    search.add_argument("--flip", action="store_true", help="average the query with its mirror image")
-
-    evaluate = commands.add_parser(
-        "eval",
-        parents=[server],
-        help="retrieval score on UKBench or INRIA Holidays",
-        description="Index the dataset into a temporary collection through the server, "
-        "query it and print the score: UKBench N-S (out of 4) or Holidays mAP.",
+    binding = info.binding
+    text = (
+        f"created {info.name}: {binding.model} v{binding.version} {binding.output} ({binding.dim}-d), {info.index_type}"
     )
-    evaluate.add_argument("dataset", choices=["ukbench", "holidays"])
-    evaluate.add_argument("folder", type=pathlib.Path, metavar="DIR")
-    evaluate.add_argument("--model", default=DEFAULT_MODEL, help="model name (default: %(default)s)")
-    evaluate.add_argument("--output", default="embedding", help="model output (default: %(default)s)")
-    evaluate.add_argument("--index-type", choices=["flat", "hnsw", "ivfpq"], default="flat")
-    evaluate.add_argument("--flip", action="store_true", help="query with images and their mirror images")
-    evaluate.add_argument(
-        "--plot",
-        type=pathlib.Path,
-        metavar="FILE",
-        help="write a PNG: N-S histogram (ukbench) or precision-recall (holidays)",
+    show(args, Shown(message_dict(info), text))
+
+
+def run_collection_list(args: argparse.Namespace, client: Client) -> None:
+    show(args, (collection_line(c) for c in client.list_collections()))
+
+
+def collection_line(c: index_pb2.Collection) -> Shown:
+    text = (
+        f"{c.name}  {c.count} items  {c.index_type}  {c.binding.model} v{c.binding.version} {c.binding.output}  "
+        f"{c.bytes_on_disk / 1e6:.1f} MB"
     )
-
-    head = commands.add_parser("head", help="train, list, show or delete classification heads")
-    head_actions = head.add_subparsers(dest="action", required=True, metavar="ACTION")
-    train = head_actions.add_parser(
-        "train",
-        parents=[server],
-        help="train a head in the server's background",
-        description="Train a head on labelled images (class folders: DIR/<label>/*.jpg) "
-        "or on a collection's labelled items, and wait for it.",
-    )
-    train.add_argument("name")
-    source = train.add_mutually_exclusive_group(required=True)
-    source.add_argument("--images", type=pathlib.Path, metavar="DIR", help="class folders of images")
-    source.add_argument("--collection", help="a collection with labelled items")
-    train.add_argument("--kind", choices=["logreg", "linear-svm", "ncm"], default="logreg")
-    train.add_argument("--model", default=DEFAULT_MODEL, help="model name (default: %(default)s)")
-    train.add_argument("--output", default="embedding", help="model output (default: %(default)s)")
-    train.add_argument("--add-classes", action="store_true", help="ncm: keep the served classes, add these")
-    for action in ("list", "show", "delete"):
-        sub = head_actions.add_parser(action, parents=[server], help=f"{action} head(s)")
-        if action != "list":
-            sub.add_argument("name")
-
-    classify = commands.add_parser("classify", parents=[server], help="top labels of images from a head")
-    classify.add_argument("images", nargs="+", type=pathlib.Path, metavar="IMAGE")
-    classify.add_argument("--head", required=True)
-    classify.add_argument("-k", type=int, default=3, help="labels per image (default: %(default)s)")
-    classify.add_argument("--augmentation", choices=["none", "flip", "10crop"], default="none")
-
-    health = commands.add_parser(
-        "health",
-        parents=[server],
-        help="print the server's health status",
-        description="Exit 0 when SERVING, 1 otherwise.",
-    )
-    health.add_argument(
-        "--wait", type=float, default=0.0, metavar="SECONDS", help="keep asking until SERVING or SECONDS have passed"
-    )
-    return p
+    return Shown(message_dict(c), text)
 
 
-def run_embed(args: argparse.Namespace, client: Client) -> int:
-    if args.npy and args.json:
-        return report(args, "USAGE", "error: --npy and --json both say where the vectors go; pick one", EXIT_USAGE)
-    if args.npy and len(args.output) != 1:
-        return report(args, "USAGE", "error: --npy saves one output; name it with --output", EXIT_USAGE)
-    missing = [str(p) for p in args.images if not p.is_file()]
-    if missing:
-        return report(args, "USAGE", f"error: no such file: {', '.join(missing)}", EXIT_USAGE)
-    arrays = client.embed(args.images, model=args.model, outputs=args.output, version=args.version)
-    if args.npy:
-        np.save(args.npy, arrays[args.output[0]])
-        print(f"saved {arrays[args.output[0]].shape} float32 to {args.npy}")
-    elif args.json:
-        print(
-            json.dumps(
-                [
-                    {"image": str(path), "outputs": {name: a[i].tolist() for name, a in arrays.items()}}
-                    for i, path in enumerate(args.images)
-                ]
-            )
-        )
-    else:
-        labels = _labels(client, args.model, args.version)
-        for i, path in enumerate(args.images):
-            print(path)
-            for name, array in arrays.items():
-                vector = array[i]
-                line = f"  {name}: dim {len(vector)}, L2 norm {np.linalg.norm(vector):.3f}"
-                if name in labels and args.top > 0:
-                    probabilities = np.exp(vector - vector.max())
-                    probabilities /= probabilities.sum()
-                    best = np.argsort(-probabilities)[: args.top]
-                    line += ", top: " + ", ".join(f"{labels[name][k]} ({k}) {probabilities[k]:.2f}" for k in best)
-                print(line)
-    return 0
+def run_collection_show(args: argparse.Namespace, client: Client) -> None:
+    data = message_dict(client.get_collection(args.name))
+    show(args, Shown(data, json.dumps(data, indent=2)))
 
 
-def _labels(client: Client, model: str, version: int) -> dict[str, list[str]]:
-    for info in client.list_models():
-        if info.name == model:
-            served = info.versions[-1] if version == 0 else next(v for v in info.versions if v.version == version)
-            return {o.name: list(o.labels) for o in served.outputs if o.labels}
-    return {}
+def run_collection_delete(args: argparse.Namespace, client: Client) -> None:
+    client.delete_collection(args.name)
+    show(args, Shown({"deleted": args.name}, f"deleted {args.name}"))
 
 
-def run_models(args: argparse.Namespace, client: Client) -> int:
-    infos = client.list_models()
-    if args.json:
-        print(
-            json.dumps(
-                [
-                    {
-                        "name": m.name,
-                        "versions": [
-                            {
-                                "version": v.version,
-                                "architecture": v.architecture,
-                                "provider": v.execution_provider,
-                                "input": [v.input_height, v.input_width],
-                                "outputs": [
-                                    {
-                                        "name": o.name,
-                                        "dim": o.dim,
-                                        "layer": o.layer,
-                                        "pooling": o.pooling,
-                                        "l2_normalized": o.l2_normalized,
-                                    }
-                                    for o in v.outputs
-                                ],
-                            }
-                            for v in m.versions
-                        ],
-                    }
-                    for m in infos
-                ],
-                indent=2,
-            )
-        )
-        return 0
-    for m in infos:
-        for v in m.versions:
-            outputs = ", ".join(f"{o.name} ({o.dim})" for o in v.outputs)
-            print(
-                f"{m.name} v{v.version}  {v.architecture}  {v.input_height}x{v.input_width}  "
-                f"{v.execution_provider}  outputs: {outputs}"
-            )
-    return 0
+# --- add, search, eval -------------------------------------------------------------------------
 
 
-def message_dict(c) -> dict:
-    return json_format.MessageToDict(c, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+def add_add(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", metavar="PATH")
+    parser.add_argument("--collection", required=True)
+    add_batch_size(parser)
 
 
-def run_collection(args: argparse.Namespace, client: Client) -> int:
-    if args.action == "create":
-        info = client.create_collection(
-            args.name,
-            model=args.model,
-            version=args.version,
-            output=args.output,
-            metric=args.metric,
-            index_type=args.index_type,
-        )
-        if args.json:
-            print(json.dumps(message_dict(info), indent=2))
-        else:
-            print(
-                f"created {info.name}: {info.binding.model} v{info.binding.version} {info.binding.output} "
-                f"({info.binding.dim}-d), {info.index_type}"
-            )
-    elif args.action == "list":
-        infos = client.list_collections()
-        if args.json:
-            print(json.dumps([message_dict(c) for c in infos], indent=2))
-        for c in [] if args.json else infos:
-            print(
-                f"{c.name}  {c.count} items  {c.index_type}  {c.binding.model} v{c.binding.version} "
-                f"{c.binding.output}  {c.bytes_on_disk / 1e6:.1f} MB"
-            )
-    elif args.action == "show":
-        print(json.dumps(message_dict(client.get_collection(args.name)), indent=2))
-    else:
-        client.delete_collection(args.name)
-        print(json.dumps({"deleted": args.name}) if args.json else f"deleted {args.name}")
-    return 0
-
-
-def run_add(args: argparse.Namespace, client: Client) -> int:
+def run_add(args: argparse.Namespace, client: Client) -> None:
     files = image_files(args.paths)
     if not files:
-        return report(args, "USAGE", "error: no images found", EXIT_USAGE)
+        raise UsageError(f"no images found in {' '.join(args.paths)} (looked for .jpg, .jpeg, .png, .webp, .gif)")
     client.add_images(
         args.collection,
         files,
@@ -324,25 +321,42 @@ def run_add(args: argparse.Namespace, client: Client) -> int:
         progress=not args.json,
     )
     count = client.get_collection(args.collection).count
-    if args.json:
-        print(json.dumps({"collection": args.collection, "added": len(files), "count": count}))
-    else:
-        print(f"added {len(files)} images; {args.collection} holds {count}")
-    return 0
+    data = {"collection": args.collection, "added": len(files), "count": count}
+    show(args, Shown(data, f"added {len(files)} images; {args.collection} holds {count}"))
 
 
-def run_search(args: argparse.Namespace, client: Client) -> int:
+def add_search(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("image", type=pathlib.Path, metavar="IMAGE")
+    parser.add_argument("--collection", required=True)
+    parser.add_argument("-k", type=int, default=5, help="results (default: %(default)s)")
+    parser.add_argument("--flip", action="store_true", help="average the query with its mirror image")
+
+
+def run_search(args: argparse.Namespace, client: Client) -> None:
     hits = client.search(args.collection, image=args.image, k=args.k, flip=args.flip)
-    if args.json:
-        print(json.dumps([hit.__dict__ for hit in hits]))
-        return 0
-    print(args.image)
-    for rank, hit in enumerate(hits, 1):
-        print(f"  {rank:2d}. {hit.score:7.4f}  {hit.id}" + (f"  [{hit.label}]" if hit.label else ""))
-    return 0
+    lines = [str(args.image)] + [
+        f"  {rank:2d}. {hit.score:7.4f}  {hit.id}" + (f"  [{hit.label}]" if hit.label else "")
+        for rank, hit in enumerate(hits, 1)
+    ]
+    show(args, Shown([hit.__dict__ for hit in hits], "\n".join(lines)))
 
 
-def run_eval(args: argparse.Namespace, client: Client) -> int:
+def add_eval(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", choices=["ukbench", "holidays"])
+    parser.add_argument("folder", type=pathlib.Path, metavar="DIR")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="model name (default: %(default)s)")
+    parser.add_argument("--output", default="embedding", help="model output (default: %(default)s)")
+    parser.add_argument("--index-type", choices=["flat", "hnsw", "ivfpq"], default="flat")
+    parser.add_argument("--flip", action="store_true", help="query with images and their mirror images")
+    parser.add_argument(
+        "--plot",
+        type=pathlib.Path,
+        metavar="FILE",
+        help="write a PNG: N-S histogram (ukbench) or precision-recall (holidays)",
+    )
+
+
+def run_eval(args: argparse.Namespace, client: Client) -> None:
     dataset = evaluate.ukbench(args.folder) if args.dataset == "ukbench" else evaluate.holidays(args.folder)
     with evaluate.temporary_collection(client, dataset, args.model, args.output, args.index_type) as name:
         if args.dataset == "ukbench":
@@ -351,102 +365,264 @@ def run_eval(args: argparse.Namespace, client: Client) -> int:
             result = evaluate.mean_average_precision(client, name, dataset, flip=args.flip)
     if args.plot:
         evaluate.plot(result, args.plot)
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "metric": result.name,
-                    "score": result.score,
-                    "queries": len(result.per_query),
-                    "images": len(dataset.paths),
-                }
-            )
+    data = {
+        "metric": result.name,
+        "score": result.score,
+        "queries": len(result.per_query),
+        "images": len(dataset.paths),
+    }
+    text = (
+        f"{result.name}: {result.score:.3f} ({len(result.per_query)} queries, {len(dataset.paths)} images, "
+        f"{args.model} {args.output}{', flip' if args.flip else ''})" + (f"\nplot: {args.plot}" if args.plot else "")
+    )
+    show(args, Shown(data, text))
+
+
+# --- heads and classify ------------------------------------------------------------------------
+
+
+def add_head_train(parser: argparse.ArgumentParser) -> None:
+    add_name(parser)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", type=pathlib.Path, metavar="DIR", help="class folders of images")
+    source.add_argument("--collection", help="a collection with labelled items")
+    parser.add_argument("--kind", choices=["logreg", "linear-svm", "ncm"], default="logreg")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="model name (default: %(default)s)")
+    parser.add_argument("--output", default="embedding", help="model output (default: %(default)s)")
+    parser.add_argument("--add-classes", action="store_true", help="ncm: keep the served classes, add these")
+
+
+def run_head_train(args: argparse.Namespace, client: Client) -> None:
+    if args.images:
+        files = image_files([args.images])
+        client.train_head(
+            args.name,
+            args.kind,
+            images=files,
+            labels=[f.parent.name for f in files],
+            model=args.model,
+            output=args.output,
+            add_classes=args.add_classes,
         )
     else:
-        print(
-            f"{result.name}: {result.score:.3f} ({len(result.per_query)} queries, {len(dataset.paths)} images, "
-            f"{args.model} {args.output}{', flip' if args.flip else ''})"
-        )
-        if args.plot:
-            print(f"plot: {args.plot}")
-    return 0
+        client.train_head(args.name, args.kind, collection=args.collection, add_classes=args.add_classes)
+    head = client.wait_for_head(args.name, timeout=args.timeout * 100)
+    card = head.card
+    text = (
+        f"{card.name} v{card.version} ({card.kind}): {len(card.labels)} classes, {card.metrics.examples} "
+        f"examples, cross-validated accuracy {card.metrics.cv_accuracy:.3f} ({card.metrics.folds} folds)"
+    )
+    show(args, Shown(message_dict(head), text))
 
 
-def run_head(args: argparse.Namespace, client: Client) -> int:
-    if args.action == "train":
-        if args.images:
-            files = image_files([args.images])
-            client.train_head(
-                args.name,
-                args.kind,
-                images=files,
-                labels=[f.parent.name for f in files],
-                model=args.model,
-                output=args.output,
-                add_classes=args.add_classes,
-            )
-        else:
-            client.train_head(args.name, args.kind, collection=args.collection, add_classes=args.add_classes)
-        head = client.wait_for_head(args.name, timeout=args.timeout * 100)
-        card = head.card
-        if args.json:
-            print(json.dumps(message_dict(head), indent=2))
-            return 0
-        print(
-            f"{card.name} v{card.version} ({card.kind}): {len(card.labels)} classes, {card.metrics.examples} "
-            f"examples, cross-validated accuracy {card.metrics.cv_accuracy:.3f} ({card.metrics.folds} folds)"
-        )
-    elif args.action == "list":
-        heads = client.list_heads()
-        if args.json:
-            print(json.dumps([message_dict(h) for h in heads], indent=2))
-        for h in [] if args.json else heads:
-            state = heads_state(h)
-            print(
-                f"{h.job.head}  v{h.card.version or '-'}  {h.card.kind or '-'}  {len(h.card.labels)} classes  {state}"
-            )
-    elif args.action == "show":
-        print(json.dumps(message_dict(client.get_head(args.name)), indent=2))
-    else:
-        client.delete_head(args.name)
-        print(json.dumps({"deleted": args.name}) if args.json else f"deleted {args.name}")
-    return 0
+def run_head_list(args: argparse.Namespace, client: Client) -> None:
+    show(args, (head_line(h) for h in client.list_heads()))
 
 
-def heads_state(head) -> str:
-    return heads_pb2.JobState.Name(head.job.state).removeprefix("JOB_STATE_").lower()
+def head_line(head: heads_pb2.Head) -> Shown:
+    state = heads_pb2.JobState.Name(head.job.state).removeprefix("JOB_STATE_").lower()
+    text = (
+        f"{head.job.head}  v{head.card.version or '-'}  {head.card.kind or '-'}  {len(head.card.labels)} classes  "
+        f"{state}"
+    )
+    return Shown(message_dict(head), text)
 
 
-def run_classify(args: argparse.Namespace, client: Client) -> int:
-    results = client.classify(args.images, args.head, k=args.k, augmentation=args.augmentation)
-    if args.json:
-        print(
-            json.dumps(
-                [
-                    {"image": str(p), "top": [{"label": label, "probability": prob} for label, prob in top]}
-                    for p, top in zip(args.images, results, strict=True)
-                ]
-            )
-        )
-        return 0
-    for path, top in zip(args.images, results, strict=True):
-        print(f"{path}: " + ", ".join(f"{label} {prob:.3f}" for label, prob in top))
-    return 0
+def run_head_show(args: argparse.Namespace, client: Client) -> None:
+    data = message_dict(client.get_head(args.name))
+    show(args, Shown(data, json.dumps(data, indent=2)))
 
 
-def run_health(args: argparse.Namespace, client: Client) -> int:
-    deadline = time.monotonic() + args.wait
+def run_head_delete(args: argparse.Namespace, client: Client) -> None:
+    client.delete_head(args.name)
+    show(args, Shown({"deleted": args.name}, f"deleted {args.name}"))
+
+
+def add_classify(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", type=pathlib.Path, metavar="IMAGE")
+    parser.add_argument("--head", required=True)
+    parser.add_argument("-k", type=int, default=3, help="labels per image (default: %(default)s)")
+    parser.add_argument("--augmentation", choices=["none", "flip", "10crop"], default="none")
+    add_batch_size(parser)
+
+
+def run_classify(args: argparse.Namespace, client: Client) -> None:
+    require_files(args.images)
+    show(args, classified(args, client))
+
+
+def classified(args: argparse.Namespace, client: Client) -> Iterator[Shown]:
+    """Each image's top labels, a request of --batch-size images at a time: files are read per batch."""
+    for paths in batched(args.images, args.batch_size):
+        results = client.classify(paths, args.head, k=args.k, augmentation=args.augmentation)
+        for path, top in zip(paths, results, strict=True):
+            data = {"image": str(path), "top": [{"label": label, "probability": p} for label, p in top]}
+            yield Shown(data, f"{path}: " + ", ".join(f"{label} {p:.3f}" for label, p in top))
+
+
+# --- health ------------------------------------------------------------------------------------
+
+
+def add_health(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--wait", type=float, default=0.0, metavar="SECONDS", help="keep asking until SERVING or SECONDS have passed"
+    )
+
+
+def run_health(args: argparse.Namespace, client: Client) -> None:
+    status = health_status(client, args.wait)
+    show(args, Shown({"status": status}, status))
+    if status != "SERVING":
+        raise NotServing(status)
+
+
+def health_status(client: Client, wait: float) -> str:
+    """The server's status, asked until SERVING or `wait` seconds have passed; a server that cannot answer
+    counts as its error's status meanwhile, and is raised once the time is up."""
+    deadline = time.monotonic() + wait
     while True:
         try:
             status = client.health()
-        except grpc.RpcError as err:
+        except OffshelfError as err:
             if time.monotonic() >= deadline:
                 raise
-            status = err.code().name
+            status = err.status.name
         if status == "SERVING" or time.monotonic() >= deadline:
-            print(json.dumps({"status": status}) if args.json else status)
-            return 0 if status == "SERVING" else EXIT_SERVER_ERROR
+            return status
         time.sleep(0.5)
+
+
+# --- the command table and the parser ----------------------------------------------------------
+
+
+class Command(NamedTuple):
+    name: str  # "embed", or "collection create" for an action of a group
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace, Client], None]
+    description: str | None = None
+
+
+GROUPS = {
+    "collection": "create, list, show or delete collections",
+    "head": "train, list, show or delete classification heads",
+}
+
+COMMANDS = [
+    Command(
+        "embed",
+        "embed images with a served model",
+        add_embed,
+        run_embed,
+        "Embed images and print each output's size (and top labels for outputs that score classes), or write "
+        "the vectors as JSON or .npy. Any number of images: they are sent --batch-size at a time.",
+    ),
+    Command("models", "list served models and outputs", no_arguments, run_models),
+    Command(
+        "collection create", "create a collection bound to a model output", add_collection_create, run_collection_create
+    ),
+    Command("collection list", "list collections", no_arguments, run_collection_list),
+    Command("collection show", "show a collection", add_name, run_collection_show),
+    Command("collection delete", "delete a collection", add_name, run_collection_delete),
+    Command(
+        "add",
+        "index image files, folders or globs into a collection",
+        add_add,
+        run_add,
+        "Index images: files, folders (searched recursively for .jpg, .jpeg, .png, .webp, .gif) or quoted glob "
+        "patterns such as 'photos/**/*.jpg'. Ids are the file paths; labels the parent folder names.",
+    ),
+    Command("search", "find the nearest indexed images to an image", add_search, run_search),
+    Command(
+        "eval",
+        "retrieval score on UKBench or INRIA Holidays",
+        add_eval,
+        run_eval,
+        "Index the dataset into a temporary collection through the server, query it and print the score: "
+        "UKBench N-S (out of 4) or Holidays mAP.",
+    ),
+    Command(
+        "head train",
+        "train a head in the server's background",
+        add_head_train,
+        run_head_train,
+        "Train a head on labelled images (class folders: DIR/<label>/*.jpg) or on a collection's labelled "
+        "items, and wait for it.",
+    ),
+    Command("head list", "list heads", no_arguments, run_head_list),
+    Command("head show", "show a head", add_name, run_head_show),
+    Command("head delete", "delete a head", add_name, run_head_delete),
+    Command(
+        "classify",
+        "top labels of images from a head",
+        add_classify,
+        run_classify,
+        "Classify images with a head. Any number of images: they are sent --batch-size at a time.",
+    ),
+    Command(
+        "health",
+        "print the server's health status",
+        add_health,
+        run_health,
+        f"Exit {EXIT_OK} when SERVING, {EXIT_NOT_SERVING} when the server answers otherwise, {EXIT_NO_ANSWER} when "
+        "it does not answer.",
+    ),
+]
+
+
+def connection_options() -> argparse.ArgumentParser:
+    """The options every client command takes."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
+        "--server",
+        default=os.environ.get("OFFSHELF_SERVER", "localhost:50051"),
+        help="server address host:port (default: $OFFSHELF_SERVER or %(default)s)",
+    )
+    options.add_argument("--timeout", type=float, default=30.0, help="deadline of each call in seconds")
+    options.add_argument("--json", action="store_true", help="print the result as JSON (errors too, on stderr)")
+    options.add_argument("--tls", action="store_true", help="connect with TLS (system roots unless --ca-cert)")
+    options.add_argument("--ca-cert", type=pathlib.Path, metavar="PEM", help="CA certificate for TLS")
+    options.add_argument(
+        "--token",
+        default=os.environ.get("OFFSHELF_TOKEN"),
+        help="bearer token sent with every call (default: $OFFSHELF_TOKEN)",
+    )
+    options.add_argument(
+        "--retries", type=int, default=4, help="retries after UNAVAILABLE, with backoff (default: %(default)s)"
+    )
+    return options
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="offshelf",
+        description="Off-the-shelf CNN features, served.",
+        epilog="exit codes:\n" + "\n".join(f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    root.add_argument("--version", action="version", version=f"%(prog)s {metadata.version('offshelf')}")
+    commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (_, help_text) in DELEGATED.items():
+        commands.add_parser(name, help=help_text, add_help=False)
+    groups: dict[str, argparse._SubParsersAction] = {}
+    connection = connection_options()
+    for command in COMMANDS:
+        group, _, action = command.name.partition(" ")
+        subparsers = commands
+        if action:
+            if group not in groups:
+                group_parser = commands.add_parser(group, help=GROUPS[group])
+                groups[group] = group_parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+            subparsers = groups[group]
+        sub = subparsers.add_parser(
+            action or group, parents=[connection], help=command.help, description=command.description
+        )
+        command.add_arguments(sub)
+        sub.set_defaults(run=command.run, command_name=command.name)
+    return root
+
+
+# --- running -----------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -454,26 +630,28 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in DELEGATED:
         return importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:])
     args = parser().parse_args(argv)
-    run = {
-        "embed": run_embed,
-        "models": run_models,
-        "health": run_health,
-        "collection": run_collection,
-        "add": run_add,
-        "search": run_search,
-        "eval": run_eval,
-        "head": run_head,
-        "classify": run_classify,
-    }[args.command]
     try:
         connection = Connection(args.server, tls=args.tls, ca_cert=args.ca_cert, token=args.token, retries=args.retries)
         with Client(connection, timeout=args.timeout) as client:
-            return run(args, client)
-    except (FileNotFoundError, RuntimeError, ValueError) as err:
+            args.run(args, client)
+        sys.stdout.flush()  # so that a closed stdout shows here, not as a traceback at exit
+    except BrokenPipeError:
+        return stdout_closed()
+    except NotServing:
+        return EXIT_NOT_SERVING
+    except OffshelfError as err:
+        no_answer = isinstance(err, Unavailable | DeadlineExceeded)
+        return report(args, err.status.name, err.message, EXIT_NO_ANSWER if no_answer else EXIT_REFUSED)
+    except (UsageError, FileNotFoundError, ValueError, RuntimeError) as err:
         return report(args, "USAGE", f"error: {err}", EXIT_USAGE)
-    except grpc.RpcError as err:
-        unreachable = err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-        return report(args, err.code().name, err.details(), EXIT_UNREACHABLE if unreachable else EXIT_SERVER_ERROR)
+    return EXIT_OK
+
+
+def stdout_closed() -> int:
+    """The reader of stdout went away (``offshelf models | head -1``): end quietly, as a tool killed by SIGPIPE."""
+    # Python flushes stdout once more at exit; pointing it at /dev/null keeps that from failing again.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EXIT_STDOUT_CLOSED
 
 
 def report(args: argparse.Namespace, code: str, message: str, exit_code: int) -> int:
@@ -481,7 +659,8 @@ def report(args: argparse.Namespace, code: str, message: str, exit_code: int) ->
     if args.json:
         print(json.dumps({"error": code, "message": message}), file=sys.stderr)
     else:
-        print(f"offshelf {args.command}: {message if code == 'USAGE' else f'{code}: {message}'}", file=sys.stderr)
+        text = message if code == "USAGE" else f"{code}: {message}"
+        print(f"offshelf {args.command_name}: {text}", file=sys.stderr)
     return exit_code
 
 

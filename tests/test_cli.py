@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import shlex
+import signal
 import subprocess
 import sys
+import time
+from importlib import metadata
 
 import numpy as np
 
-from support import skimage_photo
+from offshelf.clients import Client
+
+from support import ServerProcess, skimage_photo, write_identity_model
 
 
 def offshelf(*args: str) -> subprocess.CompletedProcess:
@@ -112,3 +118,68 @@ def test_every_command_has_help_with_json_and_connection_options():
         result = offshelf(*command, "--help")
         assert result.returncode == 0, command
         assert all(flag in result.stdout for flag in ("--json", "--tls", "--token", "--timeout")), command
+
+
+def test_version_and_the_exit_codes_in_help():
+    version = offshelf("--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"offshelf {metadata.version('offshelf')}"
+    usage = offshelf("--help").stdout
+    for code in ("0 ", "1 ", "2 ", "3 ", "4 ", "141 "):
+        assert f"\n  {code}" in usage, code
+
+
+def test_embed_and_classify_split_more_images_than_one_request_takes(server, client, tmp_path):
+    sources = [skimage_photo(name) for name in ("chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png")]
+    photos = []
+    for i in range(40):  # the session server takes 32 images per request
+        source = sources[i % len(sources)]
+        photos.append(tmp_path / f"{i:02d}{source.suffix}")
+        photos[-1].symlink_to(source)
+    embedded = offshelf("embed", *map(str, photos), "--output", "embedding", "--json", "--server", server.address)
+    assert embedded.returncode == 0, embedded.stderr
+    entries = json.loads(embedded.stdout)
+    assert [entry["image"] for entry in entries] == list(map(str, photos))
+    vectors = np.array([entry["outputs"]["embedding"] for entry in entries])
+    np.testing.assert_allclose(vectors[36:], vectors[:4], atol=1e-5)  # same photo, same vector, in order
+    labels = ["cat", "cup", "rocket", "person"]
+    client.train_head("cli-many", "ncm", images=sources * 2, labels=labels * 2)  # ncm: 2 examples per class
+    client.wait_for_head("cli-many")
+    try:
+        classified = offshelf(
+            "classify", *map(str, photos), "--head", "cli-many", "-k", "1", "--server", server.address
+        )
+    finally:
+        client.delete_head("cli-many")
+    assert classified.returncode == 0, classified.stderr
+    lines = [line.split() for line in classified.stdout.splitlines()]  # "<path>: <label> <probability>"
+    assert [(path, label) for path, label, _ in lines] == [
+        (f"{photo}:", label) for photo, label in zip(photos, labels * 10, strict=True)
+    ]
+
+
+def test_output_piped_into_head_ends_quietly(server):
+    command = [sys.executable, "-m", "offshelf.clients.cli", "models", "--server", server.address]
+    script = (
+        f"{shlex.join(command)} | head -1; echo first $PIPESTATUS >&2\n"
+        # head -n 0 exits before reading: the pipe is closed when offshelf writes, so it surely breaks
+        f"{shlex.join(command)} | head -n 0; echo closed $PIPESTATUS >&2\n"
+    )
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.stdout.startswith("efficientnet-lite0 v1")
+    assert result.stderr.splitlines() == ["first 0", "closed 141"]
+
+
+def test_health_exit_code_tells_not_serving_apart(tmp_path):
+    repo = write_identity_model(tmp_path / "repo", 4)
+    server = ServerProcess(repo, tmp_path / "data", drain_seconds=60)
+    try:
+        server.wait_serving()
+        server.process.send_signal(signal.SIGTERM)  # drains: NOT_SERVING for drain_seconds, still answering
+        with Client(server.address) as client:
+            deadline = time.monotonic() + 10
+            while client.health() == "SERVING" and time.monotonic() < deadline:
+                time.sleep(0.1)
+        result = offshelf("health", "--server", server.address)
+        assert (result.returncode, result.stdout.strip()) == (4, "NOT_SERVING")
+    finally:
+        server.kill()
