@@ -5,20 +5,39 @@ from __future__ import annotations
 import pathlib
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, JsonValue
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def metavar(name: str) -> dict[str, JsonValue]:
+    """What ``offshelf serve --help`` shows for a setting's value, where its type alone would not say (a unit)."""
+    return {"metavar": name}
+
+
 class ServiceSettings(BaseSettings):
+    """Serves a model repository over gRPC. Each setting is a flag or an OFFSHELF_* environment variable; flags win."""
+
     model_config = SettingsConfigDict(
         env_prefix="OFFSHELF_", extra="forbid", cli_prog_name="offshelf serve", cli_kebab_case=True
     )
 
     repo: pathlib.Path = Field(description="Model repository: <repo>/<model>/<version>/{model.onnx,card.json}.")
-    host: str = Field("0.0.0.0", description="Address the gRPC and metrics servers listen on.")
-    port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one (logged at start).")
+    host: str = Field(
+        "0.0.0.0", description="Address the gRPC and metrics servers listen on.", json_schema_extra=metavar("HOST")
+    )
+    port: int = Field(
+        50051,
+        ge=0,
+        le=65535,
+        description="gRPC port; 0 picks a free one (logged at start).",
+        json_schema_extra=metavar("PORT"),
+    )
     metrics_port: int = Field(
-        9464, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0 picks a free one."
+        9464,
+        ge=0,
+        le=65535,
+        description="Port of the Prometheus /metrics endpoint; 0 picks a free one.",
+        json_schema_extra=metavar("PORT"),
     )
     execution_provider: Literal["auto", "cuda", "cpu"] = Field(
         "auto", description="auto: CUDA when it really works, else CPU; cuda: fail unless CUDA works."
@@ -26,19 +45,37 @@ class ServiceSettings(BaseSettings):
     intra_op_threads: int = Field(0, ge=0, description="onnxruntime threads per model; 0 lets onnxruntime choose.")
     max_batch_size: int = Field(16, ge=1, description="Most images one inference call takes.")
     max_batch_delay_ms: float = Field(
-        5.0, ge=0, description="Longest an image waits for others to fill its batch, in milliseconds."
+        5.0,
+        ge=0,
+        description="Longest an image waits for others to fill its batch, in milliseconds.",
+        json_schema_extra=metavar("MS"),
     )
     max_queue_images: int = Field(
         512, ge=1, description="Images that may wait per model; beyond that requests get UNAVAILABLE at once."
     )
     max_images_per_request: int = Field(64, ge=1, description="Most images one Embed request may carry.")
-    max_image_pixels: int = Field(50_000_000, ge=1, description="Largest accepted image, in pixels (width x height).")
-    max_message_bytes: int = Field(64 << 20, ge=1 << 20, description="Largest gRPC message, in bytes.")
+    max_image_pixels: int = Field(
+        50_000_000,
+        ge=1,
+        description="Largest accepted image, in pixels (width x height).",
+        json_schema_extra=metavar("PIXELS"),
+    )
+    max_message_bytes: int = Field(
+        64 << 20, ge=1 << 20, description="Largest gRPC message, in bytes.", json_schema_extra=metavar("BYTES")
+    )
     worker_threads: int = Field(64, ge=1, description="Threads that handle RPCs concurrently.")
     drain_seconds: float = Field(
-        1.0, ge=0, description="On SIGTERM, how long health reports NOT_SERVING before new calls are refused."
+        1.0,
+        ge=0,
+        description="On SIGTERM, how long health reports NOT_SERVING before new calls are refused.",
+        json_schema_extra=metavar("SECONDS"),
     )
-    grace_seconds: float = Field(30.0, ge=0, description="On SIGTERM, how long in-flight calls may take to finish.")
+    grace_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="On SIGTERM, how long in-flight calls may take to finish.",
+        json_schema_extra=metavar("SECONDS"),
+    )
     data_dir: pathlib.Path = Field(
         pathlib.Path("offshelf-data"), description="Folder of the durable collections (created if missing)."
     )
