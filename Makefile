@@ -13,7 +13,7 @@ UKBENCH ?= ../shared/data/ukbench
 
 # A strict editable install links every module into build/__editable__.*/offshelf, a real package tree for
 # readers and static tools; a module added, moved or removed changes its folder, which re-runs the install.
-PACKAGE_DIRS := $(shell find protos export train service clients -type d -not -name __pycache__)
+PACKAGE_DIRS := $(addsuffix /,$(shell find protos export train service clients -type d -not -name __pycache__))
 
 $(STAMP): pyproject.toml $(PACKAGE_DIRS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -20,6 +20,7 @@ from offshelf.service.api.heads import HeadsServicer
 from offshelf.service.api.index import IndexServicer
 from offshelf.service.api.interceptor import RpcInterceptor
 from offshelf.service.api.oip import InferenceServicer
+from offshelf.service.data_lock import DataFolderLock
 from offshelf.service.errors import StartupError
 from offshelf.service.heads.registry import HeadRegistry
 from offshelf.service.index.registry import CollectionRegistry
@@ -53,10 +54,12 @@ class Server:
         self.ready = threading.Event()
         self.grpc_port = 0
         self.metrics_port = 0
+        self.data_lock = DataFolderLock(settings.data_dir)
         self._grpc = grpc.server(
             ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix="rpc"),
             interceptors=[RpcInterceptor(self.metrics)],
             options=[
+                ("grpc.so_reuseport", 0),  # a port another process holds is a start-up error, not shared
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
             ],
@@ -77,10 +80,15 @@ class Server:
         reflection.enable_server_reflection([*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME], self._grpc)
 
     def start(self) -> None:
+        self.data_lock.acquire()
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.grpc_port = self._grpc.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        address = f"{self.settings.host}:{self.settings.port}"
+        try:
+            self.grpc_port = self._grpc.add_insecure_port(address)
+        except RuntimeError as err:  # grpcio raises where older versions returned 0
+            raise StartupError(f"cannot listen on {address} ({err}); is the port taken? pick a free --port") from err
         if self.grpc_port == 0:
-            raise StartupError(f"cannot listen on {self.settings.host}:{self.settings.port}; is the port taken?")
+            raise StartupError(f"cannot listen on {address}; is the port taken? pick a free --port")
         self._grpc.start()
         try:
             self.metrics_port = self.metrics.serve(self.settings.host, self.settings.metrics_port)
@@ -129,6 +137,7 @@ class Server:
         self.collections.close()
         self.models.close()
         self.metrics.close()
+        self.data_lock.release()
         log.info("stopped")
 
 

@@ -8,12 +8,13 @@ import socket
 import subprocess
 import sys
 
-from support import write_identity_model
+from support import ServerProcess, write_identity_model
 
 
-def serve(repo, data_dir, metrics_port: int = 0) -> subprocess.CompletedProcess:
+def serve(repo, data_dir, port: int = 0, metrics_port: int = 0) -> subprocess.CompletedProcess:
+    """Runs `offshelf serve` to its end (it is expected to fail to start)."""
     command = [sys.executable, "-m", "offshelf.service.cli", "--repo", str(repo), "--data-dir", str(data_dir)]
-    command += ["--host", "127.0.0.1", "--port", "0", "--metrics-port", str(metrics_port)]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics_port)]
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
@@ -48,3 +49,30 @@ def test_starting_the_server_loads_no_scikit_learn():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_a_second_server_on_the_same_data_folder_refuses_to_start(tmp_path):
+    repo = write_identity_model(tmp_path / "repo", 16)
+    first = ServerProcess(repo, tmp_path / "data", drain_seconds=0)
+    try:
+        first.wait_serving()
+        error = the_error(serve(repo, tmp_path / "data"))
+        assert f'"pid": {first.process.pid}' in error and "--data-dir" in error
+    finally:
+        first.kill()
+    restarted = ServerProcess(repo, tmp_path / "data", drain_seconds=0)  # the lock died with its holder
+    try:
+        restarted.wait_serving()
+    finally:
+        restarted.kill()
+
+
+def test_a_taken_grpc_port_is_a_startup_error(tmp_path):
+    repo = write_identity_model(tmp_path / "repo", 16)
+    first = ServerProcess(repo, tmp_path / "first", drain_seconds=0)
+    try:
+        port = int(first.address.rsplit(":", 1)[1])
+        error = the_error(serve(repo, tmp_path / "second", port=port))
+    finally:
+        first.kill()
+    assert f"127.0.0.1:{port}" in error and "--port" in error
