@@ -143,7 +143,7 @@ def main() -> None:
     _, truth = faiss.knn(queries, data, 10, metric=faiss.METRIC_INNER_PRODUCT)
 
     repo = write_identity_model(ROOT / "build" / "bench-repo", DIM)
-    server = ServerProcess(repo, pathlib.Path(tempfile.mkdtemp()), drain_seconds=0, snapshot_every_writes=10**9)
+    server = ServerProcess(repo, pathlib.Path(tempfile.mkdtemp()), drain_seconds=0)
     rows: dict[tuple[str, str], dict] = {}
     try:
         server.wait_serving()

@@ -1,6 +1,6 @@
 """offshelf clients: the Python SDK (sync and asyncio), its typed errors, and the ``offshelf`` command line."""
 
-from offshelf.clients.client import AsyncClient, Client, Hit, Label
+from offshelf.clients.client import AsyncClient, Client, Hit, Label, StoredItem
 from offshelf.clients.connection import Connection
 from offshelf.clients.errors import (
     AlreadyExists,
@@ -33,6 +33,7 @@ __all__ = [
     "OffshelfError",
     "PermissionDenied",
     "ResourceExhausted",
+    "StoredItem",
     "TrainingFailed",
     "Unauthenticated",
     "Unavailable",

@@ -13,7 +13,7 @@ import glob
 import os
 import pathlib
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, cast
 
@@ -47,6 +47,14 @@ class Hit:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class StoredItem:
+    id: str
+    label: str
+    metadata: dict[str, str]
+    vector: np.ndarray | None = None  # as indexed; only when asked for
+
+
 class Label(NamedTuple):
     label: str
     probability: float
@@ -74,6 +82,19 @@ def image_files(sources: Iterable[str | os.PathLike[str]]) -> list[pathlib.Path]
 
 def _hits(hits: Iterable[index_pb2.Hit]) -> list[Hit]:
     return [Hit(h.id, h.score, h.label, dict(h.metadata)) for h in hits]
+
+
+def _stored(item: index_pb2.StoredItem) -> StoredItem:
+    vector = np.array(item.vector.values, np.float32) if item.HasField("vector") else None
+    return StoredItem(item.id, item.label, dict(item.metadata), vector)
+
+
+def _filter(labels: Sequence[str], metadata: Mapping[str, str | Sequence[str]] | None) -> index_pb2.Filter:
+    """labels and metadata {key: value or values} as the API's Filter."""
+    values = {key: [value] if isinstance(value, str) else list(value) for key, value in (metadata or {}).items()}
+    return index_pb2.Filter(
+        labels=list(labels), metadata={key: index_pb2.Values(values=v) for key, v in values.items()}
+    )
 
 
 def _vector(values: Sequence[float]) -> embedding_pb2.Vector:
@@ -250,9 +271,41 @@ class Api:
                 bar.update(count)
         return added
 
-    def remove(self, collection: str, ids: Sequence[str]) -> index_pb2.RemoveResponse:
-        """Removes items by id; the response lists ids that were not there."""
-        return self._call("index", "Remove", index_pb2.RemoveRequest(collection=collection, ids=list(ids)))
+    def remove(
+        self,
+        collection: str,
+        ids: Sequence[str] = (),
+        labels: Sequence[str] = (),
+        metadata: Mapping[str, str | Sequence[str]] | None = None,
+    ) -> index_pb2.RemoveResponse:
+        """Removes items by id (the response lists ids that were not there), or every item whose label is one of
+        labels and whose metadata matches (each key: a value or a list of accepted values)."""
+        request = index_pb2.RemoveRequest(collection=collection, ids=list(ids), filter=_filter(labels, metadata))
+        return self._call("index", "Remove", request)
+
+    def get_items(self, collection: str, ids: Sequence[str], with_vectors: bool = False) -> list[StoredItem]:
+        """The items with these ids that exist, in the order given."""
+        request = index_pb2.GetItemsRequest(collection=collection, ids=list(ids), with_vectors=with_vectors)
+        return self._call("index", "GetItems", request, lambda r: [_stored(i) for i in r.items])
+
+    def list_items_page(
+        self,
+        collection: str,
+        page_token: str = "",
+        page_size: int = 100,
+        labels: Sequence[str] = (),
+        metadata: Mapping[str, str | Sequence[str]] | None = None,
+        with_vectors: bool = False,
+    ) -> tuple[list[StoredItem], str]:
+        """One page of items in id order, and the token of the next page ("" after the last)."""
+        request = index_pb2.ListItemsRequest(
+            collection=collection,
+            page_token=page_token,
+            page_size=page_size,
+            filter=_filter(labels, metadata),
+            with_vectors=with_vectors,
+        )
+        return self._call("index", "ListItems", request, lambda r: ([_stored(i) for i in r.items], r.next_page_token))
 
     def search(
         self,
@@ -264,9 +317,22 @@ class Api:
         flip: bool = False,
         ef_search: int = 0,
         nprobe: int = 0,
+        labels: Sequence[str] = (),
+        metadata: Mapping[str, str | Sequence[str]] | None = None,
+        min_score: float | None = None,
     ) -> list[Hit]:
-        """The k nearest items to an image, a vector or an indexed item (give exactly one)."""
-        request = index_pb2.SearchRequest(collection=collection, k=k, flip=flip, ef_search=ef_search, nprobe=nprobe)
+        """The k nearest items to an image, a vector or an indexed item (give exactly one), among the items
+        whose label is one of labels and whose metadata matches (each key: a value or a list), scoring at least
+        min_score."""
+        request = index_pb2.SearchRequest(
+            collection=collection,
+            k=k,
+            flip=flip,
+            ef_search=ef_search,
+            nprobe=nprobe,
+            filter=_filter(labels, metadata),
+            min_score=min_score,
+        )
         if image is not None:
             request.image = read_image(image)
         elif vector is not None:
@@ -285,15 +351,26 @@ class Api:
         flip: bool = False,
         ef_search: int = 0,
         nprobe: int = 0,
+        labels: Sequence[str] = (),
+        metadata: Mapping[str, str | Sequence[str]] | None = None,
+        min_score: float | None = None,
     ) -> list[list[Hit]]:
-        """Many queries in one call: the hits of each image, then each vector, then each id."""
+        """Many queries in one call: the hits of each image, then each vector, then each id (filters as in
+        search)."""
         queries = (
             [index_pb2.Query(image=read_image(i)) for i in images]
             + [index_pb2.Query(vector=_vector(v)) for v in vectors]
             + [index_pb2.Query(id=i) for i in ids]
         )
         request = index_pb2.SearchBatchRequest(
-            collection=collection, queries=queries, k=k, flip=flip, ef_search=ef_search, nprobe=nprobe
+            collection=collection,
+            queries=queries,
+            k=k,
+            flip=flip,
+            ef_search=ef_search,
+            nprobe=nprobe,
+            filter=_filter(labels, metadata),
+            min_score=min_score,
         )
         return self._call("index", "SearchBatch", request, lambda r: [_hits(result.hits) for result in r.results])
 
@@ -392,6 +469,20 @@ class Client(Api):
         except grpc.RpcError as err:
             raise from_rpc_error(err) from err
         return parse(response)
+
+    def iter_items(
+        self,
+        collection: str,
+        labels: Sequence[str] = (),
+        metadata: Mapping[str, str | Sequence[str]] | None = None,
+        with_vectors: bool = False,
+        page_size: int = 100,
+    ) -> Iterator[StoredItem]:
+        """Every item (that the filter selects), in id order, fetched a page at a time."""
+        token = None
+        while token != "":
+            items, token = self.list_items_page(collection, token or "", page_size, labels, metadata, with_vectors)
+            yield from items
 
     def close(self) -> None:
         self._channel.close()

@@ -47,7 +47,7 @@ class Server:
         self.settings = settings
         self.metrics = Metrics()
         self.models = ModelRegistry(settings, self.metrics)
-        self.collections = CollectionRegistry(settings.data_dir, settings.snapshot_every_writes, settings.faiss_threads)
+        self.collections = CollectionRegistry(settings.data_dir, settings.index_save_seconds, settings.faiss_threads)
         self.heads = HeadRegistry(settings.data_dir, self.models, self.collections)
         self.metrics.registry.register(StateCollector(self.collections, self.heads))
         self.health = health.HealthServicer()

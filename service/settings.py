@@ -87,7 +87,11 @@ class ServiceSettings(BaseSettings):
         description="OpenMP threads of one FAISS call; 0 lets FAISS use every core. Concurrent requests "
         "already run in parallel, so more threads per call oversubscribe the CPU under load.",
     )
-    snapshot_every_writes: int = Field(
-        10_000, ge=1, description="Items written to a collection's log before it is snapshotted and emptied."
+    index_save_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="How often a collection's FAISS index is saved when it lacks writes. Every write is durable "
+        "in SQLite when acknowledged; this bounds what a restart re-adds to the index.",
+        json_schema_extra=metavar("SECONDS"),
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")

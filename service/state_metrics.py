@@ -1,4 +1,4 @@
-"""Metrics read at scrape time: collections (vectors, bytes, WAL, last snapshot), heads (training jobs by
+"""Metrics read at scrape time: collections (vectors, bytes, unsaved writes, last index save), heads (training jobs by
 state), domain shift of both, and GPU memory and utilisation through NVML when a model runs on CUDA."""
 
 from __future__ import annotations
@@ -32,14 +32,14 @@ class StateCollector(Collector):
         disk = GaugeMetricFamily(
             "offshelf_collection_disk_bytes", "Bytes a collection's folder holds.", labels=["collection"]
         )
-        wal = GaugeMetricFamily(
-            "offshelf_collection_wal_bytes",
-            "Bytes in a collection's write-ahead log (emptied at each snapshot).",
+        unsaved = GaugeMetricFamily(
+            "offshelf_collection_unsaved_writes",
+            "Writes in a collection's database that its saved FAISS index lacks (re-added at start).",
             labels=["collection"],
         )
-        snapshot = GaugeMetricFamily(
-            "offshelf_collection_last_snapshot_timestamp_seconds",
-            "Unix time of a collection's last snapshot.",
+        saved = GaugeMetricFamily(
+            "offshelf_collection_last_index_save_timestamp_seconds",
+            "Unix time a collection's FAISS index was last saved.",
             labels=["collection"],
         )
         shift = GaugeMetricFamily(
@@ -51,9 +51,9 @@ class StateCollector(Collector):
         for collection in self.collections.all():
             vectors.add_metric([collection.name], collection.count)
             disk.add_metric([collection.name], collection.info().bytes_on_disk)
-            wal.add_metric([collection.name], collection.wal_bytes())
-            if collection.last_snapshot_at is not None:
-                snapshot.add_metric([collection.name], collection.last_snapshot_at)
+            unsaved.add_metric([collection.name], collection.unsaved_writes)
+            if collection.last_index_save_at is not None:
+                saved.add_metric([collection.name], collection.last_index_save_at)
             distance = collection.drift.shift(collection.mean())
             if distance is not None:
                 shift.add_metric(["collection", collection.name], distance)
@@ -70,7 +70,7 @@ class StateCollector(Collector):
                 shift.add_metric(["head", entry.name], distance)
         for state, count in counts.items():
             jobs.add_metric([state], count)
-        yield from (vectors, disk, wal, snapshot, jobs, shift)
+        yield from (vectors, disk, unsaved, saved, jobs, shift)
 
 
 class GpuCollector(Collector):

@@ -69,6 +69,16 @@ class IndexStub:
                 request_serializer=offshelf_dot_protos_dot_v1_dot_index__pb2.RemoveRequest.SerializeToString,
                 response_deserializer=offshelf_dot_protos_dot_v1_dot_index__pb2.RemoveResponse.FromString,
                 _registered_method=True)
+        self.GetItems = channel.unary_unary(
+                '/offshelf.v1.Index/GetItems',
+                request_serializer=offshelf_dot_protos_dot_v1_dot_index__pb2.GetItemsRequest.SerializeToString,
+                response_deserializer=offshelf_dot_protos_dot_v1_dot_index__pb2.GetItemsResponse.FromString,
+                _registered_method=True)
+        self.ListItems = channel.unary_unary(
+                '/offshelf.v1.Index/ListItems',
+                request_serializer=offshelf_dot_protos_dot_v1_dot_index__pb2.ListItemsRequest.SerializeToString,
+                response_deserializer=offshelf_dot_protos_dot_v1_dot_index__pb2.ListItemsResponse.FromString,
+                _registered_method=True)
         self.Search = channel.unary_unary(
                 '/offshelf.v1.Index/Search',
                 request_serializer=offshelf_dot_protos_dot_v1_dot_index__pb2.SearchRequest.SerializeToString,
@@ -122,7 +132,7 @@ class IndexServicer:
         """Adds items (images are embedded with the collection's model). Adding an id that exists
         replaces that item. A batch is applied whole or not at all: one bad item rejects the
         request with INVALID_ARGUMENT naming the item, and nothing is written. Once answered OK
-        the items are durable (write-ahead log flushed to disk).
+        the items are durable (the database transaction is committed and flushed to disk).
         Errors: NOT_FOUND (collection), INVALID_ARGUMENT (empty or oversized batch, bad image,
         wrong vector length, duplicate id in the batch), FAILED_PRECONDITION (the request names
         another model or output than the collection's binding, or the served model changed).
@@ -141,7 +151,25 @@ class IndexServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Remove(self, request, context):
-        """Removes items by id; ids that are not in the collection are listed in not_found.
+        """Removes items by id (ids that are not in the collection are listed in not_found), or every
+        item a filter selects. Errors: NOT_FOUND (collection), INVALID_ARGUMENT (neither or both of
+        ids and filter, a bad filter).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetItems(self, request, context):
+        """Items by id, with their vectors when asked; ids that are not there are listed in not_found.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListItems(self, request, context):
+        """Items in id order, a page at a time (page_token from the previous response), optionally
+        filtered. Errors: INVALID_ARGUMENT (page_size over 1000, a page token from another listing,
+        a bad filter).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -210,6 +238,16 @@ def add_IndexServicer_to_server(servicer, server):
                     servicer.Remove,
                     request_deserializer=offshelf_dot_protos_dot_v1_dot_index__pb2.RemoveRequest.FromString,
                     response_serializer=offshelf_dot_protos_dot_v1_dot_index__pb2.RemoveResponse.SerializeToString,
+            ),
+            'GetItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetItems,
+                    request_deserializer=offshelf_dot_protos_dot_v1_dot_index__pb2.GetItemsRequest.FromString,
+                    response_serializer=offshelf_dot_protos_dot_v1_dot_index__pb2.GetItemsResponse.SerializeToString,
+            ),
+            'ListItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListItems,
+                    request_deserializer=offshelf_dot_protos_dot_v1_dot_index__pb2.ListItemsRequest.FromString,
+                    response_serializer=offshelf_dot_protos_dot_v1_dot_index__pb2.ListItemsResponse.SerializeToString,
             ),
             'Search': grpc.unary_unary_rpc_method_handler(
                     servicer.Search,
@@ -416,6 +454,60 @@ class Index:
             '/offshelf.v1.Index/Remove',
             offshelf_dot_protos_dot_v1_dot_index__pb2.RemoveRequest.SerializeToString,
             offshelf_dot_protos_dot_v1_dot_index__pb2.RemoveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/offshelf.v1.Index/GetItems',
+            offshelf_dot_protos_dot_v1_dot_index__pb2.GetItemsRequest.SerializeToString,
+            offshelf_dot_protos_dot_v1_dot_index__pb2.GetItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/offshelf.v1.Index/ListItems',
+            offshelf_dot_protos_dot_v1_dot_index__pb2.ListItemsRequest.SerializeToString,
+            offshelf_dot_protos_dot_v1_dot_index__pb2.ListItemsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import time
 from collections.abc import Iterator
 
@@ -10,17 +13,19 @@ import numpy as np
 
 from offshelf.protos.v1 import index_pb2 as pb2
 from offshelf.protos.v1 import index_pb2_grpc as pb2_grpc
-from offshelf.protos.v1.embedding_pb2 import AUGMENTATION_FLIP, AUGMENTATION_NONE
+from offshelf.protos.v1.embedding_pb2 import AUGMENTATION_FLIP, AUGMENTATION_NONE, Vector
 from offshelf.service.api.checks import check_name
 from offshelf.service.errors import FailedPrecondition, InvalidArgument
 from offshelf.service.index.collection import Collection, Item
 from offshelf.service.index.faiss_index import with_defaults
 from offshelf.service.index.registry import CollectionRegistry
+from offshelf.service.index.store import Filter, Row
 from offshelf.service.metrics import Metrics
 from offshelf.service.models.registry import ModelRegistry, describe
 from offshelf.service.settings import ServiceSettings
 
 MAX_METADATA_ENTRIES, MAX_METADATA_BYTES, MAX_ID_BYTES = 16, 1024, 256
+MAX_FILTER_VALUES, MAX_PAGE_SIZE = 100, 1000
 
 
 class IndexServicer(pb2_grpc.IndexServicer):
@@ -116,12 +121,46 @@ class IndexServicer(pb2_grpc.IndexServicer):
 
     def Remove(self, request: pb2.RemoveRequest, context: grpc.ServicerContext) -> pb2.RemoveResponse:
         collection = self.collections.get(request.collection)
-        if not request.ids:
-            raise InvalidArgument("no ids: name the items to remove")
-        if len(request.ids) > self.max_items:
-            raise InvalidArgument(f"{len(request.ids)} ids in one request, more than the limit of {self.max_items}")
+        where = _filter(request.filter, collection)
+        if bool(request.ids) == bool(where):
+            raise InvalidArgument("name the items to remove by ids or by a non-empty filter (one of the two)")
+        if where:
+            removed = collection.remove_where(where)
+            return pb2.RemoveResponse(removed=removed, count=collection.count)
+        self._check_id_count(len(request.ids))
         removed, not_found = collection.remove(list(request.ids))
         return pb2.RemoveResponse(removed=removed, not_found=not_found, count=collection.count)
+
+    # --- reads -------------------------------------------------------------------------------
+
+    def GetItems(self, request: pb2.GetItemsRequest, context: grpc.ServicerContext) -> pb2.GetItemsResponse:
+        collection = self.collections.get(request.collection)
+        if not request.ids:
+            raise InvalidArgument("no ids: name the items to get")
+        self._check_id_count(len(request.ids))
+        found = collection.get(list(request.ids))
+        return pb2.GetItemsResponse(
+            items=[_stored(*found[i], request.with_vectors) for i in dict.fromkeys(request.ids) if i in found],
+            not_found=[i for i in dict.fromkeys(request.ids) if i not in found],
+        )
+
+    def ListItems(self, request: pb2.ListItemsRequest, context: grpc.ServicerContext) -> pb2.ListItemsResponse:
+        collection = self.collections.get(request.collection)
+        if not 0 <= request.page_size <= MAX_PAGE_SIZE:
+            raise InvalidArgument(f"page_size={request.page_size}: ask for 1 to {MAX_PAGE_SIZE} (0: 100)")
+        size = request.page_size or 100
+        where = _filter(request.filter, collection)
+        listing = hashlib.sha256(request.filter.SerializeToString(deterministic=True)).hexdigest()[:16]
+        page = collection.page(_after(request.page_token, listing), size + 1, where)
+        next_token = _page_token(page[size - 1][0].id, listing) if len(page) > size else ""
+        return pb2.ListItemsResponse(
+            items=[_stored(row, vector, request.with_vectors) for row, vector in page[:size]],
+            next_page_token=next_token,
+        )
+
+    def _check_id_count(self, count: int) -> None:
+        if count > self.max_items:
+            raise InvalidArgument(f"{count} ids in one request, more than the limit of {self.max_items}")
 
     # --- search ------------------------------------------------------------------------------
 
@@ -150,6 +189,10 @@ class IndexServicer(pb2_grpc.IndexServicer):
         if request.ef_search < 0 or request.nprobe < 0:
             raise InvalidArgument("ef_search and nprobe must be 0 (the collection's setting) or positive")
         self._check_claimed_binding(collection, request.model, request.output)
+        where = _filter(request.filter, collection)
+        min_score = request.min_score if request.HasField("min_score") else None
+        if min_score is not None and collection.config.metric != pb2.METRIC_INNER_PRODUCT:
+            raise InvalidArgument("min_score applies to inner-product collections (scores are similarities)")
         vectors = np.zeros((len(queries), collection.dim), np.float32)
         images = []
         for i, (query, name) in enumerate(zip(queries, names, strict=True)):
@@ -171,7 +214,7 @@ class IndexServicer(pb2_grpc.IndexServicer):
                 augmentation=AUGMENTATION_FLIP if request.flip else AUGMENTATION_NONE,
             )
         started = time.perf_counter()
-        hits = collection.search(vectors, request.k, request.ef_search, request.nprobe)
+        hits = collection.search(vectors, request.k, request.ef_search, request.nprobe, where, min_score)
         self.metrics.search_seconds.labels(collection.config.index_type).observe(time.perf_counter() - started)
         return [
             pb2.SearchResponse(
@@ -213,3 +256,45 @@ def _check_item(i: int, item: pb2.Item, dim: int) -> None:
     for key, value in item.metadata.items():
         if len(key.encode()) + len(value.encode()) > MAX_METADATA_BYTES:
             raise InvalidArgument(f"item {i}: metadata entry {key[:40]!r} is over {MAX_METADATA_BYTES} bytes")
+
+
+def _filter(message: pb2.Filter, collection: Collection) -> Filter:
+    """The request's filter, checked: bounded sizes, no empty value lists, known metadata keys."""
+    if len(message.labels) > MAX_FILTER_VALUES:
+        raise InvalidArgument(f"filter has {len(message.labels)} labels, more than {MAX_FILTER_VALUES}")
+    if len(message.metadata) > MAX_METADATA_ENTRIES:
+        raise InvalidArgument(f"filter has {len(message.metadata)} metadata keys, more than {MAX_METADATA_ENTRIES}")
+    for key, values in message.metadata.items():
+        if not 1 <= len(values.values) <= MAX_FILTER_VALUES:
+            raise InvalidArgument(f"filter on metadata key {key!r} needs 1 to {MAX_FILTER_VALUES} values")
+    where = Filter(
+        labels=tuple(message.labels),
+        metadata=tuple((key, tuple(message.metadata[key].values)) for key in sorted(message.metadata)),
+    )
+    collection.check_filter(where)
+    return where
+
+
+def _page_token(last_id: str, listing: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"after": last_id, "listing": listing}).encode()).decode()
+
+
+def _after(token: str, listing: str) -> str:
+    """The id a page token continues after; InvalidArgument for a token this listing did not hand out."""
+    if not token:
+        return ""
+    try:
+        state = json.loads(base64.urlsafe_b64decode(token.encode()))
+        after, issued_for = state["after"], state["listing"]
+    except (ValueError, TypeError, KeyError) as err:
+        raise InvalidArgument("page_token is malformed: pass next_page_token from the previous response") from err
+    if issued_for != listing or not isinstance(after, str):
+        raise InvalidArgument("page_token belongs to a listing with another filter; start again without it")
+    return after
+
+
+def _stored(row: Row, vector: np.ndarray, with_vector: bool) -> pb2.StoredItem:
+    item = pb2.StoredItem(id=row.id, label=row.label, metadata=row.metadata)
+    if with_vector:
+        item.vector.CopyFrom(Vector(values=vector.tolist(), dim=len(vector)))
+    return item

@@ -1,16 +1,21 @@
-"""One collection: items (id, label, metadata, vector) and a FAISS index over them, durable on disk.
+"""One collection: its items in SQLite (the truth, store.py) and a FAISS index derived from them.
 
 Files in the collection's folder:
-- ``collection.json``: configuration and binding (an ``offshelf.v1.Collection``), written once;
-- ``snapshot.npz``: the whole state as of write sequence number ``seq`` (written to a temporary
-  file, fsynced, renamed);
-- ``wal.log``: every acknowledged write after that snapshot, appended and fsynced before the
-  acknowledgement, emptied after each snapshot.
+- ``items.sqlite3`` (with SQLite's ``-wal`` and ``-shm``): every item and the collection's state;
+- ``index-<seq>.faiss``: the FAISS index as of write ``seq``, saved in the background (a temporary file,
+  fsynced, renamed; the older one removed). A write never waits for it.
 
-Recovery loads the snapshot and replays the log; the sequence numbers must follow on without a
-gap, so a lost or mismatched file is refused rather than yielding a silently different index.
-Writers are serialised by one lock; searches share a readers-writer lock with the brief index
-mutations only, so they are not held up by embedding, fsync or index training.
+On start the newest index file is loaded and caught up: items written after its ``seq`` are added, and the
+FAISS ids it holds whose items are gone (removed or replaced) are dropped (HNSW cannot delete, so they are
+filtered from searches). Without a usable index file (missing, unreadable, or older than the last change of
+vector space, i.e. whitening) the index is rebuilt from SQLite.
+
+In RAM per collection: the FAISS index (flat and HNSW hold the vectors, 4 x dim bytes each, HNSW adds its
+graph; IVF-PQ holds codes) and, for HNSW, the FAISS ids of gone items. Labels, metadata and the float32 vectors
+that re-ranking, whitening, head training and search by id need are read from SQLite.
+
+Writers are serialised by one lock; searches share a readers-writer lock with the brief index mutations only,
+so they are not held up by embedding, commits or index training.
 """
 
 from __future__ import annotations
@@ -19,139 +24,110 @@ import json
 import logging
 import os
 import pathlib
-import struct
 import threading
 import time
 import uuid
-import zipfile
-from typing import Any
 
 import faiss
 import numpy as np
-from google.protobuf import json_format
 
 from offshelf.protos.v1 import index_pb2
 from offshelf.service.drift import DriftMonitor
-from offshelf.service.errors import CollectionLoadError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from offshelf.service.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from offshelf.service.index.faiss_index import new_index, search_params, train_ivfpq
 from offshelf.service.index.rwlock import ReadWriteLock
-from offshelf.service.index.wal import CorruptLog, WriteAheadLog, fsync_dir
+from offshelf.service.index.store import DATABASE, Filter, ItemStore, Row, from_blobs, to_blob
 from offshelf.service.logs import fields
 
 log = logging.getLogger(__name__)
-CONFIG, SNAPSHOT, WAL = "collection.json", "snapshot.npz", "wal.log"
 Item = tuple[str, str, dict[str, str]]  # (id, label, metadata)
 Hit = tuple[str, float, str, dict[str, str]]  # (id, score, label, metadata)
+Whitening = tuple[np.ndarray, np.ndarray]  # x -> x @ A.T + b
+EXACT_FILTER_LIMIT = 4096  # a filter selecting at most this many items is searched exactly
 
 
-def write_atomically(path: pathlib.Path, write) -> None:
-    """Writes via a temporary file that is fsynced and renamed over path."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def _encode(header: dict, vectors: np.ndarray | None = None) -> bytes:
-    head = json.dumps(header).encode()
-    body = b"" if vectors is None else np.ascontiguousarray(vectors, "<f4").tobytes()
-    return struct.pack("<I", len(head)) + head + body
-
-
-def _decode(payload: bytes, dim: int) -> tuple[dict, np.ndarray]:
-    (length,) = struct.unpack_from("<I", payload)
-    header = json.loads(payload[4 : 4 + length])
-    return header, np.frombuffer(payload[4 + length :], "<f4").reshape(-1, dim).copy()
+def fsync_dir(path: pathlib.Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class Collection:
-    def __init__(self, directory: pathlib.Path, config: index_pb2.Collection, snapshot_every: int):
+    def __init__(self, directory: pathlib.Path, store: ItemStore, config: index_pb2.Collection):
         self.directory = directory
+        self.store = store
         self.config = config
         self.name = config.name
         self.dim = config.binding.dim
-        self.snapshot_every = snapshot_every
         self.closed = False
-        self._ids: dict[str, int] = {}  # caller id -> internal id (the FAISS id)
-        self._items: dict[int, Item] = {}
-        self._vectors: dict[int, np.ndarray] = {}  # as added (L2-normalised for inner product)
+        self.count = 0
+        self.drift = DriftMonitor()
+        self.last_index_save_at: float | None = None  # Unix time
+        self._seq = 0  # the last committed write
+        self._saved_seq = 0  # the write the index file on disk holds
+        self._rebuilt_seq = 0  # index files older than this write are in another vector space
         self._next_internal = 0
-        self._seq = 0
-        self._removed: set[int] = set()  # hnsw only: FAISS's HNSW cannot delete, so removals are filtered
-        self._removed_selector: tuple[faiss.IDSelector, ...] | None = None
-        self._whitening: tuple[np.ndarray, np.ndarray] | None = None  # x -> x @ A.T + b
+        self._sum = np.zeros(self.dim, np.float64)  # of the stored vectors: their mean is the drift reference
+        self._whitening: Whitening | None = None
         self._trained = False
         self._training = False
+        self._dead: set[int] = set()  # hnsw only: FAISS ids of gone items, filtered from searches
+        self._dead_selector: tuple[faiss.IDSelector, ...] | None = None
         self._index = new_index(config, self.dim)
-        self._writes_since_snapshot = 0
         self._write_lock = threading.Lock()
+        self._save_lock = threading.Lock()
         self._rw = ReadWriteLock()
-        self._wal: WriteAheadLog | None = None
-        self._sum = np.zeros(self.dim, np.float64)  # of the stored vectors: their mean is the drift reference
-        self.drift = DriftMonitor()
-        self.last_snapshot_at: float | None = None  # Unix time
 
-    # --- lifecycle -------------------------------------------------------------------------
+    # --- lifecycle -------------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, directory: pathlib.Path, config: index_pb2.Collection, snapshot_every: int) -> Collection:
-        directory.mkdir(parents=True)
-        text = json_format.MessageToJson(config, indent=2, preserving_proto_field_name=True).encode()
-        write_atomically(directory / CONFIG, lambda f: f.write(text))
-        collection = cls(directory, config, snapshot_every)
-        collection._wal = WriteAheadLog(directory / WAL)
-        return collection
+    def create(cls, directory: pathlib.Path, config: index_pb2.Collection) -> Collection:
+        """Creates the folder whole: built under a hidden name, then renamed."""
+        staged = directory.with_name(f".creating-{uuid.uuid4().hex}")
+        staged.mkdir(parents=True)
+        store = ItemStore(staged / DATABASE)
+        with store.transaction() as db:
+            ItemStore.set_config(db, config)
+        store.close()
+        staged.rename(directory)
+        fsync_dir(directory.parent)
+        return cls(directory, ItemStore(directory / DATABASE), config)
 
     @classmethod
-    def open(cls, directory: pathlib.Path, snapshot_every: int) -> Collection:
-        try:
-            config = json_format.Parse((directory / CONFIG).read_text(), index_pb2.Collection())
-        except (OSError, json_format.ParseError) as err:
-            raise CollectionLoadError(f"{directory / CONFIG} is unreadable ({err})") from err
-        collection = cls(directory, config, snapshot_every)
-        collection._load_snapshot()
-        replayed = collection._replay()
-        collection._wal = WriteAheadLog(directory / WAL)
-        log.info(
-            "collection restored",
-            extra=fields(collection=config.name, items=collection.count, seq=collection._seq, replayed=replayed),
-        )
+    def open(cls, directory: pathlib.Path) -> Collection:
+        store = ItemStore(directory / DATABASE)
+        collection = cls(directory, store, store.config())
+        collection._restore()
         collection._maybe_train()
         return collection
 
     def close(self) -> None:
-        """Takes a final snapshot so the next start replays nothing."""
+        """Saves the index, so the next start has nothing to catch up, and closes the database."""
         with self._write_lock:
             if self.closed:
                 return
-            if self._writes_since_snapshot:
-                self._snapshot()
             self.closed = True
-            if self._wal is not None:
-                self._wal.close()
+        self.save_index()
+        self.store.close()
 
     def delete(self) -> None:
         with self._write_lock:
             self.closed = True
-            if self._wal is not None:
-                self._wal.close()
+        with self._save_lock:
+            self.store.close()
 
-    # --- reads -----------------------------------------------------------------------------
+    # --- reads -----------------------------------------------------------------------------------
 
     @property
-    def count(self) -> int:
-        return len(self._ids)
+    def unsaved_writes(self) -> int:
+        """Writes committed to SQLite that the index file does not hold yet (replayed at start)."""
+        return self._seq - self._saved_seq
 
     def mean(self) -> np.ndarray | None:
         count = self.count
         return self._sum / count if count else None
-
-    def wal_bytes(self) -> int:
-        with self._write_lock:
-            return self._wal.size if self._wal is not None and not self.closed else 0
 
     def info(self) -> index_pb2.Collection:
         info = index_pb2.Collection()
@@ -164,48 +140,107 @@ class Collection:
 
     def labelled_vectors(self) -> tuple[np.ndarray, list[str]]:
         """The vectors and labels of every labelled item (for training heads)."""
-        with self._rw.read():
-            labelled = [i for i, (_, label, _) in self._items.items() if label]
-            vectors = np.stack([self._vectors[i] for i in labelled]) if labelled else np.zeros((0, self.dim))
-            return vectors, [self._items[i][1] for i in labelled]
+        chunks = list(self.store.scan(self.dim, Filter(labelled=True)))
+        if not chunks:
+            return np.zeros((0, self.dim), np.float32), []
+        return np.concatenate([c[1] for c in chunks]), [label for c in chunks for label in c[2]]
 
     def vector_of(self, item_id: str) -> np.ndarray:
-        with self._rw.read():
-            internal = self._ids.get(item_id)
-            if internal is None:
-                raise NotFound(f"collection {self.name!r} has no item {item_id!r}")
-            return self._vectors[internal]
+        found = self.store.by_ids([item_id], self.dim)
+        if item_id not in found:
+            raise NotFound(f"collection {self.name!r} has no item {item_id!r}")
+        return found[item_id][1]
 
-    def search(self, queries: np.ndarray, k: int, ef_search: int = 0, nprobe: int = 0) -> list[list[Hit]]:
-        """The k nearest items to each query vector (one FAISS batch)."""
+    def get(self, item_ids: list[str]) -> dict[str, tuple[Row, np.ndarray]]:
+        return self.store.by_ids(item_ids, self.dim)
+
+    def page(self, after_id: str, size: int, where: Filter) -> list[tuple[Row, np.ndarray]]:
+        """Up to `size` items in id order after `after_id`."""
+        rows = self.store.page(after_id, size, where)
+        vectors = from_blobs([r[4] for r in rows], self.dim)
+        return [(Row(r[0], r[1], r[2], json.loads(r[3])), vector) for r, vector in zip(rows, vectors, strict=True)]
+
+    def check_filter(self, where: Filter) -> None:
+        """InvalidArgument for a metadata key that no item of the collection has ever had (a typo, most likely)."""
+        unknown = sorted({key for key, _ in where.metadata} - self.store.metadata_keys())
+        if unknown:
+            known = ", ".join(sorted(self.store.metadata_keys())) or "none"
+            raise InvalidArgument(
+                f"filter on metadata key {unknown[0]!r}, which no item of collection {self.name!r} has; "
+                f"its keys: {known}"
+            )
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        ef_search: int = 0,
+        nprobe: int = 0,
+        where: Filter | None = None,
+        min_score: float | None = None,
+    ) -> list[list[Hit]]:
+        """The k nearest items to each query vector (one FAISS batch), among those `where` selects."""
         queries = self.prepare(queries)
         self.drift.observe(queries)
         with self._rw.read():
-            if not self._items:
-                return [[] for _ in queries]
             queries = self._to_index_space(queries, self._whitening)
-            removed = self._removed_selector[-1] if self._removed_selector else None
-            params = search_params(self.config, self._trained, ef_search, nprobe, removed)
-            refine = self.config.ivfpq.refine_factor if self._trained else 1
-            scores, internals = self._index.search(queries, min(k * refine, len(self._items)), params=params)
-            results = []
-            for query, row_scores, row_internals in zip(queries, scores, internals.tolist(), strict=True):
-                ranked = [(float(s), i) for s, i in zip(row_scores, row_internals, strict=True) if i in self._items]
-                if refine > 1 and ranked:
-                    ranked = self._exact_top(query, [i for _, i in ranked], k)
-                results.append([(self._items[i][0], score, *self._items[i][1:]) for score, i in ranked[:k]])
-            return results
+            if where:
+                ranked = self._search_filtered(queries, k, ef_search, nprobe, where)
+            else:
+                ranked = self._search_all(queries, k, ef_search, nprobe)
+        if min_score is not None:
+            ranked = [[(score, i) for score, i in row if score >= min_score] for row in ranked]
+        rows = self.store.rows(sorted({i for row in ranked for _, i in row}))
+        return [
+            [(rows[i].id, score, rows[i].label, rows[i].metadata) for score, i in row if i in rows] for row in ranked
+        ]
+
+    def _search_all(self, queries: np.ndarray, k: int, ef_search: int, nprobe: int) -> list[list[tuple[float, int]]]:
+        if not self.count:
+            return [[] for _ in queries]
+        selector = self._dead_selector[-1] if self._dead_selector else None
+        params = search_params(self.config, self._trained, ef_search, nprobe, selector)
+        refine = self.config.ivfpq.refine_factor if self._trained else 1
+        scores, internals = self._index.search(queries, min(k * refine, self.count), params=params)
+        ranked = [
+            [(float(s), i) for s, i in zip(row_scores, row_internals, strict=True) if i >= 0]
+            for row_scores, row_internals in zip(scores, internals.tolist(), strict=True)
+        ]
+        if refine > 1:
+            return [self._exact_top(query, [i for _, i in row], k) for query, row in zip(queries, ranked, strict=True)]
+        return [row[:k] for row in ranked]
+
+    def _search_filtered(
+        self, queries: np.ndarray, k: int, ef_search: int, nprobe: int, where: Filter
+    ) -> list[list[tuple[float, int]]]:
+        """Exact over the selected items when they are few; else FAISS restricted to them, falling back to
+        exact for a query that gets fewer than k hits while k are selected (a filtered HNSW graph can)."""
+        allowed = self.store.internals(where)
+        if len(allowed) <= EXACT_FILTER_LIMIT or self.config.index_type == "ivfpq":
+            return [self._exact_top(query, allowed.tolist(), k) for query in queries]
+        selector = faiss.IDSelectorBatch(allowed)
+        params = search_params(self.config, self._trained, max(ef_search, k), nprobe, selector)
+        scores, internals = self._index.search(queries, k, params=params)
+        results = []
+        for query, row_scores, row_internals in zip(queries, scores, internals.tolist(), strict=True):
+            row = [(float(s), i) for s, i in zip(row_scores, row_internals, strict=True) if i >= 0]
+            results.append(row if len(row) >= min(k, len(allowed)) else self._exact_top(query, allowed.tolist(), k))
+        return results
 
     def _exact_top(self, query: np.ndarray, candidates: list[int], k: int) -> list[tuple[float, int]]:
-        """Re-ranks PQ candidates by their exact distance to the query (as faiss IndexRefineFlat would)."""
-        exact = self._to_index_space(np.stack([self._vectors[i] for i in candidates]), self._whitening)
+        """The k best candidates by exact score, their vectors read from SQLite (IVF-PQ holds only codes)."""
+        found = self.store.vectors(candidates, self.dim)
+        if not found:
+            return []
+        internals = list(found)
+        exact = self._to_index_space(np.stack([found[i] for i in internals]), self._whitening)
         if self.config.metric == index_pb2.METRIC_L2:
             scores = ((exact - query) ** 2).sum(axis=1)
             order = np.argsort(scores, kind="stable")[:k]
         else:
             scores = exact @ query
             order = np.argsort(-scores, kind="stable")[:k]
-        return [(float(scores[i]), candidates[i]) for i in order]
+        return [(float(scores[j]), internals[j]) for j in order]
 
     def prepare(self, vectors: np.ndarray) -> np.ndarray:
         """Checks vectors and L2-normalises them for an inner-product collection."""
@@ -223,7 +258,7 @@ class Collection:
             vectors = vectors / norms
         return vectors
 
-    def _to_index_space(self, vectors: np.ndarray, whitening: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    def _to_index_space(self, vectors: np.ndarray, whitening: Whitening | None) -> np.ndarray:
         if whitening is not None:
             a, b = whitening
             vectors = vectors @ a.T + b
@@ -231,35 +266,71 @@ class Collection:
                 vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         return np.ascontiguousarray(vectors, np.float32)
 
-    # --- writes ----------------------------------------------------------------------------
+    # --- writes ----------------------------------------------------------------------------------
 
     def add(self, items: list[Item], vectors: np.ndarray) -> list[str]:
-        """Adds (or replaces, by id) items with their prepared vectors; durable when it returns."""
+        """Adds items with their prepared vectors; an item whose id exists replaces it (upsert). Durable when
+        it returns: acknowledged after its transaction commits."""
         with self._write_lock:
             self._check_open()
             ids = [item_id or uuid.uuid4().hex for item_id, _, _ in items]
-            first = self._next_internal
-            header = {
-                "seq": self._seq + 1,
-                "op": "add",
-                "first": first,
-                "items": [[i, label, meta] for i, (_, label, meta) in zip(ids, items, strict=True)],
-            }
-            self._log().append(_encode(header, vectors))
-            self._apply(header, vectors)
-            self._after_write(len(items))
+            replaced = self.store.by_ids(ids, self.dim)
+            internals = np.arange(self._next_internal, self._next_internal + len(items), dtype=np.int64)
+            seq = self._seq + 1
+            total = self._sum + vectors.sum(axis=0, dtype=np.float64)
+            total -= sum((vector for _, vector in replaced.values()), np.zeros(self.dim))
+            rows = [
+                (item_id, int(internal), label, _json(meta), to_blob(vector), seq)
+                for item_id, internal, (_, label, meta), vector in zip(ids, internals, items, vectors, strict=True)
+            ]
+            with self.store.transaction() as db:
+                db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, ?)", rows)
+                keys = {key for _, _, meta in items for key in meta}
+                db.executemany("INSERT OR IGNORE INTO metadata_keys VALUES (?)", [(key,) for key in keys])
+                self._commit_state(db, seq, int(internals[-1]) + 1, total)
+            with self._rw.write():
+                self._drop([row.internal for row, _ in replaced.values()])
+                self._index.add_with_ids(self._to_index_space(vectors, self._whitening), internals)
+                self._seq, self._next_internal, self._sum = seq, int(internals[-1]) + 1, total
+                self.count += len(items) - len(replaced)
+            self._after_write()
         return ids
 
     def remove(self, item_ids: list[str]) -> tuple[int, list[str]]:
+        """Removes items by id; returns how many were removed and the ids that were not there."""
+        wanted = list(dict.fromkeys(item_ids))
         with self._write_lock:
             self._check_open()
-            present = [i for i in dict.fromkeys(item_ids) if i in self._ids]
-            if present:
-                header = {"seq": self._seq + 1, "op": "remove", "ids": present}
-                self._log().append(_encode(header))
-                self._apply(header, None)
-                self._after_write(len(present))
-        return len(present), [i for i in dict.fromkeys(item_ids) if i not in present]
+            present = self.store.by_ids(wanted, self.dim)
+            self._remove(present)
+        return len(present), [i for i in wanted if i not in present]
+
+    def remove_where(self, where: Filter) -> int:
+        """Removes every item the filter selects, in one write; returns how many."""
+        with self._write_lock:
+            self._check_open()
+            present = self.store.by_ids(self.store.ids(where), self.dim)
+            self._remove(present)
+        return len(present)
+
+    def _remove(self, present: dict[str, tuple[Row, np.ndarray]]) -> None:
+        if not present:
+            return
+        seq = self._seq + 1
+        total = self._sum - sum((vector for _, vector in present.values()), np.zeros(self.dim))
+        with self.store.transaction() as db:
+            db.executemany("DELETE FROM items WHERE id = ?", [(item_id,) for item_id in present])
+            self._commit_state(db, seq, self._next_internal, total)
+        with self._rw.write():
+            self._drop([row.internal for row, _ in present.values()])
+            self._seq, self._sum = seq, total
+            self.count -= len(present)
+        self._after_write()
+
+    def _commit_state(self, db, seq: int, next_internal: int, total: np.ndarray) -> None:
+        ItemStore.set_state(db, "seq", seq)
+        ItemStore.set_state(db, "next_internal", next_internal)
+        ItemStore.set_state(db, "vector_sum", total.astype("<f8").tobytes())
 
     def train_whitening(self, dim: int) -> None:
         """Learns PCA-whitening from the collection's vectors and rebuilds the index (durable on return)."""
@@ -273,86 +344,129 @@ class Collection:
                     f"whitening to {dim} dimensions needs more than {dim} vectors; collection "
                     f"{self.name!r} has {self.count}: add more or ask for a smaller dim"
                 )
-            with self._rw.read():
-                vectors = np.stack(list(self._vectors.values()))
             pca = faiss.PCAMatrix(self.dim, dim, -0.5)
-            pca.train(vectors)
-            a = faiss.vector_to_array(pca.A).reshape(dim, self.dim)
-            whitening = (a, faiss.vector_to_array(pca.b))
+            pca.train(np.concatenate([vectors for _, vectors, _ in self.store.scan(self.dim)]))
+            whitening = (faiss.vector_to_array(pca.A).reshape(dim, self.dim), faiss.vector_to_array(pca.b))
+            seq = self._seq + 1
+            with self.store.transaction() as db:
+                ItemStore.set_arrays(db, "whitening", {"a": whitening[0], "b": whitening[1]})
+                ItemStore.set_state(db, "rebuilt_seq", seq)
+                self._commit_state(db, seq, self._next_internal, self._sum)
             self._rebuild(whitening, trained_ivfpq=None)
-            self._snapshot()
+            self._seq = self._rebuilt_seq = seq
+        self.save_index()
         self._maybe_train()
-
-    def _log(self) -> WriteAheadLog:
-        if self._wal is None:
-            raise Unavailable(f"collection {self.name!r} is not open")
-        return self._wal
 
     def _check_open(self) -> None:
         if self.closed:
             raise Unavailable(f"collection {self.name!r} is closing or deleted")
 
-    def _apply(self, header: dict, vectors: np.ndarray | None) -> None:
-        """Applies one logged write to memory and the index (live and during replay alike)."""
-        with self._rw.write():
-            if header["op"] == "add":
-                assert vectors is not None, "an add carries vectors"
-                internals = list(range(header["first"], header["first"] + len(header["items"])))
-                self._drop([self._ids[item_id] for item_id, _, _ in header["items"] if item_id in self._ids])
-                for internal, (item_id, label, meta), vector in zip(internals, header["items"], vectors, strict=True):
-                    self._ids[item_id] = internal
-                    self._items[internal] = (item_id, label, meta)
-                    self._vectors[internal] = vector
-                self._sum += vectors.sum(axis=0)
-                self._index.add_with_ids(
-                    self._to_index_space(vectors, self._whitening), np.asarray(internals, np.int64)
-                )
-                self._next_internal = internals[-1] + 1
-            else:
-                self._drop([self._ids[item_id] for item_id in header["ids"]])
-            self._seq = header["seq"]
-
     def _drop(self, internals: list[int]) -> None:
         if not internals:
             return
-        for internal in internals:
-            item_id = self._items.pop(internal)[0]
-            self._sum -= self._vectors.pop(internal)
-            del self._ids[item_id]
         if self.config.index_type == "hnsw":
-            self._removed.update(internals)
-            batch = faiss.IDSelectorBatch(np.fromiter(self._removed, np.int64, len(self._removed)))
-            self._removed_selector = (batch, faiss.IDSelectorNot(batch))
+            self._dead.update(internals)
+            batch = faiss.IDSelectorBatch(np.fromiter(self._dead, np.int64, len(self._dead)))
+            self._dead_selector = (batch, faiss.IDSelectorNot(batch))
         else:
             self._index.remove_ids(np.asarray(internals, np.int64))  # type: ignore[arg-type]  # faiss wraps arrays
 
-    def _after_write(self, items: int) -> None:
-        self._writes_since_snapshot += items
-        if self._removed and len(self._removed) > max(1000, self.count // 4):
-            self._rebuild(self._whitening, self._trained_template())
-        if self._writes_since_snapshot >= self.snapshot_every:
-            self._snapshot()
+    def _after_write(self) -> None:
+        if self._dead and len(self._dead) > max(1000, self.count // 4):
+            self._rebuild(self._whitening, None)
         self._maybe_train()
 
-    def _trained_template(self) -> faiss.Index | None:
-        if not self._trained:
-            return None
-        template = faiss.clone_index(self._index)
-        template.reset()
-        return template
+    # --- the derived index -----------------------------------------------------------------------
 
-    def _rebuild(self, whitening: tuple[np.ndarray, np.ndarray] | None, trained_ivfpq: faiss.Index | None) -> None:
-        """Builds a fresh index from the stored vectors, then swaps it in (searches go on meanwhile)."""
-        with self._rw.read():
-            internals = np.fromiter(self._items, np.int64, len(self._items))
-            vectors = np.stack([self._vectors[i] for i in internals]) if len(internals) else None
+    def _rebuild(self, whitening: Whitening | None, trained_ivfpq: faiss.Index | None) -> None:
+        """Builds a fresh index from SQLite, a chunk at a time, then swaps it in (searches go on meanwhile).
+        Called with the write lock held, so SQLite does not change underneath."""
         dim = self.dim if whitening is None else len(whitening[1])
         index = new_index(self.config, dim, trained_ivfpq)
-        if vectors is not None:
+        for internals, vectors, _ in self.store.scan(self.dim):
             index.add_with_ids(self._to_index_space(vectors, whitening), internals)
         with self._rw.write():
             self._index, self._whitening, self._trained = index, whitening, trained_ivfpq is not None
-            self._removed, self._removed_selector = set(), None
+            self._dead, self._dead_selector = set(), None
+
+    def _restore(self) -> None:
+        """Reads the state from SQLite, then loads and catches up the index file (or rebuilds the index)."""
+        self._seq = int(self.store.get_state("seq", 0))  # type: ignore[call-overload]
+        self._next_internal = int(self.store.get_state("next_internal", 0))  # type: ignore[call-overload]
+        self._rebuilt_seq = int(self.store.get_state("rebuilt_seq", 0))  # type: ignore[call-overload]
+        total = self.store.get_state("vector_sum")
+        if isinstance(total, bytes):
+            self._sum = np.frombuffer(total, "<f8").astype(np.float64)
+        whitening = self.store.arrays("whitening")
+        self._whitening = (whitening["a"], whitening["b"]) if whitening else None
+        self.count = self.store.count()
+        loaded = self._read_index_file()
+        if loaded is None:
+            self._rebuild(self._whitening, None)
+            replayed = self.count
+        else:
+            self._index, self._saved_seq = loaded
+            self._trained = isinstance(self._index, faiss.IndexIVF)
+            replayed = self._catch_up()
+        log.info(
+            "collection restored",
+            extra=fields(collection=self.name, items=self.count, seq=self._seq, replayed=replayed),
+        )
+
+    def _read_index_file(self) -> tuple[faiss.Index, int] | None:
+        """The newest index file and its write, when it is readable and in today's vector space."""
+        files = sorted(self.directory.glob("index-*.faiss"), key=lambda p: int(p.stem.split("-")[1]))
+        if not files:
+            return None
+        path = files[-1]
+        seq = int(path.stem.split("-")[1])
+        expected_dim = self.dim if self._whitening is None else len(self._whitening[1])
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as err:
+            log.warning("unreadable index file: rebuilding it", extra=fields(path=str(path), error=str(err)))
+            return None
+        if not self._rebuilt_seq <= seq <= self._seq or index.d != expected_dim:
+            log.warning("stale index file: rebuilding it", extra=fields(path=str(path)))
+            return None
+        self.last_index_save_at = path.stat().st_mtime
+        return index, seq
+
+    def _catch_up(self) -> int:
+        """Adds the items written after the index file's write and drops the ones gone since; returns how many
+        items were added."""
+        live = self.store.internals()
+        if self.config.index_type == "hnsw":
+            held = faiss.vector_to_array(self._index.id_map)  # type: ignore[attr-defined]  # an IndexIDMap2
+            self._drop(np.setdiff1d(held, live, assume_unique=True).tolist())
+        else:
+            self._index.remove_ids(faiss.IDSelectorNot(faiss.IDSelectorBatch(live)))
+        added = 0
+        for internals, vectors, _ in self.store.scan(self.dim, after_seq=self._saved_seq):
+            self._index.add_with_ids(self._to_index_space(vectors, self._whitening), internals)
+            added += len(internals)
+        return added
+
+    def save_index(self) -> None:
+        """Writes the index as it is now to index-<seq>.faiss. Writers wait only for the in-memory copy."""
+        with self._save_lock:
+            with self._rw.read():
+                seq = self._seq
+                if seq == self._saved_seq and self.last_index_save_at is not None:
+                    return
+                data = faiss.serialize_index(self._index)
+            path = self.directory / f"index-{seq}.faiss"
+            temporary = path.with_name(path.name + ".tmp")
+            with open(temporary, "wb") as f:
+                data.tofile(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temporary, path)
+            fsync_dir(self.directory)
+            for older in self.directory.glob("index-*.faiss"):
+                if older != path:
+                    older.unlink(missing_ok=True)
+            self._saved_seq, self.last_index_save_at = seq, time.time()
 
     def _maybe_train(self) -> None:
         """Starts ivfpq training in the background once the collection holds train_size vectors."""
@@ -368,15 +482,16 @@ class Collection:
 
     def _train_ivfpq(self) -> None:
         try:
-            with self._rw.read():
-                whitening = self._whitening
-                sample = self._to_index_space(np.stack(list(self._vectors.values())), whitening)
+            whitening = self._whitening
+            sample = np.concatenate(
+                [self._to_index_space(vectors, whitening) for _, vectors, _ in self.store.scan(self.dim)]
+            )
             trained = train_ivfpq(self.config, sample)
             with self._write_lock:
                 if self.closed or whitening is not self._whitening:
                     return
                 self._rebuild(whitening, trained)
-                self._snapshot()
+            self.save_index()
             log.info("ivfpq index trained", extra=fields(collection=self.name, vectors=len(sample)))
         except Exception:
             log.exception(
@@ -385,97 +500,6 @@ class Collection:
         finally:
             self._training = False
 
-    # --- persistence -----------------------------------------------------------------------
 
-    def _snapshot(self) -> None:
-        with self._rw.read():
-            internals = np.fromiter(self._items, np.int64, len(self._items))
-            arrays: dict[str, Any] = {
-                "internal_ids": internals,
-                "vectors": np.stack([self._vectors[i] for i in internals])
-                if len(internals)
-                else np.zeros((0, self.dim), np.float32),
-                "state": np.frombuffer(
-                    json.dumps(
-                        {
-                            "seq": self._seq,
-                            "next_internal": self._next_internal,
-                            "trained": self._trained,
-                            "items": [self._items[i] for i in internals],
-                            "removed": sorted(self._removed),
-                        }
-                    ).encode(),
-                    np.uint8,
-                ),
-            }
-            if self._whitening is not None:
-                arrays["whitening_a"], arrays["whitening_b"] = self._whitening
-            if self.config.index_type == "hnsw" or self._trained:
-                arrays["faiss"] = faiss.serialize_index(self._index)
-        write_atomically(self.directory / SNAPSHOT, lambda f: np.savez(f, **arrays))
-        self._log().truncate()
-        self._writes_since_snapshot = 0
-        self.last_snapshot_at = time.time()
-
-    def _load_snapshot(self) -> None:
-        path = self.directory / SNAPSHOT
-        if not path.exists():
-            return
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {name: data[name] for name in data.files}
-            state = json.loads(arrays["state"].tobytes())
-            internals, vectors = arrays["internal_ids"], arrays["vectors"].astype(np.float32)
-            if vectors.shape != (len(internals), self.dim) or len(state["items"]) != len(internals):
-                raise ValueError(
-                    f"{len(internals)} ids, {len(state['items'])} items and vectors of shape "
-                    f"{vectors.shape} do not agree (dimension {self.dim})"
-                )
-        except (zipfile.BadZipFile, OSError, EOFError, KeyError, ValueError) as err:
-            raise CollectionLoadError(
-                f"{path} is corrupt or truncated ({err}); restore the collection folder from a backup or delete it"
-            ) from err
-        self._seq, self._next_internal = state["seq"], state["next_internal"]
-        for internal, (item_id, label, meta), vector in zip(internals.tolist(), state["items"], vectors, strict=True):
-            self._ids[item_id] = internal
-            self._items[internal] = (item_id, label, meta)
-            self._vectors[internal] = vector
-        self._sum = vectors.sum(axis=0, dtype=np.float64)
-        self.last_snapshot_at = path.stat().st_mtime
-        if "whitening_a" in arrays:
-            self._whitening = (arrays["whitening_a"], arrays["whitening_b"])
-        self._trained = state["trained"]
-        self._removed = set(state["removed"])
-        if self._removed:
-            batch = faiss.IDSelectorBatch(np.fromiter(self._removed, np.int64, len(self._removed)))
-            self._removed_selector = (batch, faiss.IDSelectorNot(batch))
-        if "faiss" in arrays:
-            self._index = faiss.deserialize_index(arrays["faiss"])
-            if self._index.ntotal != len(internals) + len(self._removed):
-                raise CollectionLoadError(
-                    f"{path}: its FAISS index holds {self._index.ntotal} vectors for "
-                    f"{len(internals)} items; restore the folder from a backup or delete it"
-                )
-        else:
-            dim = self.dim if self._whitening is None else len(self._whitening[1])
-            self._index = new_index(self.config, dim)
-            if len(internals):
-                self._index.add_with_ids(self._to_index_space(vectors, self._whitening), internals)
-
-    def _replay(self) -> int:
-        replayed = 0
-        try:
-            for payload in WriteAheadLog.read(self.directory / WAL):
-                header, vectors = _decode(payload, self.dim)
-                if header["seq"] <= self._seq:
-                    continue  # already in the snapshot (a crash between snapshot and log truncation)
-                if header["seq"] != self._seq + 1:
-                    raise CollectionLoadError(
-                        f"{self.directory / WAL} continues at write {header['seq']} but the snapshot ends at "
-                        f"write {self._seq}; writes are missing, so the collection is not restored"
-                    )
-                self._apply(header, vectors)
-                replayed += 1
-        except CorruptLog as err:
-            raise CollectionLoadError(str(err)) from err
-        return replayed
+def _json(metadata: dict[str, str]) -> str:
+    return json.dumps(metadata, ensure_ascii=False, sort_keys=True)

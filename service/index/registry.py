@@ -1,4 +1,5 @@
-"""The collection registry: every collection under the data folder, opened before the server is ready."""
+"""The collection registry: every collection under the data folder, opened before the server is ready, and the
+background thread that saves their FAISS indexes."""
 
 from __future__ import annotations
 
@@ -12,38 +13,53 @@ import faiss
 
 from offshelf.protos.v1 import index_pb2
 from offshelf.service.errors import AlreadyExists, NotFound, Unavailable
-from offshelf.service.index.collection import CONFIG, Collection
+from offshelf.service.index.collection import Collection
+from offshelf.service.index.store import DATABASE
+from offshelf.service.logs import fields
 
 log = logging.getLogger(__name__)
 
 
 class CollectionRegistry:
-    def __init__(self, data_dir: pathlib.Path, snapshot_every: int, faiss_threads: int):
+    def __init__(self, data_dir: pathlib.Path, index_save_seconds: float, faiss_threads: int):
         if faiss_threads:
             faiss.omp_set_num_threads(faiss_threads)
         self.root = data_dir / "collections"
-        self.snapshot_every = snapshot_every
+        self.index_save_seconds = index_save_seconds
         self._collections: dict[str, Collection] = {}
         self._lock = threading.Lock()
         self._loaded = False
+        self._stop = threading.Event()
+        self._saver = threading.Thread(target=self._save_indexes, name="index-saver", daemon=True)
 
     def load_all(self) -> None:
         """Restores every collection; raises CollectionLoadError if one cannot be restored consistently."""
         self.root.mkdir(parents=True, exist_ok=True)
-        for leftover in self.root.glob(".deleting-*"):
+        for leftover in [*self.root.glob(".deleting-*"), *self.root.glob(".creating-*")]:
             shutil.rmtree(leftover, ignore_errors=True)
         for directory in sorted(self.root.iterdir()):
-            if directory.is_dir() and (directory / CONFIG).exists():
-                collection = Collection.open(directory, self.snapshot_every)
+            if directory.is_dir() and (directory / DATABASE).exists():
+                collection = Collection.open(directory)
                 self._collections[collection.name] = collection
         self._loaded = True
+        self._saver.start()
+
+    def _save_indexes(self) -> None:
+        """Every index_save_seconds, saves the index of each collection with writes its index file lacks."""
+        while not self._stop.wait(self.index_save_seconds):
+            for collection in self.all():
+                if collection.unsaved_writes and not collection.closed:
+                    try:
+                        collection.save_index()
+                    except Exception:  # the database holds every write; the next try or the next start catches up
+                        log.exception("saving an index failed", extra=fields(collection=collection.name))
 
     def create(self, config: index_pb2.Collection) -> Collection:
         self._check_loaded()
         with self._lock:
             if config.name in self._collections:
                 raise AlreadyExists(f"collection {config.name!r} exists; delete it first or pick another name")
-            collection = Collection.create(self.root / config.name, config, self.snapshot_every)
+            collection = Collection.create(self.root / config.name, config)
             self._collections[config.name] = collection
             return collection
 
@@ -74,5 +90,8 @@ class CollectionRegistry:
         shutil.rmtree(doomed, ignore_errors=True)
 
     def close(self) -> None:
+        self._stop.set()
+        if self._saver.is_alive():
+            self._saver.join()
         for collection in self.all():
             collection.close()

@@ -1,0 +1,260 @@
+"""A collection's items in SQLite: the source of truth. The FAISS index is derived from it.
+
+One database file per collection (``items.sqlite3``) holds every item (caller id, FAISS id, label, metadata,
+float32 vector, the write that last set it) and the collection's state (configuration, write sequence, next
+FAISS id, whitening, sum of vectors). A write is one transaction; it is acknowledged after it commits.
+
+Journal mode WAL with ``synchronous=FULL``: a commit returns after SQLite's log is fsynced, so an acknowledged
+write survives a power cut as well as a crash (NORMAL would only survive a crash of this process, and the
+fsync per write is the same one the previous write-ahead log paid). Readers never wait for the writer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import pathlib
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from google.protobuf import json_format
+
+from offshelf.protos.v1 import index_pb2
+from offshelf.service.errors import CollectionLoadError
+
+DATABASE = "items.sqlite3"
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    id TEXT PRIMARY KEY,
+    internal INTEGER NOT NULL UNIQUE,  -- the FAISS id
+    label TEXT NOT NULL,
+    metadata TEXT NOT NULL,            -- a JSON object of strings
+    vector BLOB NOT NULL,              -- float32, little-endian, as stored (L2-normalised for inner product)
+    seq INTEGER NOT NULL               -- the write that last set the item
+);
+CREATE INDEX IF NOT EXISTS items_by_seq ON items (seq);
+CREATE INDEX IF NOT EXISTS items_by_label ON items (label);
+CREATE TABLE IF NOT EXISTS metadata_keys (key TEXT PRIMARY KEY);  -- every key an item has had, for filters
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value);
+"""
+
+
+@dataclass(frozen=True)
+class Row:
+    id: str
+    internal: int
+    label: str
+    metadata: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Filter:
+    """Items whose label is one of `labels` (when given) and whose metadata[key] is one of the values for each
+    key in `metadata`. An empty filter selects every item."""
+
+    labels: tuple[str, ...] = ()
+    metadata: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    labelled: bool = False  # only items with a label
+
+    def __bool__(self) -> bool:
+        return bool(self.labels or self.metadata or self.labelled)
+
+    def sql(self) -> tuple[str, list[str]]:
+        """A WHERE clause (without the keyword; "1" when empty) and its parameters."""
+        clauses = ["label != ''"] if self.labelled else []
+        parameters: list[str] = []
+        if self.labels:
+            clauses.append(f"label IN ({', '.join('?' * len(self.labels))})")
+            parameters += self.labels
+        for key, values in self.metadata:  # json_each, not a JSON path: any key is matched literally
+            clauses.append(
+                "EXISTS (SELECT 1 FROM json_each(items.metadata) AS m "
+                f"WHERE m.key = ? AND m.value IN ({', '.join('?' * len(values))}))"
+            )
+            parameters += [key, *values]
+        return " AND ".join(clauses) or "1", parameters
+
+
+def to_blob(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, "<f4").tobytes()
+
+
+def from_blobs(blobs: Sequence[bytes], dim: int) -> np.ndarray:
+    if not blobs:
+        return np.zeros((0, dim), np.float32)
+    return np.frombuffer(b"".join(blobs), "<f4").reshape(len(blobs), dim).astype(np.float32)
+
+
+class ItemStore:
+    """The SQLite database of one collection. Writes must be serialised by the caller (the collection's write
+    lock); reads may come from any thread, each on a connection of its own."""
+
+    def __init__(self, path: pathlib.Path):
+        self.path = path
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        try:
+            self._connection().executescript(SCHEMA)  # its own transaction
+            self.integrity_check()
+        except sqlite3.DatabaseError as err:
+            raise CollectionLoadError(
+                f"{path} is not a readable SQLite database ({err}); restore it from a backup or delete the "
+                "collection's folder"
+            ) from err
+
+    # --- connections -----------------------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=60)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            self._local.db = db
+            with self._lock:
+                self._connections.append(db)
+        return db
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed (and fsynced) when the block ends, rolled back on an exception."""
+        db = self._connection()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def read(self, sql: str, parameters: Sequence[object] = ()) -> list[tuple]:
+        return self._connection().execute(sql, parameters).fetchall()
+
+    def integrity_check(self) -> None:
+        problems = [row[0] for row in self.read("PRAGMA quick_check")]
+        if problems != ["ok"]:
+            raise CollectionLoadError(
+                f"{self.path} is damaged ({'; '.join(problems[:3])}); restore it from a backup or delete the "
+                "collection's folder"
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for db in connections:
+            db.close()
+        self._local = threading.local()
+
+    # --- state -------------------------------------------------------------------------------------
+
+    def get_state(self, key: str, default: object = None) -> object:
+        rows = self.read("SELECT value FROM state WHERE key = ?", (key,))
+        return rows[0][0] if rows else default
+
+    @staticmethod
+    def set_state(db: sqlite3.Connection, key: str, value: object) -> None:
+        db.execute("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", (key, value))
+
+    def config(self) -> index_pb2.Collection:
+        text = self.get_state("config")
+        if not isinstance(text, str):
+            raise CollectionLoadError(f"{self.path} holds no collection configuration; delete the collection folder")
+        return json_format.Parse(text, index_pb2.Collection())
+
+    @staticmethod
+    def set_config(db: sqlite3.Connection, config: index_pb2.Collection) -> None:
+        ItemStore.set_state(db, "config", json_format.MessageToJson(config, preserving_proto_field_name=True))
+
+    def arrays(self, key: str) -> dict[str, np.ndarray] | None:
+        blob = self.get_state(key)
+        if blob is None:
+            return None
+        with np.load(io.BytesIO(blob)) as data:  # type: ignore[arg-type]
+            return {name: data[name] for name in data.files}
+
+    @staticmethod
+    def set_arrays(db: sqlite3.Connection, key: str, arrays: dict[str, np.ndarray] | None) -> None:
+        if arrays is None:
+            db.execute("DELETE FROM state WHERE key = ?", (key,))
+            return
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)  # type: ignore[arg-type]
+        ItemStore.set_state(db, key, buffer.getvalue())
+
+    # --- items -------------------------------------------------------------------------------------
+
+    def count(self, where: Filter = Filter()) -> int:
+        clause, parameters = where.sql()
+        return self.read(f"SELECT count(*) FROM items WHERE {clause}", parameters)[0][0]
+
+    def internals(self, where: Filter = Filter()) -> np.ndarray:
+        clause, parameters = where.sql()
+        rows = self.read(f"SELECT internal FROM items WHERE {clause}", parameters)
+        return np.fromiter((r[0] for r in rows), np.int64, len(rows))
+
+    def metadata_keys(self) -> set[str]:
+        return {row[0] for row in self.read("SELECT key FROM metadata_keys")}
+
+    def ids(self, where: Filter) -> list[str]:
+        clause, parameters = where.sql()
+        return [row[0] for row in self.read(f"SELECT id FROM items WHERE {clause}", parameters)]
+
+    def rows(self, internals: Sequence[int]) -> dict[int, Row]:
+        """The items with these FAISS ids (absent ones are left out)."""
+        found: dict[int, Row] = {}
+        for start in range(0, len(internals), 500):
+            part = list(internals[start : start + 500])
+            sql = f"SELECT internal, id, label, metadata FROM items WHERE internal IN ({', '.join('?' * len(part))})"
+            for internal, item_id, label, metadata in self.read(sql, part):
+                found[internal] = Row(item_id, internal, label, json.loads(metadata))
+        return found
+
+    def vectors(self, internals: Sequence[int], dim: int) -> dict[int, np.ndarray]:
+        found: dict[int, np.ndarray] = {}
+        for start in range(0, len(internals), 500):
+            part = list(internals[start : start + 500])
+            sql = f"SELECT internal, vector FROM items WHERE internal IN ({', '.join('?' * len(part))})"
+            rows = self.read(sql, part)
+            for (internal, _), vector in zip(rows, from_blobs([r[1] for r in rows], dim), strict=True):
+                found[internal] = vector
+        return found
+
+    def by_ids(self, item_ids: Sequence[str], dim: int) -> dict[str, tuple[Row, np.ndarray]]:
+        found: dict[str, tuple[Row, np.ndarray]] = {}
+        for start in range(0, len(item_ids), 500):
+            part = list(item_ids[start : start + 500])
+            sql = f"SELECT internal, id, label, metadata, vector FROM items WHERE id IN ({', '.join('?' * len(part))})"
+            rows = self.read(sql, part)
+            for row, vector in zip(rows, from_blobs([r[4] for r in rows], dim), strict=True):
+                found[row[1]] = (Row(row[1], row[0], row[2], json.loads(row[3])), vector)
+        return found
+
+    def scan(
+        self, dim: int, where: Filter = Filter(), after_seq: int = -1, chunk: int = 4096
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
+        """(FAISS ids, vectors, labels) of the selected items written after `after_seq`, `chunk` at a time,
+        so rebuilding an index never holds a second copy of every vector."""
+        clause, parameters = where.sql()
+        cursor = self._connection().execute(
+            f"SELECT internal, vector, label FROM items WHERE seq > ? AND ({clause}) ORDER BY internal",
+            [after_seq, *parameters],
+        )
+        while rows := cursor.fetchmany(chunk):
+            yield (
+                np.fromiter((r[0] for r in rows), np.int64, len(rows)),
+                from_blobs([r[1] for r in rows], dim),
+                [r[2] for r in rows],
+            )
+
+    def page(self, after_id: str, size: int, where: Filter = Filter()) -> list[tuple]:
+        """Items in id order after `after_id`: (id, internal, label, metadata, vector) rows."""
+        clause, parameters = where.sql()
+        return self.read(
+            f"SELECT id, internal, label, metadata, vector FROM items WHERE id > ? AND ({clause}) ORDER BY id LIMIT ?",
+            [after_id, *parameters, size],
+        )
