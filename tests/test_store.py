@@ -3,6 +3,7 @@ Remove by filter, and the index file as derived state (caught up or rebuilt at s
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 
 import grpc
@@ -12,7 +13,7 @@ import pytest
 from offshelf.clients import Client, InvalidArgument
 from offshelf.protos.v1 import index_pb2
 
-from support import ServerProcess, write_identity_model
+from support import ROOT, ServerProcess, write_identity_model
 
 DIM = 16
 COUNT = 6000  # more than a filter may select for an exact search, so filtered HNSW searches run too
@@ -207,7 +208,9 @@ def test_writes_after_the_saved_index_are_replayed_and_a_bad_index_file_is_rebui
     server = ServerProcess(repo, tmp_path, **settings)
     try:
         server.wait_serving()
-        assert any(e.get("message") == "unreadable index file: rebuilding it" for e in server.logs), [e.get("message") for e in server.logs]
+        assert any(e.get("message") == "unreadable index file: rebuilding it" for e in server.logs), [
+            e.get("message") for e in server.logs
+        ]
         with Client(server.address) as client:
             assert client.get_collection("replay").count == 59
             assert client.search("replay", vector=vectors[55], k=1)[0].id == "v55"
@@ -252,3 +255,26 @@ def test_unknown_rpc_fields_are_never_unknown_status(client, filled):
         with pytest.raises(grpc.RpcError) as err:
             call(request, timeout=30)
         assert err.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
+
+
+def test_a_collection_of_the_previous_format_is_migrated_at_start(repo, tmp_path):
+    """tests/fixtures/old-format was written by the previous code (snapshot + write-ahead log, the last two
+    writes only in the log, as after a crash): ten photos, photo1 replaced, photo3 removed."""
+    fixture = ROOT / "tests" / "fixtures" / "old-format"
+    shutil.copytree(fixture / "collections", tmp_path / "collections")
+    vectors = np.load(fixture / "vectors.npy")
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    server = ServerProcess(repo, tmp_path, drain_seconds=0)
+    try:
+        server.wait_serving()
+        with Client(server.address) as client:
+            assert client.get_collection("objects").count == 9
+            items = {item.id: item for item in client.iter_items("objects", with_vectors=True)}
+            assert sorted(items) == sorted(f"photo{i}" for i in range(10) if i != 3)
+            assert (items["photo1"].label, items["photo1"].metadata) == ("replaced", {"n": "1b"})
+            np.testing.assert_allclose(items["photo1"].vector, vectors[0], atol=1e-6)
+            assert (items["photo8"].label, items["photo8"].metadata) == ("even", {"n": "8"})
+            assert client.search("objects", vector=vectors[7], k=1)[0].id == "photo7"
+    finally:
+        server.kill()
+    assert sorted(p.name for p in (tmp_path / "collections" / "objects").glob("*.json")) == []

@@ -14,6 +14,7 @@ import faiss
 from offshelf.protos.v1 import index_pb2
 from offshelf.service.errors import AlreadyExists, NotFound, Unavailable
 from offshelf.service.index.collection import Collection
+from offshelf.service.index.migrate import migrate, needs_migration
 from offshelf.service.index.store import DATABASE
 from offshelf.service.logs import fields
 
@@ -38,6 +39,8 @@ class CollectionRegistry:
         for leftover in [*self.root.glob(".deleting-*"), *self.root.glob(".creating-*")]:
             shutil.rmtree(leftover, ignore_errors=True)
         for directory in sorted(self.root.iterdir()):
+            if directory.is_dir() and needs_migration(directory):
+                migrate(directory)
             if directory.is_dir() and (directory / DATABASE).exists():
                 collection = Collection.open(directory)
                 self._collections[collection.name] = collection
