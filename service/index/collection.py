@@ -207,7 +207,9 @@ class Collection:
             for row_scores, row_internals in zip(scores, internals.tolist(), strict=True)
         ]
         if refine > 1:
-            return [self._exact_top(query, [i for _, i in row], k) for query, row in zip(queries, ranked, strict=True)]
+            return [
+                self._exact(query[None], [i for _, i in row], k)[0] for query, row in zip(queries, ranked, strict=True)
+            ]
         return [row[:k] for row in ranked]
 
     def _search_filtered(
@@ -216,31 +218,36 @@ class Collection:
         """Exact over the selected items when they are few; else FAISS restricted to them, falling back to
         exact for a query that gets fewer than k hits while k are selected (a filtered HNSW graph can)."""
         allowed = self.store.internals(where)
+        if len(allowed) == self.count:
+            return self._search_all(queries, k, ef_search, nprobe)
         if len(allowed) <= EXACT_FILTER_LIMIT or self.config.index_type == "ivfpq":
-            return [self._exact_top(query, allowed.tolist(), k) for query in queries]
+            return self._exact(queries, allowed.tolist(), k)
         selector = faiss.IDSelectorBatch(allowed)
         params = search_params(self.config, self._trained, max(ef_search, k), nprobe, selector)
         scores, internals = self._index.search(queries, k, params=params)
         results = []
         for query, row_scores, row_internals in zip(queries, scores, internals.tolist(), strict=True):
             row = [(float(s), i) for s, i in zip(row_scores, row_internals, strict=True) if i >= 0]
-            results.append(row if len(row) >= min(k, len(allowed)) else self._exact_top(query, allowed.tolist(), k))
+            results.append(
+                row if len(row) >= min(k, len(allowed)) else self._exact(query[None], allowed.tolist(), k)[0]
+            )
         return results
 
-    def _exact_top(self, query: np.ndarray, candidates: list[int], k: int) -> list[tuple[float, int]]:
-        """The k best candidates by exact score, their vectors read from SQLite (IVF-PQ holds only codes)."""
+    def _exact(self, queries: np.ndarray, candidates: list[int], k: int) -> list[list[tuple[float, int]]]:
+        """The k best candidates for each query by exact score, their vectors read from SQLite once (IVF-PQ holds
+        only codes)."""
         found = self.store.vectors(candidates, self.dim)
         if not found:
-            return []
+            return [[] for _ in queries]
         internals = list(found)
         exact = self._to_index_space(np.stack([found[i] for i in internals]), self._whitening)
         if self.config.metric == index_pb2.METRIC_L2:
-            scores = ((exact - query) ** 2).sum(axis=1)
-            order = np.argsort(scores, kind="stable")[:k]
+            scores = (queries**2).sum(axis=1)[:, None] - 2 * queries @ exact.T + (exact**2).sum(axis=1)[None]
+            orders = np.argsort(scores, axis=1, kind="stable")[:, :k]
         else:
-            scores = exact @ query
-            order = np.argsort(-scores, kind="stable")[:k]
-        return [(float(scores[j]), internals[j]) for j in order]
+            scores = queries @ exact.T
+            orders = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return [[(float(row[j]), internals[j]) for j in order] for row, order in zip(scores, orders, strict=True)]
 
     def prepare(self, vectors: np.ndarray) -> np.ndarray:
         """Checks vectors and L2-normalises them for an inner-product collection."""
