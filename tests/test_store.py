@@ -259,10 +259,10 @@ def test_unknown_rpc_fields_are_never_unknown_status(client, filled):
 
 def test_a_collection_of_the_previous_format_is_migrated_at_start(repo, tmp_path):
     """tests/fixtures/old-format was written by the previous code (snapshot + write-ahead log, the last two
-    writes only in the log, as after a crash): ten photos, photo1 replaced, photo3 removed."""
-    fixture = ROOT / "tests" / "fixtures" / "old-format"
-    shutil.copytree(fixture / "collections", tmp_path / "collections")
-    vectors = np.load(fixture / "vectors.npy")
+    writes only in the log, as after a crash): ten photos with these vectors, photo1 replaced by photo0's
+    vector, photo3 removed."""
+    shutil.copytree(ROOT / "tests" / "fixtures" / "old-format" / "collections", tmp_path / "collections")
+    vectors = np.random.default_rng(0).standard_normal((10, DIM)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     server = ServerProcess(repo, tmp_path, drain_seconds=0)
     try:
