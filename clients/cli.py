@@ -22,11 +22,12 @@ from typing import Any, NamedTuple, TypeVar
 import numpy as np
 from google.protobuf import json_format
 from google.protobuf.message import Message
+from tqdm import tqdm
 
 from offshelf.clients import evaluate
-from offshelf.clients.client import DEFAULT_MODEL, Client, image_files
+from offshelf.clients.client import DEFAULT_MODEL, Client, Hit, StoredItem, image_files, image_paths
 from offshelf.clients.connection import Connection
-from offshelf.clients.errors import DeadlineExceeded, OffshelfError, Unavailable
+from offshelf.clients.errors import DeadlineExceeded, NotFound, OffshelfError, Unavailable
 from offshelf.protos.v1 import embedding_pb2, heads_pb2, index_pb2
 
 DELEGATED = {
@@ -43,7 +44,7 @@ EXIT_STDOUT_CLOSED = 141  # 128 + SIGPIPE, what a shell reports for a tool kille
 EXIT_CODES = {
     EXIT_OK: "success",
     EXIT_REFUSED: "the server answered with an error, or a head's training failed (status and message on stderr)",
-    EXIT_USAGE: "usage error: bad flags, a missing file, no images found, a bad setting of serve",
+    EXIT_USAGE: "usage error: bad flags, a missing or unreadable file, no images found, a bad setting of serve",
     EXIT_NO_ANSWER: "no answer: the server is unreachable or overloaded (UNAVAILABLE), or the deadline passed",
     EXIT_NOT_SERVING: "health: the server answered, but is not SERVING",
     EXIT_STDOUT_CLOSED: "stdout was closed before everything was printed (e.g. piped into head)",
@@ -124,6 +125,40 @@ def add_batch_size(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="images per request, at most the server's max_images_per_request (default: %(default)s)",
     )
+
+
+def meta_pair(text: str) -> tuple[str, str]:
+    key, equals, value = text.partition("=")
+    if not equals or not key:
+        raise argparse.ArgumentTypeError(f"must be KEY=VALUE, not {text!r}")
+    return key, value
+
+
+def add_filters(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="LABEL",
+        help=f"only {what} with this label; repeat to accept several",
+    )
+    parser.add_argument(
+        "--meta",
+        action="append",
+        default=[],
+        type=meta_pair,
+        metavar="KEY=VALUE",
+        help=f"only {what} whose metadata KEY is VALUE; repeat a key to accept several values, give several keys "
+        "to require each",
+    )
+
+
+def metadata_filter(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """--meta KEY=VALUE pairs as the SDK's filter: each key with its accepted values."""
+    accepted: dict[str, list[str]] = {}
+    for key, value in pairs:
+        accepted.setdefault(key, []).append(value)
+    return accepted
 
 
 # --- embed -------------------------------------------------------------------------------------
@@ -294,6 +329,16 @@ def run_collection_show(args: argparse.Namespace, client: Client) -> None:
     show(args, Shown(data, json.dumps(data, indent=2)))
 
 
+def add_collection_whiten(parser: argparse.ArgumentParser) -> None:
+    add_name(parser)
+    parser.add_argument("--dim", type=int, default=0, help="output dimension (default: keep the full dimension)")
+
+
+def run_collection_whiten(args: argparse.Namespace, client: Client) -> None:
+    info = client.train_whitening(args.name, dim=args.dim)
+    show(args, Shown(message_dict(info), f"whitened {info.name}: {info.whitening_dim}-d, {info.count} items"))
+
+
 def run_collection_delete(args: argparse.Namespace, client: Client) -> None:
     client.delete_collection(args.name)
     show(args, Shown({"deleted": args.name}, f"deleted {args.name}"))
@@ -305,40 +350,170 @@ def run_collection_delete(args: argparse.Namespace, client: Client) -> None:
 def add_add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH")
     parser.add_argument("--collection", required=True)
+    parser.add_argument("--id-prefix", default="", metavar="TEXT", help="put TEXT before every id (e.g. 'holidays/')")
+    parser.add_argument(
+        "--concurrency",
+        type=positive_int,
+        default=4,
+        metavar="N",
+        help="requests in flight at once (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave out files that cannot be read or decoded (each named on stderr) and add the rest",
+    )
     add_batch_size(parser)
 
 
 def run_add(args: argparse.Namespace, client: Client) -> None:
-    files = image_files(args.paths)
-    if not files:
+    if next(image_paths(args.paths), None) is None:
         raise UsageError(f"no images found in {' '.join(args.paths)} (looked for .jpg, .jpeg, .png, .webp, .gif)")
-    client.add_images(
+    skipped: list[dict[str, str]] = []
+
+    def on_skip(name: str, message: str) -> None:
+        skipped.append({"file": name, "message": message})
+        line = json.dumps({"skipped": name, "message": message}) if args.json else f"offshelf add: skipped {message}"
+        tqdm.write(line, file=sys.stderr)
+
+    added = client.add_images(
         args.collection,
-        files,
-        ids=[str(f) for f in files],
-        labels=[f.parent.name for f in files],
+        args.paths,
+        labels=lambda path: path.absolute().parent.name,
         batch_size=args.batch_size,
         progress=not args.json,
+        id_prefix=args.id_prefix,
+        concurrency=args.concurrency,
+        skip_bad=args.skip_bad,
+        on_skip=on_skip,
     )
     count = client.get_collection(args.collection).count
-    data = {"collection": args.collection, "added": len(files), "count": count}
-    show(args, Shown(data, f"added {len(files)} images; {args.collection} holds {count}"))
+    data = {"collection": args.collection, "added": len(added), "skipped": skipped, "count": count}
+    text = f"added {len(added)} images" + (f" ({len(skipped)} skipped)" if skipped else "")
+    show(args, Shown(data, f"{text}; {args.collection} holds {count}"))
+
+
+def stored_item(item: StoredItem) -> Shown:
+    data: dict[str, Any] = {"id": item.id, "label": item.label, "metadata": item.metadata}
+    text = item.id + (f"  [{item.label}]" if item.label else "")
+    text += "".join(f"  {key}={value}" for key, value in sorted(item.metadata.items()))
+    if item.vector is not None:
+        data["vector"] = item.vector.tolist()
+        text += f"  dim {len(item.vector)}, L2 norm {np.linalg.norm(item.vector):.3f}"
+    return Shown(data, text)
+
+
+def add_get(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("ids", nargs="+", metavar="ID")
+    parser.add_argument("--collection", required=True)
+    parser.add_argument("--vectors", action="store_true", help="print each item's vector too (as indexed)")
+
+
+def run_get(args: argparse.Namespace, client: Client) -> None:
+    items = client.get_items(args.collection, args.ids, with_vectors=args.vectors)
+    show(args, (stored_item(item) for item in items))
+    missing = sorted(set(args.ids) - {item.id for item in items}, key=args.ids.index)
+    if missing:
+        raise NotFound(f"collection {args.collection!r} has no item {', '.join(map(repr, missing))}")
+
+
+def add_list(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--collection", required=True)
+    add_filters(parser, "items")
+    parser.add_argument(
+        "--page-size",
+        type=positive_int,
+        default=100,
+        metavar="N",
+        help="items per request, at most 1000 (default: %(default)s)",
+    )
+    parser.add_argument("--vectors", action="store_true", help="print each item's vector too (as indexed)")
+
+
+def run_list(args: argparse.Namespace, client: Client) -> None:
+    items = client.iter_items(
+        args.collection,
+        labels=args.label,
+        metadata=metadata_filter(args.meta),
+        with_vectors=args.vectors,
+        page_size=args.page_size,
+    )
+    show(args, (stored_item(item) for item in items))
+
+
+def add_remove(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("ids", nargs="*", metavar="ID")
+    parser.add_argument("--collection", required=True)
+    add_filters(parser, "remove the items")
+
+
+def run_remove(args: argparse.Namespace, client: Client) -> None:
+    by_filter = bool(args.label or args.meta)
+    if bool(args.ids) == by_filter:
+        raise UsageError("name the items to remove by ID or by --label/--meta, one of the two")
+    response = client.remove(args.collection, args.ids, labels=args.label, metadata=metadata_filter(args.meta))
+    data = {
+        "collection": args.collection,
+        "removed": response.removed,
+        "not_found": list(response.not_found),
+        "count": response.count,
+    }
+    text = f"removed {response.removed} items" + (
+        f" (not found: {', '.join(response.not_found)})" if response.not_found else ""
+    )
+    show(args, Shown(data, f"{text}; {args.collection} holds {response.count}"))
 
 
 def add_search(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("image", type=pathlib.Path, metavar="IMAGE")
+    parser.add_argument("image", nargs="?", type=pathlib.Path, metavar="IMAGE", help="query by this image")
+    parser.add_argument("--id", metavar="ID", help="query by the vector of this indexed item")
+    parser.add_argument(
+        "--vector", type=pathlib.Path, metavar="FILE", help="query by a vector saved with numpy (.npy, one vector)"
+    )
     parser.add_argument("--collection", required=True)
     parser.add_argument("-k", type=int, default=5, help="results (default: %(default)s)")
-    parser.add_argument("--flip", action="store_true", help="average the query with its mirror image")
+    parser.add_argument("--flip", action="store_true", help="average an image query with its mirror image")
+    add_filters(parser, "items")
+    parser.add_argument(
+        "--min-score", type=float, metavar="SCORE", help="only hits scoring at least SCORE (inner product collections)"
+    )
 
 
 def run_search(args: argparse.Namespace, client: Client) -> None:
-    hits = client.search(args.collection, image=args.image, k=args.k, flip=args.flip)
-    lines = [str(args.image)] + [
-        f"  {rank:2d}. {hit.score:7.4f}  {hit.id}" + (f"  [{hit.label}]" if hit.label else "")
-        for rank, hit in enumerate(hits, 1)
-    ]
+    queries = {"an IMAGE": args.image, "--id": args.id, "--vector": args.vector}
+    if sum(value is not None for value in queries.values()) != 1:
+        raise UsageError(f"query by one of {', '.join(queries)}")
+    hits = client.search(
+        args.collection,
+        image=args.image,
+        id=args.id,
+        vector=query_vector(args.vector) if args.vector else None,
+        k=args.k,
+        flip=args.flip,
+        labels=args.label,
+        metadata=metadata_filter(args.meta),
+        min_score=args.min_score,
+    )
+    query = str(args.image) if args.image else f"id {args.id}" if args.id else f"vector {args.vector}"
+    lines = [query] + [hit_line(rank, hit) for rank, hit in enumerate(hits, 1)]
     show(args, Shown([hit.__dict__ for hit in hits], "\n".join(lines)))
+
+
+def hit_line(rank: int, hit: Hit) -> str:
+    return f"  {rank:2d}. {hit.score:7.4f}  {hit.id}" + (f"  [{hit.label}]" if hit.label else "")
+
+
+def query_vector(path: pathlib.Path) -> np.ndarray:
+    """The one vector of a .npy file: shape (dim,) or (1, dim)."""
+    try:
+        array = np.load(path)
+    except (OSError, ValueError) as err:
+        raise UsageError(f"--vector {path}: not a numpy .npy file ({err})") from err
+    if array.ndim == 2 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 1 or not np.issubdtype(array.dtype, np.number):
+        raise UsageError(f"--vector {path} holds an array of shape {array.shape}; save one vector, shape (dim,)")
+    return array
 
 
 def add_eval(parser: argparse.ArgumentParser) -> None:
@@ -504,7 +679,7 @@ class Command(NamedTuple):
 
 
 GROUPS = {
-    "collection": "create, list, show or delete collections",
+    "collection": "create, list, show, delete or whiten collections",
     "head": "train, list, show or delete classification heads",
 }
 
@@ -525,14 +700,54 @@ COMMANDS = [
     Command("collection show", "show a collection", add_name, run_collection_show),
     Command("collection delete", "delete a collection", add_name, run_collection_delete),
     Command(
+        "collection whiten",
+        "learn a PCA-whitening from a collection's vectors",
+        add_collection_whiten,
+        run_collection_whiten,
+        "Learn a PCA-whitening from the collection's own vectors and rebuild its index with it; later adds "
+        "and queries are whitened alike; running it again re-learns it.",
+    ),
+    Command(
         "add",
         "index image files, folders or globs into a collection",
         add_add,
         run_add,
         "Index images: files, folders (searched recursively for .jpg, .jpeg, .png, .webp, .gif) or quoted glob "
-        "patterns such as 'photos/**/*.jpg'. Ids are the file paths; labels the parent folder names.",
+        "patterns such as 'photos/**/*.jpg'. Ids are paths relative to the folder named (for a glob, to its "
+        "leading folder without wildcards; a file named directly: its file name), after --id-prefix; labels "
+        "the parent folder names. An id already in the collection is replaced, so adding again changes "
+        "nothing. Files are read a batch at a time, --concurrency requests in flight.",
     ),
-    Command("search", "find the nearest indexed images to an image", add_search, run_search),
+    Command(
+        "get",
+        "show items by id",
+        add_get,
+        run_get,
+        f"Show items by id (label, metadata, with --vectors the vector). Exit {EXIT_REFUSED} when an id is not "
+        "there (the others are printed).",
+    ),
+    Command(
+        "list",
+        "list a collection's items",
+        add_list,
+        run_list,
+        "List the items in id order, optionally filtered, fetched --page-size at a time.",
+    ),
+    Command(
+        "remove",
+        "remove items by id or by label and metadata",
+        add_remove,
+        run_remove,
+        "Remove the items named by ID, or every item the --label/--meta filter selects.",
+    ),
+    Command(
+        "search",
+        "find the nearest indexed items to an image, an item or a vector",
+        add_search,
+        run_search,
+        "Find the k nearest items to an IMAGE, to an indexed item (--id) or to a vector (--vector FILE.npy), "
+        "optionally among the items the --label/--meta filter selects and scoring at least --min-score.",
+    ),
     Command(
         "eval",
         "retrieval score on UKBench or INRIA Holidays",
@@ -642,7 +857,7 @@ def main(argv: list[str] | None = None) -> int:
     except OffshelfError as err:
         no_answer = isinstance(err, Unavailable | DeadlineExceeded)
         return report(args, err.status.name, err.message, EXIT_NO_ANSWER if no_answer else EXIT_REFUSED)
-    except (UsageError, FileNotFoundError, ValueError, RuntimeError) as err:
+    except (UsageError, OSError, ValueError, RuntimeError) as err:
         return report(args, "USAGE", f"error: {err}", EXIT_USAGE)
     return EXIT_OK
 

@@ -98,12 +98,13 @@ def test_collection_add_search_as_json(server, tmp_path):
     assert run_json("add", str(photos[0].parent / "ukbench0000[0-7].jpg"), "--collection", "cli-json") == {
         "collection": "cli-json",
         "added": 8,
+        "skipped": [],
         "count": 8,
     }
     assert [c["name"] for c in run_json("collection", "list")] == ["cli-json"]
     assert int(run_json("collection", "show", "cli-json")["count"]) == 8
     hits = run_json("search", str(photos[5]), "--collection", "cli-json", "-k", "2")
-    assert hits[0]["id"] == str(photos[5])
+    assert hits[0]["id"] == photos[5].name  # ids: paths relative to the glob's leading folder
     assert run_json("collection", "delete", "cli-json") == {"deleted": "cli-json"}
     assert run_json("health") == {"status": "SERVING"}
     missing = offshelf("collection", "show", "cli-json", "--server", server.address, "--json")
@@ -111,8 +112,8 @@ def test_collection_add_search_as_json(server, tmp_path):
 
 
 def test_every_command_has_help_with_json_and_connection_options():
-    commands = [["embed"], ["models"], ["add"], ["search"], ["classify"], ["health"], ["eval"]]
-    commands += [["collection", a] for a in ("create", "list", "show", "delete")]
+    commands = [["embed"], ["models"], ["add"], ["get"], ["list"], ["remove"], ["search"], ["classify"], ["health"]]
+    commands += [["eval"]] + [["collection", a] for a in ("create", "list", "show", "delete", "whiten")]
     commands += [["head", a] for a in ("train", "list", "show", "delete")]
     for command in commands:
         result = offshelf(*command, "--help")
