@@ -1,0 +1,96 @@
+"""`offshelf add` against the server's own Embed throughput, and the client's memory.
+
+Prints one table: the server's Embed throughput at concurrency 16 (one-image calls) on the real
+EfficientNet-Lite0, then `offshelf add` of the UKBench photos into a collection (the CLI's default
+batches and concurrency) in the same run, and the CLI's peak resident memory while adding four
+copies of them (2,000 photos for the shared 500).
+
+Usage: python bench/add.py [--repo DIR] [--images DIR] [--seconds S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from embed import ensure_repo  # noqa: E402
+
+from offshelf.clients import Client  # noqa: E402
+
+from support import ServerProcess  # noqa: E402
+
+
+def embed_throughput(address: str, photos: list[bytes], seconds: float, concurrency: int = 16) -> float:
+    """Images per second of one-image Embed calls from `concurrency` threads."""
+
+    def worker(w: int) -> int:
+        done, end = 0, time.perf_counter() + seconds
+        with Client(address) as client:
+            while time.perf_counter() < end:
+                client.embed([photos[(w * 7919 + done) % len(photos)]], outputs=["embedding"])
+                done += 1
+        return done
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        done = sum(pool.map(worker, range(concurrency)))
+    return done / (time.perf_counter() - started)
+
+
+def offshelf_add(address: str, collection: str, folder: pathlib.Path) -> float:
+    """Runs `offshelf add` to its end; returns its wall time in seconds."""
+    command = [sys.executable, "-m", "offshelf.clients.cli", "add", "--server", address, "--collection", collection]
+    started = time.perf_counter()
+    subprocess.run([*command, str(folder)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repo", type=pathlib.Path, default=ROOT / "build" / "repo")
+    parser.add_argument("--images", type=pathlib.Path, default=ROOT.parent / "shared" / "data" / "ukbench")
+    parser.add_argument("--seconds", type=float, default=10.0, help="time of the Embed measurement")
+    args = parser.parse_args()
+    ensure_repo(args.repo)
+    files = sorted(args.images.rglob("*.jpg"))
+    if not files:
+        sys.exit(f"no JPEGs under {args.images}")
+    copies = pathlib.Path(tempfile.mkdtemp(prefix="offshelf-add-", dir=ROOT / "build"))
+    for copy in range(4):
+        (copies / f"copy{copy}").mkdir()
+        for file in files:
+            (copies / f"copy{copy}" / file.name).symlink_to(file.resolve())
+    server = ServerProcess(args.repo, pathlib.Path(tempfile.mkdtemp(dir=ROOT / "build")), drain_seconds=0)
+    try:
+        server.wait_serving()
+        embed_ips = embed_throughput(server.address, [f.read_bytes() for f in files[:256]], args.seconds)
+        with Client(server.address) as client:
+            client.create_collection("photos")
+            client.create_collection("copies")
+        add_ips = len(files) / offshelf_add(server.address, "photos", args.images)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        copies_seconds = offshelf_add(server.address, "copies", copies)
+        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    finally:
+        server.terminate(timeout=120)
+    print("| measure | value |\n|---|---|")
+    print(f"| Embed at concurrency 16, one image per call | {embed_ips:.1f} img/s |")
+    print(
+        f"| `offshelf add` of {len(files)} photos | {add_ips:.1f} img/s ({100 * add_ips / embed_ips:.0f} % of Embed) |"
+    )
+    print(f"| `offshelf add` of {4 * len(files)} photos | {4 * len(files) / copies_seconds:.1f} img/s |")
+    print(f"| CLI peak resident memory | {peak_mb:.0f} MB (before the large run: {before / 1024:.0f} MB) |")
+
+
+if __name__ == "__main__":
+    main()
