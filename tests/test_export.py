@@ -214,6 +214,12 @@ def test_a_plain_state_dict_with_a_replaced_classifier_takes_labels_from_a_file(
     assert list(card.outputs[0].labels) == ["ant", "bee", "wasp"] and card.outputs[0].dim == 3
 
 
+def test_a_state_dict_keeps_its_per_module_format_versions(tmp_path):
+    """MNASNet refuses a state dict without its format version, which a plain copy of the dict would lose."""
+    torch.save(build_network("mnasnet0_5", "random").module.state_dict(), tmp_path / "mnasnet.pth")
+    assert build_network("mnasnet0_5", str(tmp_path / "mnasnet.pth")).weights.file_name == "mnasnet.pth"
+
+
 def _reduced(precision: str, tmp_path, *extra: str) -> list[str]:
     shared_photos("cats_vs_dogs", 1)
     return [
