@@ -26,7 +26,7 @@ from offshelf.export.repository import (
     export_model,
     load_batch,
 )
-from offshelf.export.taps import TappedModel, default_outputs, parse_output
+from offshelf.export.taps import TappedModel, default_outputs
 from offshelf.export.zoo import build_network
 
 from support import SHARED_DATA, ServerProcess, read_card, shared_photos, skimage_photo, small_preprocessing
@@ -138,23 +138,27 @@ def test_every_pooling_matches_a_numpy_reference():
     assert all(top + size <= 5 and left + size <= 7 for top, left, size, _ in regions)
 
 
-def test_layer_taps_with_pooling_and_l2(tmp_path):
-    network = build_network("resnet18", "random")
-    outputs = [
-        parse_output(s)
-        for s in (
-            "fc=fc",
-            "flat=flatten",  # a functional step of the graph, a vector
-            "pool4=layer4:gem:l2",
-            "mac=layer4:max",
-            "r=layer4:rmac:l2",
-            "pool3=layer3:gem=4",
-        )
-    ]
-    target = export_model(
-        ExportRequest(network, tmp_path, "r18", outputs=outputs, check_images=default_check_images()[:2]), **QUIET
-    )
-    card = read_card(target)
+TAPS = [
+    "fc=fc",
+    "flat=flatten",  # a functional step of the graph, a vector
+    "pool4=layer4:gem:l2",
+    "mac=layer4:max",
+    "r=layer4:rmac:l2",
+    "pool3=layer3:gem=4",
+]
+
+
+@pytest.fixture(scope="module")
+def tapped_repo(tmp_path_factory):
+    """A repository with one random-init ResNet-18 exported by the command line with six taps (and Triton's config)."""
+    repo = tmp_path_factory.mktemp("tapped")
+    args = ["resnet18", "--random-init", "--repo", str(repo), "--triton", *[a for t in TAPS for a in ("--output", t)]]
+    assert cli.main(args) == 0
+    return repo
+
+
+def test_layer_taps_with_pooling_and_l2(tapped_repo):
+    card = read_card(tapped_repo / "resnet18" / "1")
     assert [(o.name, o.layer, o.pooling, o.dim, o.l2_normalized) for o in card.outputs] == [
         ("fc", "fc", "none", 1000, False),
         ("flat", "flatten", "none", 512, False),
@@ -164,12 +168,29 @@ def test_layer_taps_with_pooling_and_l2(tmp_path):
         ("pool3", "layer3", "gem(p=4)", 256, False),
     ]
     assert list(card.outputs[0].labels)[:1] == ["tench"] and not card.outputs[1].labels
-    session = ort.InferenceSession(str(target / "model.onnx"), providers=["CPUExecutionProvider"])
-    batch = load_batch(default_check_images()[:2], network.preprocessing).numpy()
+    session = ort.InferenceSession(
+        str(tapped_repo / "resnet18" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    batch = load_batch(default_check_images()[:2], card.preprocessing).numpy()
     pool4, mac, r = session.run(["pool4", "mac", "r"], {"image": batch})
     np.testing.assert_allclose(np.linalg.norm(pool4, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(r, axis=1), 1.0, atol=1e-5)
     assert not np.allclose(np.linalg.norm(mac, axis=1), 1.0, atol=0.1)  # no l2: not normalised
+
+
+def test_the_service_serves_a_multi_output_export_and_a_request_picks_one(tapped_repo, tmp_path):
+    assert 'platform: "onnxruntime_onnx"' in (tapped_repo / "resnet18" / "config.pbtxt").read_text()
+    server = ServerProcess(tapped_repo, tmp_path / "data", drain_seconds=0)
+    try:
+        server.wait_serving()
+        with Client(server.address) as client:
+            (info,) = client.list_models()
+            assert [o.name for o in info.versions[0].outputs] == [t.split("=")[0] for t in TAPS]
+            arrays = client.embed([skimage_photo("chelsea.png")], model="resnet18", outputs=["r"])
+            assert list(arrays) == ["r"]
+            assert math.isclose(float(np.linalg.norm(arrays["r"][0])), 1.0, abs_tol=1e-4)
+    finally:
+        server.kill()
 
 
 def test_a_checkpoint_exports_with_its_classes_preprocessing_and_weights(tmp_path):
@@ -285,24 +306,6 @@ def test_agreement_below_the_threshold_refuses_unless_forced(tmp_path, capsys):
     assert cli.main([*args, "--force"]) == 0
     card = read_card(tmp_path / "resnet18" / "1")
     assert (card.agreement.quantization, card.agreement.threshold, card.agreement.forced) == ("dynamic", 1.01, True)
-
-
-def test_the_service_serves_a_multi_output_export_and_a_request_picks_one(tmp_path):
-    outputs = ["embedding=layer4:avg", "gem=layer4:gem:l2", "rmac=layer4:rmac:l2", "logits=fc"]
-    args = ["resnet18", "--random-init", "--repo", str(tmp_path / "repo"), "--triton"]
-    assert cli.main([*args, *[a for o in outputs for a in ("--output", o)]]) == 0
-    assert 'platform: "onnxruntime_onnx"' in (tmp_path / "repo" / "resnet18" / "config.pbtxt").read_text()
-    server = ServerProcess(tmp_path / "repo", tmp_path / "data", drain_seconds=0)
-    try:
-        server.wait_serving()
-        with Client(server.address) as client:
-            (info,) = client.list_models()
-            assert [o.name for o in info.versions[0].outputs] == ["embedding", "gem", "rmac", "logits"]
-            arrays = client.embed([skimage_photo("chelsea.png")], model="resnet18", outputs=["rmac"])
-            assert list(arrays) == ["rmac"]
-            assert math.isclose(float(np.linalg.norm(arrays["rmac"][0])), 1.0, abs_tol=1e-4)
-    finally:
-        server.kill()
 
 
 @pytest.fixture(scope="module")
