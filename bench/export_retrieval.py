@@ -21,7 +21,7 @@ from offshelf.export.repository import ExportRequest, export_model, images_in  #
 from offshelf.export.taps import parse_output  # noqa: E402
 from offshelf.export.zoo import build_network  # noqa: E402
 
-from support import ServerProcess  # noqa: E402
+from support import ServerProcess, read_card  # noqa: E402
 
 OUTPUTS = ["embedding=_head_act:avg", "gem=_head_act:gem:l2", "rmac=_head_act:rmac:l2", "logits=_fc"]
 
@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--check", type=pathlib.Path, default=ROOT.parent / "shared" / "data" / "cats_vs_dogs")
     args = parser.parse_args()
     work = pathlib.Path(tempfile.mkdtemp(prefix="offshelf-bench-"))
-    exports = {}
+    exports, agreements = {}, {}
     for precision in ("fp32", "fp16", "int8"):
         started = time.perf_counter()
         target = export_model(
@@ -50,6 +50,7 @@ def main() -> None:
             log=lambda _: None,
         )
         exports[precision] = (time.perf_counter() - started, (target / "model.onnx").stat().st_size / 2**20)
+        agreements[precision] = read_card(target).agreement
         print(f"exported {precision} in {exports[precision][0]:.0f} s", flush=True)
     dataset = evaluate.ukbench(args.ukbench)
     server = ServerProcess(work / "repo", work / "data", drain_seconds=0)
@@ -70,6 +71,13 @@ def main() -> None:
     for output, precision, score in rows:
         seconds, size = exports[precision]
         print(f"| {output:<9} | {precision:<9} | {score:.3f} | {seconds:8.0f} | {size:8.1f} |")
+    print()
+    for precision in ("fp16", "int8"):
+        a = agreements[precision]
+        print(
+            f"{precision}: top-1 agreement with fp32 {a.top1:.1%} on {a.images} check photos "
+            f"(gate {a.threshold:.0%}{', written by --force' if a.forced else ''})"
+        )
 
 
 if __name__ == "__main__":

@@ -280,7 +280,7 @@ def _reduce_precision(
     quantization = ""
     if request.precision == "fp16":
         with stage(log, "exported fp16 (weights and compute; fp32 inputs and outputs)"):
-            export_onnx(Float16(copy.deepcopy(tapped)), out, input_name, names, batch[:1])
+            export_onnx(Float16(copy.deepcopy(tapped)).eval(), out, input_name, names, batch[:1])
     else:
         calibration = None
         if request.calibration_images:
@@ -297,21 +297,28 @@ def _reduce_precision(
     classes = [i for i, spec in enumerate(specs) if spec.labels]
     top1 = float(np.mean(outputs[classes[0]].argmax(1) == reference[classes[0]].argmax(1))) if classes else 1.0
     threshold = request.min_agreement if request.min_agreement is not None else MIN_AGREEMENT[request.precision]
-    agreement = card_pb2.Agreement(
-        images=len(batch),
-        top1=top1,
-        max_abs_diff_by_output=diffs,
-        threshold=threshold,
-        forced=request.force,
-        quantization=quantization,
-    )
     log(
         f"{request.precision}: top-1 agreement with fp32 {top1:.1%}, max |diff| "
         + ", ".join(f"{n} {d:.2e}" for n, d in diffs.items())
     )
-    if top1 < threshold and not request.force:
+    return card_pb2.Agreement(
+        images=len(batch),
+        top1=top1,
+        max_abs_diff_by_output=diffs,
+        threshold=threshold,
+        forced=agreement_gate(request.precision, top1, len(batch), threshold, request.force),
+        quantization=quantization,
+    )
+
+
+def agreement_gate(precision: str, top1: float, images: int, threshold: float, force: bool) -> bool:
+    """The gate of a reduced-precision export: passes at or above the threshold; below it, raises unless forced.
+    Returns whether the export passes only because it was forced (the card's ``agreement.forced``)."""
+    if top1 >= threshold:
+        return False
+    if not force:
         raise ExportError(
-            f"{request.precision} agrees with fp32 on top-1 for {top1:.1%} of {len(batch)} photos, "
+            f"{precision} agrees with fp32 on top-1 for {top1:.1%} of {images} photos, "
             f"below {threshold:.0%}; nothing was written (--force writes it anyway)"
         )
-    return agreement
+    return True

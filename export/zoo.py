@@ -8,6 +8,7 @@ are left random (``random``, for tests; recorded in the card).
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import pathlib
 from dataclasses import dataclass
@@ -139,7 +140,10 @@ def _load(module: nn.Module, state_dict: dict[str, torch.Tensor], architecture: 
             f"shape mismatch {misshapen[:3]}" if misshapen else "",
         ]
         raise ExportError(f"{source} does not fit {architecture}: " + "; ".join(p for p in problems if p))
-    module.load_state_dict({k: v for k, v in state_dict.items() if k not in ignored})
+    kept = collections.OrderedDict((k, v) for k, v in state_dict.items() if k not in ignored)
+    # Per-module format versions (MNASNet refuses to load without its own); a file without them gets the current.
+    kept._metadata = getattr(state_dict, "_metadata", own._metadata)  # type: ignore[attr-defined]
+    module.load_state_dict(kept)
 
 
 def build_network(architecture: str, weights: str | None = None, labels: list[str] | None = None) -> Network:

@@ -14,7 +14,7 @@ import pytest
 
 from offshelf.clients import Client
 
-from support import ServerProcess, shared_photos
+from support import ServerProcess, shared_photos, write_identity_model
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +26,24 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     repo = tmp_path_factory.mktemp("repo")
     export_model(ExportRequest(build_network("efficientnet-lite0"), repo, "efficientnet-lite0"), log=lambda _: None)
     return repo
+
+
+@pytest.fixture(scope="session")
+def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """A model repository holding one tiny ONNX model (random projection of an 8x8 crop to 1280-d, see support.py):
+    a server on it is ready in about a second, for tests of collections, durability and the process itself."""
+    return write_identity_model(tmp_path_factory.mktemp("tiny-repo"), 1280)
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tiny_repo: pathlib.Path, tmp_path_factory: pytest.TempPathFactory):
+    """A serving process on the tiny model, for tests that need collections but not real embeddings."""
+    proc = ServerProcess(tiny_repo, tmp_path_factory.mktemp("tiny-data"), drain_seconds=0)
+    try:
+        proc.wait_serving()
+        yield proc
+    finally:
+        proc.kill()
 
 
 @pytest.fixture(scope="session")

@@ -19,26 +19,37 @@ def offshelf(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_ukbench_ns_score_of_the_default_embedding_is_at_least_3_90(server, tmp_path):
-    shared_photos("ukbench", 1)
-    plot = tmp_path / "ns.png"
-    result = offshelf(
-        "eval", "ukbench", str(SHARED_DATA / "ukbench"), "--server", server.address, "--json", "--plot", str(plot)
-    )
-    assert result.returncode == 0, result.stderr
-    score = json.loads(result.stdout)
-    assert score["images"] == score["queries"] == 500
-    assert score["score"] >= 3.90
-    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "eval-" not in offshelf("collection", "list", "--server", server.address).stdout  # cleaned up
+# Today's UKBench N-S of EfficientNet-Lite0's embedding on the 500 images of ../shared/data/ukbench: 3.900, and 3.928
+# with flip (docs/benchmarks.md, printed by `offshelf eval ukbench [--flip]`). The floor leaves 0.05 (about 1 %) of
+# margin, for onnxruntime versions and execution providers that round differently.
+NS_FLOOR = 3.85
 
 
-def test_flip_test_time_augmentation_keeps_ukbench_at_least_3_90(client):
+def test_ukbench_ns_score_of_the_default_embedding_plain_and_with_flip(client):
     dataset = evaluate.ukbench(SHARED_DATA / "ukbench") if (SHARED_DATA / "ukbench").is_dir() else None
     if dataset is None:
         pytest.skip(f"{SHARED_DATA / 'ukbench'} is absent")
     with evaluate.temporary_collection(client, dataset, "efficientnet-lite0", "embedding", "flat") as name:
-        assert evaluate.ns_score(client, name, dataset, flip=True).score >= 3.90
+        plain = evaluate.ns_score(client, name, dataset).score
+        flipped = evaluate.ns_score(client, name, dataset, flip=True).score
+    assert len(dataset.queries) == 500
+    assert plain >= NS_FLOOR, plain
+    assert flipped >= NS_FLOOR, flipped
+
+
+def test_the_eval_command_prints_json_writes_a_plot_and_cleans_up(server, tmp_path):
+    folder = tmp_path / "ukbench"
+    folder.mkdir()
+    for photo in shared_photos("ukbench", 100):  # 25 objects: the command, not the score, is under test here
+        (folder / photo.name).symlink_to(photo)
+    plot = tmp_path / "ns.png"
+    result = offshelf("eval", "ukbench", str(folder), "--server", server.address, "--json", "--plot", str(plot))
+    assert result.returncode == 0, result.stderr
+    score = json.loads(result.stdout)
+    assert score["images"] == score["queries"] == 100
+    assert 3.5 <= score["score"] <= 4.0, score["score"]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "eval-" not in offshelf("collection", "list", "--server", server.address).stdout  # cleaned up
 
 
 def test_holidays_map_on_a_holidays_layout_folder(server, tmp_path):

@@ -1,4 +1,7 @@
-"""The export tool: architectures, layer taps, pooling, checkpoints, precision, repository, refusals."""
+"""The export tool: architectures, layer taps, pooling, checkpoints, precision, repository, refusals.
+
+The embedded default is exported for real once per run (conftest's model_repo), and once each at fp16 and int8;
+everything else runs on randomly initialised torchvision networks, whose export costs a few seconds."""
 
 from __future__ import annotations
 
@@ -9,25 +12,26 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from google.protobuf import json_format
+from torch import nn
 
 from offshelf.clients import Client
 from offshelf.export import cli
 from offshelf.export.checkpoint import write_checkpoint
 from offshelf.export.errors import ExportError
 from offshelf.export.pooling import Pool, rmac_regions
-from offshelf.export.repository import ExportRequest, default_check_images, export_model, load_batch
-from offshelf.export.taps import TappedModel, parse_output
+from offshelf.export.repository import (
+    ExportRequest,
+    agreement_gate,
+    default_check_images,
+    export_model,
+    load_batch,
+)
+from offshelf.export.taps import TappedModel, default_outputs
 from offshelf.export.zoo import build_network
-from offshelf.protos.v1 import model_card_pb2
 
-from support import SHARED_DATA, ServerProcess, shared_photos, skimage_photo
+from support import SHARED_DATA, ServerProcess, read_card, shared_photos, skimage_photo, small_preprocessing
 
 QUIET = {"log": lambda _: None}
-
-
-def read_card(version_dir) -> model_card_pb2.ModelCard:
-    return json_format.Parse((version_dir / "card.json").read_text(), model_card_pb2.ModelCard())
 
 
 def test_exported_default_has_a_dynamic_batch_and_both_outputs(model_repo):
@@ -55,41 +59,52 @@ def test_card_records_weights_preprocessing_outputs_and_measured_parity(model_re
     assert set(card.parity.max_abs_diff_by_output) == {"logits", "embedding"}
 
 
-@pytest.mark.parametrize(
-    "architecture",
-    [
-        "resnet18",
-        "vgg11",
-        "mobilenet_v3_small",
-        "efficientnet_b0",
-        "convnext_tiny",
-        "regnet_y_400mf",
-        "densenet121",
-        "googlenet",
-        "alexnet",
-    ],
-)
-def test_each_family_exports_at_random_init_within_1e_4(architecture, tmp_path):
+# One architecture per distinct graph around the default taps (default_outputs walks back from the last Linear,
+# past Dropout and Flatten, to the layer that feeds it); each export costs seconds of tracing, so the families
+# that share a shape with one below are left out.
+FAMILIES = {
+    "resnet18": "pooling module, functional flatten, top-level Linear (ResNeXt, Wide ResNet, RegNet alike)",
+    "mobilenet_v3_small": "Sequential classifier, Dropout between its activation and last Linear (VGG, AlexNet)",
+    "googlenet": "top-level Dropout module before the Linear; auxiliary heads dropped (EfficientNet b0-b7 alike)",
+    "convnext_tiny": "LayerNorm2d and Flatten inside the classifier: the tap is a 1x1 map inside a module",
+    "mnasnet0_5": "functional global mean: the tap is a graph node, not a module (DenseNet alike)",
+}
+
+
+def with_photo_statistics(module: nn.Module, batch: torch.Tensor) -> None:
+    """At random initialisation, BatchNorm's identity statistics leave some families' outputs near 1e-15, where a
+    1e-4 parity check cannot fail; one pass in train mode gives every BatchNorm the statistics of the photos, so
+    every layer's output is of order one."""
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            layer.reset_running_stats()
+            layer.momentum = None  # a cumulative average: this one batch
+    module.train()
+    with torch.no_grad():
+        module(batch)
+    module.eval()
+
+
+@pytest.mark.parametrize("architecture", FAMILIES)
+def test_each_family_exports_at_random_init_with_a_dynamic_batch_within_1e_4(architecture, tmp_path):
+    torch.manual_seed(0)
     network = build_network(architecture, "random")
-    target = export_model(
-        ExportRequest(network, tmp_path, architecture, check_images=default_check_images()[:2]), **QUIET
-    )
+    photos = default_check_images()[:3]
+    batch = load_batch(photos, network.preprocessing)
+    with_photo_statistics(network.module, batch)
+    target = export_model(ExportRequest(network, tmp_path, architecture, check_images=photos[:2]), **QUIET)
     card = read_card(target)
     assert card.parity.max_abs_diff <= 1e-4
     assert "random initialisation" in card.weights.source
     assert [o.name for o in card.outputs] == ["logits", "embedding"] and card.outputs[0].dim == 1000
-
-
-def test_the_batch_axis_is_dynamic(tmp_path):
-    network = build_network("resnet18", "random")
-    target = export_model(ExportRequest(network, tmp_path, "r", check_images=default_check_images()[:1]), **QUIET)
     session = ort.InferenceSession(str(target / "model.onnx"), providers=["CPUExecutionProvider"])
-    batch = load_batch(default_check_images()[:5], network.preprocessing)
-    tapped = TappedModel(network.module, [parse_output("e=avgpool")], 224, 224).eval()
-    for size in (1, 5):
-        (embedding,) = session.run(["embedding"], {"image": batch[:size].numpy()})
+    tapped = TappedModel(network.module, default_outputs(network.module), 224, 224).eval()
+    for size in (1, 3):  # the graph was traced on a batch of 2
         with torch.no_grad():
-            np.testing.assert_allclose(embedding, tapped(batch[:size])[0].numpy(), atol=1e-4)
+            expected = [t.numpy() for t in tapped(batch[:size])]
+        for got, reference in zip(session.run(None, {"image": batch[:size].numpy()}), expected, strict=True):
+            assert reference.std() > 1e-3  # outputs that carry signal, so the comparison means something
+            np.testing.assert_allclose(got, reference, atol=1e-4)
 
 
 def numpy_rmac(x: np.ndarray) -> np.ndarray:
@@ -123,57 +138,78 @@ def test_every_pooling_matches_a_numpy_reference():
     assert all(top + size <= 5 and left + size <= 7 for top, left, size, _ in regions)
 
 
-def test_layer_taps_with_pooling_and_l2(tmp_path):
-    network = build_network("vgg11", "random")
-    outputs = [
-        parse_output(s)
-        for s in (
-            "fc6=classifier.0",
-            "fc7=classifier.3",
-            "pool5=features.20:gem:l2",
-            "mac=features.20:max",
-            "r=features.20:rmac:l2",
-        )
-    ]
-    target = export_model(
-        ExportRequest(network, tmp_path, "vgg", outputs=outputs, check_images=default_check_images()[:2]), **QUIET
-    )
-    card = read_card(target)
+TAPS = [
+    "fc=fc",
+    "flat=flatten",  # a functional step of the graph, a vector
+    "pool4=layer4:gem:l2",
+    "mac=layer4:max",
+    "r=layer4:rmac:l2",
+    "pool3=layer3:gem=4",
+]
+
+
+@pytest.fixture(scope="module")
+def tapped_repo(tmp_path_factory):
+    """A repository with one random-init ResNet-18 exported by the command line with six taps (and Triton's config)."""
+    repo = tmp_path_factory.mktemp("tapped")
+    args = ["resnet18", "--random-init", "--repo", str(repo), "--triton", *[a for t in TAPS for a in ("--output", t)]]
+    assert cli.main(args) == 0
+    return repo
+
+
+def test_layer_taps_with_pooling_and_l2(tapped_repo):
+    card = read_card(tapped_repo / "resnet18" / "1")
     assert [(o.name, o.layer, o.pooling, o.dim, o.l2_normalized) for o in card.outputs] == [
-        ("fc6", "classifier.0", "none", 4096, False),
-        ("fc7", "classifier.3", "none", 4096, False),
-        ("pool5", "features.20", "gem(p=3)", 512, True),
-        ("mac", "features.20", "max", 512, False),
-        ("r", "features.20", "rmac", 512, True),
+        ("fc", "fc", "none", 1000, False),
+        ("flat", "flatten", "none", 512, False),
+        ("pool4", "layer4", "gem(p=3)", 512, True),
+        ("mac", "layer4", "max", 512, False),
+        ("r", "layer4", "rmac", 512, True),
+        ("pool3", "layer3", "gem(p=4)", 256, False),
     ]
-    session = ort.InferenceSession(str(target / "model.onnx"), providers=["CPUExecutionProvider"])
-    batch = load_batch(default_check_images()[:2], network.preprocessing).numpy()
-    (pool5,) = session.run(["pool5"], {"image": batch})
-    np.testing.assert_allclose(np.linalg.norm(pool5, axis=1), 1.0, atol=1e-5)
+    assert list(card.outputs[0].labels)[:1] == ["tench"] and not card.outputs[1].labels
+    session = ort.InferenceSession(
+        str(tapped_repo / "resnet18" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    batch = load_batch(default_check_images()[:2], card.preprocessing).numpy()
+    pool4, mac, r = session.run(["pool4", "mac", "r"], {"image": batch})
+    np.testing.assert_allclose(np.linalg.norm(pool4, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(r, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(np.linalg.norm(mac, axis=1), 1.0, atol=0.1)  # no l2: not normalised
 
 
-def _cat_dog_checkpoint(path) -> None:
-    """A 2-class EfficientNet-Lite0: ImageNet's cat rows (281-285) and dog rows (151-268), averaged."""
-    network = build_network("efficientnet-lite0")
-    state = network.module.state_dict()
-    weight, bias = state["_fc.weight"], state["_fc.bias"]
-    state["_fc.weight"] = torch.stack([weight[281:286].mean(0), weight[151:269].mean(0)])
-    state["_fc.bias"] = torch.stack([bias[281:286].mean(), bias[151:269].mean()])
-    write_checkpoint(path, "efficientnet-lite0", state, ["cat", "dog"], network.preprocessing)
+def test_the_service_serves_a_multi_output_export_and_a_request_picks_one(tapped_repo, tmp_path):
+    assert 'platform: "onnxruntime_onnx"' in (tapped_repo / "resnet18" / "config.pbtxt").read_text()
+    server = ServerProcess(tapped_repo, tmp_path / "data", drain_seconds=0)
+    try:
+        server.wait_serving()
+        with Client(server.address) as client:
+            (info,) = client.list_models()
+            assert [o.name for o in info.versions[0].outputs] == [t.split("=")[0] for t in TAPS]
+            arrays = client.embed([skimage_photo("chelsea.png")], model="resnet18", outputs=["r"])
+            assert list(arrays) == ["r"]
+            assert math.isclose(float(np.linalg.norm(arrays["r"][0])), 1.0, abs_tol=1e-4)
+    finally:
+        server.kill()
 
 
-def test_a_two_class_checkpoint_exports_and_classifies(tmp_path):
-    _cat_dog_checkpoint(tmp_path / "catdog.pt")
-    network = build_network("efficientnet-lite0", str(tmp_path / "catdog.pt"))
+def test_a_checkpoint_exports_with_its_classes_preprocessing_and_weights(tmp_path):
+    torch.manual_seed(0)
+    module = build_network("resnet18", "random").module
+    module.fc = nn.Linear(512, 2)
+    preprocessing = small_preprocessing(64)
+    write_checkpoint(tmp_path / "catdog.pt", "resnet18", module.state_dict(), ["cat", "dog"], preprocessing)
+    network = build_network("resnet18", str(tmp_path / "catdog.pt"))
     target = export_model(ExportRequest(network, tmp_path / "repo", "catdog"), **QUIET)
     card = read_card(target)
     assert (card.outputs[0].dim, list(card.outputs[0].labels)) == (2, ["cat", "dog"])
-    cats = shared_photos("cats_vs_dogs/validation/cat", 20)
-    dogs = shared_photos("cats_vs_dogs/validation/dog", 20)
+    assert card.preprocessing == preprocessing
+    assert (card.weights.file_name, len(card.weights.sha256)) == ("catdog.pt", 64)
+    photos = default_check_images()[:2]
     session = ort.InferenceSession(str(target / "model.onnx"), providers=["CPUExecutionProvider"])
-    (logits,) = session.run(["logits"], {"image": load_batch(cats + dogs, network.preprocessing).numpy()})
-    accuracy = np.mean(logits.argmax(1) == np.array([0] * 20 + [1] * 20))
-    assert accuracy >= 0.9
+    (logits,) = session.run(["logits"], {"image": load_batch(photos, preprocessing).numpy()})
+    with torch.no_grad():  # the weights are the checkpoint's, not a fresh random initialisation
+        np.testing.assert_allclose(logits, module.eval()(load_batch(photos, preprocessing)).numpy(), atol=1e-4)
 
 
 def test_a_plain_state_dict_with_a_replaced_classifier_takes_labels_from_a_file(tmp_path):
@@ -199,6 +235,12 @@ def test_a_plain_state_dict_with_a_replaced_classifier_takes_labels_from_a_file(
     assert list(card.outputs[0].labels) == ["ant", "bee", "wasp"] and card.outputs[0].dim == 3
 
 
+def test_a_state_dict_keeps_its_per_module_format_versions(tmp_path):
+    """MNASNet refuses a state dict without its format version, which a plain copy of the dict would lose."""
+    torch.save(build_network("mnasnet0_5", "random").module.state_dict(), tmp_path / "mnasnet.pth")
+    assert build_network("mnasnet0_5", str(tmp_path / "mnasnet.pth")).weights.file_name == "mnasnet.pth"
+
+
 def _reduced(precision: str, tmp_path, *extra: str) -> list[str]:
     shared_photos("cats_vs_dogs", 1)
     return [
@@ -210,7 +252,7 @@ def _reduced(precision: str, tmp_path, *extra: str) -> list[str]:
         "--check-images",
         str(SHARED_DATA / "cats_vs_dogs" / "validation"),
         "--check-count",
-        "48",
+        "32",
         *extra,
     ]
 
@@ -219,56 +261,58 @@ def test_fp16_card_holds_its_agreement_with_fp32_on_real_photos(tmp_path):
     assert cli.main(_reduced("fp16", tmp_path)) == 0
     card = read_card(tmp_path / "efficientnet-lite0" / "1")
     assert card.export.precision == "fp16"
-    assert card.agreement.images == 48 and card.agreement.top1 >= 0.99 and card.agreement.threshold == 0.99
+    assert card.agreement.images == 32 and card.agreement.top1 >= 0.99 and card.agreement.threshold == 0.99
     assert 0 < card.agreement.max_abs_diff_by_output["embedding"] < 0.1
     assert not card.agreement.forced
     assert (tmp_path / "efficientnet-lite0" / "1" / "model.onnx").stat().st_size < 10_000_000  # half of fp32
 
 
-def test_agreement_below_the_threshold_refuses_unless_forced(tmp_path, capsys):
-    assert cli.main(_reduced("fp16", tmp_path, "--min-agreement", "1.01")) == 2
-    assert "nothing was written (--force writes it anyway)" in capsys.readouterr().err
-    assert not list((tmp_path / "efficientnet-lite0").glob("[0-9]*"))
-    assert cli.main(_reduced("fp16", tmp_path, "--min-agreement", "1.01", "--force")) == 0
-    assert read_card(tmp_path / "efficientnet-lite0" / "1").agreement.forced
-
-
-def test_int8_static_card_holds_its_agreement_with_fp32_on_real_photos(tmp_path):
-    calibration = ["--calibrate", str(SHARED_DATA / "flowers"), "--calibrate-count", "24", "--force"]
+def test_int8_static_export_records_its_agreement_with_fp32_on_real_photos(tmp_path):
+    """The quantized export and what its card records; whether today's agreement passes the default 97 % gate is
+    not this test's business (the gate itself is tested below with made-up numbers)."""
+    calibration = ["--calibrate", str(SHARED_DATA / "flowers"), "--calibrate-count", "16", "--min-agreement", "0.5"]
     assert cli.main(_reduced("int8", tmp_path, *calibration)) == 0
     card = read_card(tmp_path / "efficientnet-lite0" / "1")
     assert (card.export.precision, card.agreement.quantization) == ("int8", "static")
-    assert card.agreement.images == 48 and 0.5 < card.agreement.top1 <= 1.0 and card.agreement.threshold == 0.97
-    assert card.agreement.forced == (card.agreement.top1 < 0.97)
+    assert card.agreement.images == 32 and card.agreement.threshold == 0.5
+    assert 0.5 <= card.agreement.top1 <= 1.0 and not card.agreement.forced
     assert set(card.agreement.max_abs_diff_by_output) == {"logits", "embedding"}
+    assert (tmp_path / "efficientnet-lite0" / "1" / "model.onnx").stat().st_size < 7_000_000  # a quarter of fp32
 
 
-def test_the_service_serves_a_multi_output_export_and_a_request_picks_one(tmp_path):
-    outputs = ["embedding=_head_act:avg", "gem=_head_act:gem:l2", "rmac=_head_act:rmac:l2", "logits=_fc"]
-    assert (
-        cli.main(
-            [
-                "efficientnet-lite0",
-                "--repo",
-                str(tmp_path / "repo"),
-                "--triton",
-                *[a for o in outputs for a in ("--output", o)],
-            ]
-        )
-        == 0
+@pytest.mark.parametrize(
+    ("top1", "threshold", "force", "forced"),
+    [(0.99, 0.99, False, False), (1.0, 0.97, False, False), (1.0, 0.97, True, False), (0.96, 0.97, True, True)],
+)
+def test_the_agreement_gate_passes_at_its_threshold_and_below_it_only_when_forced(top1, threshold, force, forced):
+    assert agreement_gate("int8", top1, 50, threshold, force) == forced
+
+
+def test_the_agreement_gate_refuses_below_its_threshold():
+    with pytest.raises(ExportError) as refused:
+        agreement_gate("int8", 0.96, 50, 0.97, force=False)
+    assert str(refused.value) == (
+        "int8 agrees with fp32 on top-1 for 96.0% of 50 photos, below 97%; nothing was written "
+        "(--force writes it anyway)"
     )
-    assert 'platform: "onnxruntime_onnx"' in (tmp_path / "repo" / "efficientnet-lite0" / "config.pbtxt").read_text()
-    server = ServerProcess(tmp_path / "repo", tmp_path / "data", drain_seconds=0)
-    try:
-        server.wait_serving()
-        with Client(server.address) as client:
-            (info,) = client.list_models()
-            assert [o.name for o in info.versions[0].outputs] == ["embedding", "gem", "rmac", "logits"]
-            arrays = client.embed([skimage_photo("chelsea.png")], outputs=["rmac"])
-            assert list(arrays) == ["rmac"]
-            assert math.isclose(float(np.linalg.norm(arrays["rmac"][0])), 1.0, abs_tol=1e-4)
-    finally:
-        server.kill()
+
+
+def test_agreement_below_the_threshold_refuses_unless_forced(tmp_path, capsys):
+    # int8 without --calibrate: dynamic quantization, no second trace; 1.01 is above any agreement
+    args = ["resnet18", "--random-init", "--repo", str(tmp_path), "--precision", "int8", "--min-agreement", "1.01"]
+    assert cli.main(args) == 2
+    assert "nothing was written (--force writes it anyway)" in capsys.readouterr().err
+    assert not list((tmp_path / "resnet18").glob("[0-9]*"))
+    assert cli.main([*args, "--force"]) == 0
+    card = read_card(tmp_path / "resnet18" / "1")
+    assert (card.agreement.quantization, card.agreement.threshold, card.agreement.forced) == ("dynamic", 1.01, True)
+
+
+@pytest.fixture(scope="module")
+def resnet18_weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
+    torch.save(build_network("resnet18", "random").module.state_dict(), path)
+    return path
 
 
 @pytest.mark.parametrize(
@@ -283,10 +327,8 @@ def test_the_service_serves_a_multi_output_export_and_a_request_picks_one(tmp_pa
         (["resnet18", "--random-init", "--output", "justaname"], "write NAME=LAYER[:POOL][:l2]"),
     ],
 )
-def test_bad_requests_are_clear_errors_and_write_nothing(args, message, tmp_path, capsys):
-    weights = tmp_path / "resnet18.pth"
-    torch.save(build_network("resnet18", "random").module.state_dict(), weights)
-    args = [str(weights) if a == "WEIGHTS" else a for a in args]
+def test_bad_requests_are_clear_errors_and_write_nothing(args, message, resnet18_weights, tmp_path, capsys):
+    args = [str(resnet18_weights) if a == "WEIGHTS" else a for a in args]
     assert cli.main([*args, "--repo", str(tmp_path / "repo")]) == 2
     assert message in capsys.readouterr().err
     assert not list((tmp_path / "repo").rglob("*.onnx")) if (tmp_path / "repo").exists() else True
@@ -294,7 +336,7 @@ def test_bad_requests_are_clear_errors_and_write_nothing(args, message, tmp_path
 
 def test_parity_beyond_the_tolerance_refuses_to_write(tmp_path):
     request = ExportRequest(
-        build_network("efficientnet-lite0"), tmp_path, "m", check_images=default_check_images()[:2], tolerance=0.0
+        build_network("resnet18", "random"), tmp_path, "m", check_images=default_check_images()[:1], tolerance=0.0
     )
     with pytest.raises(ExportError, match="nothing was written"):
         export_model(request, **QUIET)
@@ -302,13 +344,14 @@ def test_parity_beyond_the_tolerance_refuses_to_write(tmp_path):
 
 
 def test_cli_writes_the_next_version_and_prints_its_stages(tmp_path, capsys):
+    (tmp_path / "repo" / "resnet18" / "3").mkdir(parents=True)  # an earlier version
     photos = tmp_path / "photos"
     photos.mkdir()
     for photo in default_check_images()[:2]:
-        (photos / photo.name).write_bytes(photo.read_bytes())
-    for expected_version in (1, 2):
-        assert cli.main(["efficientnet-lite0", "--repo", str(tmp_path / "repo"), "--check-images", str(photos)]) == 0
-        assert read_card(tmp_path / "repo" / "efficientnet-lite0" / str(expected_version)).version == expected_version
+        (photos / photo.name).symlink_to(photo)
+    args = ["resnet18", "--random-init", "--repo", str(tmp_path / "repo"), "--check-images", str(photos)]
+    assert cli.main(args) == 0
+    assert read_card(tmp_path / "repo" / "resnet18" / "4").version == 4
     out = capsys.readouterr().out
     for stage in (
         "loading its weights",
@@ -318,11 +361,15 @@ def test_cli_writes_the_next_version_and_prints_its_stages(tmp_path, capsys):
         "wrote",
     ):
         assert stage in out
+    assert cli.main([*args, "--version", "4"]) == 2  # an existing version is never overwritten
+    assert "resnet18/4 exists; pick another --version" in capsys.readouterr().err
 
 
 def test_layers_lists_module_names_and_shapes(capsys):
-    assert cli.main(["layers", "vgg16"]) == 0
+    assert cli.main(["layers", "resnet18"]) == 0
     out = capsys.readouterr().out
     assert "input 3x224x224" in out
-    assert any(line.split()[:3] == ["features.30", "MaxPool2d", "512x7x7"] for line in out.splitlines())
-    assert any(line.split()[:3] == ["classifier.3", "Linear", "4096"] for line in out.splitlines())
+    assert any(line.split()[:3] == ["layer4.1.conv2", "Conv2d", "512x7x7"] for line in out.splitlines())
+    assert any(line.split()[:3] == ["fc", "Linear", "1000"] for line in out.splitlines())
+    (functional,) = [line for line in out.splitlines() if line.startswith("also tappable (functional steps): ")]
+    assert {"layer4.1.add", "flatten"} <= set(functional.split(": ")[1].split(", "))

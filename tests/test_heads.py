@@ -31,9 +31,9 @@ def accuracy(client: Client, head: str, photos: list, labels: list[str], **optio
 
 def test_logreg_trains_in_the_background_reports_cv_metrics_and_classifies(client):
     photos, labels = hymenoptera("train", 40)
-    job = client.train_head("bugs-logreg", "logreg", images=photos, labels=labels)
+    job = client.train_head("heads-bugs-logreg", "logreg", images=photos, labels=labels)
     assert job.state == heads_pb2.JOB_STATE_QUEUED and job.version == 1
-    head = client.wait_for_head("bugs-logreg")
+    head = client.wait_for_head("heads-bugs-logreg")
     card = head.card
     assert (card.kind, list(card.labels), card.version) == ("logreg", ["ants", "bees"], 1)
     assert card.binding.model == "efficientnet-lite0" and card.binding.output == "embedding"
@@ -41,44 +41,45 @@ def test_logreg_trains_in_the_background_reports_cv_metrics_and_classifies(clien
     assert len(card.metrics.confusion) == 4 and sum(card.metrics.confusion) == 80
     assert card.metrics.c > 0
     val, val_labels = hymenoptera("val", 25)
-    assert accuracy(client, "bugs-logreg", val, val_labels) >= 0.85
-    (both,) = client.classify([val[0]], "bugs-logreg", k=2)
+    assert accuracy(client, "heads-bugs-logreg", val, val_labels) >= 0.85
+    (both,) = client.classify([val[0]], "heads-bugs-logreg", k=2)
     assert [label for label, _ in both] in (["ants", "bees"], ["bees", "ants"])
     assert sum(p for _, p in both) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_linear_svm_from_a_collections_labelled_items(client):
     photos, labels = hymenoptera("train", 30)
-    client.create_collection("bugs")
-    client.add_images("bugs", photos, labels=labels, progress=False)
-    client.add("bugs", images=[skimage_photo("coffee.png")])  # unlabelled items are left out
-    client.train_head("bugs-svm", "linear-svm", collection="bugs")
-    head = client.wait_for_head("bugs-svm")
+    client.create_collection("heads-bugs")
+    client.add_images("heads-bugs", photos, labels=labels, progress=False)
+    client.add("heads-bugs", images=[skimage_photo("coffee.png")])  # unlabelled items are left out
+    client.train_head("heads-bugs-svm", "linear-svm", collection="heads-bugs")
+    head = client.wait_for_head("heads-bugs-svm")
+    client.delete_collection("heads-bugs")  # the head keeps what it learned; the shared server keeps no collection
     assert head.card.metrics.examples == 60
     val, val_labels = hymenoptera("val", 20)
-    assert accuracy(client, "bugs-svm", val, val_labels) >= 0.85
-    (scores,) = client.classify([val[0]], "bugs-svm", k=2)
+    assert accuracy(client, "heads-bugs-svm", val, val_labels) >= 0.85
+    (scores,) = client.classify([val[0]], "heads-bugs-svm", k=2)
     assert sum(p for _, p in scores) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_ncm_learns_from_a_handful_and_adds_classes_one_at_a_time(client):
     photos, labels = hymenoptera("train", 3)
-    client.train_head("few", "ncm", images=photos, labels=labels)
-    assert list(client.wait_for_head("few").card.labels) == ["ants", "bees"]
+    client.train_head("heads-few", "ncm", images=photos, labels=labels)
+    assert list(client.wait_for_head("heads-few").card.labels) == ["ants", "bees"]
     flowers = shared_photos("flowers/daisy", 3)
-    client.train_head("few", "ncm", images=flowers, labels=["daisy"] * 3, add_classes=True)
-    head = client.wait_for_head("few")
+    client.train_head("heads-few", "ncm", images=flowers, labels=["daisy"] * 3, add_classes=True)
+    head = client.wait_for_head("heads-few")
     assert list(head.card.labels) == ["ants", "bees", "daisy"] and list(head.versions) == [1, 2]
     daisies = shared_photos("flowers/daisy", 12)[3:]
-    assert accuracy(client, "few", daisies, ["daisy"] * len(daisies)) >= 0.8
+    assert accuracy(client, "heads-few", daisies, ["daisy"] * len(daisies)) >= 0.8
     val, val_labels = hymenoptera("val", 15)
-    assert accuracy(client, "few", val, val_labels) >= 0.7
+    assert accuracy(client, "heads-few", val, val_labels) >= 0.7
 
 
 def test_retraining_hot_swaps_without_dropping_requests(client, server):
     photos, labels = hymenoptera("train", 20)
-    client.train_head("swap", "logreg", images=photos, labels=labels)
-    client.wait_for_head("swap")
+    client.train_head("heads-swap", "logreg", images=photos, labels=labels)
+    client.wait_for_head("heads-swap")
     errors, versions, stop = [], set(), threading.Event()
 
     def classify_continuously() -> None:
@@ -86,18 +87,25 @@ def test_retraining_hot_swaps_without_dropping_requests(client, server):
             while not stop.is_set():
                 try:
                     response = own.stubs["heads"].Classify(
-                        heads_pb2.ClassifyRequest(head="swap", images=[photos[0].read_bytes()], k=1), timeout=30
+                        heads_pb2.ClassifyRequest(head="heads-swap", images=[photos[0].read_bytes()], k=1), timeout=30
                     )
                     versions.add(response.version)
                 except grpc.RpcError as err:
                     errors.append(err)
 
+    def seen(version: int) -> None:
+        deadline = time.monotonic() + 60
+        while version not in versions:
+            assert time.monotonic() < deadline and not errors, (versions, errors)
+            time.sleep(0.05)
+
     threads = [threading.Thread(target=classify_continuously) for _ in range(3)]
     for t in threads:
         t.start()
-    client.train_head("swap", "logreg", images=photos[::-1], labels=labels[::-1])
-    assert client.wait_for_head("swap").card.version == 2
-    time.sleep(0.5)
+    seen(1)
+    client.train_head("heads-swap", "logreg", images=photos[::-1], labels=labels[::-1])
+    assert client.wait_for_head("heads-swap").card.version == 2
+    seen(2)
     stop.set()
     for t in threads:
         t.join()
@@ -112,50 +120,51 @@ def status(call) -> tuple[str, str]:
 
 def test_bad_head_requests(client):
     photos, labels = hymenoptera("train", 2)
-    assert status(lambda: client.train_head("x", "random-forest", images=photos, labels=labels)) == (
+    assert status(lambda: client.train_head("heads-x", "random-forest", images=photos, labels=labels)) == (
         "INVALID_ARGUMENT",
         "unknown head kind 'random-forest'; choose one of: logreg, linear-svm, ncm",
     )
-    assert status(lambda: client.train_head("x", "logreg", collection="nope"))[0] == "NOT_FOUND"
+    assert status(lambda: client.train_head("heads-x", "logreg", collection="nope"))[0] == "NOT_FOUND"
     assert (
-        status(lambda: client.train_head("x", "logreg", images=photos, labels=["ants", "", "bees", "bees"]))[1]
+        status(lambda: client.train_head("heads-x", "logreg", images=photos, labels=["ants", "", "bees", "bees"]))[1]
         == "image 1 has no label"
     )
-    client.train_head("one-class", "logreg", images=photos[:2], labels=["ants", "ants"])
+    client.train_head("heads-one-class", "logreg", images=photos[:2], labels=["ants", "ants"])
     with pytest.raises(RuntimeError, match="logreg needs at least 2 classes"):
-        client.wait_for_head("one-class")
-    assert client.get_head("one-class").job.state == heads_pb2.JOB_STATE_FAILED
-    assert status(lambda: client.classify(photos, "one-class"))[1].startswith("head 'one-class' has no version ready")
+        client.wait_for_head("heads-one-class")
+    assert client.get_head("heads-one-class").job.state == heads_pb2.JOB_STATE_FAILED
+    refused = status(lambda: client.classify(photos, "heads-one-class"))[1]
+    assert refused.startswith("head 'heads-one-class' has no version ready")
     assert status(lambda: client.classify(photos, "missing"))[0] == "NOT_FOUND"
-    client.train_head("ok", "ncm", images=photos, labels=labels)
-    client.wait_for_head("ok")
-    request = heads_pb2.ClassifyRequest(head="ok", model="resnet50", images=[photos[0].read_bytes()])
+    client.train_head("heads-ok", "ncm", images=photos, labels=labels)
+    client.wait_for_head("heads-ok")
+    request = heads_pb2.ClassifyRequest(head="heads-ok", model="resnet50", images=[photos[0].read_bytes()])
     code, details = status(lambda: client.stubs["heads"].Classify(request, timeout=30))
     assert code == "FAILED_PRECONDITION" and "efficientnet-lite0 v1 output 'embedding'" in details
-    assert status(lambda: client.classify([], "ok"))[1].startswith("no images")
-    assert status(lambda: client.classify([b"junk"], "ok"))[1].startswith("image 0 is not a JPEG")
-    client.delete_head("ok")
-    assert "ok" not in [h.card.name or h.job.head for h in client.list_heads()]
+    assert status(lambda: client.classify([], "heads-ok"))[1].startswith("no images")
+    assert status(lambda: client.classify([b"junk"], "heads-ok"))[1].startswith("image 0 is not a JPEG")
+    client.delete_head("heads-ok")
+    assert "heads-ok" not in [h.card.name or h.job.head for h in client.list_heads()]
 
 
-def test_heads_survive_a_restart(model_repo, tmp_path):
+def test_heads_survive_a_restart(tiny_repo, tmp_path):
     photos, labels = hymenoptera("train", 5)
-    proc = ServerProcess(model_repo, tmp_path, drain_seconds=0)
+    proc = ServerProcess(tiny_repo, tmp_path, drain_seconds=0)  # the tiny model: what is tested is the restart
     try:
         proc.wait_serving()
         with Client(proc.address) as client:
-            client.train_head("kept", "ncm", images=photos, labels=labels)
-            before = client.wait_for_head("kept").card
-            expected = client.classify(photos[:2], "kept", k=2)
+            client.train_head("heads-kept", "ncm", images=photos, labels=labels, model="random-projection-1280")
+            before = client.wait_for_head("heads-kept").card
+            expected = client.classify(photos[:2], "heads-kept", k=2)
         assert proc.terminate() == 0
     finally:
         proc.kill()
-    proc = ServerProcess(model_repo, tmp_path, drain_seconds=0)
+    proc = ServerProcess(tiny_repo, tmp_path, drain_seconds=0)
     try:
         proc.wait_serving()
         with Client(proc.address) as client:
-            assert client.get_head("kept").card == before
-            assert client.classify(photos[:2], "kept", k=2) == expected
+            assert client.get_head("heads-kept").card == before
+            assert client.classify(photos[:2], "heads-kept", k=2) == expected
     finally:
         proc.kill()
 
@@ -171,10 +180,10 @@ def test_test_time_augmentation_for_embed_and_classify(client):
     logits = client.embed([photo], outputs=["logits"], augmentation="10crop")["logits"][0]
     assert 281 <= int(logits.argmax()) <= 285
     photos, labels = hymenoptera("train", 10)
-    client.train_head("tta", "logreg", images=photos, labels=labels)
-    client.wait_for_head("tta")
+    client.train_head("heads-tta", "logreg", images=photos, labels=labels)
+    client.wait_for_head("heads-tta")
     for augmentation in ("flip", "10crop"):
-        (top,) = client.classify([photos[0]], "tta", k=1, augmentation=augmentation)
+        (top,) = client.classify([photos[0]], "heads-tta", k=1, augmentation=augmentation)
         assert top[0][0] == "ants"
 
 
@@ -189,8 +198,8 @@ def test_merge_writes_backbone_and_head_as_one_onnx_that_matches_classify(client
     from offshelf.service.models.registry import read_card
 
     photos, labels = hymenoptera("train", 10)
-    client.train_head("merged", "linear-svm", images=photos, labels=labels)
-    version = client.wait_for_head("merged").card.version
+    client.train_head("heads-merged", "linear-svm", images=photos, labels=labels)
+    version = client.wait_for_head("heads-merged").card.version
     out = tmp_path / "merged.onnx"
     result = subprocess.run(
         [
@@ -200,7 +209,7 @@ def test_merge_writes_backbone_and_head_as_one_onnx_that_matches_classify(client
             "export",
             "merge",
             str(model_repo / "efficientnet-lite0" / "1"),
-            str(server.data_dir / "heads" / "merged" / str(version)),
+            str(server.data_dir / "heads" / "heads-merged" / str(version)),
             "--out",
             str(out),
         ],
@@ -215,7 +224,7 @@ def test_merge_writes_backbone_and_head_as_one_onnx_that_matches_classify(client
     val, _ = hymenoptera("val", 3)
     pre = read_card(model_repo / "efficientnet-lite0" / "1").preprocessing
     (probabilities,) = session.run(["probabilities"], {"image": load_batch(val, pre).numpy()})
-    served = client.classify(val, "merged", k=2)
+    served = client.classify(val, "heads-merged", k=2)
     for row, top in zip(probabilities, served, strict=True):
         assert {label: p for label, p in top} == pytest.approx(
             dict(zip(["ants", "bees"], row.tolist(), strict=True)), abs=2e-3

@@ -198,8 +198,8 @@ def test_bad_index_requests_get_precise_statuses(client, collection, call, code,
 
 
 def test_delete_removes_the_collection_and_its_files(server, client):
-    client.create_collection("doomed")
-    client.add("doomed", vectors=unit_vectors(5, 8))
-    client.delete_collection("doomed")
-    assert "doomed" not in [c.name for c in client.list_collections()]
-    assert not (server.data_dir / "collections" / "doomed").exists()
+    client.create_collection("index-doomed")
+    client.add("index-doomed", vectors=unit_vectors(5, 8))
+    client.delete_collection("index-doomed")
+    assert "index-doomed" not in [c.name for c in client.list_collections()]
+    assert not (server.data_dir / "collections" / "index-doomed").exists()

@@ -1,4 +1,5 @@
-"""hnsw and ivfpq against exact flat search, through the service, on clustered vectors like embeddings."""
+"""hnsw and ivfpq against exact flat search, through the service, on clustered vectors like embeddings (a server
+on the tiny model: the vectors are given, so the network does not matter)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from support import clustered_vectors
 
 DIM = 1280
+TINY = "random-projection-1280"
 
 
 def recall_at_10(client, name: str, truth: list[list[str]], queries: np.ndarray, **search) -> float:
@@ -18,15 +20,15 @@ def recall_at_10(client, name: str, truth: list[list[str]], queries: np.ndarray,
 
 
 @pytest.fixture(scope="module")
-def loaded(server):
+def loaded(tiny_server):
     from offshelf.clients import Client
 
     vectors = clustered_vectors(3000, DIM, seed=0)
     queries = vectors[::60] + 0.05 * clustered_vectors(50, DIM, seed=1)
-    with Client(server.address, timeout=120) as client:
-        client.create_collection("types-flat")
-        client.create_collection("types-hnsw", index_type="hnsw", hnsw={"m": 16, "ef_construction": 100})
-        client.create_collection("types-ivfpq", index_type="ivfpq", ivfpq={"nlist": 32, "train_size": 2000})
+    with Client(tiny_server.address, timeout=120) as client:
+        client.create_collection("types-flat", model=TINY)
+        client.create_collection("types-hnsw", model=TINY, index_type="hnsw", hnsw={"m": 16, "ef_construction": 100})
+        client.create_collection("types-ivfpq", model=TINY, index_type="ivfpq", ivfpq={"nlist": 32, "train_size": 2000})
         for name in ("types-flat", "types-hnsw", "types-ivfpq"):
             for start in range(0, 1500, 500):
                 client.add(name, vectors=vectors[start : start + 500], ids=[str(i) for i in range(start, start + 500)])

@@ -32,8 +32,8 @@ def stub(server: ServerProcess):
         yield oip_grpc.GRPCInferenceServiceStub(channel)
 
 
-def bytes_request(photos, outputs=(), **parameters) -> oip.ModelInferRequest:
-    request = oip.ModelInferRequest(model_name=MODEL, id="req-1")
+def bytes_request(photos, outputs=(), model=MODEL, **parameters) -> oip.ModelInferRequest:
+    request = oip.ModelInferRequest(model_name=model, id="req-1")
     request.inputs.add(name="image", datatype="BYTES", shape=[len(photos)])
     request.raw_input_contents.append(serialize_bytes([p.read_bytes() for p in photos]))
     for name in outputs:
@@ -184,21 +184,23 @@ def test_bad_requests_get_precise_codes(stub):
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "NaN" in message
 
 
-def test_infer_and_embed_requests_are_batched_together(model_repo, tmp_path):
-    server = ServerProcess(model_repo, tmp_path, max_batch_size=2, max_batch_delay_ms=5000, drain_seconds=0)
+def test_infer_and_embed_requests_are_batched_together(tiny_repo, tmp_path):
+    tiny = "random-projection-1280"
+    # A batch of two waits up to 30 s to fill: the two requests below meet in it on any machine.
+    server = ServerProcess(tiny_repo, tmp_path, max_batch_size=2, max_batch_delay_ms=30_000, drain_seconds=0)
     try:
         server.wait_serving()
         with grpc.insecure_channel(server.address) as channel, Client(server.address) as client:
             stub = oip_grpc.GRPCInferenceServiceStub(channel)
             with ThreadPoolExecutor(1) as pool:
-                infer = pool.submit(stub.ModelInfer, bytes_request(PHOTOS[:1]))
-                client.embed(PHOTOS[1:2])  # fills the batch of two long before the 5 s delay runs out
+                infer = pool.submit(stub.ModelInfer, bytes_request(PHOTOS[:1], model=tiny))
+                client.embed(PHOTOS[1:2], model=tiny)  # fills the batch of two
                 assert infer.result().outputs
         text = urllib.request.urlopen(server.metrics_url).read().decode()
         sizes = {
             line.split("{")[0]: float(line.rsplit(" ", 1)[1])
             for line in text.splitlines()
-            if line.startswith(("offshelf_batch_size_images_count", "offshelf_batch_size_images_sum")) and MODEL in line
+            if line.startswith(("offshelf_batch_size_images_count", "offshelf_batch_size_images_sum")) and tiny in line
         }
         assert sizes == {"offshelf_batch_size_images_count": 1.0, "offshelf_batch_size_images_sum": 2.0}
     finally:

@@ -1,4 +1,5 @@
-"""Start-up, readiness and graceful shutdown of the real serving process."""
+"""Start-up, readiness and graceful shutdown of the real serving process (on the tiny model: what is tested is
+the process, not the network)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,32 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 import grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from offshelf.clients import Client
 
 from support import ServerProcess, shared_photos
 
+TINY = "random-projection-1280"
 
-def test_sigterm_turns_health_not_serving_finishes_in_flight_calls_and_exits(model_repo, tmp_path):
-    proc = ServerProcess(model_repo, tmp_path, drain_seconds=2, max_batch_size=4, max_images_per_request=64)
+
+def in_flight_embeds(server: ServerProcess) -> float:
+    text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    return samples.get(("offshelf_in_flight_requests", (("rpc", "Embed"),)), 0)
+
+
+def test_sigterm_turns_health_not_serving_finishes_in_flight_calls_and_exits(tiny_repo, tmp_path):
+    # The tiny model's batcher waits up to 4 s for a batch of 128 to fill, so a call of 64 images is in flight
+    # through the 2 s drain and after it, however fast the machine.
+    proc = ServerProcess(tiny_repo, tmp_path, drain_seconds=2, max_batch_size=128, max_batch_delay_ms=4000)
     try:
         proc.wait_serving()
         photos = shared_photos("ukbench", 64)
@@ -25,22 +42,28 @@ def test_sigterm_turns_health_not_serving_finishes_in_flight_calls_and_exits(mod
 
         def long_call() -> None:
             with Client(proc.address, timeout=60) as client:
-                outcome["shape"] = client.embed(photos, outputs=["embedding"])["embedding"].shape
+                outcome["shape"] = client.embed(photos, model=TINY, outputs=["embedding"])["embedding"].shape
 
         in_flight = threading.Thread(target=long_call)
         in_flight.start()
-        time.sleep(0.3)
-        proc.process.send_signal(15)
-        statuses = []
-        with Client(proc.address, timeout=2) as client:
-            for _ in range(10):
+        with Client(proc.address, timeout=10) as client:
+            deadline = time.monotonic() + 60
+            while in_flight_embeds(proc) < 1:
+                assert time.monotonic() < deadline and in_flight.is_alive(), "the call never got in flight"
+                time.sleep(0.02)
+            assert client.health() == "SERVING"
+            proc.process.send_signal(15)
+            statuses = []
+            while time.monotonic() < deadline:  # until the server refuses new calls
                 try:
                     statuses.append(client.health())
                 except grpc.RpcError:
                     break
-                time.sleep(0.1)
+                time.sleep(0.05)
         in_flight.join(60)
-        assert statuses and set(statuses) == {"NOT_SERVING"}
+        # SERVING until the server has handled the signal, then NOT_SERVING until it refuses calls
+        assert "NOT_SERVING" in statuses
+        assert set(statuses[statuses.index("NOT_SERVING") :]) == {"NOT_SERVING"}
         assert outcome["shape"] == (64, 1280)
         assert proc.process.wait(30) == 0
         assert [e["message"] for e in proc.logs][-2:] == ["draining", "stopped"]
@@ -48,10 +71,10 @@ def test_sigterm_turns_health_not_serving_finishes_in_flight_calls_and_exits(mod
         proc.kill()
 
 
-def test_a_broken_model_keeps_the_server_from_becoming_ready(model_repo, tmp_path):
+def test_a_broken_model_keeps_the_server_from_becoming_ready(tiny_repo, tmp_path):
     broken = tmp_path / "repo"
-    shutil.copytree(model_repo, broken)
-    (broken / "efficientnet-lite0" / "1" / "card.json").write_text("{ not json")
+    shutil.copytree(tiny_repo, broken)
+    (broken / TINY / "1" / "card.json").write_text("{ not json")
     proc = ServerProcess(broken, tmp_path / "data")
     try:
         assert proc.process.wait(60) == 1
@@ -61,12 +84,12 @@ def test_a_broken_model_keeps_the_server_from_becoming_ready(model_repo, tmp_pat
         proc.kill()
 
 
-def test_serving_never_imports_torch(model_repo, tmp_path):
+def test_serving_never_imports_torch(tiny_repo, tmp_path):
     script = f"""
 import sys
 from offshelf.service.server import Server
 from offshelf.service.settings import ServiceSettings
-settings = ServiceSettings(repo={str(model_repo)!r}, data_dir={str(tmp_path)!r}, host="127.0.0.1", port=0,
+settings = ServiceSettings(repo={str(tiny_repo)!r}, data_dir={str(tmp_path)!r}, host="127.0.0.1", port=0,
                            metrics_port=0, drain_seconds=0)
 server = Server(settings)
 server.start()

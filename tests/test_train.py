@@ -1,15 +1,37 @@
-"""Fine-tuning and the from-scratch baseline on real photos, and the checkpoint the export tool reads."""
+"""Fine-tuning, the from-scratch baseline and DANN on small image sets, and the checkpoint the export tool reads.
+
+Only the linear-probe test needs pretrained features (EfficientNet-Lite0 at 224 pixels); the others train a
+randomly initialised ResNet-18 whose checkpoint crops 64 or 32 pixels (support.random_checkpoint), which runs the
+same pipeline at a fraction of the cost."""
 
 from __future__ import annotations
 
-from test_export import read_card
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
 
 from offshelf.export import cli as export_cli
+from offshelf.export.checkpoint import read_checkpoint
+from offshelf.export.errors import ExportError
 from offshelf.export.zoo import build_network, last_linear
 from offshelf.train import cli
-from offshelf.train.finetune import FinetuneConfig, blocks, finetune, freeze, parameter_groups
+from offshelf.train.dann import DannConfig, GradientReversal, run_dann
+from offshelf.train.data import load_splits
+from offshelf.train.finetune import FinetuneConfig, _epoch, blocks, finetune, freeze, parameter_groups
 
-from support import SHARED_DATA, shared_photos
+from support import SHARED_DATA, random_checkpoint, read_card, shared_photos, small_preprocessing
+
+
+def hymenoptera(tmp_path, train_per_class: int, val_per_class: int):
+    """A small copy (links) of the ants/bees set: train/ and val/ with the first photos of each class."""
+    for split, count in (("train", train_per_class), ("val", val_per_class)):
+        for cls in ("ants", "bees"):
+            (tmp_path / "bugs" / split / cls).mkdir(parents=True)
+            for photo in shared_photos(f"hymenoptera/{split}/{cls}", count):
+                (tmp_path / "bugs" / split / cls / photo.name).symlink_to(photo)
+    return tmp_path / "bugs"
 
 
 def test_freezing_by_name_or_count_and_per_block_learning_rates():
@@ -26,126 +48,110 @@ def test_freezing_by_name_or_count_and_per_block_learning_rates():
 
 
 def test_finetune_writes_a_checkpoint_and_curves_that_export_reads(tmp_path):
-    shared_photos("hymenoptera", 1)
-    out = tmp_path / "run"
-    assert (
-        cli.main(
-            [
-                "finetune",
-                str(SHARED_DATA / "hymenoptera"),
-                "--out",
-                str(out),
-                "--freeze",
-                "_blocks.13",
-                "--epochs",
-                "2",
-                "--limit-per-class",
-                "16",
-            ]
-        )
-        == 0
-    )
+    data, out = hymenoptera(tmp_path, 8, 4), tmp_path / "run"
+    weights = random_checkpoint(tmp_path / "init.pt", "resnet18", 64)
+    args = ["--arch", "resnet18", "--weights", str(weights), "--freeze", "layer3", "--epochs", "2"]
+    assert cli.main(["finetune", str(data), "--out", str(out), *args, "--batch-size", "8"]) == 0
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
-    assert (
-        export_cli.main(
-            [
-                "efficientnet-lite0",
-                "--weights",
-                str(out / "checkpoint.pt"),
-                "--repo",
-                str(tmp_path / "repo"),
-                "--name",
-                "bugs",
-            ]
-        )
-        == 0
-    )
+    export = ["resnet18", "--weights", str(out / "checkpoint.pt"), "--repo", str(tmp_path / "repo"), "--name", "bugs"]
+    assert export_cli.main(export) == 0
     card = read_card(tmp_path / "repo" / "bugs" / "1")
     assert list(card.outputs[0].labels) == ["ants", "bees"] and card.outputs[0].dim == 2
-
-
-def _hymenoptera_run(tmp_path, **overrides):
-    """A small fine-tuning run with a learning rate high enough to make validation loss get worse."""
-    shared_photos("hymenoptera", 1)
-    config = FinetuneConfig(
-        data=SHARED_DATA / "hymenoptera",
-        out=tmp_path,
-        freeze="_blocks.15",
-        lr_head=3.0,
-        patience=1,
-        limit_per_class=12,
-        **overrides,
-    )
-    return finetune(config, log=lambda _: None)
+    assert card.preprocessing == small_preprocessing(64)  # carried from the first checkpoint through training
 
 
 def test_early_stopping_keeps_the_best_epoch(tmp_path):
-    history = _hymenoptera_run(tmp_path, epochs=6, init_head=False)
+    data = hymenoptera(tmp_path, 8, 8)
+    config = FinetuneConfig(
+        data=data,
+        out=tmp_path / "run",
+        architecture="resnet18",
+        weights=str(random_checkpoint(tmp_path / "init.pt", "resnet18", 64)),
+        lr_head=3.0,  # high enough to make the validation loss get worse
+        epochs=6,
+        patience=1,
+        batch_size=8,
+        init_head=False,
+    )
+    history = finetune(config, log=lambda _: None)
     assert len(history.val_loss) < 6
-    assert history.val_loss[history.best_epoch - 1] == min(history.val_loss)
+    assert 1 <= history.best_epoch and history.val_loss[history.best_epoch - 1] == min(history.val_loss)
+    kept = build_network("resnet18", str(tmp_path / "run" / "checkpoint.pt"))
+    _, val, _ = load_splits(data, kept.preprocessing, False, 0.2)
+    loss, _ = _epoch(kept.module, DataLoader(val, 8), None, "val")
+    assert loss == pytest.approx(min(history.val_loss), rel=1e-4)  # the checkpoint holds the best epoch's weights
 
 
 def test_the_linear_probe_starts_fine_tuning_and_is_kept_when_nothing_beats_it(tmp_path):
-    history = _hymenoptera_run(tmp_path, epochs=2)
-    assert history.best_epoch == 0 and history.best_accuracy >= 0.85  # the probe; lr 3.0 only made it worse
+    config = FinetuneConfig(
+        data=hymenoptera(tmp_path, 12, 10),
+        out=tmp_path / "run",
+        freeze="_blocks.15",
+        lr_head=3.0,  # only makes the probe worse
+        epochs=1,
+        batch_size=12,
+    )
+    history = finetune(config, log=lambda _: None)
+    assert history.best_epoch == 0 and history.best_accuracy >= 0.85  # the probe on pretrained features
 
 
 def test_from_scratch_trains_the_same_pipeline_from_random_weights(tmp_path, capsys):
-    shared_photos("hymenoptera", 1)
-    assert (
-        cli.main(
-            [
-                "finetune",
-                str(SHARED_DATA / "hymenoptera"),
-                "--out",
-                str(tmp_path),
-                "--from-scratch",
-                "--arch",
-                "resnet18",
-                "--epochs",
-                "1",
-                "--limit-per-class",
-                "8",
-                "--batch-size",
-                "8",
-            ]
-        )
-        == 0
-    )
+    data = hymenoptera(tmp_path, 8, 4)
+    args = ["--from-scratch", "--arch", "resnet18", "--epochs", "1", "--batch-size", "8"]
+    assert cli.main(["finetune", str(data), "--out", str(tmp_path / "run"), *args]) == 0
     assert "frozen blocks: none" in capsys.readouterr().out
-    assert (tmp_path / "checkpoint.pt").exists()
+    checkpoint = read_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert (checkpoint.architecture, checkpoint.class_names) == ("resnet18", ["ants", "bees"])
 
 
-def test_dann_adapts_to_an_unlabelled_target_domain_and_reports_both_accuracies(tmp_path):
-    from PIL import Image, ImageOps
+def squares(folder, per_class: int, background: float, seed: int):
+    """32-pixel images of two classes, a faint or a strong square on a background of the given level."""
+    rng = np.random.default_rng(seed)
+    for cls, contrast in (("faint", 0.2), ("strong", 0.5)):
+        (folder / cls).mkdir(parents=True)
+        for i in range(per_class):
+            image = np.full((32, 32, 3), background + rng.uniform(0, 0.1))
+            top, left = rng.integers(0, 20, 2)
+            image[top : top + 12, left : left + 12] += contrast
+            Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8)).save(folder / cls / f"{i}.png")
+    return folder
 
-    from offshelf.train.dann import DannConfig, run_dann
 
-    shared_photos("hymenoptera", 1)
-    source = tmp_path / "source"
-    for split, folder, count in (
-        ("train", source, 16),
-        ("train", tmp_path / "target", 16),
-        ("val", tmp_path / "target-labelled", 10),
-    ):
-        for cls in ("ants", "bees"):
-            (folder / cls).mkdir(parents=True, exist_ok=True)
-            for photo in sorted((SHARED_DATA / "hymenoptera" / split / cls).glob("*.jpg"))[:count]:
-                image = Image.open(photo).convert("RGB")
-                if folder != source:  # the target domain: inverted greyscale photos
-                    image = ImageOps.invert(image.convert("L").convert("RGB"))
-                image.save(folder / cls / photo.name)
-    report = run_dann(
-        DannConfig(
-            source=source,
-            target=tmp_path / "target",
-            target_labelled=tmp_path / "target-labelled",
-            out=tmp_path / "out",
-            freeze="_blocks.14",
-            epochs=1,
-            batch_size=8,
-        ),
-        log=lambda _: None,
+def test_gradient_reversal_passes_features_forward_and_reverses_their_gradient():
+    features = torch.randn(3, 4, requires_grad=True)
+    reversed_ = GradientReversal.apply(features, 0.25)
+    assert torch.equal(reversed_, features)
+    (reversed_ * torch.arange(4.0)).sum().backward()
+    assert torch.equal(features.grad, -0.25 * torch.arange(4.0).expand(3, 4))
+
+
+def test_dann_trains_the_source_only_baseline_and_the_adapted_model_and_scores_both(tmp_path):
+    """The pipeline, on a small task whose target domain is brighter. Whether adaptation beats the baseline is
+    not asserted: on the tasks tried (inverted hymenoptera photos, brightness-shifted squares) the gain came and
+    went with the seed, so no test here can hold it (docs/transfer.md says so)."""
+    config = DannConfig(
+        source=squares(tmp_path / "source", 16, 0.0, seed=1),
+        target=squares(tmp_path / "target", 16, 0.4, seed=2),
+        target_labelled=squares(tmp_path / "target-labelled", 8, 0.4, seed=3),
+        out=tmp_path / "out",
+        architecture="resnet18",
+        weights=str(random_checkpoint(tmp_path / "init.pt", "resnet18", 32)),
+        epochs=1,
+        batch_size=8,
     )
-    assert 0.0 <= report.source_only_accuracy <= 1.0 and 0.0 <= report.adapted_accuracy <= 1.0
-    assert (tmp_path / "out" / "checkpoint.pt").exists()
+    messages: list[str] = []
+    report = run_dann(config, log=messages.append)
+    for accuracy in (report.source_only_accuracy, report.adapted_accuracy):
+        assert accuracy is not None and accuracy * 16 == round(accuracy * 16)  # scored on the 16 labelled images
+    assert [m.split(" accuracy")[0] for m in messages if "accuracy on the target" in m] == [
+        "source-only",
+        "DANN-adapted",
+    ]
+    checkpoint = read_checkpoint(tmp_path / "out" / "checkpoint.pt")
+    assert (checkpoint.architecture, checkpoint.class_names) == ("resnet18", ["faint", "strong"])
+    assert checkpoint.preprocessing == small_preprocessing(32)
+    (tmp_path / "other" / "bright").mkdir(parents=True)
+    (tmp_path / "other" / "bright" / "0.png").write_bytes((tmp_path / "target" / "faint" / "0.png").read_bytes())
+    config.target_labelled = tmp_path / "other"
+    with pytest.raises(ExportError, match=r"has classes \['bright'\]; the source has \['faint', 'strong'\]"):
+        run_dann(config, log=messages.append)
