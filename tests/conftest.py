@@ -79,8 +79,8 @@ def traffic(model_repo, tmp_path_factory):
                     client.embed([bad])
             client.create_collection("objects", index_type="hnsw")
             labels = [str(i // 4) for i in range(len(photos))]
-            client.add_images("objects", photos, labels=labels, batch_size=16, progress=False)  # 16, 8: a snapshot
-            client.add("objects", vectors=[np.ones(1280)], ids=["after-the-snapshot"])  # one write in the log
+            client.add_images("objects", photos, labels=labels, batch_size=16, progress=False)  # two Adds: 16, 8
+            client.add("objects", vectors=[np.ones(1280)], ids=["a-vector"])
             client.train_head("objects-head", "ncm", collection="objects")
             client.wait_for_head("objects-head")
             client.search_batch("objects", images=photos[:8], k=4)

@@ -182,7 +182,6 @@ def test_overlays_render_every_object(rendered):
             "ConfigMap",
             "ConfigMap",
             "Deployment",
-            "HorizontalPodAutoscaler",
             "PersistentVolumeClaim",
             "PodDisruptionBudget",
             "PrometheusRule",
@@ -255,8 +254,8 @@ def test_services_and_monitoring_point_at_the_right_ports(rendered):
     assert [s["metadata"]["name"] for s in selected if "metrics" in {p["name"] for p in s["spec"]["ports"]}] == [
         "offshelf"
     ]
-    (hpa,) = objects(rendered, "HorizontalPodAutoscaler")
-    assert {m["type"] for m in hpa["spec"]["metrics"]} == {"Resource", "Pods"}
+    (deployment,) = objects(rendered, "Deployment")  # one writer per data folder: one replica, no autoscaler
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
 
 
 def rules_file(tmp_path):
