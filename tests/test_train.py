@@ -14,11 +14,11 @@ from torch.utils.data import DataLoader
 
 from offshelf.export import cli as export_cli
 from offshelf.export.checkpoint import read_checkpoint
-from offshelf.export.errors import ExportError
 from offshelf.export.zoo import build_network, last_linear
 from offshelf.train import cli
 from offshelf.train.dann import DannConfig, GradientReversal, run_dann
 from offshelf.train.data import load_splits
+from offshelf.train.errors import TrainError
 from offshelf.train.finetune import FinetuneConfig, _epoch, blocks, finetune, freeze, parameter_groups
 
 from support import SHARED_DATA, random_checkpoint, read_card, shared_photos, small_preprocessing
@@ -153,5 +153,5 @@ def test_dann_trains_the_source_only_baseline_and_the_adapted_model_and_scores_b
     (tmp_path / "other" / "bright").mkdir(parents=True)
     (tmp_path / "other" / "bright" / "0.png").write_bytes((tmp_path / "target" / "faint" / "0.png").read_bytes())
     config.target_labelled = tmp_path / "other"
-    with pytest.raises(ExportError, match=r"has classes \['bright'\]; the source has \['faint', 'strong'\]"):
+    with pytest.raises(TrainError, match=r"has classes \['bright'\]; the source has \['faint', 'strong'\]"):
         run_dann(config, log=messages.append)

@@ -7,6 +7,7 @@ import pathlib
 import sys
 
 from offshelf.export.errors import ExportError
+from offshelf.train.errors import TrainError
 from offshelf.train.finetune import FinetuneConfig, finetune
 
 
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                     batch_size=args.batch_size,
                 )
             )
-        except ExportError as err:
+        except (TrainError, ExportError) as err:  # the network is built by the export tool
             print(f"offshelf train: error: {err}", file=sys.stderr)
             return 2
         return 0
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         finetune(config)
-    except ExportError as err:
+    except (TrainError, ExportError) as err:  # the network is built by the export tool
         print(f"offshelf train: error: {err}", file=sys.stderr)
         return 2
     return 0

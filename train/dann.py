@@ -21,10 +21,10 @@ from torchvision import datasets
 from tqdm import tqdm
 
 from offshelf.export.checkpoint import write_checkpoint
-from offshelf.export.errors import ExportError
 from offshelf.export.repository import card_transform
 from offshelf.export.zoo import build_network, last_linear
 from offshelf.train.data import train_transform
+from offshelf.train.errors import TrainError
 from offshelf.train.finetune import _epoch, freeze
 
 
@@ -125,7 +125,7 @@ def run_dann(config: DannConfig, log=print) -> DannReport:
         else None
     )
     if target_set is None or len(target_set) == 0:
-        raise ExportError(f"{config.target} holds no images in sub-folders (any folder names; labels are ignored)")
+        raise TrainError(f"{config.target} holds no images in sub-folders (any folder names; labels are ignored)")
     source = DataLoader(
         source_set, config.batch_size, shuffle=True, num_workers=2, drop_last=len(source_set) > config.batch_size
     )
@@ -134,7 +134,7 @@ def run_dann(config: DannConfig, log=print) -> DannReport:
     if config.target_labelled:
         labelled = datasets.ImageFolder(config.target_labelled, card_transform(pre))
         if labelled.classes != classes:
-            raise ExportError(f"{config.target_labelled} has classes {labelled.classes}; the source has {classes}")
+            raise TrainError(f"{config.target_labelled} has classes {labelled.classes}; the source has {classes}")
         evaluation = DataLoader(labelled, config.batch_size, num_workers=2)
     log(f"source {len(source_set)} images in {classes}; target {len(target_set)} unlabelled images")
     accuracies = {}

@@ -9,9 +9,9 @@ import torch
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets, transforms
 
-from offshelf.export.errors import ExportError
 from offshelf.export.repository import card_transform
 from offshelf.protos.v1 import model_card_pb2 as card_pb2
+from offshelf.train.errors import TrainError
 
 
 def train_transform(pre: card_pb2.Preprocessing, augment: bool) -> transforms.Compose:
@@ -42,17 +42,17 @@ def load_splits(
         train = datasets.ImageFolder(folder / "train", train_transform(pre, augment))
         val = datasets.ImageFolder(val_dir, card_transform(pre))
         if val.classes != train.classes:
-            raise ExportError(f"{val_dir} has classes {val.classes}, {folder / 'train'} has {train.classes}")
+            raise TrainError(f"{val_dir} has classes {val.classes}, {folder / 'train'} has {train.classes}")
     elif folder.is_dir():
         train = datasets.ImageFolder(folder, train_transform(pre, augment))
         val = datasets.ImageFolder(folder, card_transform(pre))
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()
         cut = int(len(order) * val_fraction)
         if cut == 0:
-            raise ExportError(f"{folder} has no train/ and val/ folders; give --val-split above 0")
+            raise TrainError(f"{folder} has no train/ and val/ folders; give --val-split above 0")
         train, val = Subset(train, order[cut:]), Subset(val, order[:cut])
     else:
-        raise ExportError(f"no such folder {folder}")
+        raise TrainError(f"no such folder {folder}")
     classes = train.dataset.classes if isinstance(train, Subset) else train.classes
     if limit_per_class:
         targets = [train.dataset.targets[i] for i in train.indices] if isinstance(train, Subset) else train.targets

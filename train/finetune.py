@@ -19,9 +19,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from offshelf.export.checkpoint import write_checkpoint
-from offshelf.export.errors import ExportError
 from offshelf.export.zoo import build_network, last_linear
 from offshelf.train.data import load_splits
+from offshelf.train.errors import TrainError
 
 
 @dataclass
@@ -75,7 +75,7 @@ def freeze(module: nn.Module, spec: str) -> list[str]:
     else:
         matches = [i for i, name in enumerate(names) if name == spec or name.startswith(spec + ".")]
         if not matches:
-            raise ExportError(f"--freeze {spec!r} is not a block; blocks: {', '.join(names)}")
+            raise TrainError(f"--freeze {spec!r} is not a block; blocks: {', '.join(names)}")
         count = matches[-1] + 1
     for _, parameters in groups[:count]:
         for parameter in parameters:
