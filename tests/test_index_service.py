@@ -179,7 +179,7 @@ def test_a_batch_with_one_bad_item_is_rejected_whole(client, collection):
         (lambda c, n: c.search(n, vector=[1.0] * 3, k=1), "INVALID_ARGUMENT", "query vector has 3 values"),
         (lambda c, n: c.search(n, k=1), "INVALID_ARGUMENT", "query is empty: set image, vector or id"),
         (lambda c, n: c.search(n, image=b"", k=1), "INVALID_ARGUMENT", "query image is empty"),
-        (lambda c, n: c.remove(n, []), "INVALID_ARGUMENT", "no ids"),
+        (lambda c, n: c.remove(n, []), "INVALID_ARGUMENT", "by ids or by a non-empty filter"),
         (lambda c, n: c.create_collection(n), "ALREADY_EXISTS", "exists"),
         (lambda c, n: c.create_collection("bad name!"), "INVALID_ARGUMENT", "is invalid"),
         (lambda c, n: c.create_collection("x1", index_type="lsh"), "INVALID_ARGUMENT", "unknown index_type 'lsh'"),
