@@ -25,9 +25,10 @@ from google.protobuf.message import Message
 from tqdm import tqdm
 
 from offshelf.clients import evaluate
-from offshelf.clients.client import DEFAULT_MODEL, Client, Hit, StoredItem, image_files, image_paths
+from offshelf.clients.client import DEFAULT_MODEL, Client, Hit, StoredItem
 from offshelf.clients.connection import Connection
 from offshelf.clients.errors import DeadlineExceeded, NotFound, OffshelfError, Unavailable
+from offshelf.clients.image_files import image_files, image_paths
 from offshelf.protos.v1 import embedding_pb2, heads_pb2, index_pb2
 
 DELEGATED = {
