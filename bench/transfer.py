@@ -44,7 +44,8 @@ def heads_rows(client: Client, name: str, train, val) -> list[tuple[str, float |
     val_paths, val_labels = paths_and_labels(val)
     started = time.perf_counter()
     client.create_collection(name)
-    client.add_images(name, train_paths, labels=train_labels, progress=False)
+    ids = [f"{label}/{path.name}" for path, label in zip(train_paths, train_labels, strict=True)]  # names repeat
+    client.add_images(name, train_paths, ids=ids, labels=train_labels, progress=False)
     rows = [
         ("embedding + indexing the training images (service, shared by the heads)", None, time.perf_counter() - started)
     ]
