@@ -116,9 +116,10 @@ def test_every_acknowledged_add_survives_kill_9_during_8_concurrent_writers(tiny
     try:
         with Client(proc.address) as client:
             assert client.get_collection("crash").count >= len(acknowledged)
-            for item_id, _ in acknowledged:
-                (top,) = client.search("crash", id=item_id, k=1)
-                assert top.id == item_id
+            ids = [item_id for item_id, _ in acknowledged]
+            for start in range(0, len(ids), 1000):  # every acknowledged item is found, as its own nearest
+                rows = client.search_batch("crash", ids=ids[start : start + 1000], k=1)
+                assert [top.id for (top,) in rows] == ids[start : start + 1000]
             for item_id, vector in acknowledged[::50]:
                 assert client.search("crash", vector=vector, k=1)[0].id == item_id
     finally:
