@@ -1,8 +1,8 @@
 """Fine-tuning, the from-scratch baseline and DANN on small image sets, and the checkpoint the export tool reads.
 
 Only the linear-probe test needs pretrained features (EfficientNet-Lite0 at 224 pixels); the others train a
-randomly initialised ResNet-18 whose checkpoint crops 64 or 32 pixels (support.random_checkpoint), which runs the
-same pipeline at a fraction of the cost."""
+randomly initialised ResNet-18 whose checkpoint crops 32 pixels (support.random_checkpoint), which runs the same
+pipeline at a fraction of the cost."""
 
 from __future__ import annotations
 
@@ -49,15 +49,15 @@ def test_freezing_by_name_or_count_and_per_block_learning_rates():
 
 def test_finetune_writes_a_checkpoint_and_curves_that_export_reads(tmp_path):
     data, out = hymenoptera(tmp_path, 8, 4), tmp_path / "run"
-    weights = random_checkpoint(tmp_path / "init.pt", "resnet18", 64)
+    weights = random_checkpoint(tmp_path / "init.pt", "resnet18", 32)
     args = ["--arch", "resnet18", "--weights", str(weights), "--freeze", "layer3", "--epochs", "2"]
-    assert cli.main(["finetune", str(data), "--out", str(out), *args, "--batch-size", "8"]) == 0
+    assert cli.main(["finetune", str(data), "--out", str(out), *args, "--batch-size", "16"]) == 0
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     export = ["resnet18", "--weights", str(out / "checkpoint.pt"), "--repo", str(tmp_path / "repo"), "--name", "bugs"]
     assert export_cli.main(export) == 0
     card = read_card(tmp_path / "repo" / "bugs" / "1")
     assert list(card.outputs[0].labels) == ["ants", "bees"] and card.outputs[0].dim == 2
-    assert card.preprocessing == small_preprocessing(64)  # carried from the first checkpoint through training
+    assert card.preprocessing == small_preprocessing(32)  # carried from the first checkpoint through training
 
 
 def test_early_stopping_keeps_the_best_epoch(tmp_path):
@@ -66,11 +66,11 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path):
         data=data,
         out=tmp_path / "run",
         architecture="resnet18",
-        weights=str(random_checkpoint(tmp_path / "init.pt", "resnet18", 64)),
+        weights=str(random_checkpoint(tmp_path / "init.pt", "resnet18", 32)),
         lr_head=3.0,  # high enough to make the validation loss get worse
         epochs=6,
         patience=1,
-        batch_size=8,
+        batch_size=16,
         init_head=False,
     )
     history = finetune(config, log=lambda _: None)
@@ -96,12 +96,12 @@ def test_the_linear_probe_starts_fine_tuning_and_is_kept_when_nothing_beats_it(t
 
 
 def test_from_scratch_trains_the_same_pipeline_from_random_weights(tmp_path, capsys):
-    data = hymenoptera(tmp_path, 8, 4)
-    args = ["--from-scratch", "--arch", "resnet18", "--epochs", "1", "--batch-size", "8"]
+    data = hymenoptera(tmp_path, 4, 2)
+    args = ["--from-scratch", "--arch", "mobilenet_v3_small", "--epochs", "1", "--batch-size", "8"]
     assert cli.main(["finetune", str(data), "--out", str(tmp_path / "run"), *args]) == 0
     assert "frozen blocks: none" in capsys.readouterr().out
     checkpoint = read_checkpoint(tmp_path / "run" / "checkpoint.pt")
-    assert (checkpoint.architecture, checkpoint.class_names) == ("resnet18", ["ants", "bees"])
+    assert (checkpoint.architecture, checkpoint.class_names) == ("mobilenet_v3_small", ["ants", "bees"])
 
 
 def squares(folder, per_class: int, background: float, seed: int):
@@ -137,7 +137,7 @@ def test_dann_trains_the_source_only_baseline_and_the_adapted_model_and_scores_b
         architecture="resnet18",
         weights=str(random_checkpoint(tmp_path / "init.pt", "resnet18", 32)),
         epochs=1,
-        batch_size=8,
+        batch_size=16,
     )
     messages: list[str] = []
     report = run_dann(config, log=messages.append)

@@ -9,9 +9,9 @@ both are scored on them.
 from __future__ import annotations
 
 import copy
-import itertools
 import math
 import pathlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -76,6 +76,13 @@ def _model(config: DannConfig, classes: int) -> tuple[nn.Module, str]:
     return model, classifier
 
 
+def _endless(loader: DataLoader) -> Iterator:
+    """The loader's batches again and again, each pass freshly shuffled and augmented (itertools.cycle would
+    replay the first pass's tensors, and keep them all in memory)."""
+    while True:
+        yield from loader
+
+
 def _train(config: DannConfig, source: DataLoader, target: DataLoader, classes: int, adapt: bool) -> nn.Module:
     torch.manual_seed(config.seed)
     model, classifier = _model(config, classes)
@@ -89,7 +96,7 @@ def _train(config: DannConfig, source: DataLoader, target: DataLoader, classes: 
     steps = config.epochs * len(source)
     for step_epoch in range(config.epochs):
         model.train()
-        pairs = zip(source, itertools.cycle(target), strict=False)
+        pairs = zip(source, _endless(target), strict=False)
         for step, ((xs, ys), (xt, _)) in enumerate(
             tqdm(
                 pairs,

@@ -168,9 +168,9 @@ def finetune(config: FinetuneConfig, log=print) -> History:
         f"images; frozen blocks: {', '.join(frozen) or 'none'}"
     )
     optimizer = torch.optim.AdamW(parameter_groups(model, classifier, config), weight_decay=1e-4)
-    loaders = (
-        DataLoader(train, config.batch_size, shuffle=True, num_workers=2),
-        DataLoader(val, config.batch_size, num_workers=2),
+    loaders = (  # read every epoch: workers that persist are not forked again each time
+        DataLoader(train, config.batch_size, shuffle=True, num_workers=2, persistent_workers=True),
+        DataLoader(val, config.batch_size, num_workers=2, persistent_workers=True),
     )
     history, best, best_loss, waited = History(), copy.deepcopy(model.state_dict()), float("inf"), 0
     start_accuracy = 0.0
