@@ -101,7 +101,7 @@ def test_collection_add_search_as_json(server, tmp_path):
         "skipped": [],
         "count": 8,
     }
-    assert [c["name"] for c in run_json("collection", "list")] == ["cli-json"]
+    assert "cli-json" in [c["name"] for c in run_json("collection", "list")]  # other files share the server
     assert int(run_json("collection", "show", "cli-json")["count"]) == 8
     hits = run_json("search", str(photos[5]), "--collection", "cli-json", "-k", "2")
     assert hits[0]["id"] == photos[5].name  # ids: paths relative to the glob's leading folder
