@@ -104,36 +104,47 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def filtered_search_row(client: Client, name: str) -> dict:
+    row = {
+        "collection": name,
+        "items": client.get_collection(name).count,
+        "unfiltered_qps": search_qps(client, name, None),
+    }
+    for buckets in (1, 10, 100):
+        row[f"filter_{buckets}%_qps"] = search_qps(client, name, buckets)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,100000,1000000", help="collection sizes to time Add at")
     parser.add_argument("--types", default="flat,hnsw", help="index types, each its own collection")
+    parser.add_argument(
+        "--data", type=pathlib.Path, help="a data folder this script filled before: skip the adds, time the rest"
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     repo = write_identity_model(ROOT / "build" / "bench-repo", DIM)
-    data = pathlib.Path(tempfile.mkdtemp(prefix="offshelf-store-", dir=ROOT / "build"))
+    data = args.data or pathlib.Path(tempfile.mkdtemp(prefix="offshelf-store-", dir=ROOT / "build"))
     server = ServerProcess(repo, data, drain_seconds=0)
     adds, searches = [], []
     try:
-        server.wait_serving()
+        server.wait_serving(timeout=3600)
         with Client(server.address, timeout=600) as client:
             for index_type in args.types.split(","):
-                client.create_collection(index_type, model=MODEL, index_type=index_type)
-                adds += grow(client, index_type, sizes)
-                unfiltered = search_qps(client, index_type, None)
-                row = {"collection": index_type, "items": client.get_collection(index_type).count}
-                row["unfiltered_qps"] = unfiltered
-                for buckets in (1, 10, 100):
-                    row[f"filter_{buckets}%_qps"] = search_qps(client, index_type, buckets)
-                searches.append(row)
+                if args.data is None:
+                    client.create_collection(index_type, model=MODEL, index_type=index_type)
+                    adds += grow(client, index_type, sizes)
+                searches.append(filtered_search_row(client, index_type))
     finally:
         server.terminate(timeout=600)
     restarts = [
         {"start": "index files present (caught up)", "seconds": restart_seconds(repo, data, drop_index=False)},
         {"start": "index files deleted (rebuilt)", "seconds": restart_seconds(repo, data, drop_index=True)},
     ]
-    print("\n## Add latency per 1,000-item batch (1280-d)\n")
-    print(table(adds))
+    if adds:
+        print("\n## Add latency per 1,000-item batch (1280-d)\n")
+        print(table(adds))
     total = sum(row["items"] for row in searches)
     print(f"\n## Restart with {len(searches)} collections, {total} items in all\n")
     print(table(restarts))

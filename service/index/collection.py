@@ -98,8 +98,9 @@ class Collection:
     @classmethod
     def open(cls, directory: pathlib.Path) -> Collection:
         store = ItemStore(directory / DATABASE)
-        collection = cls(directory, store, store.config())
-        collection._restore()
+        with store.unreadable_is_a_load_error():
+            collection = cls(directory, store, store.config())
+            collection._restore()
         collection._maybe_train()
         return collection
 
