@@ -62,6 +62,7 @@ class Collection:
         self.name = config.name
         self.dim = config.binding.dim
         self.closed = False
+        self._deleted = False
         self.count = 0
         self.drift = DriftMonitor()
         self.last_index_save_at: float | None = None  # Unix time
@@ -116,7 +117,8 @@ class Collection:
     def delete(self) -> None:
         with self._write_lock:
             self.closed = True
-        with self._save_lock:
+        with self._save_lock:  # a save in progress finishes first; none starts after
+            self._deleted = True
             self.store.close()
 
     # --- reads -----------------------------------------------------------------------------------
@@ -460,7 +462,7 @@ class Collection:
         with self._save_lock:
             with self._rw.read():
                 seq = self._seq
-                if seq == self._saved_seq and self.last_index_save_at is not None:
+                if self._deleted or (seq == self._saved_seq and self.last_index_save_at is not None):
                     return
                 data = faiss.serialize_index(self._index)
             path = self.directory / f"index-{seq}.faiss"
