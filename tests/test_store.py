@@ -77,6 +77,10 @@ def test_adding_an_existing_id_replaces_the_item(client, filled):
     assert (item.label, item.metadata) == ("new", {"v": "2"})
     np.testing.assert_allclose(item.vector, vectors[1], atol=1e-6)
     assert client.search("upsert", vector=vectors[0], k=5)[0].id == "a"  # one hit, the new vector
+    assert client.search("upsert", vector=vectors[1], k=5, metadata={"v": "1"}) == []  # the old metadata is gone
+    assert [h.id for h in client.search("upsert", vector=vectors[1], k=5, metadata={"v": "2"})] == ["a"]
+    client.remove("upsert", ["a"])
+    assert client.search("upsert", vector=vectors[1], k=5, metadata={"v": "2"}) == []
 
 
 def test_filters_select_by_label_and_metadata_and_never_return_fewer_than_k(client, filled):

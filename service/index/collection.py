@@ -36,7 +36,7 @@ from offshelf.service.drift import DriftMonitor
 from offshelf.service.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from offshelf.service.index.faiss_index import new_index, search_params, train_ivfpq
 from offshelf.service.index.rwlock import ReadWriteLock
-from offshelf.service.index.store import DATABASE, Filter, ItemStore, Row, from_blobs, to_blob
+from offshelf.service.index.store import DATABASE, Filter, ItemStore, Row, from_blobs
 from offshelf.service.logs import fields
 
 log = logging.getLogger(__name__)
@@ -290,13 +290,11 @@ class Collection:
             total = self._sum + vectors.sum(axis=0, dtype=np.float64)
             total -= sum((vector for _, vector in replaced.values()), np.zeros(self.dim))
             rows = [
-                (item_id, int(internal), label, _json(meta), to_blob(vector), seq)
+                (Row(item_id, int(internal), label, meta), vector)
                 for item_id, internal, (_, label, meta), vector in zip(ids, internals, items, vectors, strict=True)
             ]
             with self.store.transaction() as db:
-                db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, ?)", rows)
-                keys = {key for _, _, meta in items for key in meta}
-                db.executemany("INSERT OR IGNORE INTO metadata_keys VALUES (?)", [(key,) for key in keys])
+                ItemStore.put_items(db, rows, seq, [row.internal for row, _ in replaced.values()])
                 self._commit_state(db, seq, int(internals[-1]) + 1, total)
             with self._rw.write():
                 self._drop([row.internal for row, _ in replaced.values()])
@@ -329,7 +327,7 @@ class Collection:
         seq = self._seq + 1
         total = self._sum - sum((vector for _, vector in present.values()), np.zeros(self.dim))
         with self.store.transaction() as db:
-            db.executemany("DELETE FROM items WHERE id = ?", [(item_id,) for item_id in present])
+            ItemStore.delete_items(db, [row for row, _ in present.values()])
             self._commit_state(db, seq, self._next_internal, total)
         with self._rw.write():
             self._drop([row.internal for row, _ in present.values()])
@@ -509,7 +507,3 @@ class Collection:
             )
         finally:
             self._training = False
-
-
-def _json(metadata: dict[str, str]) -> str:
-    return json.dumps(metadata, ensure_ascii=False, sort_keys=True)

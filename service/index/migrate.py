@@ -22,7 +22,7 @@ from google.protobuf import json_format
 
 from offshelf.protos.v1 import index_pb2
 from offshelf.service.errors import CollectionLoadError
-from offshelf.service.index.store import DATABASE, ItemStore, to_blob
+from offshelf.service.index.store import DATABASE, ItemStore, Row
 from offshelf.service.logs import fields
 
 log = logging.getLogger(__name__)
@@ -57,15 +57,11 @@ def migrate(directory: pathlib.Path) -> None:
     store = ItemStore(staged)
     with store.transaction() as db:
         ItemStore.set_config(db, config)
-        db.executemany(
-            "INSERT INTO items VALUES (?, ?, ?, ?, ?, 1)",
-            [
-                (item_id, internal, label, json.dumps(metadata, sort_keys=True), to_blob(vector))
-                for internal, (item_id, (label, metadata, vector)) in enumerate(items.items())
-            ],
-        )
-        keys = {key for _, metadata, _ in items.values() for key in metadata}
-        db.executemany("INSERT INTO metadata_keys VALUES (?)", [(key,) for key in keys])
+        rows = [
+            (Row(item_id, internal, label, metadata), vector)
+            for internal, (item_id, (label, metadata, vector)) in enumerate(items.items())
+        ]
+        ItemStore.put_items(db, rows, seq=1, replaced=[])
         total = sum((vector.astype(np.float64) for _, _, vector in items.values()), np.zeros(config.binding.dim))
         ItemStore.set_state(db, "seq", 1)
         ItemStore.set_state(db, "next_internal", len(items))

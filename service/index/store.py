@@ -38,6 +38,13 @@ CREATE TABLE IF NOT EXISTS items (
 );
 CREATE INDEX IF NOT EXISTS items_by_seq ON items (seq);
 CREATE INDEX IF NOT EXISTS items_by_label ON items (label);
+CREATE TABLE IF NOT EXISTS item_metadata (  -- each metadata entry again, so that filters select through an index
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    internal INTEGER NOT NULL,
+    PRIMARY KEY (key, value, internal)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS item_metadata_by_internal ON item_metadata (internal);
 CREATE TABLE IF NOT EXISTS metadata_keys (key TEXT PRIMARY KEY);  -- every key an item has had, for filters
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value);
 """
@@ -70,11 +77,9 @@ class Filter:
         if self.labels:
             clauses.append(f"label IN ({', '.join('?' * len(self.labels))})")
             parameters += self.labels
-        for key, values in self.metadata:  # json_each, not a JSON path: any key is matched literally
-            clauses.append(
-                "EXISTS (SELECT 1 FROM json_each(items.metadata) AS m "
-                f"WHERE m.key = ? AND m.value IN ({', '.join('?' * len(values))}))"
-            )
+        for key, values in self.metadata:
+            marks = ", ".join("?" * len(values))
+            clauses.append(f"internal IN (SELECT internal FROM item_metadata WHERE key = ? AND value IN ({marks}))")
             parameters += [key, *values]
         return " AND ".join(clauses) or "1", parameters
 
@@ -186,6 +191,39 @@ class ItemStore:
         ItemStore.set_state(db, key, buffer.getvalue())
 
     # --- items -------------------------------------------------------------------------------------
+
+    @staticmethod
+    def put_items(
+        db: sqlite3.Connection, rows: Sequence[tuple[Row, np.ndarray]], seq: int, replaced: Sequence[int]
+    ) -> None:
+        """Writes items (an existing id is replaced: `replaced` are the FAISS ids they had) and their metadata."""
+        ItemStore._forget_metadata(db, replaced)
+        db.executemany(
+            "INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    row.id,
+                    row.internal,
+                    row.label,
+                    json.dumps(row.metadata, ensure_ascii=False, sort_keys=True),
+                    to_blob(vector),
+                    seq,
+                )
+                for row, vector in rows
+            ],
+        )
+        entries = [(key, value, row.internal) for row, _ in rows for key, value in row.metadata.items()]
+        db.executemany("INSERT INTO item_metadata VALUES (?, ?, ?)", entries)
+        db.executemany("INSERT OR IGNORE INTO metadata_keys VALUES (?)", [(key,) for key in {e[0] for e in entries}])
+
+    @staticmethod
+    def delete_items(db: sqlite3.Connection, rows: Sequence[Row]) -> None:
+        db.executemany("DELETE FROM items WHERE id = ?", [(row.id,) for row in rows])
+        ItemStore._forget_metadata(db, [row.internal for row in rows])
+
+    @staticmethod
+    def _forget_metadata(db: sqlite3.Connection, internals: Sequence[int]) -> None:
+        db.executemany("DELETE FROM item_metadata WHERE internal = ?", [(internal,) for internal in internals])
 
     def count(self, where: Filter = Filter()) -> int:
         clause, parameters = where.sql()
