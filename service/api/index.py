@@ -140,7 +140,11 @@ class IndexServicer(pb2_grpc.IndexServicer):
         self._check_id_count(len(request.ids))
         found = collection.get(list(request.ids))
         return pb2.GetItemsResponse(
-            items=[_stored(*found[i], request.with_vectors) for i in dict.fromkeys(request.ids) if i in found],
+            items=[
+                _stored(found[i][0], found[i][1] if request.with_vectors else None)
+                for i in dict.fromkeys(request.ids)
+                if i in found
+            ],
             not_found=[i for i in dict.fromkeys(request.ids) if i not in found],
         )
 
@@ -151,10 +155,10 @@ class IndexServicer(pb2_grpc.IndexServicer):
         size = request.page_size or 100
         where = _filter(request.filter, collection)
         listing = hashlib.sha256(request.filter.SerializeToString(deterministic=True)).hexdigest()[:16]
-        page = collection.page(_after(request.page_token, listing), size + 1, where)
+        page = collection.page(_after(request.page_token, listing), size + 1, where, request.with_vectors)
         next_token = _page_token(page[size - 1][0].id, listing) if len(page) > size else ""
         return pb2.ListItemsResponse(
-            items=[_stored(row, vector, request.with_vectors) for row, vector in page[:size]],
+            items=[_stored(row, vector) for row, vector in page[:size]],
             next_page_token=next_token,
         )
 
@@ -293,8 +297,8 @@ def _after(token: str, listing: str) -> str:
     return after
 
 
-def _stored(row: Row, vector: np.ndarray, with_vector: bool) -> pb2.StoredItem:
+def _stored(row: Row, vector: np.ndarray | None) -> pb2.StoredItem:
     item = pb2.StoredItem(id=row.id, label=row.label, metadata=row.metadata)
-    if with_vector:
+    if vector is not None:
         item.vector.CopyFrom(Vector(values=vector.tolist(), dim=len(vector)))
     return item

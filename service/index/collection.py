@@ -157,10 +157,10 @@ class Collection:
     def get(self, item_ids: list[str]) -> dict[str, tuple[Row, np.ndarray]]:
         return self.store.by_ids(item_ids, self.dim)
 
-    def page(self, after_id: str, size: int, where: Filter) -> list[tuple[Row, np.ndarray]]:
-        """Up to `size` items in id order after `after_id`."""
-        rows = self.store.page(after_id, size, where)
-        vectors = from_blobs([r[4] for r in rows], self.dim)
+    def page(self, after_id: str, size: int, where: Filter, with_vectors: bool) -> list[tuple[Row, np.ndarray | None]]:
+        """Up to `size` items in id order after `after_id`, with their vectors when asked."""
+        rows = self.store.page(after_id, size, where, with_vectors)
+        vectors = from_blobs([r[4] for r in rows], self.dim) if with_vectors else [None] * len(rows)
         return [(Row(r[0], r[1], r[2], json.loads(r[3])), vector) for r, vector in zip(rows, vectors, strict=True)]
 
     def check_filter(self, where: Filter) -> None:

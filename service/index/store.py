@@ -241,35 +241,30 @@ class ItemStore:
         clause, parameters = where.sql()
         return [row[0] for row in self.read(f"SELECT id FROM items WHERE {clause}", parameters)]
 
+    def _select_in(self, columns: str, key: str, values: Sequence[object]) -> list[tuple]:
+        """SELECT columns of the items whose `key` is one of values, 500 values a query (SQLite's limit on
+        parameters is 999 on older builds)."""
+        found: list[tuple] = []
+        for start in range(0, len(values), 500):
+            part = list(values[start : start + 500])
+            found += self.read(f"SELECT {columns} FROM items WHERE {key} IN ({', '.join('?' * len(part))})", part)
+        return found
+
     def rows(self, internals: Sequence[int]) -> dict[int, Row]:
         """The items with these FAISS ids (absent ones are left out)."""
-        found: dict[int, Row] = {}
-        for start in range(0, len(internals), 500):
-            part = list(internals[start : start + 500])
-            sql = f"SELECT internal, id, label, metadata FROM items WHERE internal IN ({', '.join('?' * len(part))})"
-            for internal, item_id, label, metadata in self.read(sql, part):
-                found[internal] = Row(item_id, internal, label, json.loads(metadata))
-        return found
+        return {
+            r[0]: Row(r[1], r[0], r[2], json.loads(r[3]))
+            for r in self._select_in("internal, id, label, metadata", "internal", internals)
+        }
 
     def vectors(self, internals: Sequence[int], dim: int) -> dict[int, np.ndarray]:
-        found: dict[int, np.ndarray] = {}
-        for start in range(0, len(internals), 500):
-            part = list(internals[start : start + 500])
-            sql = f"SELECT internal, vector FROM items WHERE internal IN ({', '.join('?' * len(part))})"
-            rows = self.read(sql, part)
-            for (internal, _), vector in zip(rows, from_blobs([r[1] for r in rows], dim), strict=True):
-                found[internal] = vector
-        return found
+        rows = self._select_in("internal, vector", "internal", internals)
+        return dict(zip((r[0] for r in rows), from_blobs([r[1] for r in rows], dim), strict=True))
 
     def by_ids(self, item_ids: Sequence[str], dim: int) -> dict[str, tuple[Row, np.ndarray]]:
-        found: dict[str, tuple[Row, np.ndarray]] = {}
-        for start in range(0, len(item_ids), 500):
-            part = list(item_ids[start : start + 500])
-            sql = f"SELECT internal, id, label, metadata, vector FROM items WHERE id IN ({', '.join('?' * len(part))})"
-            rows = self.read(sql, part)
-            for row, vector in zip(rows, from_blobs([r[4] for r in rows], dim), strict=True):
-                found[row[1]] = (Row(row[1], row[0], row[2], json.loads(row[3])), vector)
-        return found
+        rows = self._select_in("internal, id, label, metadata, vector", "id", item_ids)
+        vectors = from_blobs([r[4] for r in rows], dim)
+        return {r[1]: (Row(r[1], r[0], r[2], json.loads(r[3])), v) for r, v in zip(rows, vectors, strict=True)}
 
     def scan(
         self, dim: int, where: Filter = Filter(), after_seq: int = -1, chunk: int = 4096
@@ -288,10 +283,11 @@ class ItemStore:
                 [r[2] for r in rows],
             )
 
-    def page(self, after_id: str, size: int, where: Filter = Filter()) -> list[tuple]:
-        """Items in id order after `after_id`: (id, internal, label, metadata, vector) rows."""
+    def page(self, after_id: str, size: int, where: Filter, with_vectors: bool) -> list[tuple]:
+        """Items in id order after `after_id`: (id, internal, label, metadata, vector or None) rows."""
         clause, parameters = where.sql()
-        return self.read(
-            f"SELECT id, internal, label, metadata, vector FROM items WHERE id > ? AND ({clause}) ORDER BY id LIMIT ?",
-            [after_id, *parameters, size],
+        vector = "vector" if with_vectors else "NULL"  # the blobs are most of the database: read them only if asked
+        sql = (
+            f"SELECT id, internal, label, metadata, {vector} FROM items WHERE id > ? AND ({clause}) ORDER BY id LIMIT ?"
         )
+        return self.read(sql, [after_id, *parameters, size])
