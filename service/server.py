@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -31,6 +32,9 @@ from offshelf.service.models.runtime import CUDA
 from offshelf.service.settings import ServiceSettings
 from offshelf.service.state_metrics import GpuCollector, StateCollector
 
+if TYPE_CHECKING:
+    from offshelf.service.index.registry import Collections
+
 log = logging.getLogger(__name__)
 SERVICES = [
     embedding_pb2.DESCRIPTOR.services_by_name["Embedding"].full_name,
@@ -40,6 +44,23 @@ SERVICES = [
 ]
 
 
+def collection_registry(settings: ServiceSettings) -> Collections:
+    """Milvus when OFFSHELF_MILVUS_URI is set, else the embedded store under the data folder."""
+    if settings.milvus_uri:
+        try:  # imported here: pymilvus takes 0.5 s to import, and is an extra
+            from offshelf.service.index.milvus_registry import MilvusCollectionRegistry
+        except ImportError as err:
+            raise StartupError(f"OFFSHELF_MILVUS_URI is set but {err}: pip install 'offshelf[milvus]'") from err
+
+        return MilvusCollectionRegistry(
+            settings.milvus_uri,
+            settings.milvus_token.get_secret_value(),
+            settings.milvus_ca_file,
+            settings.milvus_consistency,
+        )
+    return CollectionRegistry(settings.data_dir, settings.index_save_seconds, settings.faiss_threads)
+
+
 class Server:
     """Starts listening at once (health NOT_SERVING), then loads models and turns SERVING."""
 
@@ -47,7 +68,7 @@ class Server:
         self.settings = settings
         self.metrics = Metrics()
         self.models = ModelRegistry(settings, self.metrics)
-        self.collections = CollectionRegistry(settings.data_dir, settings.index_save_seconds, settings.faiss_threads)
+        self.collections = collection_registry(settings)
         self.heads = HeadRegistry(settings.data_dir, self.models, self.collections)
         self.metrics.registry.register(StateCollector(self.collections, self.heads))
         self.health = health.HealthServicer()

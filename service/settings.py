@@ -5,7 +5,7 @@ from __future__ import annotations
 import pathlib
 from typing import Literal
 
-from pydantic import Field, JsonValue
+from pydantic import Field, JsonValue, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -92,6 +92,38 @@ class ServiceSettings(BaseSettings):
         gt=0,
         description="How often a collection's FAISS index is saved when it lacks writes. Every write is durable "
         "in SQLite when acknowledged; this bounds what a restart re-adds to the index.",
+        json_schema_extra=metavar("SECONDS"),
+    )
+    milvus_uri: str = Field(
+        "",
+        description="Milvus to keep collections and trained heads in, e.g. http://milvus:19530, so that any number "
+        "of replicas share them; empty: the embedded store under --data-dir.",
+        json_schema_extra=metavar("URI"),
+    )
+    milvus_token: SecretStr = Field(
+        SecretStr(""), description="Milvus token (user:password, or an API key).", json_schema_extra=metavar("TOKEN")
+    )
+    milvus_ca_file: str = Field(
+        "",
+        description="PEM file of the CA that signed Milvus's certificate (https URIs).",
+        json_schema_extra=metavar("PATH"),
+    )
+    milvus_consistency: Literal["Strong", "Session", "Bounded", "Eventually"] = Field(
+        "Strong",
+        description="Consistency of searches on Milvus. Strong: a search sees every acknowledged write, through any "
+        "replica, and waits for Milvus's time tick; Bounded and Eventually answer at once from data up to seconds "
+        "old. Item reads are always Strong.",
+    )
+    milvus_etcd_uri: str = Field(
+        "",
+        description="etcd of the Milvus deployment, e.g. http://milvus-etcd:2379: holds the lease that makes a head's "
+        "training run on one replica. Empty: leases are not taken.",
+        json_schema_extra=metavar("URI"),
+    )
+    heads_sync_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="With Milvus: how often a replica loads the heads that other replicas trained.",
         json_schema_extra=metavar("SECONDS"),
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")

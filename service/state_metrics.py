@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from offshelf.protos.v1 import heads_pb2
 from offshelf.service.heads.registry import HeadRegistry
-from offshelf.service.index.registry import CollectionRegistry
+
+if TYPE_CHECKING:
+    from offshelf.service.index.registry import Collections
 
 log = logging.getLogger(__name__)
 JOB_STATES = {
@@ -23,7 +26,7 @@ JOB_STATES = {
 
 
 class StateCollector(Collector):
-    def __init__(self, collections: CollectionRegistry, heads: HeadRegistry):
+    def __init__(self, collections: Collections, heads: HeadRegistry):
         self.collections = collections
         self.heads = heads
 

@@ -14,7 +14,7 @@ import pytest
 
 from offshelf.clients import Client
 
-from support import ServerProcess, shared_photos, write_identity_model
+from support import MilvusProcess, ServerProcess, shared_photos, write_identity_model
 
 
 @pytest.fixture(scope="session")
@@ -51,6 +51,36 @@ def server(model_repo: pathlib.Path, tmp_path_factory: pytest.TempPathFactory):
     """One serving process shared by the integration tests."""
     proc = ServerProcess(
         model_repo, tmp_path_factory.mktemp("data"), max_images_per_request=32, max_batch_size=8, max_batch_delay_ms=20
+    )
+    try:
+        proc.wait_serving()
+        yield proc
+    finally:
+        proc.kill()
+
+
+@pytest.fixture(scope="session")
+def milvus(tmp_path_factory: pytest.TempPathFactory):
+    """A real Milvus standalone server, shared by every test that runs a backend on Milvus."""
+    proc = MilvusProcess(tmp_path_factory.mktemp("milvus"))
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def milvus_server(model_repo: pathlib.Path, milvus: MilvusProcess, tmp_path_factory: pytest.TempPathFactory):
+    """The shared serving process of `server`, with its collections on Milvus."""
+    proc = ServerProcess(
+        model_repo,
+        tmp_path_factory.mktemp("milvus-data"),
+        max_images_per_request=32,
+        max_batch_size=8,
+        max_batch_delay_ms=20,
+        milvus_uri=milvus.uri,
+        milvus_etcd_uri=milvus.etcd_uri,
     )
     try:
         proc.wait_serving()

@@ -3,10 +3,12 @@ subprocess. Tests get these through conftest.py's fixtures or import them; bench
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -128,6 +130,7 @@ class ServerProcess:
     def __init__(self, repo: pathlib.Path, data_dir: pathlib.Path, **settings: object):
         self.data_dir = data_dir
         self.started_at = time.time()
+        self.settings = settings
         settings = {"data_dir": data_dir, **settings}
         env = {**os.environ, **{f"OFFSHELF_{k.upper()}": str(v) for k, v in settings.items()}}
         self.process = subprocess.Popen(
@@ -188,3 +191,84 @@ class ServerProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MilvusProcess:
+    """The real Milvus standalone server (PyPI package ``milvus``) on free ports, its data under `data_dir`.
+
+    Its embedded etcd ignores ``--etcd-port`` for listening (it would take 2379 and 2380), so an etcd config file
+    names free ports too (Milvus reads ETCD_CONFIG_PATH). The time tick is 20 ms instead of 200 ms: a Strong read
+    waits about two ticks. Stopping needs SIGKILL after a grace period."""
+
+    PORT_FLAGS = (
+        "etcd-port",
+        "root-coord-port",
+        "proxy-port",
+        "proxy-internal-port",
+        "query-coord-port",
+        "query-node-port",
+        "index-coord-port",
+        "index-node-port",
+        "data-coord-port",
+        "data-node-port",
+    )
+
+    def __init__(self, data_dir: pathlib.Path, time_tick_ms: int = 20):
+        ports = {flag: free_port() for flag in self.PORT_FLAGS}
+        peer_port = free_port()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        etcd = f"http://127.0.0.1:{ports['etcd-port']}"
+        peer = f"http://127.0.0.1:{peer_port}"
+        etcd_config = data_dir / "etcd.yaml"
+        etcd_config.write_text(
+            f"name: offshelf-tests\ndata-dir: {data_dir / 'etcd'}\nlisten-client-urls: {etcd}\n"
+            f"advertise-client-urls: {etcd}\nlisten-peer-urls: {peer}\ninitial-advertise-peer-urls: {peer}\n"
+            f"initial-cluster: offshelf-tests={peer}\n"
+        )
+        command = [str(pathlib.Path(sys.executable).with_name("milvus-server")), "--data", str(data_dir)]
+        for flag, port in ports.items():
+            command += [f"--{flag}", str(port)]
+        command += ["--extra-config", f"proxy.timeTickInterval={time_tick_ms}"]
+        self.log = data_dir / "server.log"
+        self.process = subprocess.Popen(
+            command,
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "ETCD_CONFIG_PATH": str(etcd_config)},
+            start_new_session=True,  # its own process group: killed whole
+        )
+        self.uri = f"http://127.0.0.1:{ports['proxy-port']}"
+        self.etcd_uri = etcd
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        from pymilvus import MilvusClient
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"milvus-server exited with {self.process.returncode}: see {self.log}")
+            try:
+                MilvusClient(uri=self.uri, timeout=2).close()
+                return
+            except Exception:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"Milvus not ready after {timeout} s: see {self.log}")
+
+    def stop(self, grace: float = 5) -> None:
+        """SIGTERM, then SIGKILL to the whole group after `grace` seconds (Milvus can hang on shutdown)."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(grace)
+            except subprocess.TimeoutExpired:
+                pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()

@@ -1,5 +1,6 @@
 """deploy/: the kustomize overlays render, every object is valid for a current Kubernetes, the alert rules pass
-promtool, and every metric the rules and the dashboard use exists in the service's real exposition."""
+promtool, and every metric the rules, the dashboard and the autoscaler use exists in the service's real exposition.
+The scale overlays run stateless replicas on Milvus; the Milvus Helm values and docs/deploy.md agree with them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import re
 import shutil
 import subprocess
+import urllib.parse
 import urllib.request
 
 import jsonschema
@@ -20,7 +22,10 @@ from support import ROOT
 
 DEPLOY = ROOT / "deploy"
 KUBERNETES = kubernetes_validate.utils.latest_version()
-OVERLAYS = ("cpu", "gpu")
+SINGLE_NODE = ("cpu", "gpu")
+SCALE = ("scale", "scale/gpu")  # the cpu and gpu overlays plus the scale/stateless component
+OVERLAYS = SINGLE_NODE + SCALE
+QUEUE_METRIC = "offshelf_queue_depth_images"
 
 # prometheus-operator's two custom resources are not in kubernetes-validate, and their CRDs cannot be downloaded
 # here. These schemas are written from the monitoring.coreos.com/v1 API reference: the fields this project uses or
@@ -176,20 +181,12 @@ def objects(rendered, kind: str) -> list[dict]:
 
 
 def test_overlays_render_every_object(rendered):
-    kinds = sorted(doc["kind"] for doc in rendered[1])
-    assert kinds == sorted(
-        [
-            "ConfigMap",
-            "ConfigMap",
-            "Deployment",
-            "PersistentVolumeClaim",
-            "PodDisruptionBudget",
-            "PrometheusRule",
-            "Service",
-            "Service",
-            "ServiceMonitor",
-        ]
-    )
+    overlay, docs = rendered
+    kinds = ["ConfigMap", "ConfigMap", "Deployment", "PodDisruptionBudget", "PrometheusRule", "ServiceMonitor"]
+    kinds += ["Service", "Service"]
+    # one writer on a volume, or stateless replicas on Milvus that an autoscaler adds and removes
+    kinds += ["HorizontalPodAutoscaler"] if overlay in SCALE else ["PersistentVolumeClaim"]
+    assert sorted(doc["kind"] for doc in docs) == sorted(kinds)
 
 
 def test_every_object_is_valid_kubernetes(rendered):
@@ -231,7 +228,7 @@ def test_deployment_drains_probes_and_hardening(rendered):
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
         assert "memory" in container["resources"]["limits"] and "cpu" in container["resources"]["requests"]
     assert "torch" not in server["image"] and "export" in pod["initContainers"][0]["image"]
-    if overlay == "gpu":
+    if overlay.endswith("gpu"):
         assert server["resources"]["limits"]["nvidia.com/gpu"] == 1
         assert pod["nodeSelector"] and pod["tolerations"]
         assert settings["data"]["OFFSHELF_EXECUTION_PROVIDER"] == "cuda"
@@ -254,8 +251,185 @@ def test_services_and_monitoring_point_at_the_right_ports(rendered):
     assert [s["metadata"]["name"] for s in selected if "metrics" in {p["name"] for p in s["spec"]["ports"]}] == [
         "offshelf"
     ]
-    (deployment,) = objects(rendered, "Deployment")  # one writer per data folder: one replica, no autoscaler
-    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    (deployment,) = objects(rendered, "Deployment")
+    if rendered[0] in SINGLE_NODE:  # one writer per data folder: one replica, no autoscaler
+        assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+        assert not objects(rendered, "HorizontalPodAutoscaler")
+
+
+def test_every_variable_the_overlays_set_is_a_server_setting(rendered):
+    """A misspelt or renamed OFFSHELF_* variable would be ignored by the server without a word."""
+    from offshelf.service.settings import ServiceSettings
+
+    known = {f"OFFSHELF_{name.upper()}" for name in ServiceSettings.model_fields}
+    (deployment,) = objects(rendered, "Deployment")
+    (server,) = deployment["spec"]["template"]["spec"]["containers"]
+    (config,) = [c for c in objects(rendered, "ConfigMap") if c["metadata"]["name"] == "offshelf-settings"]
+    given = set(config["data"]) | {e["name"] for e in server.get("env", [])}
+    assert sorted(given - known) == []
+
+
+@pytest.fixture(scope="module", params=SCALE)
+def scaled(request) -> tuple[str, list[dict]]:
+    return request.param, render(request.param)
+
+
+def server_container(rendered) -> tuple[dict, dict]:
+    (deployment,) = objects(rendered, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (server,) = pod["containers"]
+    return pod, server
+
+
+def settings_of(rendered) -> dict[str, str]:
+    (config,) = [c for c in objects(rendered, "ConfigMap") if c["metadata"]["name"] == "offshelf-settings"]
+    return config["data"]
+
+
+def test_scale_overlays_run_stateless_replicas_that_roll_without_losing_capacity(scaled):
+    pod, server = server_container(scaled)
+    (deployment,) = objects(scaled, "Deployment")
+    assert not objects(scaled, "PersistentVolumeClaim")
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert not [v for v in volumes.values() if "persistentVolumeClaim" in v]
+    assert set(volumes["data"]) == {"name", "emptyDir"}  # the model export and a cache of heads
+    assert {"data", "tmp"} <= {m["name"] for m in server["volumeMounts"]}
+    strategy = deployment["spec"]["strategy"]
+    assert strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    # the autoscaler owns the replica count: a count in the Deployment would reset it on every apply
+    assert "replicas" not in deployment["spec"]
+    (spread,) = pod["topologySpreadConstraints"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert spread["labelSelector"]["matchLabels"].items() <= labels.items()
+
+
+def test_scale_overlays_autoscale_on_cpu_and_queue_depth(scaled):
+    overlay, _ = scaled
+    (deployment,) = objects(scaled, "Deployment")
+    (hpa,) = objects(scaled, "HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": deployment["apiVersion"],
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
+    low, high = hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]
+    assert 2 <= low < high
+    metrics = {m["type"]: m for m in hpa["spec"]["metrics"]}
+    assert set(metrics) == {"Resource", "Pods"}
+    cpu = metrics["Resource"]["resource"]
+    assert cpu["name"] == "cpu" and cpu["target"]["type"] == "Utilization"
+    assert 0 < cpu["target"]["averageUtilization"] <= 100
+    queue = metrics["Pods"]["pods"]
+    assert queue["metric"]["name"] == QUEUE_METRIC and queue["target"]["type"] == "AverageValue"
+    # scale out when about two full batches wait per pod: the GPU variant batches 64 images, the CPU one 16
+    batch = int(settings_of(scaled)["OFFSHELF_MAX_BATCH_SIZE"])
+    assert int(queue["target"]["averageValue"]) == 2 * batch == (128 if overlay.endswith("gpu") else 32)
+    assert int(queue["target"]["averageValue"]) < int(settings_of(scaled)["OFFSHELF_MAX_QUEUE_IMAGES"])
+    # the budget lets nodes drain one pod at a time and always leaves one serving
+    (pdb,) = objects(scaled, "PodDisruptionBudget")
+    assert (
+        pdb["spec"]["selector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
+    if "maxUnavailable" in pdb["spec"]:
+        assert 1 <= pdb["spec"]["maxUnavailable"] < low
+    else:
+        assert 1 <= pdb["spec"]["minAvailable"] < low
+
+
+def test_scale_overlays_point_at_milvus_from_a_config_map_and_a_secret(scaled):
+    _, server = server_container(scaled)
+    data = settings_of(scaled)
+    assert {"configMapRef": {"name": "offshelf-settings"}} in server["envFrom"]
+    milvus = urllib.parse.urlsplit(data["OFFSHELF_MILVUS_URI"])
+    etcd = urllib.parse.urlsplit(data["OFFSHELF_MILVUS_ETCD_URI"])
+    assert milvus.scheme in ("http", "https") and milvus.port == 19530
+    assert etcd.scheme in ("http", "https") and etcd.port == 2379
+    assert float(data["OFFSHELF_HEADS_SYNC_SECONDS"]) > 0
+    assert not [k for k in data if "TOKEN" in k]  # the token comes from a Secret, never the ConfigMap
+    (token,) = [e for e in server.get("env", []) if e["name"] == "OFFSHELF_MILVUS_TOKEN"]
+    secret = token["valueFrom"]["secretKeyRef"]
+    assert secret["name"] and secret["key"] and secret["optional"] is True  # Milvus without auth needs no Secret
+    # the two services are the ones the documented Helm release creates (docs/deploy.md, deploy/milvus/)
+    hosts = {milvus.hostname, etcd.hostname}
+    for release, namespace in documented_milvus_releases().values():
+        assert hosts == {f"{release}.{namespace}.svc", f"{release}-etcd.{namespace}.svc"}
+
+
+MILVUS_VALUES = DEPLOY / "milvus"
+DOCS = ROOT / "docs" / "deploy.md"
+# The top-level keys of the zilliztech/milvus chart's values.yaml (chart 5.0.19), against misspelt sections that
+# Helm would ignore without a word.
+MILVUS_CHART_KEYS = {
+    "nameOverride", "fullnameOverride", "cluster", "replicaResourceGroups", "image", "nodeSelector", "tolerations",
+    "affinity", "containerSecurityContext", "securityContext", "topologySpreadConstraints", "labels", "annotations",
+    "volumes", "volumeMounts", "streaming", "customConfigMap", "extraConfigFiles", "service", "ingress",
+    "serviceAccount", "metrics", "livenessProbe", "readinessProbe", "log", "heaptrack", "standalone", "proxy",
+    "rootCoordinator", "queryCoordinator", "queryNode", "indexCoordinator", "indexNode", "dataCoordinator", "dataNode",
+    "mixCoordinator", "streamingNode", "cdc", "attu", "minio", "etcd", "pulsarv3", "pulsar", "kafka", "woodpecker",
+    "externalS3", "externalGcs", "externalEtcd", "externalPulsar", "externalKafka", "tei",
+}  # fmt: skip
+
+
+def milvus_values(name: str) -> dict:
+    values = yaml.safe_load((MILVUS_VALUES / f"values-{name}.yaml").read_text())
+    assert set(values) <= MILVUS_CHART_KEYS, sorted(set(values) - MILVUS_CHART_KEYS)
+    return values
+
+
+def documented_milvus_releases() -> dict[str, tuple[str, str]]:
+    """values file -> (release, namespace) of the `helm upgrade --install` commands in docs/deploy.md."""
+    text = DOCS.read_text().replace("\\\n", " ")
+    found = {}
+    for command in re.findall(r"helm upgrade --install .*zilliztech/milvus.*", text):
+        release = re.search(r"--install (\S+) zilliztech/milvus", command).group(1)
+        namespace = re.search(r"(?:-n|--namespace) (\S+)", command).group(1)
+        values = re.search(r"-f (deploy/milvus/\S+)", command).group(1)
+        found[values] = (release, namespace)
+    return found
+
+
+def test_milvus_values_standalone_for_small_and_a_redundant_cluster_for_large():
+    small, large = milvus_values("standalone"), milvus_values("cluster")
+    assert small["cluster"]["enabled"] is False
+    assert small["etcd"]["replicaCount"] == 1 and small["minio"]["mode"] == "standalone"
+    assert small["pulsarv3"]["enabled"] is False  # standalone keeps its write-ahead log without Pulsar
+    assert large["cluster"]["enabled"] is True
+    assert large["etcd"]["replicaCount"] >= 3 and large["etcd"]["replicaCount"] % 2 == 1  # a quorum survives a loss
+    for component in ("proxy", "queryNode", "dataNode"):
+        assert large[component]["replicas"] >= 2, component
+    # one message queue, and object storage that survives a lost disk
+    queues = [q for q in ("pulsarv3", "pulsar", "kafka") if large.get(q, {}).get("enabled")]
+    assert len(queues) == 1, queues
+    assert large["minio"]["mode"] == "distributed" or large.get("externalS3", {}).get("enabled") is True
+
+
+def test_docs_install_both_milvus_values_files_and_apply_both_scale_overlays():
+    releases = documented_milvus_releases()
+    assert set(releases) == {f"deploy/milvus/{f.name}" for f in MILVUS_VALUES.glob("values-*.yaml")} and releases
+    text = DOCS.read_text()
+    assert "helm repo add zilliztech https://zilliztech.github.io/milvus-helm/" in text
+    assert "kubectl apply -n offshelf -k deploy/overlays/scale" in text
+    assert all(f"deploy/overlays/{overlay}" in text for overlay in SCALE)
+    assert "docs/benchmarks.md (Milvus table)" in text
+
+
+def adapter_rules() -> list[dict]:
+    """The prometheus-adapter rules documented in docs/deploy.md (the fenced YAML blocks that hold one)."""
+    blocks = re.findall(r"```yaml\n(.*?)```", DOCS.read_text(), flags=re.S)
+    values = [yaml.safe_load(b) for b in blocks if "seriesQuery" in b]
+    return [rule for v in values for rule in v["rules"]["custom"]]
+
+
+def test_the_documented_adapter_rule_serves_the_metric_the_autoscaler_asks_for():
+    (hpa,) = objects(("scale", render("scale")), "HorizontalPodAutoscaler")
+    (pods,) = [m["pods"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
+    (rule,) = adapter_rules()
+    assert METRIC.findall(rule["seriesQuery"]) == [QUEUE_METRIC]
+    assert re.fullmatch(rule["name"]["matches"], QUEUE_METRIC) and rule["name"]["as"] == pods["metric"]["name"]
+    # per pod, as a Pods metric needs, and only the pods asked about
+    assert rule["resources"]["overrides"] == {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
+    assert "<<.GroupBy>>" in rule["metricsQuery"] and "<<.LabelMatchers>>" in rule["metricsQuery"]
 
 
 def rules_file(tmp_path):
@@ -287,6 +461,10 @@ def test_rules_and_dashboard_use_only_metrics_the_service_exposes(traffic, tmp_p
     used = {m for group in spec["groups"] for r in group["rules"] for m in METRIC.findall(r["expr"])}
     dashboard = json.loads((DEPLOY / "base" / "grafana-dashboard.json").read_text())
     used |= {m for panel in dashboard["panels"] for t in panel["targets"] for m in METRIC.findall(t["expr"])}
+    for overlay in SCALE:
+        (hpa,) = [doc for doc in render(overlay) if doc["kind"] == "HorizontalPodAutoscaler"]
+        used |= {m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"}
+    used |= {m for rule in adapter_rules() for m in METRIC.findall(rule["seriesQuery"])}
     text = urllib.request.urlopen(traffic.metrics_url).read().decode()
     exposed = {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
     # GPU series appear only on CUDA; their names must at least be the ones the collector defines.

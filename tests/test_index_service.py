@@ -1,4 +1,5 @@
-"""The Index service on the real server: collections, add/search/remove round trips, bad input."""
+"""The Index service on the real server: collections, add/search/remove round trips, bad input; each test runs
+on both stores (the embedded one and a real Milvus)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,26 @@ def status_of(call) -> tuple[grpc.StatusCode, str]:
     return caught.value.code(), caught.value.details()
 
 
+@pytest.fixture(scope="module", params=["embedded", "milvus"])
+def server(request, server):
+    """The shared server, or its twin with collections on Milvus."""
+    return server if request.param == "embedded" else request.getfixturevalue("milvus_server")
+
+
+@pytest.fixture(scope="module")
+def on_milvus(server) -> bool:
+    return "milvus_uri" in server.settings
+
+
+@pytest.fixture(scope="module")
+def empty_collection(server):
+    """One collection that the bad requests below must leave empty (a Milvus collection takes seconds to load)."""
+    from offshelf.clients import Client
+
+    with Client(server.address) as client:
+        yield client.create_collection(f"test-empty-{uuid.uuid4().hex[:12]}").name
+
+
 @pytest.fixture
 def collection(client):
     name = f"test-{uuid.uuid4().hex[:12]}"
@@ -47,7 +68,7 @@ def test_create_binds_the_collection_to_the_model_output(client, collection):
     assert collection in [c.name for c in client.list_collections()]
 
 
-def test_vector_round_trip_with_labels_metadata_replace_and_remove(client, collection):
+def test_vector_round_trip_with_labels_metadata_replace_and_remove(client, collection, on_milvus):
     vectors = unit_vectors(20, seed=1)
     ids = client.add(
         collection,
@@ -75,7 +96,7 @@ def test_vector_round_trip_with_labels_metadata_replace_and_remove(client, colle
     assert {"v1", "v2"}.isdisjoint(h.id for h in client.search(collection, vector=vectors[1], k=10))
     code, details = status_of(lambda: client.search(collection, id="v1", k=1))
     assert code == grpc.StatusCode.NOT_FOUND and "no item 'v1'" in details
-    assert client.get_collection(collection).bytes_on_disk > 10 * DIM * 4
+    assert client.get_collection(collection).bytes_on_disk > 10 * DIM * 4 or on_milvus  # Milvus keeps the files
 
 
 def test_search_by_image_finds_the_same_object_and_flip_works(client, collection):
@@ -125,9 +146,13 @@ def test_client_streaming_add(client, collection):
     assert list(response.ids) == [f"s{i}" for i in range(30)] and response.count == 30
 
 
-def test_whitening_is_learned_and_applied_to_adds_and_queries(client, collection):
+def test_whitening_is_learned_and_applied_to_adds_and_queries(client, collection, on_milvus):
     vectors = unit_vectors(300, seed=3)
     client.add(collection, vectors=vectors[:200], ids=[str(i) for i in range(200)])
+    if on_milvus:
+        code, details = status_of(lambda: client.train_whitening(collection, dim=64))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "PCA-whitening is not built yet" in details
+        return
     code, details = status_of(lambda: client.train_whitening(collection, dim=500))
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "needs more than 500 vectors" in details
     info = client.train_whitening(collection, dim=64)
@@ -189,17 +214,25 @@ def test_a_batch_with_one_bad_item_is_rejected_whole(client, collection):
         (lambda c, n: c.delete_collection("no-such"), "NOT_FOUND", "no collection named"),
     ],
 )
-def test_bad_index_requests_get_precise_statuses(client, collection, call, code, hint):
-    got, details = status_of(lambda: call(client, collection))
+def test_bad_index_requests_get_precise_statuses(client, empty_collection, call, code, hint):
+    got, details = status_of(lambda: call(client, empty_collection))
     assert got.name == code
     assert hint in details
-    assert client.get_collection(collection).count == 0
+    assert client.get_collection(empty_collection).count == 0
     assert client.health() == "SERVING"
 
 
-def test_delete_removes_the_collection_and_its_files(server, client):
+def test_delete_removes_the_collection_and_its_files(server, client, on_milvus):
     client.create_collection("index-doomed")
     client.add("index-doomed", vectors=unit_vectors(5, 8))
     client.delete_collection("index-doomed")
     assert "index-doomed" not in [c.name for c in client.list_collections()]
-    assert not (server.data_dir / "collections" / "index-doomed").exists()
+    if on_milvus:
+        from pymilvus import MilvusClient
+
+        from offshelf.service.index.milvus import physical_name
+
+        milvus = MilvusClient(uri=server.settings["milvus_uri"])
+        assert not milvus.has_collection(physical_name("index-doomed"))
+    else:
+        assert not (server.data_dir / "collections" / "index-doomed").exists()

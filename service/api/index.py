@@ -7,6 +7,7 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
@@ -16,22 +17,22 @@ from offshelf.protos.v1 import index_pb2_grpc as pb2_grpc
 from offshelf.protos.v1.embedding_pb2 import AUGMENTATION_FLIP, AUGMENTATION_NONE, Vector
 from offshelf.service.api.checks import check_name
 from offshelf.service.errors import FailedPrecondition, InvalidArgument
-from offshelf.service.index.collection import Collection, Item
+from offshelf.service.index.collection import Item
 from offshelf.service.index.faiss_index import with_defaults
-from offshelf.service.index.registry import CollectionRegistry
 from offshelf.service.index.store import Filter, Row
 from offshelf.service.metrics import Metrics
 from offshelf.service.models.registry import ModelRegistry, describe
 from offshelf.service.settings import ServiceSettings
+
+if TYPE_CHECKING:
+    from offshelf.service.index.registry import AnyCollection, Collections
 
 MAX_METADATA_ENTRIES, MAX_METADATA_BYTES, MAX_ID_BYTES = 16, 1024, 256
 MAX_FILTER_VALUES, MAX_PAGE_SIZE = 100, 1000
 
 
 class IndexServicer(pb2_grpc.IndexServicer):
-    def __init__(
-        self, collections: CollectionRegistry, models: ModelRegistry, settings: ServiceSettings, metrics: Metrics
-    ):
+    def __init__(self, collections: Collections, models: ModelRegistry, settings: ServiceSettings, metrics: Metrics):
         self.collections = collections
         self.metrics = metrics
         self.models = models
@@ -90,7 +91,7 @@ class IndexServicer(pb2_grpc.IndexServicer):
             raise InvalidArgument("the stream carried no AddRequest")
         return pb2.AddResponse(ids=ids, count=collection.count)
 
-    def _add(self, request: pb2.AddRequest) -> tuple[Collection, list[str]]:
+    def _add(self, request: pb2.AddRequest) -> tuple[AnyCollection, list[str]]:
         collection = self.collections.get(request.collection)
         items = request.items
         if not items:
@@ -229,7 +230,7 @@ class IndexServicer(pb2_grpc.IndexServicer):
 
     # --- helpers -----------------------------------------------------------------------------
 
-    def _check_claimed_binding(self, collection: Collection, model: str, output: str) -> None:
+    def _check_claimed_binding(self, collection: AnyCollection, model: str, output: str) -> None:
         binding = collection.config.binding
         if (model and model != binding.model) or (output and output != binding.output):
             raise FailedPrecondition(
@@ -237,7 +238,7 @@ class IndexServicer(pb2_grpc.IndexServicer):
                 f"for model {model or binding.model!r} output {output or binding.output!r}"
             )
 
-    def _embed(self, collection: Collection, images: list[bytes], names: list[str], augmentation: int = 0):
+    def _embed(self, collection: AnyCollection, images: list[bytes], names: list[str], augmentation: int = 0):
         model = self.models.for_binding(collection.config.binding, f"collection {collection.name!r}")
         return model.embed(images, augmentation, names)[collection.config.binding.output]
 
@@ -262,7 +263,7 @@ def _check_item(i: int, item: pb2.Item, dim: int) -> None:
             raise InvalidArgument(f"item {i}: metadata entry {key[:40]!r} is over {MAX_METADATA_BYTES} bytes")
 
 
-def _filter(message: pb2.Filter, collection: Collection) -> Filter:
+def _filter(message: pb2.Filter, collection: AnyCollection) -> Filter:
     """The request's filter, checked: bounded sizes, no empty value lists, known metadata keys."""
     if len(message.labels) > MAX_FILTER_VALUES:
         raise InvalidArgument(f"filter has {len(message.labels)} labels, more than {MAX_FILTER_VALUES}")

@@ -15,6 +15,7 @@ import tempfile
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -26,9 +27,11 @@ from offshelf.protos.v1 import index_pb2
 from offshelf.service.drift import DriftMonitor
 from offshelf.service.errors import FailedPrecondition, HeadLoadError, InvalidArgument, NotFound, ServiceError
 from offshelf.service.heads.fitting import FittedHead, fit, l2_normalise
-from offshelf.service.index.registry import CollectionRegistry
 from offshelf.service.logs import fields
 from offshelf.service.models.registry import ModelRegistry, describe
+
+if TYPE_CHECKING:
+    from offshelf.service.index.registry import Collections
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +74,7 @@ class HeadEntry:
 
 
 class HeadRegistry:
-    def __init__(self, data_dir: pathlib.Path, models: ModelRegistry, collections: CollectionRegistry):
+    def __init__(self, data_dir: pathlib.Path, models: ModelRegistry, collections: Collections):
         self.root = data_dir / "heads"
         self.models = models
         self.collections = collections

@@ -37,6 +37,7 @@ from offshelf.service.errors import FailedPrecondition, InvalidArgument, NotFoun
 from offshelf.service.index.faiss_index import new_index, search_params, train_ivfpq
 from offshelf.service.index.rwlock import ReadWriteLock
 from offshelf.service.index.store import DATABASE, Filter, ItemStore, Row, from_blobs
+from offshelf.service.index.vectors import prepare
 from offshelf.service.logs import fields
 
 log = logging.getLogger(__name__)
@@ -253,20 +254,7 @@ class Collection:
         return [[(float(row[j]), internals[j]) for j in order] for row, order in zip(scores, orders, strict=True)]
 
     def prepare(self, vectors: np.ndarray) -> np.ndarray:
-        """Checks vectors and L2-normalises them for an inner-product collection."""
-        vectors = np.asarray(vectors, np.float32)
-        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
-            raise InvalidArgument(
-                f"vectors of collection {self.name!r} have {self.dim} values; got {vectors.shape[-1]}"
-            )
-        if not np.isfinite(vectors).all():
-            raise InvalidArgument("a vector holds NaN or infinity")
-        if self.config.metric == index_pb2.METRIC_INNER_PRODUCT:
-            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-            if (norms == 0).any():
-                raise InvalidArgument(f"vector {int(np.argmin(norms))} is all zeros and cannot be normalised")
-            vectors = vectors / norms
-        return vectors
+        return prepare(vectors, self.config)
 
     def _to_index_space(self, vectors: np.ndarray, whitening: Whitening | None) -> np.ndarray:
         if whitening is not None:

@@ -8,6 +8,7 @@ import pathlib
 import shutil
 import threading
 import uuid
+from typing import TYPE_CHECKING
 
 import faiss
 
@@ -98,3 +99,11 @@ class CollectionRegistry:
             self._saver.join()
         for collection in self.all():
             collection.close()
+
+
+if TYPE_CHECKING:
+    from offshelf.service.index.milvus import MilvusCollection
+    from offshelf.service.index.milvus_registry import MilvusCollectionRegistry
+
+    Collections = CollectionRegistry | MilvusCollectionRegistry  # the two stores behind one set of calls
+    AnyCollection = Collection | MilvusCollection
