@@ -120,11 +120,21 @@ class Server:
             ) from err
         log.info("listening", extra=fields(grpc_port=self.grpc_port, metrics_port=self.metrics_port))
 
+    def _share_heads(self) -> None:
+        """Heads live in Milvus beside the collections; trained once, through a lease in Milvus's etcd."""
+        from offshelf.service.heads.shared import EtcdLeases, SharedHeads
+
+        client = self.collections.client  # type: ignore[union-attr]  # connected by load_all
+        leases = EtcdLeases(self.settings.milvus_etcd_uri) if self.settings.milvus_etcd_uri else None
+        self.heads.share(SharedHeads(client), leases, self.settings.heads_sync_seconds)
+
     def load(self) -> None:
         """Loads every model and restores every collection, then reports SERVING."""
         started = time.perf_counter()
         self.models.load_all()
         self.collections.load_all()
+        if self.settings.milvus_uri:
+            self._share_heads()
         self.heads.load_all()
         on_cuda = any(m.runtime.provider == CUDA for versions in self.models.all().values() for m in versions)
         gpu = GpuCollector.create() if on_cuda else None

@@ -3,6 +3,10 @@
 Layout: ``<data_dir>/heads/<name>/<version>/{head.onnx, card.json, training_mean.npy[, ncm.npz]}``; a version
 folder appears whole (staged, then renamed). The served version is one object reference:
 a new version replaces it atomically, and requests already holding the old one finish on it.
+
+With collections on Milvus (shared.py), that folder is a replica's copy: each trained version is uploaded to
+Milvus, and every `sync_seconds` each replica downloads and serves the versions others trained, and drops the
+heads others deleted. A lease in etcd makes a head train on one replica at a time.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from offshelf.service.logs import fields
 from offshelf.service.models.registry import ModelRegistry, describe
 
 if TYPE_CHECKING:
+    from offshelf.service.heads.shared import EtcdLeases, Lease, SharedHeads
     from offshelf.service.index.registry import Collections
 
 log = logging.getLogger(__name__)
@@ -81,9 +86,19 @@ class HeadRegistry:
         self._heads: dict[str, HeadEntry] = {}
         self._lock = threading.Lock()
         self._jobs = ThreadPoolExecutor(max_workers=1, thread_name_prefix="head-training")
+        self.shared: SharedHeads | None = None
+        self.leases: EtcdLeases | None = None
+        self._stop = threading.Event()
+
+    def share(self, shared: SharedHeads, leases: EtcdLeases | None, sync_seconds: float) -> None:
+        """Keeps heads in `shared` too, and loads what other replicas put there every `sync_seconds`."""
+        self.shared, self.leases, self.sync_seconds = shared, leases, sync_seconds
 
     def load_all(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        if self.shared is not None:
+            self._download_new(self.shared.versions())
+            threading.Thread(target=self._sync_loop, name="heads-sync", daemon=True).start()
         for directory in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             entry = HeadEntry(directory.name)
             entry.versions = sorted(int(v.name) for v in directory.iterdir() if v.name.isdigit())
@@ -99,7 +114,67 @@ class HeadRegistry:
                 self._heads[entry.name] = entry
 
     def close(self) -> None:
+        self._stop.set()
         self._jobs.shutdown(wait=True, cancel_futures=True)
+
+    # --- sharing through Milvus ------------------------------------------------------------------
+
+    def _sync_loop(self) -> None:
+        while not self._stop.wait(self.sync_seconds):
+            try:
+                self.sync()
+            except Exception:  # Milvus away for a while: the heads served now stay served
+                log.exception("syncing heads from Milvus failed")
+
+    def sync(self) -> None:
+        """Serves the newest version of every head in the shared store, and forgets heads deleted from it."""
+        assert self.shared is not None
+        stored = self.shared.versions()
+        for name in self._download_new(stored):
+            versions = stored[name]
+            served = HeadVersion(self.root / name / str(versions[-1]))
+            with self._lock:
+                entry = self._heads.setdefault(name, HeadEntry(name))
+                if entry.job.state in (pb2.JOB_STATE_QUEUED, pb2.JOB_STATE_RUNNING):
+                    continue
+                entry.versions, entry.served = versions, served
+                entry.job = pb2.HeadJob(
+                    head=name,
+                    version=versions[-1],
+                    state=pb2.JOB_STATE_SUCCEEDED,
+                    progress=1.0,
+                    message="trained by another replica",
+                )
+            log.info("head loaded from Milvus", extra=fields(head=name, version=versions[-1]))
+        with self._lock:
+            gone = [
+                name
+                for name, entry in self._heads.items()
+                if name not in stored
+                and entry.versions
+                and entry.job.state not in (pb2.JOB_STATE_QUEUED, pb2.JOB_STATE_RUNNING)
+            ]
+        for name in gone:
+            self._forget(name)
+
+    def _download_new(self, stored: dict[str, list[int]]) -> list[str]:
+        """Downloads the newest stored version of each head that this replica lacks; returns those heads."""
+        assert self.shared is not None
+        fresh = []
+        for name, versions in stored.items():
+            target = self.root / name / str(versions[-1])
+            if target.exists():
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staged = pathlib.Path(tempfile.mkdtemp(dir=target.parent, prefix=".incoming-"))
+            try:
+                self.shared.download(name, versions[-1], staged)
+                staged.chmod(0o755)
+                staged.rename(target)
+            finally:
+                shutil.rmtree(staged, ignore_errors=True)
+            fresh.append(name)
+        return fresh
 
     def get(self, name: str) -> HeadEntry:
         with self._lock:
@@ -120,19 +195,49 @@ class HeadRegistry:
             return [self._heads[n] for n in sorted(self._heads)]
 
     def delete(self, name: str) -> None:
+        if self.shared is not None:
+            if name not in self._heads and name not in self.shared.versions():
+                raise NotFound(f"no head named {name!r}; ListHeads lists them")
+            self.shared.delete(name)
+            self._forget(name)
+            return
+        if not self._forget(name):
+            raise NotFound(f"no head named {name!r}; ListHeads lists them")
+
+    def _forget(self, name: str) -> bool:
+        """Stops serving the head and removes its folder; False when it was not known."""
         with self._lock:
             entry = self._heads.pop(name, None)
         if entry is None:
-            raise NotFound(f"no head named {name!r}; ListHeads lists them")
+            return False
         entry.deleted = True
         doomed = self.root / f".deleting-{uuid.uuid4().hex}"
         if (self.root / name).exists():
             (self.root / name).rename(doomed)
             shutil.rmtree(doomed, ignore_errors=True)
+        return True
 
     def train(self, request: pb2.TrainHeadRequest) -> pb2.HeadJob:
         """Queues a training job for a validated request (api/heads.py validates it)."""
         binding, gather = self._source(request)
+        lease = None
+        if self.leases is not None:
+            lease = self.leases.acquire(f"heads/{request.name}/training", self.leases.owner)
+            if lease is None:
+                raise FailedPrecondition(
+                    f"head {request.name!r} is already training on another replica; wait for it (GetHead on any "
+                    "replica shows it once it is done) before starting another"
+                )
+        try:
+            job = self._queue(request, binding, gather, lease)
+        except BaseException:
+            if lease is not None:
+                lease.release()
+            raise
+        return job
+
+    def _queue(self, request: pb2.TrainHeadRequest, binding, gather, lease: Lease | None) -> pb2.HeadJob:
+        stored = self.shared.versions().get(request.name, []) if self.shared is not None else []
         with self._lock:
             entry = self._heads.setdefault(request.name, HeadEntry(request.name))
             if entry.job.state in (pb2.JOB_STATE_QUEUED, pb2.JOB_STATE_RUNNING):
@@ -145,13 +250,13 @@ class HeadRegistry:
                     f"head {request.name!r} is bound to {describe(entry.served.card.binding)}; "
                     f"the source holds {describe(binding)}: delete the head or use another name"
                 )
-            version = max(entry.versions, default=0) + 1
+            version = max([*entry.versions, *stored], default=0) + 1
             entry.job = pb2.HeadJob(
                 head=request.name, version=version, state=pb2.JOB_STATE_QUEUED, message="waiting for the trainer"
             )
             job = pb2.HeadJob()
             job.CopyFrom(entry.job)
-        self._jobs.submit(self._run, entry, request, binding, gather, version)
+        self._jobs.submit(self._run, entry, request, binding, gather, version, lease)
         return job
 
     def _source(self, request: pb2.TrainHeadRequest):
@@ -180,6 +285,21 @@ class HeadRegistry:
         return binding, gather
 
     def _run(
+        self,
+        entry: HeadEntry,
+        request: pb2.TrainHeadRequest,
+        binding: index_pb2.Binding,
+        gather,
+        version: int,
+        lease: Lease | None,
+    ) -> None:
+        try:
+            self._train(entry, request, binding, gather, version)
+        finally:
+            if lease is not None:
+                lease.release()
+
+    def _train(
         self, entry: HeadEntry, request: pb2.TrainHeadRequest, binding: index_pb2.Binding, gather, version: int
     ) -> None:
         def progress(fraction: float, message: str) -> None:
@@ -251,4 +371,6 @@ class HeadRegistry:
             staged.rename(head_dir / str(version))
         finally:
             shutil.rmtree(staged, ignore_errors=True)
+        if self.shared is not None:
+            self.shared.upload(name, version, head_dir / str(version))
         return HeadVersion(head_dir / str(version))

@@ -1,7 +1,7 @@
 """A collection on Milvus: the distributed store, so that any number of stateless replicas share collections.
 
-One Milvus collection per offshelf collection, named ``offshelf_<sha256 of the name>`` (Milvus names allow only
-letters, digits and '_'), with the fields id (the primary key), label, metadata (JSON) and vector, and the
+One Milvus collection per offshelf collection, named ``offshelf_collection_<sha256 of the name>`` (Milvus names
+allow only letters, digits and '_'), with the fields id (the primary key), label, metadata (JSON) and vector, and the
 collection's configuration (name, binding, index parameters) as its description. Milvus indexes the vectors with
 FLAT, HNSW or IVF_PQ: the index types and parameters offshelf's own store uses.
 
@@ -31,7 +31,7 @@ from offshelf.service.index.vectors import prepare
 
 Item = tuple[str, str, dict[str, str]]  # (id, label, metadata)
 Hit = tuple[str, float, str, dict[str, str]]  # (id, score, label, metadata)
-PREFIX = "offshelf_"
+PREFIX = "offshelf_collection_"
 MAX_ID_BYTES, MAX_LABEL_BYTES = 256, 65535  # the id and label fields' VARCHAR lengths
 PAGE = 4096  # items per query when reading many
 COLLECTION_NOT_FOUND = 100  # Milvus's error code

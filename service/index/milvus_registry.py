@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 
+from google.protobuf import json_format
 from pymilvus import MilvusClient, MilvusException
 
 from offshelf.protos.v1 import index_pb2
@@ -58,9 +59,7 @@ class MilvusCollectionRegistry:
         try:
             description = self._client().describe_collection(table)["description"]
             return MilvusCollection(self._client(), MilvusCollection.config_of(description), self.consistency)
-        except MilvusException:
-            return None
-        except ValueError:  # a description that is not offshelf's configuration
+        except (MilvusException, json_format.ParseError):  # gone meanwhile, or not offshelf's configuration
             return None
 
     def create(self, config: index_pb2.Collection) -> MilvusCollection:

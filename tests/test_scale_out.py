@@ -1,0 +1,99 @@
+"""Two offshelf replicas (their own ports and data folders) on one real Milvus: collections, items and heads written
+through one are served by the other; a head trains on one replica at a time."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import grpc
+import pytest
+
+from offshelf.clients import Client
+
+from support import ServerProcess, clustered_vectors, skimage_photo
+
+TINY = "random-projection-1280"
+SYNC_SECONDS = 0.5
+
+
+@pytest.fixture(scope="module")
+def replicas(tiny_repo, milvus, tmp_path_factory):
+    servers = [
+        ServerProcess(
+            tiny_repo,
+            tmp_path_factory.mktemp(f"replica-{name}"),
+            milvus_uri=milvus.uri,
+            milvus_etcd_uri=milvus.etcd_uri,
+            heads_sync_seconds=SYNC_SECONDS,
+            drain_seconds=0,
+        )
+        for name in "ab"
+    ]
+    try:
+        for server in servers:
+            server.wait_serving()
+        with Client(servers[0].address, timeout=60) as a, Client(servers[1].address, timeout=60) as b:
+            yield a, b
+    finally:
+        for server in servers:
+            server.kill()
+
+
+def eventually(check, timeout: float = 10 * SYNC_SECONDS + 10):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+        except grpc.RpcError:
+            pass
+        assert time.monotonic() < deadline, "the other replica never caught up"
+        time.sleep(0.1)
+
+
+def test_an_add_through_one_replica_is_found_by_a_search_through_the_other(replicas):
+    a, b = replicas
+    name = f"shared-{uuid.uuid4().hex[:8]}"
+    vectors = clustered_vectors(50, 1280, seed=3)
+    a.create_collection(name, model=TINY, index_type="hnsw")
+    assert name in [c.name for c in b.list_collections()]
+    a.add(name, vectors=vectors, ids=[f"i{i}" for i in range(50)], labels=["x"] * 50)
+    # Strong consistency: the very next search through the other replica sees the acknowledged write
+    assert b.search(name, vector=vectors[17], k=1)[0].id == "i17"
+    assert b.get_collection(name).count == 50
+    b.remove(name, ["i17"])
+    assert a.search(name, vector=vectors[17], k=1)[0].id != "i17"
+    b.delete_collection(name)
+    with pytest.raises(grpc.RpcError) as gone:
+        a.get_collection(name)
+    assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_head_trained_through_one_replica_is_served_by_the_other_and_trains_once(replicas):
+    a, b = replicas
+    name, head = f"labelled-{uuid.uuid4().hex[:8]}", f"head-{uuid.uuid4().hex[:8]}"
+    vectors = clustered_vectors(400, 1280, seed=4)
+    a.create_collection(name, model=TINY)
+    a.add(name, vectors=vectors, labels=[f"c{i % 4}" for i in range(400)])
+    a.train_head(head, "logreg", collection=name)
+    with pytest.raises(grpc.RpcError) as refused:  # the lease is held by a's job
+        b.train_head(head, "logreg", collection=name)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "already training on another replica" in refused.value.details()
+    trained = a.wait_for_head(head)
+    assert trained.card.version == 1
+
+    photos = [skimage_photo(p) for p in ("chelsea.png", "coffee.png", "astronaut.png")]
+    served_by_b = eventually(lambda: b.classify(photos, head, k=4))
+    assert served_by_b == a.classify(photos, head, k=4)
+    assert b.get_head(head).card.version == 1
+
+    b.train_head(head, "logreg", collection=name)  # the lease was released: the next version trains on b
+    assert b.wait_for_head(head).card.version == 2
+    eventually(lambda: a.get_head(head).card.version == 2)
+
+    a.delete_head(head)
+    eventually(lambda: head not in [h.job.head for h in b.list_heads()])
+    a.delete_collection(name)
