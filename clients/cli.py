@@ -340,6 +340,23 @@ def run_collection_whiten(args: argparse.Namespace, client: Client) -> None:
     show(args, Shown(message_dict(info), f"whitened {info.name}: {info.whitening_dim}-d, {info.count} items"))
 
 
+def add_collection_copy(parser: argparse.ArgumentParser) -> None:
+    add_name(parser)
+    parser.add_argument("--to", required=True, metavar="SERVER", help="address of the server to copy to")
+    parser.add_argument("--as", dest="as_name", default="", metavar="NAME", help="name there (default: the same)")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=500, metavar="N", help="items per request (default: %(default)s)"
+    )
+
+
+def run_collection_copy(args: argparse.Namespace, client: Client) -> None:
+    target = Connection(args.to, tls=args.tls, ca_cert=args.ca_cert, token=args.token, retries=args.retries)
+    with Client(target, timeout=args.timeout) as to:
+        info = client.copy_collection(args.name, to, args.as_name, batch=args.batch_size, progress=not args.json)
+    note = "; the source was whitened: whiten the copy too" if client.get_collection(args.name).whitening_dim else ""
+    show(args, Shown(message_dict(info), f"copied {args.name} to {args.to} as {info.name}: {info.count} items{note}"))
+
+
 def run_collection_delete(args: argparse.Namespace, client: Client) -> None:
     client.delete_collection(args.name)
     show(args, Shown({"deleted": args.name}, f"deleted {args.name}"))
@@ -680,7 +697,7 @@ class Command(NamedTuple):
 
 
 GROUPS = {
-    "collection": "create, list, show, delete or whiten collections",
+    "collection": "create, list, show, delete, copy or whiten collections",
     "head": "train, list, show or delete classification heads",
 }
 
@@ -700,6 +717,15 @@ COMMANDS = [
     Command("collection list", "list collections", no_arguments, run_collection_list),
     Command("collection show", "show a collection", add_name, run_collection_show),
     Command("collection delete", "delete a collection", add_name, run_collection_delete),
+    Command(
+        "collection copy",
+        "copy a collection to another server",
+        add_collection_copy,
+        run_collection_copy,
+        "Copy a collection, with its items' ids, labels, metadata and vectors, from --server to the server --to, "
+        "e.g. from a server on the embedded store (offshelf serve --data-dir DIR) to one on Milvus "
+        "(OFFSHELF_MILVUS_URI). Ids are kept, so running it again after an interruption completes the copy.",
+    ),
     Command(
         "collection whiten",
         "learn a PCA-whitening from a collection's vectors",

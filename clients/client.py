@@ -512,6 +512,44 @@ class Client(Api):
             items, token = self.list_items_page(collection, token or "", page_size, labels, metadata, with_vectors)
             yield from items
 
+    def copy_collection(
+        self, name: str, target: Client, as_name: str = "", batch: int = 500, progress: bool = True
+    ) -> index_pb2.Collection:
+        """Copies a collection to another server (e.g. from the embedded store to one on Milvus): the same
+        binding and index settings, then every item with its id, label, metadata and stored vector, `batch` at
+        a time. Adding again replaces by id, so an interrupted copy can be run again. Returns the new collection."""
+        source = self.get_collection(name)
+        request = index_pb2.CreateCollectionRequest(
+            name=as_name or name,
+            model=source.binding.model,
+            version=source.binding.version,
+            output=source.binding.output,
+            metric=source.metric,
+            index_type=source.index_type,
+            hnsw=source.hnsw,
+            ivfpq=source.ivfpq,
+        )
+        created = target._call("index", "CreateCollection", request)
+        with tqdm(total=source.count, unit="item", desc=created.name, disable=not progress) as bar:
+            page: list[StoredItem] = []
+            for item in self.iter_items(name, with_vectors=True, page_size=batch):
+                page.append(item)
+                if len(page) == batch:
+                    bar.update(len(target._add_items(created.name, page)))
+                    page = []
+            if page:
+                bar.update(len(target._add_items(created.name, page)))
+        return target.get_collection(created.name)
+
+    def _add_items(self, collection: str, items: Sequence[StoredItem]) -> list[str]:
+        return self.add(
+            collection,
+            vectors=[cast(Sequence[float], item.vector) for item in items],
+            ids=[item.id for item in items],
+            labels=[item.label for item in items],
+            metadata=[item.metadata for item in items],
+        )
+
     def close(self) -> None:
         self._channel.close()
 

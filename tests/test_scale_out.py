@@ -3,6 +3,8 @@ through one are served by the other; a head trains on one replica at a time."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import uuid
 
@@ -18,7 +20,7 @@ SYNC_SECONDS = 0.5
 
 
 @pytest.fixture(scope="module")
-def replicas(tiny_repo, milvus, tmp_path_factory):
+def replica_servers(tiny_repo, milvus, tmp_path_factory):
     servers = [
         ServerProcess(
             tiny_repo,
@@ -33,11 +35,16 @@ def replicas(tiny_repo, milvus, tmp_path_factory):
     try:
         for server in servers:
             server.wait_serving()
-        with Client(servers[0].address, timeout=60) as a, Client(servers[1].address, timeout=60) as b:
-            yield a, b
+        yield servers
     finally:
         for server in servers:
             server.kill()
+
+
+@pytest.fixture(scope="module")
+def replicas(replica_servers):
+    with Client(replica_servers[0].address, timeout=60) as a, Client(replica_servers[1].address, timeout=60) as b:
+        yield a, b
 
 
 def eventually(check, timeout: float = 10 * SYNC_SECONDS + 10):
@@ -96,4 +103,45 @@ def test_a_head_trained_through_one_replica_is_served_by_the_other_and_trains_on
 
     a.delete_head(head)
     eventually(lambda: head not in [h.job.head for h in b.list_heads()])
+    a.delete_collection(name)
+
+
+def test_collection_copy_moves_an_embedded_collection_to_milvus_with_the_same_answers(
+    tiny_server, replica_servers, replicas
+):
+    a, _ = replicas
+    name = f"moving-{uuid.uuid4().hex[:8]}"
+    vectors = clustered_vectors(1200, 1280, seed=5)
+    with Client(tiny_server.address, timeout=60) as embedded:
+        embedded.create_collection(name, model=TINY, index_type="hnsw", hnsw={"m": 16})
+        embedded.add(name, vectors=vectors[:1000], ids=[f"m{i:04d}" for i in range(1000)], labels=["a", "b"] * 500)
+        embedded.add(
+            name,
+            vectors=vectors[1000:],
+            ids=[f"m{i:04d}" for i in range(1000, 1200)],
+            metadata=[{"shelf": str(i % 5)} for i in range(200)],
+        )
+        copied = subprocess.run(
+            [
+                *(sys.executable, "-m", "offshelf.clients.cli", "collection", "copy", name),
+                *("--server", tiny_server.address),
+                *("--to", replica_servers[0].address, "--batch-size", "300", "--json"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert copied.returncode == 0, copied.stderr
+        info = a.get_collection(name)
+        assert info.count == 1200 and info.index_type == "hnsw" and info.hnsw.m == 16
+        assert info.binding == embedded.get_collection(name).binding
+        assert list(a.iter_items(name, page_size=1000)) == list(embedded.iter_items(name, page_size=1000))
+        for query in vectors[::100]:
+            assert [h.id for h in a.search(name, vector=query, k=5)] == [
+                h.id for h in embedded.search(name, vector=query, k=5)
+            ]
+        assert [h.id for h in a.search(name, vector=vectors[0], k=3, metadata={"shelf": "2"})] == [
+            h.id for h in embedded.search(name, vector=vectors[0], k=3, metadata={"shelf": "2"})
+        ]
+        embedded.delete_collection(name)
     a.delete_collection(name)
