@@ -124,9 +124,9 @@ class Server:
         """Heads live in Milvus beside the collections; trained once, through a lease in Milvus's etcd."""
         from offshelf.service.heads.shared import EtcdLeases, SharedHeads
 
-        client = self.collections.client  # type: ignore[union-attr]  # connected by load_all
+        _, blobs = self.collections.connected()  # type: ignore[union-attr]  # Milvus's, connected by load_all
         leases = EtcdLeases(self.settings.milvus_etcd_uri) if self.settings.milvus_etcd_uri else None
-        self.heads.share(SharedHeads(client), leases, self.settings.heads_sync_seconds)
+        self.heads.share(SharedHeads(blobs), leases, self.settings.heads_sync_seconds)
 
     def load(self) -> None:
         """Loads every model and restores every collection, then reports SERVING."""

@@ -164,10 +164,6 @@ def test_get_list_remove_and_search_by_image_id_or_vector_with_filters(store_ser
         assert by_filter.stdout.strip() == "removed 4 items; cli-items holds 14"
         assert as_json(server, "remove", "--collection", "cli-items", "--label", "object0")["count"] == 10
 
-        if "milvus_uri" in server.settings:  # not built on Milvus: refused, naming the reason
-            refused = offshelf(server, "collection", "whiten", "cli-items", "--dim", "8")
-            assert refused.returncode == 1 and "PCA-whitening is not built yet" in refused.stderr
-            return
         whitened = as_json(server, "collection", "whiten", "cli-items", "--dim", "8")
         assert whitened["whitening_dim"] == 8
         assert as_json(server, "search", "--id", "v03", "--collection", "cli-items", "-k", "1")[0]["id"] == "v03"

@@ -146,19 +146,20 @@ def test_client_streaming_add(client, collection):
     assert list(response.ids) == [f"s{i}" for i in range(30)] and response.count == 30
 
 
-def test_whitening_is_learned_and_applied_to_adds_and_queries(client, collection, on_milvus):
+def test_whitening_is_learned_and_applied_to_adds_and_queries(client, collection):
     vectors = unit_vectors(300, seed=3)
     client.add(collection, vectors=vectors[:200], ids=[str(i) for i in range(200)])
-    if on_milvus:
-        code, details = status_of(lambda: client.train_whitening(collection, dim=64))
-        assert code == grpc.StatusCode.FAILED_PRECONDITION and "PCA-whitening is not built yet" in details
-        return
     code, details = status_of(lambda: client.train_whitening(collection, dim=500))
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "needs more than 500 vectors" in details
     info = client.train_whitening(collection, dim=64)
     assert info.whitening_dim == 64
     client.add(collection, vectors=vectors[200:], ids=[str(i) for i in range(200, 300)])
     assert [client.search(collection, id=str(i), k=1)[0].id for i in (3, 150, 250)] == ["3", "150", "250"]
+    (before, after) = client.get_items(collection, ["3", "250"], with_vectors=True)  # as added, not whitened
+    np.testing.assert_allclose(np.stack([before.vector, after.vector]), vectors[[3, 250]], atol=1e-6)
+    assert client.train_whitening(collection, dim=32).whitening_dim == 32  # learned again, from the vectors as added
+    assert client.get_collection(collection).count == 300
+    assert client.search(collection, vector=vectors[250], k=1)[0].id == "250"
 
 
 def test_binding_mismatch_is_a_failed_precondition_naming_both(client, collection):

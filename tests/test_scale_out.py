@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
 import grpc
+import numpy as np
 import pytest
 
 from offshelf.clients import Client
@@ -76,6 +78,49 @@ def test_an_add_through_one_replica_is_found_by_a_search_through_the_other(repli
     with pytest.raises(grpc.RpcError) as gone:
         a.get_collection(name)
     assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_whitening_through_one_replica_moves_the_others_to_the_whitened_index(replicas):
+    a, b = replicas
+    name = f"whitened-{uuid.uuid4().hex[:8]}"
+    vectors = clustered_vectors(300, 1280, seed=6)
+    a.create_collection(name, model=TINY, index_type="hnsw")
+    a.add(name, vectors=vectors[:200], ids=[f"w{i}" for i in range(200)])
+    assert b.search(name, vector=vectors[5], k=1)[0].id == "w5"  # b holds the unwhitened table now
+    assert a.train_whitening(name, dim=48).whitening_dim == 48
+    b.add(name, vectors=vectors[200:], ids=[f"w{i}" for i in range(200, 300)])  # whitened, though b had not looked
+    assert b.get_collection(name).whitening_dim == 48 and a.get_collection(name).count == 300
+    for i in (5, 150, 250):
+        assert a.search(name, vector=vectors[i], k=1)[0].id == b.search(name, id=f"w{i}", k=1)[0].id == f"w{i}"
+    (item,) = a.get_items(name, ["w250"], with_vectors=True)
+    np.testing.assert_allclose(item.vector, vectors[250] / np.linalg.norm(vectors[250]), atol=1e-6)
+    b.delete_collection(name)
+
+
+def test_writes_through_another_replica_while_whitening_are_refused_or_kept_never_lost(replicas):
+    a, b = replicas
+    name = f"busy-{uuid.uuid4().hex[:8]}"
+    vectors = clustered_vectors(2400, 1280, seed=7)
+    a.create_collection(name, model=TINY)
+    for start in range(0, 2000, 1000):
+        a.add(name, vectors=vectors[start : start + 1000], ids=[f"b{i}" for i in range(start, start + 1000)])
+    whitening = threading.Thread(target=a.train_whitening, args=(name, 64))
+    whitening.start()
+    acknowledged, refused = [], 0
+    for i in range(2000, 2400):
+        try:
+            b.add(name, vectors=vectors[i : i + 1], ids=[f"b{i}"])
+            acknowledged.append(f"b{i}")
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.UNAVAILABLE and "being re-indexed" in err.details()
+            refused += 1
+        if not whitening.is_alive() and i >= 2100:
+            break
+    whitening.join()
+    assert a.get_collection(name).whitening_dim == 64
+    kept = {item.id for item in a.get_items(name, acknowledged)}
+    assert kept == set(acknowledged), f"{len(set(acknowledged) - kept)} acknowledged writes lost ({refused} refused)"
+    a.delete_collection(name)
 
 
 def test_a_head_trained_through_one_replica_is_served_by_the_other_and_trains_once(replicas):

@@ -1,12 +1,11 @@
-"""Heads shared by every replica on one Milvus: the version folders' files kept in a Milvus collection, and a lease
-in the etcd of the Milvus deployment so that a head trains on one replica at a time.
+"""Heads shared by every replica on one Milvus: the version folders' files kept in Milvus (milvus_blobs.py), and a
+lease in the etcd of the Milvus deployment so that a head trains on one replica at a time.
 
 Why Milvus: the replicas already reach it, it is durable and replicated, and it needs no volume (a ReadWriteMany
-volume is what the scale overlay avoids) and no second store to run. Files are base64 chunks of CHUNK bytes in the
-collection ``offshelf_head_files`` (primary key ``<head>/<version>/<file>#<chunk>``); a version's row
-``.complete/<head>/<version>`` is written last, so a version is seen whole or not at all (Milvus 2.3 matches
-prefixes only, hence the marker's own prefix). Milvus has no compare-and-set, etcd has: a lease is a
-key created only if absent, bound to an etcd lease that expires when its holder stops renewing it.
+volume is what the scale overlay avoids) and no second store to run. A version's files are written first, then its
+marker ``heads-complete/<head>/<version>``: a version is seen whole or not at all. Milvus has no compare-and-set,
+etcd has: a lease is a key created only if absent, bound to an etcd lease that expires when its holder stops
+renewing it.
 """
 
 from __future__ import annotations
@@ -20,77 +19,42 @@ import urllib.error
 import urllib.request
 import uuid
 
-from pymilvus import DataType, MilvusClient
-
 from offshelf.service.errors import Unavailable
-from offshelf.service.index.milvus import milvus_errors, quoted
+from offshelf.service.index.milvus_blobs import Blobs
 
 log = logging.getLogger(__name__)
-TABLE = "offshelf_head_files"
-CHUNK = 48 << 10  # bytes per row: 64 KiB as base64, the most a VARCHAR holds
-COMPLETE = ".complete"
+FILES, COMPLETE = "heads", "heads-complete"
 
 
 class SharedHeads:
-    def __init__(self, client: MilvusClient):
-        self.client = client
-        if not client.has_collection(TABLE):
-            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-            schema.add_field("path", DataType.VARCHAR, is_primary=True, max_length=1024)
-            schema.add_field("data", DataType.VARCHAR, max_length=65535)
-            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=2)  # Milvus requires a vector field; unused
-            params = client.prepare_index_params()
-            params.add_index("vector", index_type="FLAT", metric_type="L2")
-            client.create_collection(TABLE, schema=schema, index_params=params, consistency_level="Strong")
+    def __init__(self, blobs: Blobs):
+        self.blobs = blobs
 
     def versions(self) -> dict[str, list[int]]:
         """Every head's complete versions, oldest first."""
-        with milvus_errors(TABLE):
-            rows = self.client.query(
-                TABLE, filter=f'path like "{COMPLETE}/%"', output_fields=["path"], consistency_level="Strong"
-            )
         found: dict[str, list[int]] = {}
-        for row in rows:
-            head, version = row["path"].removeprefix(f"{COMPLETE}/").rsplit("/", 1)
+        for name in self.blobs.names(f"{COMPLETE}/"):
+            head, version = name.removeprefix(f"{COMPLETE}/").rsplit("/", 1)
             found.setdefault(head, []).append(int(version))
         return {head: sorted(versions) for head, versions in found.items()}
 
     def upload(self, head: str, version: int, directory: pathlib.Path) -> None:
-        rows = []
         for path in sorted(p for p in directory.iterdir() if p.is_file()):
-            data = path.read_bytes()
-            for number, start in enumerate(range(0, max(len(data), 1), CHUNK)):
-                rows.append(self._row(f"{head}/{version}/{path.name}#{number}", data[start : start + CHUNK]))
-        with milvus_errors(TABLE):
-            for start in range(0, len(rows), 64):
-                self.client.upsert(TABLE, rows[start : start + 64])
-            self.client.upsert(TABLE, [self._row(f"{COMPLETE}/{head}/{version}", b"")])
+            self.blobs.put(f"{FILES}/{head}/{version}/{path.name}", path.read_bytes())
+        self.blobs.put(f"{COMPLETE}/{head}/{version}", b"")
 
     def download(self, head: str, version: int, directory: pathlib.Path) -> None:
         """Writes the version's files into `directory` (which must exist)."""
-        with milvus_errors(TABLE):
-            rows = self.client.query(
-                TABLE,
-                filter=f"path like {quoted(f'{head}/{version}/%')}",
-                output_fields=["path", "data"],
-                consistency_level="Strong",
-            )
-        chunks: dict[str, dict[int, bytes]] = {}
-        for row in rows:
-            name, number = row["path"].rsplit("/", 1)[1].rsplit("#", 1)
-            chunks.setdefault(name, {})[int(number)] = base64.b64decode(row["data"])
-        for name, parts in chunks.items():
-            (directory / name).write_bytes(b"".join(parts[i] for i in sorted(parts)))
+        prefix = f"{FILES}/{head}/{version}/"
+        for name in self.blobs.names(prefix):
+            data = self.blobs.get(name)
+            if data is not None:
+                (directory / name.removeprefix(prefix)).write_bytes(data)
 
     def delete(self, head: str) -> None:
         """Removes the markers first: a half-deleted head is no longer seen."""
-        with milvus_errors(TABLE):
-            self.client.delete(TABLE, filter=f"path like {quoted(f'{COMPLETE}/{head}/%')}")
-            self.client.delete(TABLE, filter=f"path like {quoted(f'{head}/%')}")
-
-    @staticmethod
-    def _row(path: str, data: bytes) -> dict:
-        return {"path": path, "data": base64.b64encode(data).decode(), "vector": [0.0, 0.0]}
+        self.blobs.delete(f"{COMPLETE}/{head}/")
+        self.blobs.delete(f"{FILES}/{head}/")
 
 
 class Lease:

@@ -33,17 +33,16 @@ import numpy as np
 
 from offshelf.protos.v1 import index_pb2
 from offshelf.service.drift import DriftMonitor
-from offshelf.service.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from offshelf.service.errors import InvalidArgument, NotFound, Unavailable
 from offshelf.service.index.faiss_index import new_index, search_params, train_ivfpq
 from offshelf.service.index.rwlock import ReadWriteLock
 from offshelf.service.index.store import DATABASE, Filter, ItemStore, Row, from_blobs
-from offshelf.service.index.vectors import prepare
+from offshelf.service.index.vectors import Whitening, check_whitening, learn_whitening, prepare, to_index_space
 from offshelf.service.logs import fields
 
 log = logging.getLogger(__name__)
 Item = tuple[str, str, dict[str, str]]  # (id, label, metadata)
 Hit = tuple[str, float, str, dict[str, str]]  # (id, score, label, metadata)
-Whitening = tuple[np.ndarray, np.ndarray]  # x -> x @ A.T + b
 EXACT_FILTER_LIMIT = 4096  # a filter selecting at most this many items is searched exactly
 
 
@@ -257,12 +256,7 @@ class Collection:
         return prepare(vectors, self.config)
 
     def _to_index_space(self, vectors: np.ndarray, whitening: Whitening | None) -> np.ndarray:
-        if whitening is not None:
-            a, b = whitening
-            vectors = vectors @ a.T + b
-            if self.config.metric == index_pb2.METRIC_INNER_PRODUCT:
-                vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        return np.ascontiguousarray(vectors, np.float32)
+        return to_index_space(vectors, whitening, self.config)
 
     # --- writes ----------------------------------------------------------------------------------
 
@@ -332,17 +326,8 @@ class Collection:
         """Learns PCA-whitening from the collection's vectors and rebuilds the index (durable on return)."""
         with self._write_lock:
             self._check_open()
-            dim = dim or self.dim
-            if not 1 <= dim <= self.dim:
-                raise InvalidArgument(f"whitening dim must be in 1..{self.dim}")
-            if self.count <= dim:
-                raise FailedPrecondition(
-                    f"whitening to {dim} dimensions needs more than {dim} vectors; collection "
-                    f"{self.name!r} has {self.count}: add more or ask for a smaller dim"
-                )
-            pca = faiss.PCAMatrix(self.dim, dim, -0.5)
-            pca.train(np.concatenate([vectors for _, vectors, _ in self.store.scan(self.dim)]))
-            whitening = (faiss.vector_to_array(pca.A).reshape(dim, self.dim), faiss.vector_to_array(pca.b))
+            dim = check_whitening(dim, self.config, self.count)
+            whitening = learn_whitening(np.concatenate([vectors for _, vectors, _ in self.store.scan(self.dim)]), dim)
             seq = self._seq + 1
             with self.store.transaction() as db:
                 ItemStore.set_arrays(db, "whitening", {"a": whitening[0], "b": whitening[1]})

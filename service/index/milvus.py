@@ -1,23 +1,36 @@
 """A collection on Milvus: the distributed store, so that any number of stateless replicas share collections.
 
-One Milvus collection per offshelf collection, named ``offshelf_collection_<sha256 of the name>`` (Milvus names
-allow only letters, digits and '_'), with the fields id (the primary key), label, metadata (JSON) and vector, and the
-collection's configuration (name, binding, index parameters) as its description. Milvus indexes the vectors with
-FLAT, HNSW or IVF_PQ: the index types and parameters offshelf's own store uses.
+Every replica addresses a collection by the Milvus alias ``offshelf_collection_<key>`` (key: sha256 of the name;
+Milvus names allow only letters, digits and '_'). The alias points at a table ``offshelf_table_<key>_<generation>``
+with the fields id (the primary key), label, metadata (JSON) and vector, and the collection's configuration (name,
+binding, index parameters, whitening dimension) as its description. Milvus indexes the vectors with FLAT, HNSW or
+IVF_PQ: the index types and parameters offshelf's own store uses.
 
-Reads that must see every acknowledged write (item lookups, search by id, the lookups behind Remove and Add's
-count) use Strong consistency; searches use the server's setting (Strong by default, see settings.py). IVF_PQ
-candidates are re-ranked here by their exact scores (Milvus's IVF_PQ has no refine step): Milvus returns
-refine_factor x k candidates with their stored vectors.
+PCA-whitening makes a new generation: the whitened vectors are what Milvus indexes, so the table of a whitened
+generation also keeps each item's vector as added (``raw``, base64 float32: Milvus 2.3 allows one vector field) for
+GetItems, search by id and whitening again; the whitening itself is a blob (milvus_blobs.py). Training renames the
+table to ``offshelf_migrating_<key>_<generation>`` first: writes from every replica then find no table of their
+generation and are answered UNAVAILABLE until the alias points at the new generation, so none is lost; searches go
+on against the renamed table meanwhile. A replica whose table has gone looks up the alias again (MilvusCollection
+methods do this once), so a replica never writes with another generation's whitening.
+
+Reads that must see every acknowledged write (item lookups, search by id, the lookups behind Remove, counts) use
+Strong consistency; searches use the server's setting (Strong by default, see settings.py). IVF_PQ candidates are
+re-ranked here by their exact scores (Milvus's IVF_PQ has no refine step): Milvus returns refine_factor x k
+candidates with their stored vectors.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
+import io
 import json
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from google.protobuf import json_format
@@ -27,18 +40,37 @@ from offshelf.protos.v1 import index_pb2
 from offshelf.service.drift import DriftMonitor
 from offshelf.service.errors import FailedPrecondition, Internal, InvalidArgument, NotFound, Unavailable
 from offshelf.service.index.store import Filter, Row
-from offshelf.service.index.vectors import prepare
+from offshelf.service.index.vectors import Whitening, check_whitening, learn_whitening, prepare, to_index_space
+
+if TYPE_CHECKING:
+    from offshelf.service.index.milvus_blobs import Blobs
 
 Item = tuple[str, str, dict[str, str]]  # (id, label, metadata)
 Hit = tuple[str, float, str, dict[str, str]]  # (id, score, label, metadata)
-PREFIX = "offshelf_collection_"
+T = TypeVar("T")
+ALIAS, TABLE, MIGRATING = "offshelf_collection_", "offshelf_table_", "offshelf_migrating_"
 MAX_ID_BYTES, MAX_LABEL_BYTES = 256, 65535  # the id and label fields' VARCHAR lengths
+MAX_RAW_DIM = 12000  # float32 values whose base64 fits in a VARCHAR of 65535
 PAGE = 4096  # items per query when reading many
+FENCE_SETTLE_SECONDS = 1.0
 COLLECTION_NOT_FOUND = 100  # Milvus's error code
 
 
+def key(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()[:40]
+
+
 def physical_name(name: str) -> str:
-    return PREFIX + hashlib.sha256(name.encode()).hexdigest()[:40]
+    """The alias every replica addresses the collection by."""
+    return ALIAS + key(name)
+
+
+def table_name(name: str, generation: int) -> str:
+    return f"{TABLE}{key(name)}_{generation}"
+
+
+def whitening_blob(name: str, generation: int) -> str:
+    return f"whitening/{key(name)}/{generation}"
 
 
 def quoted(text: str) -> str:
@@ -51,13 +83,17 @@ def expression(where: Filter) -> str:
     clauses = ['label != ""'] if where.labelled else []
     if where.labels:
         clauses.append(f"label in [{', '.join(map(quoted, where.labels))}]")
-    for key, values in where.metadata:
-        clauses.append(f"metadata[{quoted(key)}] in [{', '.join(map(quoted, values))}]")
-    return " and ".join(f"({c})" for c in clauses)
+    for name, values in where.metadata:
+        clauses.append(f"metadata[{quoted(name)}] in [{', '.join(map(quoted, values))}]")
+    return both(*clauses)
 
 
 def both(*clauses: str) -> str:
     return " and ".join(f"({c})" for c in clauses if c)
+
+
+class TableGone(NotFound):
+    """The table a replica addressed is gone (renamed for whitening, replaced, or the collection deleted)."""
 
 
 @contextlib.contextmanager
@@ -68,7 +104,7 @@ def milvus_errors(name: str) -> Iterator[None]:
     except MilvusException as err:
         message = err.message or str(err)
         if err.code == COLLECTION_NOT_FOUND or "collection not found" in message or "can't find collection" in message:
-            raise NotFound(f"no collection named {name!r}; ListCollections lists them") from err
+            raise TableGone(f"no collection named {name!r}; ListCollections lists them") from err
         if "unavailable" in message.lower() or "deadline" in message.lower() or "connect" in message.lower():
             raise Unavailable(f"Milvus does not answer ({message}); retry, and check OFFSHELF_MILVUS_URI") from err
         raise Internal(f"Milvus refused the call on collection {name!r}: {message}") from err
@@ -88,54 +124,86 @@ def index_params(client: MilvusClient, config: index_pb2.Collection):
     return params
 
 
-class MilvusCollection:
-    """The same calls as the embedded Collection (collection.py), on a Milvus collection."""
+def create_table(client: MilvusClient, config: index_pb2.Collection, table: str) -> None:
+    """An empty, loaded table for the configuration (whitened when config.whitening_dim is set)."""
+    schema = MilvusClient.create_schema(
+        auto_id=False,
+        enable_dynamic_field=False,
+        description=json_format.MessageToJson(config, preserving_proto_field_name=True, indent=0),
+    )
+    schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=MAX_ID_BYTES)
+    schema.add_field("label", DataType.VARCHAR, max_length=MAX_LABEL_BYTES)
+    schema.add_field("metadata", DataType.JSON)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=config.whitening_dim or config.binding.dim)
+    if config.whitening_dim:
+        schema.add_field("raw", DataType.VARCHAR, max_length=65535)
+    with milvus_errors(config.name):
+        client.create_collection(
+            table, schema=schema, index_params=index_params(client, config), consistency_level="Strong"
+        )
 
-    def __init__(self, client: MilvusClient, config: index_pb2.Collection, consistency: str):
-        self.client = client
+
+def to_text(vector: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(vector, "<f4").tobytes()).decode()
+
+
+def from_text(text: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), "<f4").astype(np.float32)
+
+
+class MilvusCollection:
+    """The same calls as the embedded Collection (collection.py), on one generation's table of a Milvus collection.
+    `reopen(name)` looks the collection up again (the registry's), for when the table is gone."""
+
+    def __init__(
+        self,
+        client: MilvusClient,
+        blobs: Blobs,
+        config: index_pb2.Collection,
+        table: str,
+        whitening: Whitening | None,
+        consistency: str,
+        reopen: Callable[[str], MilvusCollection],
+    ):
+        self.client, self.blobs = client, blobs
         self.config = config
         self.name = config.name
         self.dim = config.binding.dim
-        self.table = physical_name(config.name)
+        self.table = table
+        self.generation = int(table.rsplit("_", 1)[1])
+        self.migrating = table.startswith(MIGRATING)
+        self.whitening = whitening
         self.consistency = consistency
+        self.reopen = reopen
         self.drift = DriftMonitor()
         self.unsaved_writes = 0  # Milvus persists writes itself: no local index to save
         self.last_index_save_at: float | None = None
 
-    @classmethod
-    def create(cls, client: MilvusClient, config: index_pb2.Collection, consistency: str) -> MilvusCollection:
-        schema = MilvusClient.create_schema(
-            auto_id=False,
-            enable_dynamic_field=False,
-            description=json_format.MessageToJson(config, preserving_proto_field_name=True, indent=0),
-        )
-        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=MAX_ID_BYTES)
-        schema.add_field("label", DataType.VARCHAR, max_length=MAX_LABEL_BYTES)
-        schema.add_field("metadata", DataType.JSON)
-        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=config.binding.dim)
-        collection = cls(client, config, consistency)
-        with milvus_errors(config.name):
-            client.create_collection(
-                collection.table, schema=schema, index_params=index_params(client, config), consistency_level="Strong"
-            )
-        return collection
-
-    @staticmethod
-    def config_of(description: str) -> index_pb2.Collection:
-        return json_format.Parse(description, index_pb2.Collection())
+    def _current(self, operation: Callable[[MilvusCollection], T], write: bool = False) -> T:
+        """Runs the operation on this table, or once more on the collection's table now if this one is gone."""
+        collection = self
+        for attempt in range(2):
+            if write and collection.migrating:
+                raise Unavailable(
+                    f"collection {self.name!r} is being re-indexed with a new whitening; writes resume when it is "
+                    "done: retry in a few seconds"
+                )
+            try:
+                return operation(collection)
+            except TableGone:
+                if attempt:
+                    raise
+                collection = self.reopen(self.name)
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         pass  # the client belongs to the registry
-
-    def delete(self) -> None:
-        with milvus_errors(self.name):
-            self.client.drop_collection(self.table)
 
     # --- reads -----------------------------------------------------------------------------------
 
     @property
     def count(self) -> int:
-        return self._count("")
+        return self._current(lambda c: c._count(""))
 
     def _count(self, where: str) -> int:
         with milvus_errors(self.name):
@@ -146,9 +214,12 @@ class MilvusCollection:
         return None  # the drift reference would need every vector read back from Milvus: not measured here
 
     def info(self) -> index_pb2.Collection:
+        return self._current(MilvusCollection._info)
+
+    def _info(self) -> index_pb2.Collection:
         info = index_pb2.Collection()
         info.CopyFrom(self.config)
-        info.count = self.count
+        info.count = self._count("")
         if self.config.index_type == "ivfpq":
             with milvus_errors(self.name):
                 info.trained = int(self.client.describe_index(self.table, "vector").get("indexed_rows", 0)) > 0
@@ -162,20 +233,32 @@ class MilvusCollection:
                 )
             )
 
-    def _all(self, where: str, fields: list[str]) -> Iterator[list[dict]]:
+    def _pages(self, where: str, fields: list[str]) -> Iterator[list[dict]]:
         """Every selected item, PAGE at a time in id order."""
-        after = None
-        while True:
-            page = self._query(both(where, after and f"id > {quoted(after)}" or ""), ["id", *fields], PAGE)
-            if not page:
-                return
+        after = ""
+        while page := self._query(both(where, f"id > {quoted(after)}"), ["id", *fields], PAGE):
             yield page
             after = page[-1]["id"]
 
+    @property
+    def _raw_field(self) -> str:
+        return "raw" if self.whitening is not None else "vector"
+
+    def _raw(self, rows: list[dict]) -> np.ndarray:
+        """The vectors as added (before whitening) of query rows."""
+        if self.whitening is not None:
+            vectors = [from_text(row["raw"]) for row in rows]
+        else:
+            vectors = [np.asarray(row["vector"], np.float32) for row in rows]
+        return np.stack(vectors) if vectors else np.zeros((0, self.dim), np.float32)
+
     def labelled_vectors(self) -> tuple[np.ndarray, list[str]]:
-        rows = [row for page in self._all(expression(Filter(labelled=True)), ["label", "vector"]) for row in page]
-        vectors = np.asarray([row["vector"] for row in rows], np.float32).reshape(len(rows), self.dim)
-        return vectors, [row["label"] for row in rows]
+        def read(c: MilvusCollection) -> tuple[np.ndarray, list[str]]:
+            where = expression(Filter(labelled=True))
+            rows = [row for page in c._pages(where, ["label", c._raw_field]) for row in page]
+            return c._raw(rows), [row["label"] for row in rows]
+
+        return self._current(read)
 
     def vector_of(self, item_id: str) -> np.ndarray:
         found = self.get([item_id])
@@ -184,25 +267,34 @@ class MilvusCollection:
         return found[item_id][1]
 
     def get(self, item_ids: list[str]) -> dict[str, tuple[Row, np.ndarray]]:
+        return self._current(lambda c: c._get(item_ids))
+
+    def _get(self, item_ids: list[str]) -> dict[str, tuple[Row, np.ndarray]]:
         found: dict[str, tuple[Row, np.ndarray]] = {}
         unique = list(dict.fromkeys(item_ids))
         for start in range(0, len(unique), PAGE):
             part = unique[start : start + PAGE]
-            for row in self._query(f"id in [{', '.join(map(quoted, part))}]", ["id", "label", "metadata", "vector"]):
-                found[row["id"]] = (_row(row), np.asarray(row["vector"], np.float32))
+            rows = self._query(f"id in [{', '.join(map(quoted, part))}]", ["id", "label", "metadata", self._raw_field])
+            for row, vector in zip(rows, self._raw(rows), strict=True):
+                found[row["id"]] = (_row(row), vector)
         return found
 
     def page(self, after_id: str, size: int, where: Filter, with_vectors: bool) -> list[tuple[Row, np.ndarray | None]]:
-        fields = ["id", "label", "metadata", *(["vector"] if with_vectors else [])]
-        rows = self._query(both(f"id > {quoted(after_id)}", expression(where)), fields, size)
-        rows.sort(key=lambda row: row["id"])
-        return [(_row(row), np.asarray(row["vector"], np.float32) if with_vectors else None) for row in rows]
+        def read(c: MilvusCollection) -> list[tuple[Row, np.ndarray | None]]:
+            fields = ["id", "label", "metadata", *([c._raw_field] if with_vectors else [])]
+            rows = sorted(
+                c._query(both(f"id > {quoted(after_id)}", expression(where)), fields, size), key=lambda r: r["id"]
+            )
+            vectors = c._raw(rows) if with_vectors else [None] * len(rows)
+            return [(_row(row), vector) for row, vector in zip(rows, vectors, strict=True)]
+
+        return self._current(read)
 
     def check_filter(self, where: Filter) -> None:
         """InvalidArgument for a metadata key that no item of the collection has (a typo, most likely)."""
-        for key, _ in where.metadata:
-            if not self._query(f"exists metadata[{quoted(key)}]", ["id"], 1):
-                raise InvalidArgument(f"filter on metadata key {key!r}, which no item of collection {self.name!r} has")
+        for name, _ in where.metadata:
+            if not self._current(lambda c: c._query(f"exists metadata[{quoted(name)}]", ["id"], 1)):  # noqa: B023
+                raise InvalidArgument(f"filter on metadata key {name!r}, which no item of collection {self.name!r} has")
 
     def search(
         self,
@@ -216,6 +308,12 @@ class MilvusCollection:
         """The k nearest items to each query vector (one Milvus search), among those `where` selects."""
         queries = self.prepare(queries)
         self.drift.observe(queries)
+        return self._current(lambda c: c._search(queries, k, ef_search, nprobe, where or Filter(), min_score))
+
+    def _search(
+        self, queries: np.ndarray, k: int, ef_search: int, nprobe: int, where: Filter, min_score: float | None
+    ) -> list[list[Hit]]:
+        queries = to_index_space(queries, self.whitening, self.config)
         refine = self.config.ivfpq.refine_factor if self.config.index_type == "ivfpq" else 1
         params: dict[str, int] = {}
         if self.config.index_type == "hnsw":
@@ -227,7 +325,7 @@ class MilvusCollection:
                 self.table,
                 data=queries.tolist(),
                 limit=min(k * refine, 16384),
-                filter=expression(where or Filter()),
+                filter=expression(where),
                 output_fields=["label", "metadata", *(["vector"] if refine > 1 else [])],
                 search_params={"params": params},
                 consistency_level=self.consistency,
@@ -267,34 +365,92 @@ class MilvusCollection:
         for item_id, label, _ in items:
             if len(label.encode()) > MAX_LABEL_BYTES:
                 raise InvalidArgument(f"item {item_id!r}: label is longer than {MAX_LABEL_BYTES} bytes")
+        self._current(lambda c: c._upsert(ids, items, vectors), write=True)
+        return ids
+
+    def _upsert(self, ids: list[str], items: list[Item], vectors: np.ndarray) -> None:
+        indexed = to_index_space(vectors, self.whitening, self.config)
         rows = [
             {"id": item_id, "label": label, "metadata": metadata, "vector": vector.tolist()}
-            for item_id, (_, label, metadata), vector in zip(ids, items, vectors, strict=True)
+            for item_id, (_, label, metadata), vector in zip(ids, items, indexed, strict=True)
         ]
+        if self.whitening is not None:
+            for row, vector in zip(rows, vectors, strict=True):
+                row["raw"] = to_text(vector)
         with milvus_errors(self.name):
             self.client.upsert(self.table, rows)
-        return ids
 
     def remove(self, item_ids: list[str]) -> tuple[int, list[str]]:
         wanted = list(dict.fromkeys(item_ids))
-        present = {row["id"] for row in self._query(f"id in [{', '.join(map(quoted, wanted))}]", ["id"])}
-        if present:
-            with milvus_errors(self.name):
-                self.client.delete(self.table, ids=sorted(present))
+
+        def remove(c: MilvusCollection) -> set[str]:
+            present = {row["id"] for row in c._query(f"id in [{', '.join(map(quoted, wanted))}]", ["id"])}
+            if present:
+                with milvus_errors(c.name):
+                    c.client.delete(c.table, ids=sorted(present))
+            return present
+
+        present = self._current(remove, write=True)
         return len(present), [i for i in wanted if i not in present]
 
     def remove_where(self, where: Filter) -> int:
-        selected = expression(where)
-        removed = self._count(selected)
-        if removed:
-            with milvus_errors(self.name):
-                self.client.delete(self.table, filter=selected)
-        return removed
+        def remove(c: MilvusCollection) -> int:
+            selected = expression(where)
+            removed = c._count(selected)
+            if removed:
+                with milvus_errors(c.name):
+                    c.client.delete(c.table, filter=selected)
+            return removed
+
+        return self._current(remove, write=True)
 
     def train_whitening(self, dim: int) -> None:
-        raise FailedPrecondition(
-            f"collection {self.name!r} is on Milvus, where PCA-whitening is not built yet; "
-            "whiten vectors before adding them, or use the embedded store"
+        """Learns PCA-whitening from the vectors as added and moves every item to a new generation indexed in the
+        whitened space; writes through any replica are refused (UNAVAILABLE) meanwhile, searches go on."""
+        self._current(lambda c: c._train_whitening(dim), write=True)
+
+    def _train_whitening(self, dim: int) -> None:
+        dim = check_whitening(dim, self.config, self._count(""))
+        if self.dim > MAX_RAW_DIM:
+            raise FailedPrecondition(f"Milvus collections whiten vectors of at most {MAX_RAW_DIM} values")
+        fenced = f"{MIGRATING}{key(self.name)}_{self.generation}"
+        with milvus_errors(self.name):
+            self.client.rename_collection(self.table, fenced)  # from here on, no replica writes to it
+        time.sleep(FENCE_SETTLE_SECONDS)  # a write whose proxy resolved the old name just before lands first
+        source = self._with(table=fenced)
+        config = index_pb2.Collection()
+        config.CopyFrom(self.config)
+        config.whitening_dim = dim
+        target = self._with(table=table_name(self.name, self.generation + 1), config=config)
+        try:
+            whitening = learn_whitening(np.concatenate(list(source._raw_pages())), dim)
+            buffer = io.BytesIO()
+            np.savez(buffer, a=whitening[0], b=whitening[1])
+            self.blobs.put(whitening_blob(self.name, target.generation), buffer.getvalue())
+            create_table(self.client, config, target.table)
+            target.whitening = whitening
+            for page in source._pages("", ["label", "metadata", source._raw_field]):
+                items = [(row["id"], row["label"], row.get("metadata") or {}) for row in page]
+                target._upsert([row["id"] for row in page], items, source._raw(page))
+            with milvus_errors(self.name):
+                self.client.alter_alias(target.table, physical_name(self.name))
+        except BaseException:
+            with milvus_errors(self.name):
+                if self.client.has_collection(target.table):
+                    self.client.drop_collection(target.table)
+                self.client.rename_collection(fenced, self.table)
+            raise
+        with milvus_errors(self.name):
+            self.client.drop_collection(fenced)
+        self.blobs.delete(whitening_blob(self.name, self.generation) + "#")  # that file's chunks only
+
+    def _raw_pages(self) -> Iterator[np.ndarray]:
+        for page in self._pages("", [self._raw_field]):
+            yield self._raw(page)
+
+    def _with(self, table: str, config: index_pb2.Collection | None = None) -> MilvusCollection:
+        return MilvusCollection(
+            self.client, self.blobs, config or self.config, table, self.whitening, self.consistency, self.reopen
         )
 
 

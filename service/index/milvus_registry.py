@@ -1,21 +1,37 @@
 """The collections of a Milvus server: every replica pointed at the same Milvus serves the same collections.
 
 Nothing is held that another replica could change unseen for long: a collection's configuration is read from
-Milvus and kept CONFIG_SECONDS, the list of collections is read on every call.
+Milvus and kept CONFIG_SECONDS (a replica whose table has gone meanwhile looks again at once), the list of
+collections is read on every call. A generation's whitening never changes, so it is kept as long as it is used.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 import time
 
+import numpy as np
 from google.protobuf import json_format
 from pymilvus import MilvusClient, MilvusException
 
 from offshelf.protos.v1 import index_pb2
 from offshelf.service.errors import AlreadyExists, CollectionLoadError, NotFound, Unavailable
-from offshelf.service.index.milvus import PREFIX, MilvusCollection, milvus_errors, physical_name
+from offshelf.service.index.milvus import (
+    ALIAS,
+    MIGRATING,
+    TABLE,
+    MilvusCollection,
+    TableGone,
+    create_table,
+    milvus_errors,
+    physical_name,
+    table_name,
+    whitening_blob,
+)
+from offshelf.service.index.milvus_blobs import Blobs
+from offshelf.service.index.vectors import Whitening
 
 log = logging.getLogger(__name__)
 CONFIG_SECONDS = 5.0
@@ -38,45 +54,87 @@ class MilvusCollectionRegistry:
         self.uri, self.token, self.ca_file = uri, token, ca_file
         self.consistency = consistency
         self.client: MilvusClient | None = None
+        self.blobs: Blobs | None = None
         self._cache: dict[str, tuple[float, MilvusCollection]] = {}
+        self._whitenings: dict[str, Whitening] = {}  # by blob name
         self._lock = threading.Lock()
 
     def load_all(self) -> None:
         self.client = connect(self.uri, self.token, self.ca_file)
-        log.info("collections on Milvus", extra={"uri": self.uri, "collections": len(self._names())})
+        self.blobs = Blobs(self.client)
+        log.info("collections on Milvus", extra={"uri": self.uri, "collections": len(self._keys())})
 
-    def _client(self) -> MilvusClient:
-        if self.client is None:
+    def connected(self) -> tuple[MilvusClient, Blobs]:
+        if self.client is None or self.blobs is None:
             raise Unavailable("the server is still connecting to Milvus; retry when health reports SERVING")
-        return self.client
+        return self.client, self.blobs
 
-    def _names(self) -> list[str]:
+    def _keys(self) -> list[str]:
+        """The key of every collection with a table (a migrating one included)."""
+        client, _ = self.connected()
         with milvus_errors("*"):
-            return [name for name in self._client().list_collections() if name.startswith(PREFIX)]
+            tables = client.list_collections()
+        return sorted(
+            {
+                t.removeprefix(TABLE).removeprefix(MIGRATING).rsplit("_", 1)[0]
+                for t in tables
+                if t.startswith((TABLE, MIGRATING))
+            }
+        )
 
-    def _open(self, table: str) -> MilvusCollection | None:
-        """The collection stored as `table`, or None when it is gone or not one of offshelf's."""
+    def _open(self, alias: str) -> MilvusCollection | None:
+        """The collection the alias points at, or None when it is gone or not one of offshelf's."""
+        client, blobs = self.connected()
         try:
-            description = self._client().describe_collection(table)["description"]
-            return MilvusCollection(self._client(), MilvusCollection.config_of(description), self.consistency)
-        except (MilvusException, json_format.ParseError):  # gone meanwhile, or not offshelf's configuration
+            described = client.describe_collection(alias)
+            config = json_format.Parse(described["description"], index_pb2.Collection())
+        except (MilvusException, json_format.ParseError):
             return None
+        table = described["collection_name"]
+        whitening = None
+        if config.whitening_dim:
+            whitening = self._whitening(blobs, whitening_blob(config.name, int(table.rsplit("_", 1)[1])))
+        return MilvusCollection(client, blobs, config, table, whitening, self.consistency, self.reopen)
+
+    def _whitening(self, blobs: Blobs, name: str) -> Whitening:
+        with self._lock:
+            cached = self._whitenings.get(name)
+        if cached is not None:
+            return cached
+        data = blobs.get(name)
+        if data is None:
+            raise TableGone(f"the whitening {name} is gone: the collection was whitened again or deleted")
+        with np.load(io.BytesIO(data)) as arrays:
+            whitening = (arrays["a"], arrays["b"])
+        with self._lock:
+            self._whitenings[name] = whitening
+        return whitening
 
     def create(self, config: index_pb2.Collection) -> MilvusCollection:
-        client = self._client()
-        with milvus_errors(config.name):
-            if client.has_collection(physical_name(config.name)):
-                raise AlreadyExists(f"collection {config.name!r} exists; delete it first or pick another name")
-        collection = MilvusCollection.create(client, config, self.consistency)
-        with self._lock:
-            self._cache[config.name] = (time.monotonic(), collection)
-        return collection
+        client, _ = self.connected()
+        alias = physical_name(config.name)
+        if self._open(alias) is not None:
+            raise AlreadyExists(f"collection {config.name!r} exists; delete it first or pick another name")
+        table = table_name(config.name, 0)
+        create_table(client, config, table)
+        try:
+            with milvus_errors(config.name):
+                client.create_alias(table, alias)
+        except Exception as err:  # another replica created it meanwhile
+            with milvus_errors(config.name):
+                client.drop_collection(table)
+            raise AlreadyExists(f"collection {config.name!r} exists; delete it first or pick another name") from err
+        return self.get(config.name)
 
     def get(self, name: str) -> MilvusCollection:
         with self._lock:
             cached = self._cache.get(name)
         if cached and time.monotonic() - cached[0] < CONFIG_SECONDS:
             return cached[1]
+        return self.reopen(name)
+
+    def reopen(self, name: str) -> MilvusCollection:
+        """Looks the collection up in Milvus now."""
         collection = self._open(physical_name(name))
         with self._lock:
             if collection is None:
@@ -86,14 +144,18 @@ class MilvusCollectionRegistry:
         return collection
 
     def all(self) -> list[MilvusCollection]:
-        collections = [c for c in map(self._open, self._names()) if c is not None]
-        return sorted(collections, key=lambda c: c.name)
+        opened = [self._open(ALIAS + key) for key in self._keys()]
+        return sorted((c for c in opened if c is not None), key=lambda c: c.name)
 
     def delete(self, name: str) -> None:
-        collection = self.get(name)
+        client, blobs = self.connected()
+        collection = self.reopen(name)
         with self._lock:
             self._cache.pop(name, None)
-        collection.delete()
+        with milvus_errors(name):
+            client.drop_alias(physical_name(name))
+            client.drop_collection(collection.table)
+        blobs.delete(whitening_blob(name, collection.generation) + "#")
 
     def close(self) -> None:
         if self.client is not None:

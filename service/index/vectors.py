@@ -1,11 +1,12 @@
-"""Checks on vectors entering a collection, shared by both stores."""
+"""Vectors entering a collection: checks, normalisation and PCA-whitening, shared by both stores."""
 
 from __future__ import annotations
 
+import faiss
 import numpy as np
 
 from offshelf.protos.v1 import index_pb2
-from offshelf.service.errors import InvalidArgument
+from offshelf.service.errors import FailedPrecondition, InvalidArgument
 
 
 def prepare(vectors: np.ndarray, config: index_pb2.Collection) -> np.ndarray:
@@ -22,3 +23,37 @@ def prepare(vectors: np.ndarray, config: index_pb2.Collection) -> np.ndarray:
             raise InvalidArgument(f"vector {int(np.argmin(norms))} is all zeros and cannot be normalised")
         vectors = vectors / norms
     return vectors
+
+
+Whitening = tuple[np.ndarray, np.ndarray]  # x -> x @ A.T + b
+
+
+def check_whitening(dim: int, config: index_pb2.Collection, count: int) -> int:
+    """The whitening's output dimension (0: the full one), checked against the collection."""
+    full = config.binding.dim
+    dim = dim or full
+    if not 1 <= dim <= full:
+        raise InvalidArgument(f"whitening dim must be in 1..{full}")
+    if count <= dim:
+        raise FailedPrecondition(
+            f"whitening to {dim} dimensions needs more than {dim} vectors; collection "
+            f"{config.name!r} has {count}: add more or ask for a smaller dim"
+        )
+    return dim
+
+
+def learn_whitening(vectors: np.ndarray, dim: int) -> Whitening:
+    """PCA-whitening to `dim` dimensions, learned from the vectors."""
+    pca = faiss.PCAMatrix(vectors.shape[1], dim, -0.5)
+    pca.train(np.ascontiguousarray(vectors, np.float32))
+    return faiss.vector_to_array(pca.A).reshape(dim, vectors.shape[1]), faiss.vector_to_array(pca.b)
+
+
+def to_index_space(vectors: np.ndarray, whitening: Whitening | None, config: index_pb2.Collection) -> np.ndarray:
+    """What the index holds for these vectors: whitened (and L2-normalised again for inner product) or as given."""
+    if whitening is not None:
+        a, b = whitening
+        vectors = vectors @ a.T + b
+        if config.metric == index_pb2.METRIC_INNER_PRODUCT:
+            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return np.ascontiguousarray(vectors, np.float32)
