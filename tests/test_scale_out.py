@@ -100,21 +100,20 @@ def test_whitening_through_one_replica_moves_the_others_to_the_whitened_index(re
 def test_writes_through_another_replica_while_whitening_are_refused_or_kept_never_lost(replicas):
     a, b = replicas
     name = f"busy-{uuid.uuid4().hex[:8]}"
-    vectors = clustered_vectors(2400, 1280, seed=7)
+    vectors = clustered_vectors(1400, 1280, seed=7)
     a.create_collection(name, model=TINY)
-    for start in range(0, 2000, 1000):
-        a.add(name, vectors=vectors[start : start + 1000], ids=[f"b{i}" for i in range(start, start + 1000)])
+    a.add(name, vectors=vectors[:1000], ids=[f"b{i}" for i in range(1000)])
     whitening = threading.Thread(target=a.train_whitening, args=(name, 64))
     whitening.start()
     acknowledged, refused = [], 0
-    for i in range(2000, 2400):
+    for i in range(1000, 1400):
         try:
             b.add(name, vectors=vectors[i : i + 1], ids=[f"b{i}"])
             acknowledged.append(f"b{i}")
         except grpc.RpcError as err:
             assert err.code() == grpc.StatusCode.UNAVAILABLE and "being re-indexed" in err.details()
             refused += 1
-        if not whitening.is_alive() and i >= 2100:
+        if not whitening.is_alive() and i >= 1100:
             break
     whitening.join()
     assert a.get_collection(name).whitening_dim == 64
@@ -126,9 +125,9 @@ def test_writes_through_another_replica_while_whitening_are_refused_or_kept_neve
 def test_a_head_trained_through_one_replica_is_served_by_the_other_and_trains_once(replicas):
     a, b = replicas
     name, head = f"labelled-{uuid.uuid4().hex[:8]}", f"head-{uuid.uuid4().hex[:8]}"
-    vectors = clustered_vectors(400, 1280, seed=4)
+    vectors = clustered_vectors(200, 1280, seed=4)
     a.create_collection(name, model=TINY)
-    a.add(name, vectors=vectors, labels=[f"c{i % 4}" for i in range(400)])
+    a.add(name, vectors=vectors, labels=[f"c{i % 4}" for i in range(200)])
     a.train_head(head, "logreg", collection=name)
     with pytest.raises(grpc.RpcError) as refused:  # the lease is held by a's job
         b.train_head(head, "logreg", collection=name)
