@@ -176,6 +176,7 @@ class MilvusCollection:
         self.consistency = consistency
         self.reopen = reopen
         self.drift = DriftMonitor()
+        self._known_keys: set[str] = set()  # metadata keys seen on an item: filters on them need no check
         self.unsaved_writes = 0  # Milvus persists writes itself: no local index to save
         self.last_index_save_at: float | None = None
 
@@ -225,11 +226,13 @@ class MilvusCollection:
                 info.trained = int(self.client.describe_index(self.table, "vector").get("indexed_rows", 0)) > 0
         return info
 
-    def _query(self, where: str, fields: list[str], limit: int | None = None) -> list[dict]:
+    def _query(
+        self, where: str, fields: list[str], limit: int | None = None, consistency: str = "Strong"
+    ) -> list[dict]:
         with milvus_errors(self.name):
             return list(
                 self.client.query(
-                    self.table, filter=where, output_fields=fields, limit=limit, consistency_level="Strong"
+                    self.table, filter=where, output_fields=fields, limit=limit, consistency_level=consistency
                 )
             )
 
@@ -291,10 +294,15 @@ class MilvusCollection:
         return self._current(read)
 
     def check_filter(self, where: Filter) -> None:
-        """InvalidArgument for a metadata key that no item of the collection has (a typo, most likely)."""
+        """InvalidArgument for a metadata key that no item of the collection has (a typo, most likely). Read as
+        searches are: a check for typos need not wait for the latest writes."""
         for name, _ in where.metadata:
-            if not self._current(lambda c: c._query(f"exists metadata[{quoted(name)}]", ["id"], 1)):  # noqa: B023
+            if name in self._known_keys:
+                continue
+            exists = f"exists metadata[{quoted(name)}]"
+            if not self._current(lambda c: c._query(exists, ["id"], 1, c.consistency)):  # noqa: B023
                 raise InvalidArgument(f"filter on metadata key {name!r}, which no item of collection {self.name!r} has")
+            self._known_keys.add(name)
 
     def search(
         self,
