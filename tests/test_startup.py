@@ -4,6 +4,7 @@ never a traceback."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -76,3 +77,33 @@ def test_a_taken_grpc_port_is_a_startup_error(tmp_path):
     finally:
         first.kill()
     assert f"127.0.0.1:{port}" in error and "--port" in error
+
+
+def test_an_unreachable_milvus_is_a_startup_error_naming_the_setting(tmp_path):
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, not listening: connections are refused
+        result = subprocess.run(
+            [sys.executable, "-m", "offshelf.service.cli", "--repo", str(write_identity_model(tmp_path / "repo", 16))],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={
+                **os.environ,
+                "OFFSHELF_DATA_DIR": str(tmp_path / "data"),
+                "OFFSHELF_PORT": "0",
+                "OFFSHELF_METRICS_PORT": "0",
+                "OFFSHELF_HOST": "127.0.0.1",
+                "OFFSHELF_MILVUS_URI": f"http://127.0.0.1:{port}",
+            },
+        )
+    error = the_error(result)
+    assert f"cannot reach Milvus at http://127.0.0.1:{port}" in error and "OFFSHELF_MILVUS_URI" in error
+
+
+def test_starting_the_server_on_the_embedded_store_loads_no_pymilvus():
+    """pymilvus takes half a second to import and is an extra: only OFFSHELF_MILVUS_URI needs it."""
+    script = "import sys, offshelf.service.server; print(sorted(m for m in sys.modules if m.startswith('pymilvus')))"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
