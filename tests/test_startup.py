@@ -12,11 +12,12 @@ import sys
 from support import ServerProcess, write_identity_model
 
 
-def serve(repo, data_dir, port: int = 0, metrics_port: int = 0) -> subprocess.CompletedProcess:
-    """Runs `offshelf serve` to its end (it is expected to fail to start)."""
+def serve(repo, data_dir, port: int = 0, metrics_port: int = 0, **settings: str) -> subprocess.CompletedProcess:
+    """Runs `offshelf serve` to its end (it is expected to fail to start); settings as OFFSHELF_* variables."""
     command = [sys.executable, "-m", "offshelf.service.cli", "--repo", str(repo), "--data-dir", str(data_dir)]
     command += ["--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics_port)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+    env = {**os.environ, **{f"OFFSHELF_{key.upper()}": value for key, value in settings.items()}}
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
 
 
 def the_error(result: subprocess.CompletedProcess) -> str:
@@ -83,20 +84,8 @@ def test_an_unreachable_milvus_is_a_startup_error_naming_the_setting(tmp_path):
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]  # bound, not listening: connections are refused
-        result = subprocess.run(
-            [sys.executable, "-m", "offshelf.service.cli", "--repo", str(write_identity_model(tmp_path / "repo", 16))],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env={
-                **os.environ,
-                "OFFSHELF_DATA_DIR": str(tmp_path / "data"),
-                "OFFSHELF_PORT": "0",
-                "OFFSHELF_METRICS_PORT": "0",
-                "OFFSHELF_HOST": "127.0.0.1",
-                "OFFSHELF_MILVUS_URI": f"http://127.0.0.1:{port}",
-            },
-        )
+        repo = write_identity_model(tmp_path / "repo", 16)
+        result = serve(repo, tmp_path / "data", milvus_uri=f"http://127.0.0.1:{port}")
     error = the_error(result)
     assert f"cannot reach Milvus at http://127.0.0.1:{port}" in error and "OFFSHELF_MILVUS_URI" in error
 
