@@ -206,9 +206,11 @@ class MilvusCollection:
     def count(self) -> int:
         return self._current(lambda c: c._count(""))
 
-    def _count(self, where: str) -> int:
+    def _count(self, where: str, consistency: str = "Strong") -> int:
         with milvus_errors(self.name):
-            rows = self.client.query(self.table, filter=where, output_fields=["count(*)"], consistency_level="Strong")
+            rows = self.client.query(
+                self.table, filter=where, output_fields=["count(*)"], consistency_level=consistency
+            )
         return int(rows[0]["count(*)"])
 
     def mean(self) -> np.ndarray | None:
@@ -220,7 +222,7 @@ class MilvusCollection:
     def _info(self) -> index_pb2.Collection:
         info = index_pb2.Collection()
         info.CopyFrom(self.config)
-        info.count = self._count("")
+        info.count = self._count("", self.consistency)  # read as searches are: listings need not wait
         if self.config.index_type == "ivfpq":
             with milvus_errors(self.name):
                 info.trained = int(self.client.describe_index(self.table, "vector").get("indexed_rows", 0)) > 0
