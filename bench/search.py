@@ -6,7 +6,7 @@ re-ranks like faiss IndexRefineFlat) and into a collection of a real server thro
 on each backend of --backends: the embedded store (SQLite+FAISS) and Milvus (a real Milvus
 standalone started here, time tick 200 ms as in production, and an offshelf server with
 OFFSHELF_MILVUS_URI). Milvus builds HNSW and IVF_PQ only on sealed segments: the bench flushes
-after adding, waits until every row is indexed and loaded, and reports that wait as "index s".
+after adding, waits until every row is indexed and loaded in sealed segments, and reports that wait as "index s".
 Milvus searches run with Strong consistency (the default); single-query search also runs
 through a second replica with OFFSHELF_MILVUS_CONSISTENCY=Bounded.
 --visibility adds a read-after-write measurement across two replicas (bench/visibility.py).
@@ -68,17 +68,17 @@ def wait_milvus_indexed(uri: str, name: str, count: int, timeout: float = 3600) 
     sealed segments (Milvus builds HNSW/IVF_PQ only on sealed segments). Returns the seconds it took."""
     from pymilvus import MilvusClient
 
-    table = physical_name(name)
     client = MilvusClient(uri=uri)
     started = time.perf_counter()
     try:
+        table = client.describe_collection(physical_name(name)).get("collection_name") or physical_name(name)
         client.flush(table)
         index_name = client.list_indexes(table)[0]
         while time.perf_counter() - started < timeout:
             index = client.describe_index(table, index_name)
             if int(index.get("indexed_rows", 0)) >= count and int(index.get("pending_index_rows", 0)) == 0:
                 loaded = client.list_loaded_segments(table)
-                if sum(s.num_rows for s in loaded if s.index_id) >= count:
+                if sum(s.num_rows for s in loaded if str(s.state) in ("Sealed", "3")) >= count:
                     return time.perf_counter() - started
             time.sleep(0.2)
         raise RuntimeError(f"Milvus did not index {count} rows of {name!r} within {timeout} s")
