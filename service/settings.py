@@ -109,10 +109,11 @@ class ServiceSettings(BaseSettings):
         json_schema_extra=metavar("PATH"),
     )
     milvus_consistency: Literal["Strong", "Session", "Bounded", "Eventually"] = Field(
-        "Strong",
-        description="Consistency of searches on Milvus. Strong: a search sees every acknowledged write, through any "
-        "replica, and waits for Milvus's time tick; Bounded and Eventually answer at once from data up to seconds "
-        "old. Item reads are always Strong.",
+        "Bounded",
+        description="Consistency of searches and collection counts on Milvus. Writes are acknowledged only once "
+        "Milvus serves them, so Bounded (no wait) sees every acknowledged write with one in-memory replica of a "
+        "collection; Strong also waits for Milvus's time tick (up to two ticks per search) and is needed when "
+        "Milvus loads collections with several replicas. Item reads are always Strong.",
     )
     milvus_etcd_uri: str = Field(
         "",

@@ -78,20 +78,21 @@ class IndexServicer(pb2_grpc.IndexServicer):
     # --- writes ------------------------------------------------------------------------------
 
     def Add(self, request: pb2.AddRequest, context: grpc.ServicerContext) -> pb2.AddResponse:
-        collection, ids = self._add(request)
-        return pb2.AddResponse(ids=ids, count=collection.count)
+        ids, count = self._add(request)
+        return pb2.AddResponse(ids=ids, count=count)
 
     def AddStream(self, requests: Iterator[pb2.AddRequest], context: grpc.ServicerContext) -> pb2.AddResponse:
         ids: list[str] = []
-        collection = None
+        count = None
         for request in requests:
-            collection, added = self._add(request)
+            added, count = self._add(request)
             ids += added
-        if collection is None:
+        if count is None:
             raise InvalidArgument("the stream carried no AddRequest")
-        return pb2.AddResponse(ids=ids, count=collection.count)
+        return pb2.AddResponse(ids=ids, count=count)
 
-    def _add(self, request: pb2.AddRequest) -> tuple[AnyCollection, list[str]]:
+    def _add(self, request: pb2.AddRequest) -> tuple[list[str], int]:
+        """Validates and applies one AddRequest; returns the ids and the collection's count afterwards."""
         collection = self.collections.get(request.collection)
         items = request.items
         if not items:
@@ -118,7 +119,7 @@ class IndexServicer(pb2_grpc.IndexServicer):
             if item.WhichOneof("content") == "vector":
                 vectors[i] = item.vector.values
         batch: list[Item] = [(item.id, item.label, dict(item.metadata)) for item in items]
-        return collection, collection.add(batch, collection.prepare(vectors))
+        return collection.add(batch, collection.prepare(vectors))
 
     def Remove(self, request: pb2.RemoveRequest, context: grpc.ServicerContext) -> pb2.RemoveResponse:
         collection = self.collections.get(request.collection)
@@ -126,11 +127,11 @@ class IndexServicer(pb2_grpc.IndexServicer):
         if bool(request.ids) == bool(where):
             raise InvalidArgument("name the items to remove by ids or by a non-empty filter (one of the two)")
         if where:
-            removed = collection.remove_where(where)
-            return pb2.RemoveResponse(removed=removed, count=collection.count)
+            removed, count = collection.remove_where(where)
+            return pb2.RemoveResponse(removed=removed, count=count)
         self._check_id_count(len(request.ids))
-        removed, not_found = collection.remove(list(request.ids))
-        return pb2.RemoveResponse(removed=removed, not_found=not_found, count=collection.count)
+        removed, not_found, count = collection.remove(list(request.ids))
+        return pb2.RemoveResponse(removed=removed, not_found=not_found, count=count)
 
     # --- reads -------------------------------------------------------------------------------
 

@@ -260,9 +260,9 @@ class Collection:
 
     # --- writes ----------------------------------------------------------------------------------
 
-    def add(self, items: list[Item], vectors: np.ndarray) -> list[str]:
+    def add(self, items: list[Item], vectors: np.ndarray) -> tuple[list[str], int]:
         """Adds items with their prepared vectors; an item whose id exists replaces it (upsert). Durable when
-        it returns: acknowledged after its transaction commits."""
+        it returns: acknowledged after its transaction commits. Returns the ids and the count afterwards."""
         with self._write_lock:
             self._check_open()
             ids = [item_id or uuid.uuid4().hex for item_id, _, _ in items]
@@ -283,25 +283,29 @@ class Collection:
                 self._index.add_with_ids(self._to_index_space(vectors, self._whitening), internals)
                 self._seq, self._next_internal, self._sum = seq, int(internals[-1]) + 1, total
                 self.count += len(items) - len(replaced)
+                count = self.count
             self._after_write()
-        return ids
+        return ids, count
 
-    def remove(self, item_ids: list[str]) -> tuple[int, list[str]]:
-        """Removes items by id; returns how many were removed and the ids that were not there."""
+    def remove(self, item_ids: list[str]) -> tuple[int, list[str], int]:
+        """Removes items by id; returns how many were removed, the ids that were not there and the count
+        afterwards."""
         wanted = list(dict.fromkeys(item_ids))
         with self._write_lock:
             self._check_open()
             present = self.store.by_ids(wanted, self.dim)
             self._remove(present)
-        return len(present), [i for i in wanted if i not in present]
+            count = self.count
+        return len(present), [i for i in wanted if i not in present], count
 
-    def remove_where(self, where: Filter) -> int:
-        """Removes every item the filter selects, in one write; returns how many."""
+    def remove_where(self, where: Filter) -> tuple[int, int]:
+        """Removes every item the filter selects, in one write; returns how many, and the count afterwards."""
         with self._write_lock:
             self._check_open()
             present = self.store.by_ids(self.store.ids(where), self.dim)
             self._remove(present)
-        return len(present)
+            count = self.count
+        return len(present), count
 
     def _remove(self, present: dict[str, tuple[Row, np.ndarray]]) -> None:
         if not present:

@@ -14,8 +14,11 @@ generation and are answered UNAVAILABLE until the alias points at the new genera
 on against the renamed table meanwhile. A replica whose table has gone looks up the alias again (MilvusCollection
 methods do this once), so a replica never writes with another generation's whitening.
 
-Reads that must see every acknowledged write (item lookups, search by id, the lookups behind Remove, counts) use
-Strong consistency; searches use the server's setting (Strong by default, see settings.py). IVF_PQ candidates are
+A write is acknowledged with the count afterwards, read with Strong consistency: that read waits until Milvus serves
+the write, so every later read sees it, through any replica and at any consistency level (with one in-memory
+replica of the collection, Milvus's default). Item lookups (GetItems, search by id, the lookups behind Remove) are
+Strong too; searches and collection counts use the server's setting (Bounded by default, see settings.py) and do
+not wait. IVF_PQ candidates are
 re-ranked here by their exact scores (Milvus's IVF_PQ has no refine step): Milvus returns refine_factor x k
 candidates with their stored vectors.
 """
@@ -369,14 +372,19 @@ class MilvusCollection:
 
     # --- writes ----------------------------------------------------------------------------------
 
-    def add(self, items: list[Item], vectors: np.ndarray) -> list[str]:
-        """Upserts items with their prepared vectors; acknowledged once Milvus has accepted the write."""
+    def add(self, items: list[Item], vectors: np.ndarray) -> tuple[list[str], int]:
+        """Upserts items with their prepared vectors. Returns the ids and the count afterwards, read Strong: so
+        the write is acknowledged once Milvus serves it, and every later search sees it."""
         ids = [item_id or uuid.uuid4().hex for item_id, _, _ in items]
         for item_id, label, _ in items:
             if len(label.encode()) > MAX_LABEL_BYTES:
                 raise InvalidArgument(f"item {item_id!r}: label is longer than {MAX_LABEL_BYTES} bytes")
-        self._current(lambda c: c._upsert(ids, items, vectors), write=True)
-        return ids
+
+        def add(c: MilvusCollection) -> int:
+            c._upsert(ids, items, vectors)
+            return c._count("")
+
+        return ids, self._current(add, write=True)
 
     def _upsert(self, ids: list[str], items: list[Item], vectors: np.ndarray) -> None:
         indexed = to_index_space(vectors, self.whitening, self.config)
@@ -390,27 +398,29 @@ class MilvusCollection:
         with milvus_errors(self.name):
             self.client.upsert(self.table, rows)
 
-    def remove(self, item_ids: list[str]) -> tuple[int, list[str]]:
+    def remove(self, item_ids: list[str]) -> tuple[int, list[str], int]:
+        """Removes items by id; returns how many were removed, the ids that were not there and the count
+        afterwards (read Strong, as for add)."""
         wanted = list(dict.fromkeys(item_ids))
 
-        def remove(c: MilvusCollection) -> set[str]:
+        def remove(c: MilvusCollection) -> tuple[set[str], int]:
             present = {row["id"] for row in c._query(f"id in [{', '.join(map(quoted, wanted))}]", ["id"])}
             if present:
                 with milvus_errors(c.name):
                     c.client.delete(c.table, ids=sorted(present))
-            return present
+            return present, c._count("")
 
-        present = self._current(remove, write=True)
-        return len(present), [i for i in wanted if i not in present]
+        present, count = self._current(remove, write=True)
+        return len(present), [i for i in wanted if i not in present], count
 
-    def remove_where(self, where: Filter) -> int:
-        def remove(c: MilvusCollection) -> int:
+    def remove_where(self, where: Filter) -> tuple[int, int]:
+        def remove(c: MilvusCollection) -> tuple[int, int]:
             selected = expression(where)
             removed = c._count(selected)
             if removed:
                 with milvus_errors(c.name):
                     c.client.delete(c.table, filter=selected)
-            return removed
+            return removed, c._count("")
 
         return self._current(remove, write=True)
 
@@ -442,6 +452,7 @@ class MilvusCollection:
             for page in source._pages("", ["label", "metadata", source._raw_field]):
                 items = [(row["id"], row["label"], row.get("metadata") or {}) for row in page]
                 target._upsert([row["id"] for row in page], items, source._raw(page))
+            target._count("")  # read Strong: the new table serves every copied item before the alias moves
             with milvus_errors(self.name):
                 self.client.alter_alias(target.table, physical_name(self.name))
         except BaseException:
