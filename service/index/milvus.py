@@ -460,6 +460,7 @@ class MilvusCollection:
                 if self.client.has_collection(target.table):
                     self.client.drop_collection(target.table)
                 self.client.rename_collection(fenced, self.table)
+            self.blobs.delete(whitening_blob(self.name, target.generation) + "#")
             raise
         with milvus_errors(self.name):
             self.client.drop_collection(fenced)
