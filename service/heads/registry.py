@@ -154,7 +154,9 @@ class HeadRegistry:
                 and entry.versions
                 and entry.job.state not in (pb2.JOB_STATE_QUEUED, pb2.JOB_STATE_RUNNING)
             ]
-        for name in gone:
+        if gone:  # look again: a version trained here meanwhile is stored before it is served
+            stored = self.shared.versions()
+        for name in [name for name in gone if name not in stored]:
             self._forget(name)
 
     def _download_new(self, stored: dict[str, list[int]]) -> list[str]:
