@@ -189,3 +189,16 @@ def test_collection_copy_moves_an_embedded_collection_to_milvus_with_the_same_an
         ]
         embedded.delete_collection(name)
     a.delete_collection(name)
+
+
+def test_a_training_lease_is_kept_while_held_and_expires_when_its_holder_stops(milvus):
+    from offshelf.service.heads.shared import EtcdLeases
+
+    leases = EtcdLeases(milvus.etcd_uri, ttl=2)
+    lease = leases.acquire("heads/lease-test/training", "replica-a")
+    assert lease is not None
+    time.sleep(5)  # more than twice the TTL: renewed in the background
+    assert leases.acquire("heads/lease-test/training", "replica-b") is None
+    lease._released.set()  # the holder stops renewing, as a killed replica would
+    taken = eventually(lambda: leases.acquire("heads/lease-test/training", "replica-b"), timeout=15)
+    taken.release()
