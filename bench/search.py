@@ -7,8 +7,10 @@ on each backend of --backends: the embedded store (SQLite+FAISS) and Milvus (a r
 standalone started here, time tick 200 ms as in production, and an offshelf server with
 OFFSHELF_MILVUS_URI). Milvus builds HNSW and IVF_PQ only on sealed segments: the bench flushes
 after adding, waits until every row is indexed and loaded in sealed segments, and reports that wait as "index s".
-Milvus searches run with Strong consistency (the default); single-query search also runs
-through a second replica with OFFSHELF_MILVUS_CONSISTENCY=Bounded.
+Milvus searches run with Bounded consistency (the service's default: writes are acknowledged
+once Milvus serves them, so Bounded searches see them) and again through a second replica with
+OFFSHELF_MILVUS_CONSISTENCY=Strong. For ivfpq on Milvus a second collection with refine_factor=1
+(no exact re-ranking of candidates fetched with their vectors) adds Bounded rows.
 --visibility adds a read-after-write measurement across two replicas (bench/visibility.py).
 Usage: python bench/search.py [--vectors 100000] [--million] [--queries 2000]
                               [--backends embedded,milvus] [--visibility]
@@ -139,18 +141,21 @@ def through_grpc(
     truth: np.ndarray,
     concurrency: int,
     milvus: MilvusProcess | None = None,
-    bounded: ServerProcess | None = None,
+    strong: ServerProcess | None = None,
+    ivfpq: dict[str, int] | None = None,
+    label: str = "",
 ) -> dict:
-    """Rows keyed by path. With `milvus`, the collection lives there: memory counts Milvus's processes too, and
-    `bounded` (a replica on the same Milvus with Bounded consistency) adds a single-query search row."""
-    name = f"bench-{index_type}"
+    """Rows keyed by path. With `milvus`, the collection lives there: memory counts Milvus's processes too, `server`
+    searches with the default consistency (Bounded) and `strong` (a replica on the same Milvus with Strong
+    consistency) adds rows. `ivfpq` overrides the collection's IVF-PQ parameters; `label` is added to its rows."""
+    name = f"bench-{index_type}{'-' + '-'.join(f'{k}{v}' for k, v in ivfpq.items()) if ivfpq else ''}"
 
     def memory_now() -> float:
         return rss_mb(server.process.pid) + (tree_rss_mb(milvus.process.pid) if milvus else 0.0)
 
     with Client(server.address, timeout=600) as client:
         before = memory_now()
-        client.create_collection(name, model=f"random-projection-{DIM}", index_type=index_type)
+        client.create_collection(name, model=f"random-projection-{DIM}", index_type=index_type, ivfpq=ivfpq)
         started = time.perf_counter()
         for start in range(0, len(data), BATCH):
             client.add(name, vectors=data[start : start + BATCH], ids=[str(i) for i in range(start, start + BATCH)])
@@ -169,13 +174,17 @@ def through_grpc(
             return time.perf_counter() - t, [[int(h.id) for h in hits] for hits in rows]
 
         def measure(searcher: Client, per_call: int) -> dict:
-            searcher.search(name, vector=queries[0], k=10)  # warm-up (a replica opens the collection lazily)
-            started = time.perf_counter()
-            with ThreadPoolExecutor(concurrency) as pool:
-                results = list(
-                    pool.map(lambda s: timed_search(searcher, s, per_call), range(0, len(queries), per_call))
-                )
-            wall = time.perf_counter() - started
+            try:
+                searcher.search(name, vector=queries[0], k=10)  # warm-up (a replica opens the collection lazily)
+                started = time.perf_counter()
+                with ThreadPoolExecutor(concurrency) as pool:
+                    results = list(
+                        pool.map(lambda s: timed_search(searcher, s, per_call), range(0, len(queries), per_call))
+                    )
+                wall = time.perf_counter() - started
+            except Exception as error:  # a failing path is reported in the table, the others still run
+                print(f"{name}, {per_call}/call: {error}", flush=True)
+                return {"add": len(data) / add_seconds, "index": index_seconds, "memory": memory, "error": True}
             return {
                 "add": len(data) / add_seconds,
                 "index": index_seconds,
@@ -185,11 +194,12 @@ def through_grpc(
                 "memory": memory,
             }
 
-        strong = ", Strong" if milvus else ""
-        rows = {f"gRPC, {n}/call, {concurrency} clients{strong}": measure(client, n) for n in (1, QUERY_BATCH)}
-        if bounded is not None:
-            with Client(bounded.address, timeout=600) as other:
-                rows[f"gRPC, 1/call, {concurrency} clients, Bounded"] = measure(other, 1)
+        bounded = ", Bounded" if milvus else ""
+        rows = {f"gRPC, {n}/call, {concurrency} clients{bounded}{label}": measure(client, n) for n in (1, QUERY_BATCH)}
+        if strong is not None:
+            with Client(strong.address, timeout=600) as other:
+                for n in (1, QUERY_BATCH):
+                    rows[f"gRPC, {n}/call, {concurrency} clients, Strong{label}"] = measure(other, n)
         client.delete_collection(name)
     return rows
 
@@ -241,14 +251,10 @@ def main() -> None:
         servers: list[ServerProcess] = []
         try:
             milvus.wait_ready()
-            for consistency in ("Strong", "Bounded"):
+            for consistency in ({}, {"milvus_consistency": "Strong"}):  # the default (Bounded), then Strong
                 servers.append(
                     ServerProcess(
-                        repo,
-                        pathlib.Path(tempfile.mkdtemp()),
-                        drain_seconds=0,
-                        milvus_uri=milvus.uri,
-                        milvus_consistency=consistency,
+                        repo, pathlib.Path(tempfile.mkdtemp()), drain_seconds=0, milvus_uri=milvus.uri, **consistency
                     )
                 )
             for server in servers:
@@ -259,6 +265,20 @@ def main() -> None:
                     servers[0], index_type, data, queries, truth, args.concurrency, milvus, servers[1]
                 )
                 rows.update({(index_type, "milvus", k): v for k, v in grpc_rows.items()})
+                if index_type == "ivfpq":
+                    print("ivfpq, refine_factor=1: milvus, gRPC ...", flush=True)
+                    grpc_rows = through_grpc(
+                        servers[0],
+                        index_type,
+                        data,
+                        queries,
+                        truth,
+                        args.concurrency,
+                        milvus,
+                        ivfpq={"refine_factor": 1},
+                        label=", refine 1",
+                    )
+                    rows.update({(index_type, "milvus", k): v for k, v in grpc_rows.items()})
             if args.visibility:
                 from visibility import read_after_write
 
@@ -276,25 +296,29 @@ def main() -> None:
         "(Milvus: offshelf server + Milvus processes)\n"
     )
     print(
-        "| index | backend   | path                                 | add vec/s | index s | search QPS | p50 ms "
-        "| p99 ms | recall@10 | memory MB |"
+        "| index | backend   | path                                           | add vec/s | index s | search QPS "
+        "| p50 ms | p99 ms | recall@10 | memory MB |"
     )
     print(
-        "|-------|-----------|--------------------------------------|-----------|---------|------------|--------"
+        "|-------|-----------|------------------------------------------------|-----------|---------|------------|--------"
         "|--------|-----------|-----------|"
     )
     for (index_type, backend, path), r in rows.items():
+        if r.get("error"):
+            r = {**r, "qps": float("nan"), "lat": (float("nan"),) * 2, "recall": float("nan")}
         index_s = f"{r['index']:7.1f}" if r.get("index") is not None else f"{'-':>7}"
         print(
-            f"| {index_type:<5} | {backend:<9} | {path:<36} | {r['add']:9.0f} | {index_s} | {r['qps']:10.0f} | "
+            f"| {index_type:<5} | {backend:<9} | {path:<46} | {r['add']:9.0f} | {index_s} | {r['qps']:10.0f} | "
             f"{r['lat'][0]:6.2f} | {r['lat'][1]:6.2f} | {r['recall']:9.3f} | {r['memory']:9.0f} |"
         )
     if "hnsw" in types:
         for backend in backends:
-            strong = ", Strong" if backend == "milvus" else ""
+            bounded = ", Bounded" if backend == "milvus" else ""
             for per_call in (1, QUERY_BATCH):
                 raw = rows[("hnsw", "raw faiss", f"raw faiss, {per_call}/call")]
-                served = rows[("hnsw", backend, f"gRPC, {per_call}/call, {args.concurrency} clients{strong}")]
+                served = rows[("hnsw", backend, f"gRPC, {per_call}/call, {args.concurrency} clients{bounded}")]
+                if served.get("error"):
+                    continue
                 print(
                     f"hnsw, {backend}, {per_call} queries per call: gRPC QPS = {served['qps'] / raw['qps']:.0%} of "
                     f"raw faiss at recall@10 {served['recall']:.3f} (target >= 70% at recall >= 0.95)"
