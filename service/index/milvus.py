@@ -4,7 +4,8 @@ Every replica addresses a collection by the Milvus alias ``offshelf_collection_<
 Milvus names allow only letters, digits and '_'). The alias points at a table ``offshelf_table_<key>_<generation>``
 with the fields id (the primary key), label, metadata (JSON) and vector, and the collection's configuration (name,
 binding, index parameters, whitening dimension) as its description. Milvus indexes the vectors with FLAT, HNSW or
-IVF_PQ: the index types and parameters offshelf's own store uses.
+IVF_PQ: the index types and parameters offshelf's own store uses. IVF_PQ tables also keep each vector as added
+(``raw``, see keeps_raw), from which candidates are re-ranked.
 
 PCA-whitening makes a new generation: the whitened vectors are what Milvus indexes, so the table of a whitened
 generation also keeps each item's vector as added (``raw``, base64 float32: Milvus 2.3 allows one vector field) for
@@ -20,7 +21,7 @@ replica of the collection, Milvus's default). Item lookups (GetItems, search by 
 Strong too; searches and collection counts use the server's setting (Bounded by default, see settings.py) and do
 not wait. IVF_PQ candidates are
 re-ranked here by their exact scores (Milvus's IVF_PQ has no refine step): Milvus returns refine_factor x k
-candidates with their stored vectors.
+candidates with their vectors as added.
 """
 
 from __future__ import annotations
@@ -127,8 +128,17 @@ def index_params(client: MilvusClient, config: index_pb2.Collection):
     return params
 
 
+def keeps_raw(config: index_pb2.Collection) -> bool:
+    """Whether the table keeps each vector as added in the field ``raw``: when what Milvus indexes is whitened, and
+    for IVF_PQ, whose candidates are re-ranked from it (base64 decodes far faster than the float lists pymilvus
+    returns for a vector field, and needs no raw data from a PQ index)."""
+    return bool(config.whitening_dim) or config.index_type == "ivfpq"
+
+
 def create_table(client: MilvusClient, config: index_pb2.Collection, table: str) -> None:
     """An empty, loaded table for the configuration (whitened when config.whitening_dim is set)."""
+    if keeps_raw(config) and config.binding.dim > MAX_RAW_DIM:
+        raise InvalidArgument(f"on Milvus, ivfpq collections hold vectors of at most {MAX_RAW_DIM} values")
     schema = MilvusClient.create_schema(
         auto_id=False,
         enable_dynamic_field=False,
@@ -138,7 +148,7 @@ def create_table(client: MilvusClient, config: index_pb2.Collection, table: str)
     schema.add_field("label", DataType.VARCHAR, max_length=MAX_LABEL_BYTES)
     schema.add_field("metadata", DataType.JSON)
     schema.add_field("vector", DataType.FLOAT_VECTOR, dim=config.whitening_dim or config.binding.dim)
-    if config.whitening_dim:
+    if keeps_raw(config):
         schema.add_field("raw", DataType.VARCHAR, max_length=65535)
     with milvus_errors(config.name):
         client.create_collection(
@@ -250,11 +260,11 @@ class MilvusCollection:
 
     @property
     def _raw_field(self) -> str:
-        return "raw" if self.whitening is not None else "vector"
+        return "raw" if keeps_raw(self.config) else "vector"
 
     def _raw(self, rows: list[dict]) -> np.ndarray:
         """The vectors as added (before whitening) of query rows."""
-        if self.whitening is not None:
+        if keeps_raw(self.config):
             vectors = [from_text(row["raw"]) for row in rows]
         else:
             vectors = [np.asarray(row["vector"], np.float32) for row in rows]
@@ -339,7 +349,7 @@ class MilvusCollection:
                 data=queries.tolist(),
                 limit=min(k * refine, 16384),
                 filter=expression(where),
-                output_fields=["label", "metadata", *(["vector"] if refine > 1 else [])],
+                output_fields=["label", "metadata", *(["raw"] if refine > 1 else [])],
                 search_params={"params": params},
                 consistency_level=self.consistency,
             )
@@ -357,8 +367,10 @@ class MilvusCollection:
         return answers
 
     def _rerank(self, query: np.ndarray, hits: list[dict]) -> list[tuple[float, dict]]:
-        """The candidates by exact score: inner product, or squared L2 distance (lower first)."""
-        vectors = np.asarray([hit["entity"]["vector"] for hit in hits], np.float32)
+        """The candidates by exact score in the index's space: inner product, or squared L2 distance (lower
+        first)."""
+        added = np.stack([from_text(hit["entity"]["raw"]) for hit in hits])
+        vectors = to_index_space(added, self.whitening, self.config)
         if self.config.metric == index_pb2.METRIC_L2:
             scores = ((vectors - query) ** 2).sum(axis=1)
             order = np.argsort(scores, kind="stable")
@@ -392,7 +404,7 @@ class MilvusCollection:
             {"id": item_id, "label": label, "metadata": metadata, "vector": vector.tolist()}
             for item_id, (_, label, metadata), vector in zip(ids, items, indexed, strict=True)
         ]
-        if self.whitening is not None:
+        if keeps_raw(self.config):
             for row, vector in zip(rows, vectors, strict=True):
                 row["raw"] = to_text(vector)
         with milvus_errors(self.name):
