@@ -100,20 +100,20 @@ def test_whitening_through_one_replica_moves_the_others_to_the_whitened_index(re
 def test_writes_through_another_replica_while_whitening_are_refused_or_kept_never_lost(replicas):
     a, b = replicas
     name = f"busy-{uuid.uuid4().hex[:8]}"
-    vectors = clustered_vectors(1400, 1280, seed=7)
+    vectors = clustered_vectors(1000, 1280, seed=7)
     a.create_collection(name, model=TINY)
-    a.add(name, vectors=vectors[:1000], ids=[f"b{i}" for i in range(1000)])
+    a.add(name, vectors=vectors[:600], ids=[f"b{i}" for i in range(600)])
     whitening = threading.Thread(target=a.train_whitening, args=(name, 64))
     whitening.start()
     acknowledged, refused = [], 0
-    for i in range(1000, 1400):
+    for i in range(600, 1000):
         try:
             b.add(name, vectors=vectors[i : i + 1], ids=[f"b{i}"])
             acknowledged.append(f"b{i}")
         except grpc.RpcError as err:
             assert err.code() == grpc.StatusCode.UNAVAILABLE and "being re-indexed" in err.details()
             refused += 1
-        if not whitening.is_alive() and i >= 1100:
+        if not whitening.is_alive() and i >= 620:
             break
     whitening.join()
     assert a.get_collection(name).whitening_dim == 64
