@@ -12,8 +12,9 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 def check_name(what: str, name: str) -> None:
     """A collection or head name: it becomes a folder name, so only safe characters."""
     if not NAME.fullmatch(name):
+        shown = repr(name) if len(name) <= 130 else f"{name[:60]!r}... ({len(name)} characters)"
         raise InvalidArgument(
-            f"{what} name {name!r} is invalid: use 1-128 letters, digits, '.', '-' or '_', "
+            f"{what} name {shown} is invalid: use 1-128 letters, digits, '.', '-' or '_', "
             "starting with a letter or digit"
         )
 

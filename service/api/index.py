@@ -18,7 +18,7 @@ from offshelf.protos.v1.embedding_pb2 import AUGMENTATION_FLIP, AUGMENTATION_NON
 from offshelf.service.api.checks import check_name
 from offshelf.service.errors import FailedPrecondition, InvalidArgument
 from offshelf.service.index.collection import Item
-from offshelf.service.index.faiss_index import with_defaults
+from offshelf.service.index.faiss_index import MAX_EF, with_defaults
 from offshelf.service.index.store import Filter, Row
 from offshelf.service.metrics import Metrics
 from offshelf.service.models.registry import ModelRegistry, describe
@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 MAX_METADATA_ENTRIES, MAX_METADATA_BYTES, MAX_ID_BYTES = 16, 1024, 256
 MAX_FILTER_VALUES, MAX_PAGE_SIZE = 100, 1000
+MAX_LABEL_BYTES = 1024
+MAX_HITS = 100_000  # queries x k in one Search or SearchBatch response
 
 
 class IndexServicer(pb2_grpc.IndexServicer):
@@ -43,6 +45,8 @@ class IndexServicer(pb2_grpc.IndexServicer):
 
     def CreateCollection(self, request: pb2.CreateCollectionRequest, context: grpc.ServicerContext) -> pb2.Collection:
         check_name("collection", request.name)
+        if request.metric not in pb2.Metric.values():
+            raise InvalidArgument(f"metric {request.metric} is unknown; use METRIC_INNER_PRODUCT or METRIC_L2")
         if not request.model:
             raise InvalidArgument("model is empty: name the served model whose embeddings the collection holds")
         model = self.models.get(request.model, request.version)
@@ -194,6 +198,15 @@ class IndexServicer(pb2_grpc.IndexServicer):
             raise InvalidArgument(f"k={request.k}: ask for 1 to {self.max_k} results")
         if request.ef_search < 0 or request.nprobe < 0:
             raise InvalidArgument("ef_search and nprobe must be 0 (the collection's setting) or positive")
+        if request.ef_search > MAX_EF:
+            raise InvalidArgument(f"ef_search={request.ef_search}: at most {MAX_EF}")
+        if request.nprobe > max(collection.config.ivfpq.nlist, 1):
+            raise InvalidArgument(f"nprobe={request.nprobe}: at most the collection's nlist")
+        if len(queries) * request.k > MAX_HITS:
+            raise InvalidArgument(
+                f"{len(queries)} queries x k={request.k} is more than {MAX_HITS} hits in one response; "
+                "send fewer queries per call or ask for fewer results"
+            )
         self._check_claimed_binding(collection, request.model, request.output)
         where = _filter(request.filter, collection)
         min_score = request.min_score if request.HasField("min_score") else None
@@ -257,6 +270,8 @@ def _check_item(i: int, item: pb2.Item, dim: int) -> None:
         _check_vector(f"item {i}'s vector", item.vector.values, dim)
     if len(item.id.encode()) > MAX_ID_BYTES:
         raise InvalidArgument(f"item {i}: id is longer than {MAX_ID_BYTES} bytes")
+    if len(item.label.encode()) > MAX_LABEL_BYTES:
+        raise InvalidArgument(f"item {i}: label is longer than {MAX_LABEL_BYTES} bytes")
     if len(item.metadata) > MAX_METADATA_ENTRIES:
         raise InvalidArgument(f"item {i} has {len(item.metadata)} metadata entries, more than {MAX_METADATA_ENTRIES}")
     for key, value in item.metadata.items():

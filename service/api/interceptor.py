@@ -19,6 +19,7 @@ from offshelf.service.logs import fields
 from offshelf.service.metrics import Metrics
 
 log = logging.getLogger(__name__)
+MAX_MESSAGE = 1000  # characters of an error message
 
 
 class RpcInterceptor(grpc.ServerInterceptor):
@@ -60,10 +61,18 @@ class RpcInterceptor(grpc.ServerInterceptor):
             finally:
                 in_flight.dec()
             self._record(rpc, code, started)
-            context.abort(code, message)
+            context.abort(code, shortened(message))
 
         return wrapped
 
     def _record(self, rpc: str, code: grpc.StatusCode, started: float) -> None:
         self.metrics.requests.labels(rpc, code.name).inc()
         self.metrics.request_seconds.labels(rpc).observe(time.perf_counter() - started)
+
+
+def shortened(message: str, limit: int = MAX_MESSAGE) -> str:
+    """An error message cut to `limit` characters: it may echo a caller's input, and status details travel in
+    headers, which have a size limit."""
+    if len(message) <= limit:
+        return message
+    return f"{message[: limit - 40]}... ({len(message) - limit + 40} characters cut)"

@@ -144,7 +144,7 @@ class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):
     def _model(self, name: str, version: str) -> LoadedModel:
         if not name:
             raise InvalidArgument("model name is empty: name a served model (ListModels lists them)")
-        if version and not version.isdigit():
+        if version and not (version.isascii() and version.isdigit()):  # "²".isdigit() is true
             raise InvalidArgument(f"model version {version!r} is not a number; leave it empty for the latest")
         return self.models.get(name, int(version or 0))
 

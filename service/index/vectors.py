@@ -8,6 +8,8 @@ import numpy as np
 from offshelf.protos.v1 import index_pb2
 from offshelf.service.errors import FailedPrecondition, InvalidArgument
 
+MAX_NORM = 1e18  # its square, and sums of such squares, stay within float32
+
 
 def prepare(vectors: np.ndarray, config: index_pb2.Collection) -> np.ndarray:
     """Checks vectors against the collection and L2-normalises them for an inner-product collection."""
@@ -17,6 +19,12 @@ def prepare(vectors: np.ndarray, config: index_pb2.Collection) -> np.ndarray:
         raise InvalidArgument(f"vectors of collection {config.name!r} have {dim} values; got {vectors.shape[-1]}")
     if not np.isfinite(vectors).all():
         raise InvalidArgument("a vector holds NaN or infinity")
+    large = np.linalg.norm(vectors.astype(np.float64), axis=1) > MAX_NORM
+    if large.any():
+        raise InvalidArgument(
+            f"vector {int(np.argmax(large))} is too large (norm over {MAX_NORM:g}: its distances overflow float32); "
+            "scale it down"
+        )
     if config.metric == index_pb2.METRIC_INNER_PRODUCT:
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         if (norms == 0).any():

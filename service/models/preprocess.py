@@ -8,6 +8,7 @@ reduced DCT scale (PIL draft mode), which is several times faster.
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 
 import numpy as np
@@ -20,6 +21,24 @@ from offshelf.service.errors import DecodeError, InvalidArgument
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
 VIEWS_PER_IMAGE: dict[int, int] = {AUGMENTATION_NONE: 1, AUGMENTATION_FLIP: 2, AUGMENTATION_TEN_CROP: 10}
 _RESAMPLING = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation says; as it is when the EXIF block is broken (the pixels are fine)."""
+    try:
+        image.getexif()
+    except (SyntaxError, struct.error, ValueError, TypeError, KeyError):
+        return image
+    return ImageOps.exif_transpose(image)
+
+
+def eight_bit(image: Image.Image) -> Image.Image:
+    """16- and 32-bit grayscale (16-bit PNG opens as I;16 or I) scaled to 8 bits: convert("RGB") would clip every
+    value above 255 to white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        pixels = np.asarray(image, np.uint32) >> 8
+        return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "L")
+    return image
 
 
 class Preprocessor:
@@ -52,7 +71,7 @@ class Preprocessor:
                 )
             if opened.format == "JPEG":
                 opened.draft("RGB", self._resized_size(opened.width, opened.height))
-            image = ImageOps.exif_transpose(opened).convert("RGB")
+            image = upright(eight_bit(opened)).convert("RGB")
         except UnidentifiedImageError as err:
             raise DecodeError(
                 f"{name} is not a JPEG, PNG, WebP or GIF file ({len(data)} bytes)", "unsupported_format"

@@ -1,0 +1,145 @@
+"""Hostile and careless input (issue 14, section 3): each gets a precise status naming the fix, never INTERNAL, a
+wrong answer or unbounded work. On the tiny model: what is checked is the input, not the network."""
+
+from __future__ import annotations
+
+import io
+import uuid
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+
+from offshelf.clients import Client
+from offshelf.protos.inference import grpc_predict_v2_pb2 as oip
+from offshelf.protos.inference import grpc_predict_v2_pb2_grpc as oip_grpc
+from offshelf.protos.v1 import embedding_pb2, index_pb2
+
+from support import shared_photos
+
+TINY = "random-projection-1280"
+
+
+@pytest.fixture(scope="module")
+def client(tiny_server):
+    with Client(tiny_server.address, timeout=60) as c:
+        yield c
+
+
+def status_of(call) -> tuple[str, str]:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    return caught.value.code().name, caught.value.details()
+
+
+def test_an_oip_version_that_is_not_a_plain_number_is_invalid(client):
+    request = oip.ModelMetadataRequest(name=TINY, version="²")  # str.isdigit() is true, int() fails
+    stub = oip_grpc.GRPCInferenceServiceStub(client._channel)
+    code, details = status_of(lambda: stub.ModelMetadata(request, timeout=30))
+    assert code == "INVALID_ARGUMENT" and "not a number" in details
+
+
+@pytest.mark.parametrize(
+    ("options", "hint"),
+    [
+        ({"index_type": "ivfpq", "ivfpq": {"nlist": 100_000_000}}, "nlist"),
+        ({"index_type": "ivfpq", "ivfpq": {"nprobe": 1_000_000}}, "nprobe"),
+        ({"index_type": "ivfpq", "ivfpq": {"refine_factor": 100_000}}, "refine_factor"),
+        ({"index_type": "ivfpq", "ivfpq": {"train_size": 2_000_000_000}}, "train_size"),
+        ({"index_type": "hnsw", "hnsw": {"ef_construction": 50_000_000}}, "ef_construction"),
+        ({"index_type": "hnsw", "hnsw": {"ef_search": 50_000_000}}, "ef_search"),
+    ],
+)
+def test_index_parameters_are_bounded(client, options, hint):
+    code, details = status_of(
+        lambda: client.create_collection(f"bounded-{uuid.uuid4().hex[:8]}", model=TINY, **options)
+    )
+    assert code == "INVALID_ARGUMENT" and hint in details
+
+
+def test_search_time_parameters_are_bounded(client):
+    name = f"bounded-{uuid.uuid4().hex[:8]}"
+    client.create_collection(name, model=TINY, index_type="hnsw")
+    client.add(name, vectors=np.eye(4, 1280, dtype=np.float32) + 0.01)
+    code, details = status_of(lambda: client.search(name, vector=np.ones(1280), k=1, ef_search=50_000_000))
+    assert code == "INVALID_ARGUMENT" and "ef_search" in details
+    code, details = status_of(lambda: client.search(name, vector=np.ones(1280), k=1, nprobe=50_000_000))
+    assert code == "INVALID_ARGUMENT" and "nprobe" in details
+    client.delete_collection(name)
+
+
+def test_undefined_enum_values_are_refused(client):
+    request = embedding_pb2.EmbedRequest(
+        model=TINY, images=[shared_photos("ukbench", 1)[0].read_bytes()], augmentation=99
+    )
+    code, details = status_of(lambda: client.stubs["embedding"].Embed(request, timeout=30))
+    assert code == "INVALID_ARGUMENT" and "augmentation 99" in details
+    create = index_pb2.CreateCollectionRequest(name=f"enum-{uuid.uuid4().hex[:8]}", model=TINY, metric=99)
+    code, details = status_of(lambda: client.stubs["index"].CreateCollection(create, timeout=30))
+    assert code == "INVALID_ARGUMENT" and "metric 99" in details
+
+
+def test_a_vector_whose_norm_overflows_is_refused_not_stored_as_zeros(client):
+    name = f"overflow-{uuid.uuid4().hex[:8]}"
+    client.create_collection(name, model=TINY)
+    code, details = status_of(lambda: client.add(name, vectors=[[1e38] * 1280]))
+    assert code == "INVALID_ARGUMENT" and "too large" in details
+    assert client.get_collection(name).count == 0
+    client.delete_collection(name)
+
+
+def test_error_messages_do_not_echo_whole_inputs(client):
+    code, details = status_of(lambda: client.create_collection("x" * 100_000 + "!", model=TINY))
+    assert code == "INVALID_ARGUMENT" and "is invalid" in details and len(details) < 1000
+    code, details = status_of(lambda: client.get_collection("y" * 100_000))
+    assert code == "NOT_FOUND" and len(details) < 1000
+
+
+def test_labels_and_the_size_of_a_search_batch_are_bounded(client):
+    name = f"sizes-{uuid.uuid4().hex[:8]}"
+    client.create_collection(name, model=TINY)
+    code, details = status_of(lambda: client.add(name, vectors=[np.ones(1280)], labels=["l" * 8192]))
+    assert code == "INVALID_ARGUMENT" and "label" in details
+    client.add(name, vectors=np.eye(2, 1280, dtype=np.float32) + 0.01)
+    queries = np.ones((1000, 1280), np.float32)
+    code, details = status_of(lambda: client.search_batch(name, vectors=queries, k=1000))
+    assert code == "INVALID_ARGUMENT" and "queries x k" in details
+    client.delete_collection(name)
+
+
+def encoded(image: Image.Image, format: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format, **options)
+    return buffer.getvalue()
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def test_16_bit_cmyk_la_and_palette_images_embed_like_their_8_bit_rgb_versions(client):
+    photo = Image.open(shared_photos("ukbench", 1)[0])
+    gray = photo.convert("L")
+    sixteen = Image.fromarray((np.asarray(gray, np.uint16) * 257).astype(np.uint16))  # I;16, full range
+    variants = {
+        "16-bit gray": (encoded(sixteen, "PNG"), encoded(gray, "PNG")),
+        "LA": (encoded(gray.convert("LA"), "PNG"), encoded(gray, "PNG")),
+        "CMYK": (encoded(photo.convert("CMYK"), "JPEG", quality=95), encoded(photo, "JPEG", quality=95)),
+        "palette": (encoded(photo.convert("P", palette=Image.Palette.ADAPTIVE), "PNG"), encoded(photo, "PNG")),
+    }
+    for mode, (variant, reference) in variants.items():
+        embeddings = client.embed([variant, reference], model=TINY)["embedding"]
+        assert cosine(embeddings[0], embeddings[1]) > 0.98, mode
+
+
+def test_a_broken_exif_block_is_ignored_the_pixels_are_embedded(client):
+    photo = Image.open(shared_photos("ukbench", 1)[0])
+    broken = (  # a byte-order mark that is neither II nor MM: Pillow's EXIF parser raises SyntaxError
+        b"Exif\x00\x00mI*\x00\x08\x00\x00\x00\x02\x00\x12\x01\x03\x00\x01\x00\x00\x00\x06\x00\x00\x00"
+        b"i\x87\x04\x00\x01\x00\x00\x00&\x00\x00\x00"
+    )
+    for format in ("WEBP", "JPEG", "PNG"):
+        data = encoded(photo, format, exif=broken)
+        (embedding,) = client.embed([data], model=TINY)["embedding"]
+        assert np.isfinite(embedding).all(), format
