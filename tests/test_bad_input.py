@@ -143,3 +143,22 @@ def test_a_broken_exif_block_is_ignored_the_pixels_are_embedded(client):
         data = encoded(photo, format, exif=broken)
         (embedding,) = client.embed([data], model=TINY)["embedding"]
         assert np.isfinite(embedding).all(), format
+
+
+def test_an_image_too_long_for_its_width_is_refused_before_it_is_resized(client):
+    """A 4000x1 PNG is 92 bytes; resized to a shorter side of 256 it would be 1,024,000 x 256 pixels."""
+    data = encoded(Image.new("L", (4000, 1)), "PNG")
+    assert len(data) < 200
+    code, details = status_of(lambda: client.embed([data], model=TINY))
+    assert code == "INVALID_ARGUMENT" and "4000x1" in details and "crop it first" in details
+
+
+def test_image_items_and_queries_over_the_image_limit_are_refused_before_decoding(tiny_server, client):
+    name = f"images-{uuid.uuid4().hex[:8]}"
+    client.create_collection(name, model=TINY)
+    not_images = [b"not decoded"] * 65  # the server's limit is 64 images per request
+    code, details = status_of(lambda: client.add(name, images=not_images))
+    assert code == "INVALID_ARGUMENT" and "65 image items" in details and "limit of 64" in details
+    code, details = status_of(lambda: client.search_batch(name, images=not_images, k=1))
+    assert code == "INVALID_ARGUMENT" and "65 image queries" in details
+    client.delete_collection(name)

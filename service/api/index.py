@@ -39,6 +39,7 @@ class IndexServicer(pb2_grpc.IndexServicer):
         self.metrics = metrics
         self.models = models
         self.max_items = settings.max_items_per_add
+        self.max_images = settings.max_images_per_request
         self.max_k = settings.max_search_k
 
     # --- collections -------------------------------------------------------------------------
@@ -115,6 +116,7 @@ class IndexServicer(pb2_grpc.IndexServicer):
             seen.add(item.id)
         vectors = np.zeros((len(items), collection.dim), np.float32)
         image_rows = [i for i, item in enumerate(items) if item.WhichOneof("content") == "image"]
+        self._check_image_count(len(image_rows), "items")
         if image_rows:
             vectors[image_rows] = self._embed(
                 collection, [items[i].image for i in image_rows], names=[f"item {i}" for i in image_rows]
@@ -167,6 +169,14 @@ class IndexServicer(pb2_grpc.IndexServicer):
             items=[_stored(row, vector) for row, vector in page[:size]],
             next_page_token=next_token,
         )
+
+    def _check_image_count(self, count: int, what: str) -> None:
+        """Images are embedded in one model call: at most max_images_per_request, checked before any is decoded."""
+        if count > self.max_images:
+            raise InvalidArgument(
+                f"{count} image {what} in one request, more than the limit of {self.max_images} images "
+                "(max_images_per_request); send vectors, or split the images over several requests"
+            )
 
     def _check_id_count(self, count: int) -> None:
         if count > self.max_items:
@@ -225,6 +235,7 @@ class IndexServicer(pb2_grpc.IndexServicer):
                 vectors[i] = collection.vector_of(query.id)
             else:
                 images.append(i)
+        self._check_image_count(len(images), "queries")
         if images:
             vectors[images] = self._embed(
                 collection,

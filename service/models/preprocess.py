@@ -19,6 +19,7 @@ from offshelf.protos.v1.embedding_pb2 import AUGMENTATION_FLIP, AUGMENTATION_NON
 from offshelf.service.errors import DecodeError, InvalidArgument
 
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
+MAX_ASPECT = 20  # longer side over shorter side: resizing the shorter side multiplies the longer one
 VIEWS_PER_IMAGE: dict[int, int] = {AUGMENTATION_NONE: 1, AUGMENTATION_FLIP: 2, AUGMENTATION_TEN_CROP: 10}
 _RESAMPLING = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
@@ -67,6 +68,13 @@ class Preprocessor:
                 raise DecodeError(
                     f"{name} has {opened.width}x{opened.height} pixels, more than the "
                     f"limit of {self.max_pixels}; downscale it before sending",
+                    "too_large",
+                )
+            short, long = sorted(opened.size)
+            if long > MAX_ASPECT * max(short, 1):
+                raise DecodeError(
+                    f"{name} is {opened.width}x{opened.height} pixels, longer than {MAX_ASPECT}:1; resizing its "
+                    "shorter side would make it enormous: crop it first",
                     "too_large",
                 )
             if opened.format == "JPEG":
