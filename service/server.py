@@ -3,6 +3,7 @@ metrics endpoint, graceful shutdown."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import signal
 import threading
@@ -16,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from offshelf.protos.inference import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from offshelf.protos.v1 import embedding_pb2, embedding_pb2_grpc, heads_pb2, heads_pb2_grpc, index_pb2, index_pb2_grpc
+from offshelf.service.api.auth import Tokens
 from offshelf.service.api.embedding import EmbeddingServicer
 from offshelf.service.api.heads import HeadsServicer
 from offshelf.service.api.index import IndexServicer
@@ -42,6 +44,28 @@ SERVICES = [
     heads_pb2.DESCRIPTOR.services_by_name["Heads"].full_name,
     grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
 ]
+
+
+def authentication(settings: ServiceSettings) -> Tokens | None:
+    """The tokens every call must show; None (no authentication) only on loopback or when asked for (--insecure)."""
+    if settings.tokens_file is not None:
+        return Tokens(settings.tokens_file)
+    if not settings.insecure and not is_loopback(settings.host):
+        raise StartupError(
+            f"serving on {settings.host} without --tokens-file would let anyone who reaches the port create, fill "
+            "and delete collections and heads: set OFFSHELF_TOKENS_FILE (docs/api.md, Authentication), serve on "
+            "--host 127.0.0.1, or set OFFSHELF_INSECURE=true behind something else that authenticates"
+        )
+    return None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def collection_registry(settings: ServiceSettings) -> Collections:
@@ -78,7 +102,7 @@ class Server:
         self.data_lock = DataFolderLock(settings.data_dir)
         self._grpc = grpc.server(
             ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix="rpc"),
-            interceptors=[RpcInterceptor(self.metrics)],
+            interceptors=[RpcInterceptor(self.metrics, authentication(settings))],
             options=[
                 ("grpc.so_reuseport", 0),  # a port another process holds is a start-up error, not shared
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -174,7 +198,11 @@ class Server:
 
 def serve(settings: ServiceSettings) -> int:
     """Runs until SIGTERM or SIGINT; returns the process exit code."""
-    server = Server(settings)
+    try:
+        server = Server(settings)
+    except StartupError as err:
+        log.error("cannot start serving", extra=fields(error=str(err)))
+        return 1
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

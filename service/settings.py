@@ -23,7 +23,21 @@ class ServiceSettings(BaseSettings):
 
     repo: pathlib.Path = Field(description="Model repository: <repo>/<model>/<version>/{model.onnx,card.json}.")
     host: str = Field(
-        "0.0.0.0", description="Address the gRPC and metrics servers listen on.", json_schema_extra=metavar("HOST")
+        "127.0.0.1",
+        description="Address the gRPC and metrics servers listen on; any other than loopback needs --tokens-file "
+        "(or --insecure).",
+        json_schema_extra=metavar("HOST"),
+    )
+    tokens_file: pathlib.Path | None = Field(
+        None,
+        description="Bearer tokens with roles (read, write, admin), one '<role> <sha256 hex of the token>' per "
+        "line; read again when it changes. Every RPC but health and reflection then needs a token.",
+        json_schema_extra=metavar("PATH"),
+    )
+    insecure: bool = Field(
+        False,
+        description="Serve on a non-loopback --host without --tokens-file: anyone reaching the port may do "
+        "anything. Only behind something else that authenticates.",
     )
     port: int = Field(
         50051,

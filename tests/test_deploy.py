@@ -346,7 +346,7 @@ def test_scale_overlays_point_at_milvus_from_a_config_map_and_a_secret(scaled):
     assert milvus.scheme in ("http", "https") and milvus.port == 19530
     assert etcd.scheme in ("http", "https") and etcd.port == 2379
     assert float(data["OFFSHELF_HEADS_SYNC_SECONDS"]) > 0
-    assert not [k for k in data if "TOKEN" in k]  # the token comes from a Secret, never the ConfigMap
+    assert not [k for k in data if "MILVUS_TOKEN" in k]  # the Milvus token comes from a Secret, never the ConfigMap
     (token,) = [e for e in server.get("env", []) if e["name"] == "OFFSHELF_MILVUS_TOKEN"]
     secret = token["valueFrom"]["secretKeyRef"]
     assert secret["name"] and secret["key"] and secret["optional"] is True  # Milvus without auth needs no Secret

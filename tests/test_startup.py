@@ -12,10 +12,12 @@ import sys
 from support import ServerProcess, write_identity_model
 
 
-def serve(repo, data_dir, port: int = 0, metrics_port: int = 0, **settings: str) -> subprocess.CompletedProcess:
+def serve(
+    repo, data_dir, port: int = 0, metrics_port: int = 0, host: str = "127.0.0.1", **settings: str
+) -> subprocess.CompletedProcess:
     """Runs `offshelf serve` to its end (it is expected to fail to start); settings as OFFSHELF_* variables."""
     command = [sys.executable, "-m", "offshelf.service.cli", "--repo", str(repo), "--data-dir", str(data_dir)]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics_port)]
+    command += ["--host", host, "--port", str(port), "--metrics-port", str(metrics_port)]
     env = {**os.environ, **{f"OFFSHELF_{key.upper()}": value for key, value in settings.items()}}
     return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
 
@@ -96,3 +98,12 @@ def test_starting_the_server_on_the_embedded_store_loads_no_pymilvus():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_serving_beyond_loopback_without_tokens_is_refused_unless_insecure(tmp_path):
+    repo = write_identity_model(tmp_path / "repo", 16)
+    error = the_error(serve(repo, tmp_path / "data", host="0.0.0.0"))
+    assert "OFFSHELF_TOKENS_FILE" in error and "127.0.0.1" in error and "OFFSHELF_INSECURE" in error
+    (tmp_path / "tokens").write_text("reader 0123\n")
+    error = the_error(serve(repo, tmp_path / "data", host="0.0.0.0", tokens_file=str(tmp_path / "tokens")))
+    assert "line 1" in error and "read, write, admin" in error

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
 
+from offshelf.service.api.auth import Tokens, required_role
 from offshelf.service.errors import DecodeError, ServiceError
 from offshelf.service.logs import fields
 from offshelf.service.metrics import Metrics
@@ -23,30 +24,58 @@ MAX_MESSAGE = 1000  # characters of an error message
 
 
 class RpcInterceptor(grpc.ServerInterceptor):
-    def __init__(self, metrics: Metrics):
+    def __init__(self, metrics: Metrics, tokens: Tokens | None = None):
         self.metrics = metrics
+        self.tokens = tokens  # None: no authentication (a server on loopback only, or --insecure)
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
         if handler is None:
             return None
-        rpc = details.method.rsplit("/", 1)[-1]
+        method = details.method
+        rpc = method.rsplit("/", 1)[-1]
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap(rpc, handler.unary_unary), handler.request_deserializer, handler.response_serializer
+                self._wrap(rpc, method, handler.unary_unary), handler.request_deserializer, handler.response_serializer
             )
         if handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
-                self._wrap(rpc, handler.stream_unary), handler.request_deserializer, handler.response_serializer
+                self._wrap(rpc, method, handler.stream_unary),
+                handler.request_deserializer,
+                handler.response_serializer,
             )
-        return handler  # server-streaming (health Watch, reflection) passes through
+        if handler.stream_stream is not None and self.tokens is not None and required_role(method) is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                self._guard(rpc, method, handler.stream_stream),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        return handler  # server-streaming (health Watch) and reflection pass through
 
-    def _wrap(self, rpc: str, behavior: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[..., Any]:
+    def _authorize(self, method: str, context: grpc.ServicerContext) -> None:
+        if self.tokens is not None:
+            self.tokens.check(method, context.invocation_metadata())
+
+    def _guard(self, rpc: str, method: str, behavior: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+        """A streaming handler that checks the caller's token before it starts."""
+
+        def guarded(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+            try:
+                self._authorize(method, context)
+            except ServiceError as err:
+                self._record(rpc, err.code, time.perf_counter())
+                context.abort(err.code, err.message)
+            yield from behavior(requests, context)
+
+        return guarded
+
+    def _wrap(self, rpc: str, method: str, behavior: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[..., Any]:
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
             started = time.perf_counter()
             in_flight = self.metrics.in_flight.labels(rpc)
             in_flight.inc()
             try:
+                self._authorize(method, context)
                 response = behavior(request, context)
             except ServiceError as err:
                 code, message = err.code, err.message
