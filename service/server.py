@@ -23,6 +23,7 @@ from offshelf.service.api.heads import HeadsServicer
 from offshelf.service.api.index import IndexServicer
 from offshelf.service.api.interceptor import RpcInterceptor
 from offshelf.service.api.oip import InferenceServicer
+from offshelf.service.api.tls import server_credentials
 from offshelf.service.data_lock import DataFolderLock
 from offshelf.service.errors import StartupError
 from offshelf.service.heads.registry import HeadRegistry
@@ -128,8 +129,13 @@ class Server:
         self.data_lock.acquire()
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         address = f"{self.settings.host}:{self.settings.port}"
+        settings = self.settings
+        credentials = server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
         try:
-            self.grpc_port = self._grpc.add_insecure_port(address)
+            if credentials is None:
+                self.grpc_port = self._grpc.add_insecure_port(address)
+            else:
+                self.grpc_port = self._grpc.add_secure_port(address, credentials)
         except RuntimeError as err:  # grpcio raises where older versions returned 0
             raise StartupError(f"cannot listen on {address} ({err}); is the port taken? pick a free --port") from err
         if self.grpc_port == 0:

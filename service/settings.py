@@ -34,6 +34,20 @@ class ServiceSettings(BaseSettings):
         "line; read again when it changes. Every RPC but health and reflection then needs a token.",
         json_schema_extra=metavar("PATH"),
     )
+    tls_cert: pathlib.Path | None = Field(
+        None,
+        description="PEM certificate chain of the gRPC port; with --tls-key, the port speaks TLS only. Read again "
+        "when it changes (a rotated Secret), for new connections.",
+        json_schema_extra=metavar("PATH"),
+    )
+    tls_key: pathlib.Path | None = Field(
+        None, description="PEM private key of --tls-cert.", json_schema_extra=metavar("PATH")
+    )
+    tls_client_ca: pathlib.Path | None = Field(
+        None,
+        description="PEM CA certificates: every client must present a certificate one of them signed (mutual TLS).",
+        json_schema_extra=metavar("PATH"),
+    )
     insecure: bool = Field(
         False,
         description="Serve on a non-loopback --host without --tokens-file: anyone reaching the port may do "

@@ -127,7 +127,9 @@ def write_identity_model(repo: pathlib.Path, dim: int) -> pathlib.Path:
 class ServerProcess:
     """``offshelf serve`` in a subprocess on 127.0.0.1 with free ports; its JSON log lines are collected."""
 
-    def __init__(self, repo: pathlib.Path, data_dir: pathlib.Path, **settings: object):
+    def __init__(self, repo: pathlib.Path, data_dir: pathlib.Path, client: dict | None = None, **settings: object):
+        """client: the connection options (TLS files) wait_serving connects with."""
+        self.client_options = client or {}
         self.data_dir = data_dir
         self.started_at = time.time()
         self.settings = settings
@@ -171,7 +173,7 @@ class ServerProcess:
 
     def wait_serving(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
-        with Client(self.address, timeout=5) as client:
+        with Client(self.address, timeout=5, **self.client_options) as client:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
                     raise RuntimeError(f"server exited with {self.process.returncode}: {self.logs}")

@@ -1,0 +1,100 @@
+"""TLS and mutual TLS on the gRPC port (issue 14, section 1), with certificates made by openssl: plaintext is
+refused, a rotated certificate serves new connections without a restart, mTLS refuses clients without one."""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+import subprocess
+
+import grpc
+import pytest
+
+from offshelf.clients import Client
+
+from support import ServerProcess
+
+pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+
+
+def openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+
+def authority(folder: pathlib.Path, name: str) -> tuple[pathlib.Path, pathlib.Path]:
+    """A self-signed CA: (certificate, key)."""
+    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
+    openssl(
+        *"req -x509 -newkey rsa:2048 -nodes -days 2".split(),
+        "-subj",
+        f"/CN={name}",
+        "-keyout",
+        str(key),
+        "-out",
+        str(cert),
+    )
+    return cert, key
+
+
+def signed(folder: pathlib.Path, name: str, ca: tuple[pathlib.Path, pathlib.Path]) -> tuple[pathlib.Path, pathlib.Path]:
+    """A certificate for 127.0.0.1 and localhost signed by the CA: (certificate, key)."""
+    cert, key, request = folder / f"{name}.pem", folder / f"{name}.key", folder / f"{name}.csr"
+    extensions = folder / f"{name}.ext"
+    extensions.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(request))
+    openssl(
+        *("x509", "-req", "-in", str(request), "-CA", str(ca[0]), "-CAkey", str(ca[1]), "-CAcreateserial"),
+        *("-days", "2", "-extfile", str(extensions), "-out", str(cert)),
+    )
+    return cert, key
+
+
+def serving(server: ServerProcess, **connection) -> str:
+    with Client(server.address, timeout=10, retries=0, **connection) as client:
+        return client.health()
+
+
+def refused(server: ServerProcess, **connection) -> bool:
+    """Whether the TLS handshake fails (the call answers UNAVAILABLE without reaching the server)."""
+    with pytest.raises(grpc.RpcError) as caught:
+        serving(server, **connection)
+    return caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_tls_refuses_plaintext_and_serves_a_rotated_certificate_to_new_connections(tiny_repo, tmp_path):
+    first_ca, second_ca = authority(tmp_path, "first-ca"), authority(tmp_path, "second-ca")
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    for source, target in zip(signed(tmp_path, "server-1", first_ca), (cert, key), strict=True):
+        shutil.copy(source, target)
+    server = ServerProcess(
+        tiny_repo, tmp_path / "data", tls_cert=cert, tls_key=key, drain_seconds=0, client={"ca_cert": first_ca[0]}
+    )
+    try:
+        server.wait_serving()
+        assert serving(server, ca_cert=first_ca[0]) == "SERVING"
+        assert refused(server)  # plaintext
+        for source, target in zip(signed(tmp_path, "server-2", second_ca), (cert, key), strict=True):
+            shutil.copy(source, target)  # as cert-manager rotates a Secret
+        assert serving(server, ca_cert=second_ca[0]) == "SERVING"
+        assert refused(server, ca_cert=first_ca[0])  # the old chain is no longer presented
+    finally:
+        server.kill()
+
+
+def test_mutual_tls_refuses_clients_without_a_certificate_the_client_ca_signed(tiny_repo, tmp_path):
+    ca = authority(tmp_path, "ca")
+    other_ca = authority(tmp_path, "other-ca")
+    cert, key = signed(tmp_path, "server", ca)
+    client_cert, client_key = signed(tmp_path, "client", ca)
+    stranger_cert, stranger_key = signed(tmp_path, "stranger", other_ca)
+    mutual = {"ca_cert": ca[0], "client_cert": client_cert, "client_key": client_key}
+    server = ServerProcess(
+        tiny_repo, tmp_path / "data", tls_cert=cert, tls_key=key, tls_client_ca=ca[0], drain_seconds=0, client=mutual
+    )
+    try:
+        server.wait_serving()
+        assert serving(server, **mutual) == "SERVING"
+        assert refused(server, ca_cert=ca[0])  # no client certificate
+        assert refused(server, ca_cert=ca[0], client_cert=stranger_cert, client_key=stranger_key)
+    finally:
+        server.kill()
