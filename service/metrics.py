@@ -7,14 +7,15 @@ comes from the collectors in state_metrics.py.
 from __future__ import annotations
 
 import threading
-from wsgiref.simple_server import WSGIServer
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    start_http_server,
+    make_wsgi_app,
 )
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -104,10 +105,31 @@ class Metrics:
 
     def serve(self, host: str, port: int) -> int:
         """Starts the /metrics endpoint and returns its port."""
-        self._http, self._http_thread = start_http_server(port, host, registry=self.registry)
+        metrics = make_wsgi_app(self.registry)
+
+        def only_metrics(environ, start_response):
+            if environ.get("PATH_INFO") != "/metrics":
+                start_response("404 Not Found", [("Content-Type", "text/plain")])
+                return [b"not found: metrics are served at /metrics only\n"]
+            return metrics(environ, start_response)
+
+        self._http = make_server(host, port, only_metrics, ThreadingWSGIServer, handler_class=QuietHandler)
+        self._http_thread = threading.Thread(target=self._http.serve_forever, name="metrics-http", daemon=True)
+        self._http_thread.start()
         return self._http.server_port
 
     def close(self) -> None:
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
+
+
+class ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    """One thread per scrape, as prometheus_client's own server does."""
+
+    daemon_threads = True
+
+
+class QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args):  # no access line per scrape on stderr
+        pass

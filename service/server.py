@@ -123,7 +123,8 @@ class Server:
             InferenceServicer(self.models, self.heads, settings.max_images_per_request, self.ready.is_set), self._grpc
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
-        reflection.enable_server_reflection([*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME], self._grpc)
+        if settings.reflection:
+            reflection.enable_server_reflection([*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME], self._grpc)
 
     def start(self) -> None:
         self.data_lock.acquire()

@@ -48,6 +48,9 @@ class ServiceSettings(BaseSettings):
         description="PEM CA certificates: every client must present a certificate one of them signed (mutual TLS).",
         json_schema_extra=metavar("PATH"),
     )
+    reflection: bool = Field(
+        True, description="Serve gRPC reflection (grpcurl lists the API without the .proto files); off hides it."
+    )
     insecure: bool = Field(
         False,
         description="Serve on a non-loopback --host without --tokens-file: anyone reaching the port may do "

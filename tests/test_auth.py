@@ -125,3 +125,21 @@ def test_the_denials_are_counted(secured):
     call(channel, "/offshelf.v1.Index/CreateCollection", index_pb2.CreateCollectionRequest, False, False, None)
     text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
     assert 'offshelf_requests_total{code="UNAUTHENTICATED",rpc="CreateCollection"}' in text
+
+
+def test_reflection_can_be_turned_off(tiny_repo, tmp_path):
+    server = ServerProcess(tiny_repo, tmp_path / "data", reflection=False, drain_seconds=0)
+    try:
+        server.wait_serving()
+        with grpc.insecure_channel(server.address) as channel:
+            code = call(
+                channel,
+                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                embedding_pb2.ListModelsRequest,  # any message: the method is not there
+                True,
+                True,
+                None,
+            )
+        assert code == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        server.kill()

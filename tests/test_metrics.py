@@ -7,10 +7,12 @@ import json
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 
 import numpy as np
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from offshelf.clients import Client
@@ -152,3 +154,12 @@ def test_a_real_prometheus_scrapes_the_service(traffic, prometheus_tools, tmp_pa
     finally:
         prometheus.terminate()
         prometheus.wait(30)
+
+
+def test_only_the_metrics_path_is_served(traffic):
+    base = traffic.metrics_url.removesuffix("/metrics")
+    for path in ("/", "/favicon.ico", "/metrics/../debug", "/healthz"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(base + path, timeout=10)
+        assert refused.value.code == 404, path
+    assert b"offshelf_requests_total" in urllib.request.urlopen(traffic.metrics_url, timeout=10).read()
