@@ -183,6 +183,7 @@ def objects(rendered, kind: str) -> list[dict]:
 def test_overlays_render_every_object(rendered):
     overlay, docs = rendered
     kinds = ["ConfigMap", "ConfigMap", "Deployment", "PodDisruptionBudget", "PrometheusRule", "ServiceMonitor"]
+    kinds += ["NetworkPolicy"]
     kinds += ["Service", "Service"]
     # one writer on a volume, or stateless replicas on Milvus that an autoscaler adds and removes
     kinds += ["HorizontalPodAutoscaler"] if overlay in SCALE else ["PersistentVolumeClaim"]
@@ -475,3 +476,17 @@ def test_rules_and_dashboard_use_only_metrics_the_service_exposes(traffic, tmp_p
     missing = sorted(used - gpu - exposed)
     assert not missing, f"used by deploy/ but not exposed by the service: {missing}"
     assert len(used) >= 20
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "gpu", *SCALE])
+def test_the_network_policy_lets_clients_and_prometheus_in_and_nothing_out_but_milvus(overlay):
+    (policy,) = [doc for doc in render(overlay) if doc["kind"] == "NetworkPolicy"]
+    spec = policy["spec"]
+    (deployment,) = [doc for doc in render(overlay) if doc["kind"] == "Deployment"]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert spec["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
+    ports = {port["port"] for rule in spec["ingress"] for port in rule["ports"]}
+    assert ports == {"grpc", "metrics"}
+    egress_ports = {port["port"] for rule in spec.get("egress") or [] for port in rule["ports"]}
+    assert egress_ports == ({53, 19530, 2379} if overlay in SCALE else set())
