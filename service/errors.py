@@ -72,3 +72,9 @@ class Unauthenticated(ServiceError):
 
 class PermissionDenied(ServiceError):
     code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class Cancelled(ServiceError):
+    """The caller has gone: nobody reads the answer."""
+
+    code = grpc.StatusCode.CANCELLED

@@ -49,6 +49,12 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
+        self.dropped_images = Counter(
+            "offshelf_dropped_images_total",
+            "Images queued for inference and dropped because their caller had gone (cancelled, deadline passed).",
+            ["model"],
+            registry=self.registry,
+        )
         self.queue_wait_seconds = Histogram(
             "offshelf_queue_wait_seconds",
             "Time images wait for a batch.",

@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 
+from offshelf.service import cancellation
 from offshelf.service.api.auth import Tokens, required_role
 from offshelf.service.errors import DecodeError, ServiceError
 from offshelf.service.logs import fields
@@ -44,7 +45,7 @@ class RpcInterceptor(grpc.ServerInterceptor):
                 handler.request_deserializer,
                 handler.response_serializer,
             )
-        if handler.stream_stream is not None and self.tokens is not None and required_role(method) is not None:
+        if handler.stream_stream is not None and required_role(method) is not None:
             return grpc.stream_stream_rpc_method_handler(
                 self._guard(rpc, method, handler.stream_stream),
                 handler.request_deserializer,
@@ -57,15 +58,22 @@ class RpcInterceptor(grpc.ServerInterceptor):
             self.tokens.check(method, context.invocation_metadata())
 
     def _guard(self, rpc: str, method: str, behavior: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
-        """A streaming handler that checks the caller's token before it starts."""
+        """A bidirectional stream (ModelStreamInfer): the caller's token checked before it starts, the stream
+        counted once when it ends."""
 
         def guarded(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+            started = time.perf_counter()
             try:
                 self._authorize(method, context)
             except ServiceError as err:
-                self._record(rpc, err.code, time.perf_counter())
+                self._record(rpc, err.code, started)
                 context.abort(err.code, err.message)
-            yield from behavior(requests, context)
+            code = grpc.StatusCode.INTERNAL
+            try:
+                yield from behavior(requests, context)
+                code = grpc.StatusCode.OK
+            finally:
+                self._record(rpc, gone(context) or code, started)
 
         return guarded
 
@@ -74,6 +82,9 @@ class RpcInterceptor(grpc.ServerInterceptor):
             started = time.perf_counter()
             in_flight = self.metrics.in_flight.labels(rpc)
             in_flight.inc()
+            call = cancellation.Call()
+            context.add_callback(call.cancel)
+            token = cancellation.current.set(call)
             try:
                 self._authorize(method, context)
                 response = behavior(request, context)
@@ -85,10 +96,12 @@ class RpcInterceptor(grpc.ServerInterceptor):
                 log.exception("unexpected error", extra=fields(rpc=rpc))
                 code, message = grpc.StatusCode.INTERNAL, f"{rpc} failed on an unexpected server error; see its log"
             else:
-                self._record(rpc, context.code() or grpc.StatusCode.OK, started)
+                self._record(rpc, gone(context) or context.code() or grpc.StatusCode.OK, started)
                 return response
             finally:
+                cancellation.current.reset(token)
                 in_flight.dec()
+            code = gone(context) or code
             self._record(rpc, code, started)
             context.abort(code, shortened(message))
 
@@ -105,3 +118,11 @@ def shortened(message: str, limit: int = MAX_MESSAGE) -> str:
     if len(message) <= limit:
         return message
     return f"{message[: limit - 40]}... ({len(message) - limit + 40} characters cut)"
+
+
+def gone(context: grpc.ServicerContext) -> grpc.StatusCode | None:
+    """How the call ended if its caller has gone: CANCELLED, or DEADLINE_EXCEEDED when its deadline passed."""
+    if context.is_active():
+        return None
+    remaining = context.time_remaining()
+    return grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else grpc.StatusCode.CANCELLED

@@ -14,13 +14,14 @@ import collections
 import logging
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
-from offshelf.service.errors import Internal, InvalidArgument, Unavailable
+from offshelf.service import cancellation
+from offshelf.service.errors import Cancelled, Internal, InvalidArgument, Unavailable
 from offshelf.service.logs import fields
 from offshelf.service.metrics import Metrics
 
@@ -132,7 +133,11 @@ class Batcher:
             self._queue.extend(chunks)
             admission.queued = True
             self._condition.notify()
-        results = [chunk.result.result() for chunk in chunks]
+        cancellation.attach([chunk.result for chunk in chunks])  # a caller that goes drops what has not run
+        try:
+            results = [chunk.result.result() for chunk in chunks]
+        except CancelledError as err:
+            raise Cancelled("the caller cancelled the call or its deadline passed") from err
         if len(results) == 1:
             return results[0]
         return {name: np.concatenate([r[name] for r in results]) for name in results[0]}
@@ -171,6 +176,10 @@ class Batcher:
             while True:
                 while self._queue and size + self._queue[0].size <= self.max_batch_size:
                     chunk = self._queue.popleft()
+                    if not chunk.result.set_running_or_notify_cancel():  # its caller has gone
+                        self._queued_images -= chunk.size
+                        self._metrics.dropped_images.labels(self.name).inc(chunk.size)
+                        continue
                     batch.append(chunk)
                     size += chunk.size
                 remaining = deadline - time.monotonic()

@@ -14,6 +14,7 @@ from google.protobuf import json_format
 
 from offshelf.protos.v1 import index_pb2
 from offshelf.protos.v1 import model_card_pb2 as card_pb2
+from offshelf.service import cancellation
 from offshelf.service.errors import FailedPrecondition, InvalidArgument, ModelLoadError, NotFound, Unavailable
 from offshelf.service.logs import fields
 from offshelf.service.metrics import Metrics
@@ -99,11 +100,10 @@ class LoadedModel:
         names = names or [f"image {i}" for i in range(len(images))]
         per_image = self.preprocessor.views_per_image(augmentation)
         with self.batcher.admit(len(images) * per_image) as admission:  # refused before decoding when overloaded
-            views = [
-                view
-                for data, name in zip(images, names, strict=True)
-                for view in self.preprocessor.views(self.preprocessor.decode(data, name), augmentation)
-            ]
+            views = []
+            for data, name in zip(images, names, strict=True):
+                cancellation.check()  # a caller that has gone costs no more decoding
+                views += self.preprocessor.views(self.preprocessor.decode(data, name), augmentation)
             outputs = admission.run({self.card.preprocessing.input_name: np.stack(views)})
         if per_image > 1:
             outputs = {name: a.reshape(len(images), per_image, -1).mean(axis=1) for name, a in outputs.items()}
