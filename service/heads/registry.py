@@ -29,7 +29,14 @@ from google.protobuf import json_format
 from offshelf.protos.v1 import heads_pb2 as pb2
 from offshelf.protos.v1 import index_pb2
 from offshelf.service.drift import DriftMonitor
-from offshelf.service.errors import FailedPrecondition, HeadLoadError, InvalidArgument, NotFound, ServiceError
+from offshelf.service.errors import (
+    Cancelled,
+    FailedPrecondition,
+    HeadLoadError,
+    InvalidArgument,
+    NotFound,
+    ServiceError,
+)
 from offshelf.service.heads.fitting import FittedHead, fit, l2_normalise
 from offshelf.service.logs import fields
 from offshelf.service.models.registry import ModelRegistry, describe
@@ -305,6 +312,8 @@ class HeadRegistry:
         self, entry: HeadEntry, request: pb2.TrainHeadRequest, binding: index_pb2.Binding, gather, version: int
     ) -> None:
         def progress(fraction: float, message: str) -> None:
+            if entry.deleted:  # stops the training at its next step
+                raise Cancelled("the head was deleted while it trained")
             entry.job.progress, entry.job.message = fraction, message
 
         entry.job.state = pb2.JOB_STATE_RUNNING
@@ -317,14 +326,23 @@ class HeadRegistry:
             fitted = fit(
                 request.kind, vectors, labels, lambda f, m: progress(offset + (1 - offset) * 0.9 * f, m), previous
             )
+            if entry.deleted:  # deleted while it trained: nothing to write
+                entry.job.state, entry.job.message = pb2.JOB_STATE_FAILED, "the head was deleted while it trained"
+                return
             progress(0.95, "writing and loading the new version")
             training_mean = l2_normalise(np.asarray(vectors, np.float32)).mean(axis=0)
             served = self._write(entry.name, version, request.kind, binding, fitted, training_mean)
             with self._lock:
-                if entry.deleted:
-                    return
-                entry.served = served
-                entry.versions.append(version)
+                deleted = entry.deleted
+                if not deleted:
+                    entry.served = served
+                    entry.versions.append(version)
+            if deleted:  # deleted while it was written: remove what was written, so no restart serves it again
+                shutil.rmtree(self.root / entry.name / str(version), ignore_errors=True)
+                if self.shared is not None:
+                    self.shared.delete(entry.name)
+                entry.job.state, entry.job.message = pb2.JOB_STATE_FAILED, "the head was deleted while it trained"
+                return
             entry.job.state, entry.job.progress = pb2.JOB_STATE_SUCCEEDED, 1.0
             entry.job.message = (
                 f"serving version {version}: {len(fitted.labels)} classes, cross-validated accuracy "

@@ -54,6 +54,22 @@ def fsync_dir(path: pathlib.Path) -> None:
         os.close(fd)
 
 
+def folder_bytes(directory: pathlib.Path) -> int:
+    """Bytes of the files in the folder; a file the index saver replaces meanwhile counts as absent, and a folder
+    deleted meanwhile (the collection with it) holds nothing."""
+    try:
+        paths = list(directory.iterdir())
+    except FileNotFoundError:
+        return 0
+    total = 0
+    for path in paths:
+        try:
+            total += path.stat().st_size if path.is_file() else 0
+        except FileNotFoundError:
+            pass
+    return total
+
+
 class Collection:
     def __init__(self, directory: pathlib.Path, store: ItemStore, config: index_pb2.Collection):
         self.directory = directory
@@ -136,7 +152,7 @@ class Collection:
         info = index_pb2.Collection()
         info.CopyFrom(self.config)
         info.count = self.count
-        info.bytes_on_disk = sum(p.stat().st_size for p in self.directory.iterdir() if p.is_file())
+        info.bytes_on_disk = folder_bytes(self.directory)
         info.trained = self._trained
         info.whitening_dim = 0 if self._whitening is None else len(self._whitening[1])
         return info

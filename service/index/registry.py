@@ -63,6 +63,11 @@ class CollectionRegistry:
         with self._lock:
             if config.name in self._collections:
                 raise AlreadyExists(f"collection {config.name!r} exists; delete it first or pick another name")
+            leftover = self.root / config.name
+            if leftover.exists():  # a folder no collection was opened from (no database in it): kept aside
+                aside = self.root / f".orphaned-{config.name}-{uuid.uuid4().hex[:8]}"
+                leftover.rename(aside)
+                log.warning("a folder without a collection database was moved aside", extra=fields(path=str(aside)))
             collection = Collection.create(self.root / config.name, config)
             self._collections[config.name] = collection
             return collection
@@ -84,13 +89,14 @@ class CollectionRegistry:
             return [self._collections[name] for name in sorted(self._collections)]
 
     def delete(self, name: str) -> None:
+        """The name is free again only once its folder is out of the way, so a create racing it cannot collide."""
         with self._lock:
             collection = self._collections.pop(name, None)
-        if collection is None:
-            raise NotFound(f"no collection named {name!r}; ListCollections lists them")
-        collection.delete()
-        doomed = self.root / f".deleting-{uuid.uuid4().hex}"
-        collection.directory.rename(doomed)  # gone from the next start even if the removal below is cut short
+            if collection is None:
+                raise NotFound(f"no collection named {name!r}; ListCollections lists them")
+            collection.delete()
+            doomed = self.root / f".deleting-{uuid.uuid4().hex}"
+            collection.directory.rename(doomed)  # gone from the next start even if the removal below is cut short
         shutil.rmtree(doomed, ignore_errors=True)
 
     def close(self) -> None:
