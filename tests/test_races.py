@@ -121,3 +121,22 @@ def test_a_head_deleted_while_it_trains_stays_deleted_after_a_restart(tmp_path):
             assert "doomed" not in [h.job.head for h in client.list_heads()]
     finally:
         restarted.kill()
+
+
+def test_sigterm_while_a_head_trains_exits_within_drain_and_grace(tmp_path):
+    repo = write_identity_model(tmp_path / "repo", 1280)
+    server = ServerProcess(repo, tmp_path / "data", drain_seconds=0, grace_seconds=1)
+    try:
+        server.wait_serving()
+        with Client(server.address, timeout=60) as client:
+            client.create_collection("source", model=TINY)
+            vectors = clustered_vectors(2000, 1280, seed=10)
+            client.add("source", vectors=vectors[:1000], labels=[f"c{i % 8}" for i in range(1000)])
+            client.add("source", vectors=vectors[1000:], labels=[f"c{i % 8}" for i in range(1000)])
+            client.train_head("slow", "logreg", collection="source")  # tens of seconds on this machine
+            time.sleep(0.5)
+        started = time.monotonic()
+        assert server.terminate(timeout=60) == 0
+        assert time.monotonic() - started < 1 + 3  # grace, plus closing the stores
+    finally:
+        server.kill()

@@ -14,11 +14,12 @@ from __future__ import annotations
 import datetime
 import logging
 import pathlib
+import queue
 import shutil
 import tempfile
 import threading
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -92,10 +93,13 @@ class HeadRegistry:
         self.collections = collections
         self._heads: dict[str, HeadEntry] = {}
         self._lock = threading.Lock()
-        self._jobs = ThreadPoolExecutor(max_workers=1, thread_name_prefix="head-training")
+        # One daemon thread trains the queued jobs in turn: a job still running when the server stops does not keep
+        # the process alive past its grace period (it stops at its next step, and dies with the process).
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self.shared: SharedHeads | None = None
         self.leases: EtcdLeases | None = None
         self._stop = threading.Event()
+        threading.Thread(target=self._train_jobs, name="head-training", daemon=True).start()
 
     def share(self, shared: SharedHeads, leases: EtcdLeases | None, sync_seconds: float) -> None:
         """Keeps heads in `shared` too, and loads what other replicas put there every `sync_seconds`."""
@@ -122,7 +126,11 @@ class HeadRegistry:
 
     def close(self) -> None:
         self._stop.set()
-        self._jobs.shutdown(wait=True, cancel_futures=True)
+        self._jobs.put(lambda: None)  # wakes the trainer, which then sees the stop
+
+    def _train_jobs(self) -> None:
+        while not self._stop.is_set():
+            self._jobs.get()()
 
     # --- sharing through Milvus ------------------------------------------------------------------
 
@@ -265,7 +273,7 @@ class HeadRegistry:
             )
             job = pb2.HeadJob()
             job.CopyFrom(entry.job)
-        self._jobs.submit(self._run, entry, request, binding, gather, version, lease)
+        self._jobs.put(lambda: self._run(entry, request, binding, gather, version, lease))
         return job
 
     def _source(self, request: pb2.TrainHeadRequest):
@@ -314,6 +322,8 @@ class HeadRegistry:
         def progress(fraction: float, message: str) -> None:
             if entry.deleted:  # stops the training at its next step
                 raise Cancelled("the head was deleted while it trained")
+            if self._stop.is_set():
+                raise Cancelled("the server shut down while the head trained; train it again")
             entry.job.progress, entry.job.message = fraction, message
 
         entry.job.state = pb2.JOB_STATE_RUNNING
