@@ -162,3 +162,21 @@ def test_image_items_and_queries_over_the_image_limit_are_refused_before_decodin
     code, details = status_of(lambda: client.search_batch(name, images=not_images, k=1))
     assert code == "INVALID_ARGUMENT" and "65 image queries" in details
     client.delete_collection(name)
+
+
+def test_a_malformed_message_is_invalid_argument_and_counted(tiny_server, client):
+    import urllib.request
+
+    invalid_utf8_name = b"\x0a\x02\xff\xfe"  # field 1 (name), a string of 2 bytes that are not UTF-8
+    create = client._channel.unary_unary(
+        "/offshelf.v1.Index/CreateCollection", request_serializer=lambda b: b, response_deserializer=lambda b: b
+    )
+    code, details = status_of(lambda: create(invalid_utf8_name, timeout=30))
+    assert code == "INVALID_ARGUMENT" and "not a valid message" in details
+    add_stream = client._channel.stream_unary(
+        "/offshelf.v1.Index/AddStream", request_serializer=lambda b: b, response_deserializer=lambda b: b
+    )
+    code, details = status_of(lambda: add_stream(iter([b"\x0a\x02\xff\xfe"]), timeout=30))
+    assert code == "INVALID_ARGUMENT"
+    text = urllib.request.urlopen(tiny_server.metrics_url, timeout=10).read().decode()
+    assert 'offshelf_requests_total{code="INVALID_ARGUMENT",rpc="CreateCollection"}' in text

@@ -16,7 +16,7 @@ import grpc
 
 from offshelf.service import cancellation
 from offshelf.service.api.auth import Tokens, required_role
-from offshelf.service.errors import DecodeError, ServiceError
+from offshelf.service.errors import DecodeError, InvalidArgument, ServiceError
 from offshelf.service.logs import fields
 from offshelf.service.metrics import Metrics
 
@@ -35,20 +35,21 @@ class RpcInterceptor(grpc.ServerInterceptor):
             return None
         method = details.method
         rpc = method.rsplit("/", 1)[-1]
+        deserialize = tolerant(handler.request_deserializer)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap(rpc, method, handler.unary_unary), handler.request_deserializer, handler.response_serializer
+                self._wrap(rpc, method, well_formed(handler.unary_unary)), deserialize, handler.response_serializer
             )
         if handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
-                self._wrap(rpc, method, handler.stream_unary),
-                handler.request_deserializer,
+                self._wrap(rpc, method, well_formed_stream(handler.stream_unary)),
+                deserialize,
                 handler.response_serializer,
             )
         if handler.stream_stream is not None and required_role(method) is not None:
             return grpc.stream_stream_rpc_method_handler(
-                self._guard(rpc, method, handler.stream_stream),
-                handler.request_deserializer,
+                self._guard(rpc, method, well_formed_stream(handler.stream_stream)),
+                deserialize,
                 handler.response_serializer,
             )
         return handler  # server-streaming (health Watch) and reflection pass through
@@ -72,6 +73,9 @@ class RpcInterceptor(grpc.ServerInterceptor):
             try:
                 yield from behavior(requests, context)
                 code = grpc.StatusCode.OK
+            except ServiceError as err:  # a malformed message in the stream
+                code = err.code
+                context.abort(err.code, shortened(err.message))
             finally:
                 self._record(rpc, gone(context) or code, started)
 
@@ -126,3 +130,50 @@ def gone(context: grpc.ServicerContext) -> grpc.StatusCode | None:
         return None
     remaining = context.time_remaining()
     return grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else grpc.StatusCode.CANCELLED
+
+
+class Malformed:
+    """A request message that did not parse (invalid UTF-8 in a string field, a truncated message, ...): handed to
+    the handler instead of gRPC's own INTERNAL, so that the caller gets INVALID_ARGUMENT and the call is counted."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+def tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as err:  # protobuf's DecodeError, or whatever a deserializer raises
+            return Malformed(err)
+
+    return parse
+
+
+def refuse(request: Malformed) -> InvalidArgument:
+    return InvalidArgument(f"the request is not a valid message ({request.error}); send well-formed protobuf")
+
+
+def well_formed(behavior: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[[Any, grpc.ServicerContext], Any]:
+    def checked(request: Any, context: grpc.ServicerContext) -> Any:
+        if isinstance(request, Malformed):
+            raise refuse(request)
+        return behavior(request, context)
+
+    return checked
+
+
+def well_formed_stream(behavior: Callable[[Iterator[Any], grpc.ServicerContext], Any]) -> Callable[..., Any]:
+    def checked(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+        def parsed() -> Iterator[Any]:
+            for request in requests:
+                if isinstance(request, Malformed):
+                    raise refuse(request)
+                yield request
+
+        return behavior(parsed(), context)
+
+    return checked
