@@ -91,6 +91,13 @@ class ServiceSettings(BaseSettings):
         description="Largest accepted image, in pixels (width x height).",
         json_schema_extra=metavar("PIXELS"),
     )
+    max_decode_pixels: int = Field(
+        100_000_000,
+        ge=1,
+        description="Pixels decoded at once over every request (each takes 3-8 bytes while it is decoded and "
+        "resized); larger images wait for others to finish. At least --max-image-pixels.",
+        json_schema_extra=metavar("PIXELS"),
+    )
     max_message_bytes: int = Field(
         64 << 20, ge=1 << 20, description="Largest gRPC message, in bytes.", json_schema_extra=metavar("BYTES")
     )

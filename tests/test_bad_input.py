@@ -16,7 +16,7 @@ from offshelf.protos.inference import grpc_predict_v2_pb2 as oip
 from offshelf.protos.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from offshelf.protos.v1 import embedding_pb2, index_pb2
 
-from support import shared_photos
+from support import ServerProcess, shared_photos
 
 TINY = "random-projection-1280"
 
@@ -180,3 +180,43 @@ def test_a_malformed_message_is_invalid_argument_and_counted(tiny_server, client
     assert code == "INVALID_ARGUMENT"
     text = urllib.request.urlopen(tiny_server.metrics_url, timeout=10).read().decode()
     assert 'offshelf_requests_total{code="INVALID_ARGUMENT",rpc="CreateCollection"}' in text
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status").read().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_concurrent_large_images_wait_for_the_decode_budget_instead_of_all_decoding_at_once(tiny_repo, tmp_path):
+    """8 concurrent 4000x4000 PNGs of a few KB each: with a budget of one such image at a time they decode in turn,
+    and the server's peak RSS grows by a fraction of what eight at once take (malloc's per-thread arenas keep some)."""
+    import threading
+
+    gradient = np.tile(np.arange(4000, dtype=np.uint8), (4000, 1))
+    data = encoded(Image.fromarray(gradient).convert("RGB"), "PNG")
+    assert len(data) < 200_000
+    budget = {"max_image_pixels": 16_000_000, "max_decode_pixels": 16_000_000}
+    server = ServerProcess(tiny_repo, tmp_path / "data", drain_seconds=0, **budget)
+    try:
+        server.wait_serving()
+        with Client(server.address, timeout=120) as client:
+            client.embed([data], model=TINY)  # one alone: what decoding one image costs
+            one = peak_rss_mb(server.process.pid)
+            results = []
+
+            def embed():
+                results.append(client.embed([data], model=TINY)["embedding"].shape)
+
+            threads = [threading.Thread(target=embed) for _ in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            eight = peak_rss_mb(server.process.pid)
+        print(f"peak RSS after one 4000x4000 PNG: {one:.0f} MB; after 8 concurrent: {eight:.0f} MB")
+        assert results == [(1, 1280)] * 8
+        assert eight - one < 500, (one, eight)  # without the budget: +1,236 MB here; with it +246 MB
+    finally:
+        server.kill()

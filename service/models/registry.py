@@ -19,7 +19,7 @@ from offshelf.service.errors import FailedPrecondition, InvalidArgument, ModelLo
 from offshelf.service.logs import fields
 from offshelf.service.metrics import Metrics
 from offshelf.service.models.batcher import Batcher
-from offshelf.service.models.preprocess import Preprocessor
+from offshelf.service.models.preprocess import PixelBudget, Preprocessor
 from offshelf.service.models.runtime import OnnxRuntime
 from offshelf.service.settings import ServiceSettings
 
@@ -43,13 +43,15 @@ def read_card(version_dir: pathlib.Path) -> card_pb2.ModelCard:
 class LoadedModel:
     """One model version: its card, runtime, preprocessor and batcher."""
 
-    def __init__(self, version_dir: pathlib.Path, settings: ServiceSettings, metrics: Metrics):
+    def __init__(
+        self, version_dir: pathlib.Path, settings: ServiceSettings, metrics: Metrics, budget: PixelBudget | None = None
+    ):
         self.card = read_card(version_dir)
         self.name = version_dir.parent.name
         self.version = int(version_dir.name)
         self.output_names = [o.name for o in self.card.outputs]
         try:
-            self.preprocessor = Preprocessor(self.card.preprocessing, settings.max_image_pixels)
+            self.preprocessor = Preprocessor(self.card.preprocessing, settings.max_image_pixels, budget)
         except ValueError as err:
             raise ModelLoadError(f"{version_dir}: bad preprocessing in card.json: {err}") from err
         self.runtime = OnnxRuntime(version_dir / "model.onnx", settings.execution_provider, settings.intra_op_threads)
@@ -103,7 +105,7 @@ class LoadedModel:
             views = []
             for data, name in zip(images, names, strict=True):
                 cancellation.check()  # a caller that has gone costs no more decoding
-                views += self.preprocessor.views(self.preprocessor.decode(data, name), augmentation)
+                views += self.preprocessor.views_of(data, name, augmentation)
             outputs = admission.run({self.card.preprocessing.input_name: np.stack(views)})
         if per_image > 1:
             outputs = {name: a.reshape(len(images), per_image, -1).mean(axis=1) for name, a in outputs.items()}
@@ -138,6 +140,7 @@ class ModelRegistry:
         self.metrics = metrics
         self._models: dict[str, dict[int, LoadedModel]] = {}
         self._lock = threading.Lock()
+        self.decode_budget = PixelBudget(max(settings.max_decode_pixels, settings.max_image_pixels))
 
     def version_dirs(self) -> list[pathlib.Path]:
         repo = self.settings.repo
@@ -172,7 +175,7 @@ class ModelRegistry:
 
     def _load(self, version_dir: pathlib.Path) -> LoadedModel:
         started = time.perf_counter()
-        model = LoadedModel(version_dir, self.settings, self.metrics)
+        model = LoadedModel(version_dir, self.settings, self.metrics, self.decode_budget)
         log.info(
             "model loaded",
             extra=fields(
