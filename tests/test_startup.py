@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from support import ServerProcess, write_identity_model
 
 
@@ -47,9 +49,11 @@ def test_a_taken_metrics_port_is_a_startup_error(tmp_path):
     assert f"127.0.0.1:{port}" in error and "--metrics-port" in error
 
 
-def test_starting_the_server_loads_no_scikit_learn():
-    """scikit-learn takes most of a second to import; only fitting a head needs it."""
-    script = "import sys, offshelf.service.server; print(sorted(m for m in sys.modules if m.startswith('sklearn')))"
+@pytest.mark.parametrize("package", ["sklearn", "pymilvus"])
+def test_starting_the_server_loads_neither_scikit_learn_nor_pymilvus(package):
+    """scikit-learn takes most of a second to import and only fitting a head needs it; pymilvus half a second, an
+    extra only OFFSHELF_MILVUS_URI needs."""
+    script = f"import sys, offshelf.service.server; print(sorted(m for m in sys.modules if m.startswith({package!r})))"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
@@ -90,14 +94,6 @@ def test_an_unreachable_milvus_is_a_startup_error_naming_the_setting(tmp_path):
         result = serve(repo, tmp_path / "data", milvus_uri=f"http://127.0.0.1:{port}")
     error = the_error(result)
     assert f"cannot reach Milvus at http://127.0.0.1:{port}" in error and "OFFSHELF_MILVUS_URI" in error
-
-
-def test_starting_the_server_on_the_embedded_store_loads_no_pymilvus():
-    """pymilvus takes half a second to import and is an extra: only OFFSHELF_MILVUS_URI needs it."""
-    script = "import sys, offshelf.service.server; print(sorted(m for m in sys.modules if m.startswith('pymilvus')))"
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
 
 
 def test_serving_beyond_loopback_without_tokens_is_refused_unless_insecure(tmp_path):
