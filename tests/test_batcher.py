@@ -12,7 +12,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from offshelf.service.errors import Internal, Unavailable
+from offshelf.service import cancellation
+from offshelf.service.errors import Cancelled, Internal, Unavailable
 from offshelf.service.metrics import Metrics
 from offshelf.service.models.batcher import Batcher
 from offshelf.service.models.runtime import OnnxRuntime
@@ -151,3 +152,31 @@ def test_close_finishes_queued_work_then_refuses(doubling_runtime):
         assert all(f.result()["y"].shape == (2, 3) for f in futures)
     with pytest.raises(Unavailable, match="shutting down"):
         batcher.run(rows(0, 1))
+
+
+def test_the_chunks_of_a_caller_that_went_are_dropped_and_the_worker_goes_on(doubling_runtime):
+    metrics = Metrics()
+    gated = GatedRuntime(doubling_runtime)
+    batcher = Batcher("m", gated, max_batch_size=2, max_delay_s=0, max_queue_images=100, metrics=metrics)
+    call = cancellation.Call()
+
+    def run_for_the_call():
+        token = cancellation.current.set(call)
+        try:
+            return batcher.run(rows(10, 2))
+        finally:
+            cancellation.current.reset(token)
+
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(batcher.run, rows(0, 2))
+        wait_until(gated.started.is_set)  # the worker holds the first batch
+        gone = pool.submit(run_for_the_call)
+        wait_until(lambda: batcher._queued_images == 2)
+        call.cancel()  # the caller goes while its chunk waits
+        gated.gate.set()
+        with pytest.raises(Cancelled):
+            gone.result()
+        assert first.result()["y"].shape == (2, 3)
+        assert batcher.run(rows(20, 2))["y"].shape == (2, 3)  # the worker goes on
+    assert batch_sizes(metrics) == (2, 4)  # the cancelled chunk never ran
+    batcher.close()

@@ -153,7 +153,8 @@ class Batcher:
         batch: list[_Chunk] | None = []
         try:
             while (batch := self._next_batch()) is not None:
-                self._run_batch(batch)
+                if batch:  # empty when every chunk taken had been cancelled
+                    self._run_batch(batch)
         except BaseException as err:
             log.exception("batcher worker died", extra=fields(model=self.name))
             with self._condition:
