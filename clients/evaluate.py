@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from offshelf.clients.client import Client
 
-QUERY_BATCH = 50
+QUERY_BATCH = 32  # image queries per SearchBatch: at most the server's max_images_per_request (64 by default)
 
 
 @dataclass
