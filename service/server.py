@@ -95,7 +95,7 @@ class Server:
         self.models = ModelRegistry(settings, self.metrics)
         self.collections = collection_registry(settings)
         self.heads = HeadRegistry(settings.data_dir, self.models, self.collections)
-        self.metrics.registry.register(StateCollector(self.collections, self.heads))
+        self.metrics.registry.register(StateCollector(self.collections, self.heads, settings.metrics_collection_labels))
         self.health = health.HealthServicer()
         self.ready = threading.Event()
         self.grpc_port = 0

@@ -48,6 +48,11 @@ class ServiceSettings(BaseSettings):
         description="PEM CA certificates: every client must present a certificate one of them signed (mutual TLS).",
         json_schema_extra=metavar("PATH"),
     )
+    metrics_collection_labels: bool = Field(
+        False,
+        description="Collection and head names as Prometheus label values; off, each is 'sha256:' and 12 hex "
+        "digits of the name's SHA-256 (names can be tenants').",
+    )
     reflection: bool = Field(
         True, description="Serve gRPC reflection (grpcurl lists the API without the .proto files); off hides it."
     )

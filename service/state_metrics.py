@@ -3,6 +3,7 @@ state), domain shift of both, and GPU memory and utilisation through NVML when a
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -26,9 +27,13 @@ JOB_STATES = {
 
 
 class StateCollector(Collector):
-    def __init__(self, collections: Collections, heads: HeadRegistry):
+    def __init__(self, collections: Collections, heads: HeadRegistry, names: bool = False):
         self.collections = collections
         self.heads = heads
+        self.names = names  # collection and head names as label values; else a hash of each (names can be tenants')
+
+    def label(self, name: str) -> str:
+        return name if self.names else "sha256:" + hashlib.sha256(name.encode()).hexdigest()[:12]
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         vectors = GaugeMetricFamily("offshelf_collection_vectors", "Items in a collection.", labels=["collection"])
@@ -52,14 +57,15 @@ class StateCollector(Collector):
             labels=["kind", "name"],
         )
         for collection in self.collections.all():
-            vectors.add_metric([collection.name], collection.count)
-            disk.add_metric([collection.name], collection.info().bytes_on_disk)
-            unsaved.add_metric([collection.name], collection.unsaved_writes)
+            name = self.label(collection.name)
+            vectors.add_metric([name], collection.count)
+            disk.add_metric([name], collection.info().bytes_on_disk)
+            unsaved.add_metric([name], collection.unsaved_writes)
             if collection.last_index_save_at is not None:
-                saved.add_metric([collection.name], collection.last_index_save_at)
+                saved.add_metric([name], collection.last_index_save_at)
             distance = collection.drift.shift(collection.mean())
             if distance is not None:
-                shift.add_metric(["collection", collection.name], distance)
+                shift.add_metric(["collection", name], distance)
         jobs = GaugeMetricFamily(
             "offshelf_head_jobs", "Heads whose latest training job is in each state.", labels=["state"]
         )
@@ -70,7 +76,7 @@ class StateCollector(Collector):
             served = entry.served
             distance = served.drift.shift(served.training_mean) if served is not None else None
             if distance is not None:
-                shift.add_metric(["head", entry.name], distance)
+                shift.add_metric(["head", self.label(entry.name)], distance)
         for state, count in counts.items():
             jobs.add_metric([state], count)
         yield from (vectors, disk, unsaved, saved, jobs, shift)

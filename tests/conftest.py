@@ -98,7 +98,13 @@ def client(server: ServerProcess):
 @pytest.fixture(scope="session")
 def traffic(model_repo, tmp_path_factory):
     """A server of its own that has seen a known amount of traffic."""
-    server = ServerProcess(model_repo, tmp_path_factory.mktemp("metrics"), drain_seconds=0, index_save_seconds=0.2)
+    server = ServerProcess(
+        model_repo,
+        tmp_path_factory.mktemp("metrics"),
+        drain_seconds=0,
+        index_save_seconds=0.2,
+        metrics_collection_labels=True,
+    )
     try:
         server.wait_serving()
         photos = shared_photos("ukbench", 24)

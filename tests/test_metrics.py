@@ -163,3 +163,19 @@ def test_only_the_metrics_path_is_served(traffic):
             urllib.request.urlopen(base + path, timeout=10)
         assert refused.value.code == 404, path
     assert b"offshelf_requests_total" in urllib.request.urlopen(traffic.metrics_url, timeout=10).read()
+
+
+def test_collection_names_are_not_label_values_unless_asked_for(tiny_server):
+    import hashlib
+
+    name = "tenant-acme-private"
+    with Client(tiny_server.address) as client:
+        client.create_collection(name, model="random-projection-1280")
+        try:
+            text = urllib.request.urlopen(tiny_server.metrics_url, timeout=10).read().decode()
+        finally:
+            client.delete_collection(name)
+    assert name not in text
+    assert (
+        f'offshelf_collection_vectors{{collection="sha256:{hashlib.sha256(name.encode()).hexdigest()[:12]}"}}' in text
+    )
