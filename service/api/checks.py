@@ -23,7 +23,14 @@ def check_image_count(count: int, limit: int) -> None:
     """The image count of a request: at least one, at most the server's limit."""
     if not count:
         raise InvalidArgument("no images: send at least one encoded image in images")
+    check_image_limit(count, limit)
+
+
+def check_image_limit(count: int, limit: int, what: str = "images") -> None:
+    """Images a request has embedded in one model call: at most max_images_per_request, checked before any is
+    decoded."""
     if count > limit:
         raise InvalidArgument(
-            f"{count} images in one request, more than the limit of {limit}; split them over several requests"
+            f"{count} {what} in one request, more than the limit of {limit} images (max_images_per_request); "
+            "send vectors where the call takes them, or split the images over several requests"
         )

@@ -15,7 +15,7 @@ import numpy as np
 from offshelf.protos.v1 import index_pb2 as pb2
 from offshelf.protos.v1 import index_pb2_grpc as pb2_grpc
 from offshelf.protos.v1.embedding_pb2 import AUGMENTATION_FLIP, AUGMENTATION_NONE, Vector
-from offshelf.service.api.checks import check_name
+from offshelf.service.api.checks import check_image_limit, check_name
 from offshelf.service.errors import FailedPrecondition, InvalidArgument
 from offshelf.service.index.collection import Item
 from offshelf.service.index.faiss_index import MAX_EF, with_defaults
@@ -116,7 +116,7 @@ class IndexServicer(pb2_grpc.IndexServicer):
             seen.add(item.id)
         vectors = np.zeros((len(items), collection.dim), np.float32)
         image_rows = [i for i, item in enumerate(items) if item.WhichOneof("content") == "image"]
-        self._check_image_count(len(image_rows), "items")
+        check_image_limit(len(image_rows), self.max_images, "image items")
         if image_rows:
             vectors[image_rows] = self._embed(
                 collection, [items[i].image for i in image_rows], names=[f"item {i}" for i in image_rows]
@@ -169,14 +169,6 @@ class IndexServicer(pb2_grpc.IndexServicer):
             items=[_stored(row, vector) for row, vector in page[:size]],
             next_page_token=next_token,
         )
-
-    def _check_image_count(self, count: int, what: str) -> None:
-        """Images are embedded in one model call: at most max_images_per_request, checked before any is decoded."""
-        if count > self.max_images:
-            raise InvalidArgument(
-                f"{count} image {what} in one request, more than the limit of {self.max_images} images "
-                "(max_images_per_request); send vectors, or split the images over several requests"
-            )
 
     def _check_id_count(self, count: int) -> None:
         if count > self.max_items:
@@ -235,7 +227,7 @@ class IndexServicer(pb2_grpc.IndexServicer):
                 vectors[i] = collection.vector_of(query.id)
             else:
                 images.append(i)
-        self._check_image_count(len(images), "queries")
+        check_image_limit(len(images), self.max_images, "image queries")
         if images:
             vectors[images] = self._embed(
                 collection,

@@ -215,10 +215,6 @@ class MilvusCollection:
 
     # --- reads -----------------------------------------------------------------------------------
 
-    @property
-    def count(self) -> int:
-        return self._current(lambda c: c._count(""))
-
     def _count(self, where: str, consistency: str = "Strong") -> int:
         with milvus_errors(self.name):
             rows = self.client.query(

@@ -19,17 +19,16 @@ def prepare(vectors: np.ndarray, config: index_pb2.Collection) -> np.ndarray:
         raise InvalidArgument(f"vectors of collection {config.name!r} have {dim} values; got {vectors.shape[-1]}")
     if not np.isfinite(vectors).all():
         raise InvalidArgument("a vector holds NaN or infinity")
-    large = np.linalg.norm(vectors.astype(np.float64), axis=1) > MAX_NORM
-    if large.any():
+    norms = np.linalg.norm(vectors.astype(np.float64), axis=1, keepdims=True)  # float64: no overflow
+    if (norms > MAX_NORM).any():
         raise InvalidArgument(
-            f"vector {int(np.argmax(large))} is too large (norm over {MAX_NORM:g}: its distances overflow float32); "
+            f"vector {int(np.argmax(norms))} is too large (norm over {MAX_NORM:g}: its distances overflow float32); "
             "scale it down"
         )
     if config.metric == index_pb2.METRIC_INNER_PRODUCT:
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         if (norms == 0).any():
             raise InvalidArgument(f"vector {int(np.argmin(norms))} is all zeros and cannot be normalised")
-        vectors = vectors / norms
+        vectors = (vectors / norms).astype(np.float32)
     return vectors
 
 
