@@ -21,7 +21,7 @@ from offshelf.service.api.auth import Tokens
 from offshelf.service.api.embedding import EmbeddingServicer
 from offshelf.service.api.heads import HeadsServicer
 from offshelf.service.api.index import IndexServicer
-from offshelf.service.api.interceptor import RpcInterceptor
+from offshelf.service.api.interceptor import CallSlots, RpcInterceptor
 from offshelf.service.api.oip import InferenceServicer
 from offshelf.service.api.tls import server_credentials
 from offshelf.service.data_lock import DataFolderLock
@@ -101,9 +101,10 @@ class Server:
         self.grpc_port = 0
         self.metrics_port = 0
         self.data_lock = DataFolderLock(settings.data_dir)
+        self.slots = CallSlots(settings.max_concurrent_calls)
         self._grpc = grpc.server(
             ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix="rpc"),
-            interceptors=[RpcInterceptor(self.metrics, authentication(settings))],
+            interceptors=[RpcInterceptor(self.metrics, self.slots, authentication(settings))],
             options=[
                 ("grpc.so_reuseport", 0),  # a port another process holds is a start-up error, not shared
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -187,14 +188,18 @@ class Server:
             self.health.set(service, status)
 
     def stop(self, drain: bool = True) -> None:
-        """Reports NOT_SERVING for drain_seconds (when draining), refuses new calls, lets in-flight calls finish,
-        closes."""
+        """Reports NOT_SERVING for drain_seconds (when draining), lets the calls in progress finish while holding
+        new ones, stops taking calls, refuses the held ones (UNAVAILABLE), closes. Within drain + grace seconds."""
         self.ready.clear()
         self.health.enter_graceful_shutdown()
         if drain:
             log.info("draining", extra=fields(drain_seconds=self.settings.drain_seconds))
             time.sleep(self.settings.drain_seconds)
-        self._grpc.stop(self.settings.grace_seconds).wait()
+        deadline = time.monotonic() + self.settings.grace_seconds
+        self.slots.close(self.settings.grace_seconds)  # new calls held while the calls in progress end
+        stopped = self._grpc.stop(max(0.0, deadline - time.monotonic()))
+        self.slots.refuse_held()
+        stopped.wait()
         self.heads.close()
         self.collections.close()
         self.models.close()

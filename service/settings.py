@@ -5,7 +5,7 @@ from __future__ import annotations
 import pathlib
 from typing import Literal
 
-from pydantic import Field, JsonValue, SecretStr
+from pydantic import Field, JsonValue, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -79,6 +79,14 @@ class ServiceSettings(BaseSettings):
         "auto", description="auto: CUDA when it really works, else CPU; cuda: fail unless CUDA works."
     )
     intra_op_threads: int = Field(0, ge=0, description="onnxruntime threads per model; 0 lets onnxruntime choose.")
+    inference_niceness: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="Linux nice value of the inference threads. Above the RPC threads' 0, so that when inference "
+        "saturates the CPU, calls beyond the limits are still refused and health checks answered at once; "
+        "inference takes the cycles they leave. 0: same priority.",
+    )
     max_batch_size: int = Field(16, ge=1, description="Most images one inference call takes.")
     max_batch_delay_ms: float = Field(
         5.0,
@@ -106,7 +114,13 @@ class ServiceSettings(BaseSettings):
     max_message_bytes: int = Field(
         64 << 20, ge=1 << 20, description="Largest gRPC message, in bytes.", json_schema_extra=metavar("BYTES")
     )
-    worker_threads: int = Field(64, ge=1, description="Threads that handle RPCs concurrently.")
+    worker_threads: int = Field(64, ge=2, description="Threads that handle RPCs.")
+    max_concurrent_calls: int = Field(
+        48,
+        ge=1,
+        description="Calls handled at once, health checks aside; beyond that calls get UNAVAILABLE at once. Below "
+        "--worker-threads, so that threads stay free to refuse calls and answer health checks under overload.",
+    )
     drain_seconds: float = Field(
         1.0,
         ge=0,
@@ -171,3 +185,12 @@ class ServiceSettings(BaseSettings):
         json_schema_extra=metavar("SECONDS"),
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+
+    @model_validator(mode="after")
+    def _threads_to_spare(self) -> ServiceSettings:
+        if self.max_concurrent_calls >= self.worker_threads:
+            raise ValueError(
+                f"max_concurrent_calls ({self.max_concurrent_calls}) must be below worker_threads "
+                f"({self.worker_threads}): the spare threads refuse calls and answer health checks under overload"
+            )
+        return self

@@ -3,6 +3,7 @@ subprocess. Tests get these through conftest.py's fixtures or import them; bench
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -14,6 +15,7 @@ import sys
 import threading
 import time
 
+import grpc
 import numpy as np
 import onnx
 import pytest
@@ -21,7 +23,7 @@ from google.protobuf import json_format
 from onnx import TensorProto, helper
 
 from offshelf.clients import Client
-from offshelf.protos.v1 import model_card_pb2
+from offshelf.protos.v1 import embedding_pb2, embedding_pb2_grpc, model_card_pb2
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHARED_DATA = pathlib.Path(os.environ.get("OFFSHELF_DATA", ROOT.parent / "shared" / "data"))
@@ -274,3 +276,49 @@ class MilvusProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
+
+
+def sigterm_under_load(
+    repo: pathlib.Path, data_dir: pathlib.Path, model: str, photos: list[bytes], clients: int = 8, **settings: object
+) -> tuple[collections.Counter[str], float, int]:
+    """Starts a server, sends it one-image Embed calls from `clients` threads without a pause, sends SIGTERM after a
+    second and keeps calling until it has exited. Returns the status codes of the calls sent before it exited, the
+    seconds from SIGTERM to exit, and the exit code. UNAVAILABLE is a refusal (retry elsewhere); any code but OK and
+    UNAVAILABLE failed a call."""
+    server = ServerProcess(repo, data_dir, **settings)
+    codes: collections.Counter[str] = collections.Counter()
+    lock = threading.Lock()
+    exited = threading.Event()
+
+    def call_until_exited(offset: int) -> None:
+        with grpc.insecure_channel(server.address) as channel:
+            embed = embedding_pb2_grpc.EmbeddingStub(channel).Embed
+            i = offset
+            while not exited.is_set():
+                request = embedding_pb2.EmbedRequest(model=model, images=[photos[i % len(photos)]])
+                try:
+                    embed(request, timeout=60)
+                    code = "OK"
+                except grpc.RpcError as err:
+                    code = err.code().name
+                with lock:
+                    codes[code] += 1
+                i += clients
+
+    try:
+        server.wait_serving()
+        threads = [threading.Thread(target=call_until_exited, args=(c,)) for c in range(clients)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1)
+        signalled = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        exit_code = server.process.wait(120)
+        exit_seconds = time.monotonic() - signalled
+        exited.set()
+        for thread in threads:
+            thread.join(120)
+    finally:
+        exited.set()
+        server.kill()
+    return codes, exit_seconds, exit_code

@@ -3,6 +3,9 @@ fails while admitted gives its room back."""
 
 from __future__ import annotations
 
+import collections
+import pathlib
+import sys
 import threading
 import time
 import urllib.request
@@ -12,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from offshelf.clients import Client
-from offshelf.protos.v1 import embedding_pb2
+from offshelf.protos.v1 import embedding_pb2, embedding_pb2_grpc
 
 from support import ServerProcess, skimage_photo, write_identity_model
 
@@ -77,3 +80,66 @@ def _ignore_errors(call, *args, **kwargs) -> None:
         call(*args, **kwargs)
     except grpc.RpcError:
         pass  # the server is killed while this request still waits for a second image
+
+
+@pytest.fixture(scope="module")
+def two_calls(tmp_path_factory):
+    """A server that handles two calls at once, on the tiny model whose batches wait a minute to fill 8 images."""
+    root = tmp_path_factory.mktemp("two-calls")
+    settings = {
+        "max_concurrent_calls": 2,
+        "worker_threads": 4,
+        "max_batch_size": 8,
+        "max_batch_delay_ms": 60_000,
+        "drain_seconds": 0,
+    }
+    server = ServerProcess(write_identity_model(root / "repo", 16), root / "data", **settings)
+    try:
+        server.wait_serving()
+        yield server
+    finally:
+        server.kill()
+
+
+def test_calls_give_their_slot_back_however_they_end(two_calls):
+    """Runs first: one call after another, each ends before the next, so none is refused for the limit."""
+    photo = skimage_photo("chelsea.png").read_bytes()
+    with Client(two_calls.address, retries=0, timeout=60) as client:
+        for _ in range(3):
+            assert client.embed([photo] * 8, model=MODEL)["embedding"].shape == (8, 16)  # a full batch runs at once
+            with pytest.raises(grpc.RpcError) as err:
+                client.embed([b"not an image"], model=MODEL)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            with pytest.raises(grpc.RpcError) as err:
+                client.search("no-such-collection", vector=[0.0] * 16)
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_calls_beyond_the_limit_are_refused_at_once_while_health_answers(two_calls):
+    """Two one-image calls wait for their batch to fill; the others are refused, not queued behind them (before
+    the limit, all four took the server's four threads, and a health check waited for a free one)."""
+    photo = skimage_photo("chelsea.png").read_bytes()
+    with grpc.insecure_channel(two_calls.address) as channel:
+        embed = embedding_pb2_grpc.EmbeddingStub(channel).Embed
+        calls = [embed.future(embedding_pb2.EmbedRequest(model=MODEL, images=[photo]), timeout=120) for _ in range(4)]
+        wait_for(lambda: sum(call.done() for call in calls) == 2, timeout=30)
+        for call in (call for call in calls if call.done()):
+            assert call.exception().code() == grpc.StatusCode.UNAVAILABLE
+            assert "limit of 2 calls" in call.exception().details()
+        assert sample(two_calls, "offshelf_in_flight_requests") == 2
+        with Client(two_calls.address, retries=0, timeout=30) as client:
+            assert client.health() == "SERVING"
+            with pytest.raises(grpc.RpcError) as err:
+                client.list_collections()
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="thread nice values are Linux's")
+def test_inference_runs_below_the_rpc_threads_priority(two_calls):
+    """Inference saturating the CPU must not slow refusals and health checks: its threads (the batcher's and
+    onnxruntime's) run at nice 10, every other thread at 0."""
+    niceness = collections.Counter()
+    for task in pathlib.Path(f"/proc/{two_calls.process.pid}/task").iterdir():
+        stat = (task / "stat").read_text()
+        niceness[int(stat.rsplit(")", 1)[1].split()[16])] += 1  # field 19 of proc(5): nice
+    assert niceness[10] >= 1 and niceness[0] >= 1 and set(niceness) == {0, 10}, niceness

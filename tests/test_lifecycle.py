@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from offshelf.clients import Client
 
-from support import ServerProcess, shared_photos
+from support import ServerProcess, shared_photos, sigterm_under_load
 
 TINY = "random-projection-1280"
 
@@ -69,6 +69,21 @@ def test_sigterm_turns_health_not_serving_finishes_in_flight_calls_and_exits(tin
         assert [e["message"] for e in proc.logs][-2:] == ["draining", "stopped"]
     finally:
         proc.kill()
+
+
+def test_sigterm_under_load_fails_no_call_and_exits_within_drain_and_grace(tiny_repo, tmp_path):
+    """16 callers that never pause, through three shutdowns: every call is answered OK or refused (UNAVAILABLE,
+    retry elsewhere). Before, the calls gRPC had received but not yet handed over when it stopped were answered
+    CANCELLED (grpc/grpc#41785), most shutdowns; they are now held and refused once gRPC has stopped."""
+    photos = [p.read_bytes() for p in shared_photos("ukbench", 16)]
+    drain, grace = 0.5, 10.0
+    for run in range(3):
+        codes, seconds, exit_code = sigterm_under_load(
+            tiny_repo, tmp_path / str(run), TINY, photos, clients=16, drain_seconds=drain, grace_seconds=grace
+        )
+        assert exit_code == 0
+        assert codes["OK"] > 0 and set(codes) <= {"OK", "UNAVAILABLE"}, codes
+        assert seconds < drain + grace, seconds
 
 
 def test_a_broken_model_keeps_the_server_from_becoming_ready(tiny_repo, tmp_path):

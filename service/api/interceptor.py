@@ -1,5 +1,5 @@
 """Maps ServiceError to its gRPC status; counts every unary RPC by method and status code, the RPCs in flight,
-and decode failures by reason.
+and decode failures by reason; refuses calls beyond the concurrency limit and while the server shuts down.
 
 Both live here because the status code is known only once the error is mapped. Anything
 that is not a ServiceError is logged and answered INTERNAL, never UNKNOWN.
@@ -8,6 +8,7 @@ that is not a ServiceError is logged and answered INTERNAL, never UNKNOWN.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,17 +17,68 @@ import grpc
 
 from offshelf.service import cancellation
 from offshelf.service.api.auth import Tokens, required_role
-from offshelf.service.errors import DecodeError, InvalidArgument, ServiceError
+from offshelf.service.errors import DecodeError, InvalidArgument, ServiceError, Unavailable
 from offshelf.service.logs import fields
 from offshelf.service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 MAX_MESSAGE = 1000  # characters of an error message
+QUIET_SECONDS = 0.1  # on shutdown, calls are held until none has arrived for this long
+
+
+class CallSlots:
+    """At most `limit` calls handled at once. Without a limit, calls beyond the worker threads wait in the thread
+    pool's unbounded queue: never refused, and health checks wait behind them. Calls beyond the limit are refused
+    at once by the threads it leaves free.
+
+    On shutdown (close, then refuse_held), calls that arrive once the calls in progress are ending are held, then
+    refused once gRPC has stopped taking calls. Refused at once, their callers would send again at once; gRPC
+    answers CANCELLED, not UNAVAILABLE, to calls it has received but not yet handed over when it stops
+    (grpc/grpc#41785), which callers must not retry."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._free = threading.BoundedSemaphore(limit)
+        self._closing = threading.Event()
+        self._refusing = threading.Event()
+        self._lock = threading.Lock()
+        self.held = 0
+
+    def take(self) -> None:
+        if self._closing.is_set():
+            with self._lock:
+                self.held += 1
+            self._refusing.wait()
+            raise Unavailable("the server is shutting down; retry on another replica")
+        if not self._free.acquire(blocking=False):
+            raise Unavailable(f"the server is handling its limit of {self.limit} calls; retry with backoff")
+
+    def give_back(self) -> None:
+        self._free.release()
+
+    def close(self, timeout: float) -> bool:
+        """Holds every new call from now on; waits up to `timeout` seconds for the calls in progress to end. True
+        if they all did."""
+        self._closing.set()
+        deadline = time.monotonic() + timeout
+        taken = 0
+        while taken < self.limit and self._free.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            taken += 1
+        held = -1
+        while held != self.held and time.monotonic() < deadline:  # until callers have stopped sending
+            held = self.held
+            time.sleep(min(QUIET_SECONDS, max(0.0, deadline - time.monotonic())))
+        return taken == self.limit
+
+    def refuse_held(self) -> None:
+        """Answers the held calls, and any later one, UNAVAILABLE."""
+        self._refusing.set()
 
 
 class RpcInterceptor(grpc.ServerInterceptor):
-    def __init__(self, metrics: Metrics, tokens: Tokens | None = None):
+    def __init__(self, metrics: Metrics, slots: CallSlots, tokens: Tokens | None = None):
         self.metrics = metrics
+        self.slots = slots
         self.tokens = tokens  # None: no authentication (a server on loopback only, or --insecure)
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails) -> Any:
@@ -65,25 +117,35 @@ class RpcInterceptor(grpc.ServerInterceptor):
         def guarded(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
             started = time.perf_counter()
             try:
-                self._authorize(method, context)
+                self.slots.take()
             except ServiceError as err:
                 self._record(rpc, err.code, started)
                 context.abort(err.code, err.message)
             code = grpc.StatusCode.INTERNAL
             try:
+                self._authorize(method, context)
                 yield from behavior(requests, context)
                 code = grpc.StatusCode.OK
-            except ServiceError as err:  # a malformed message in the stream
+            except ServiceError as err:  # a refused token, or a malformed message in the stream
                 code = err.code
                 context.abort(err.code, shortened(err.message))
             finally:
+                self.slots.give_back()
                 self._record(rpc, gone(context) or code, started)
 
         return guarded
 
     def _wrap(self, rpc: str, method: str, behavior: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[..., Any]:
+        limited = required_role(method) is not None  # health checks are answered whatever the load
+
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
             started = time.perf_counter()
+            try:
+                if limited:
+                    self.slots.take()
+            except ServiceError as err:
+                self._record(rpc, err.code, started)
+                context.abort(err.code, err.message)
             in_flight = self.metrics.in_flight.labels(rpc)
             in_flight.inc()
             call = cancellation.Call()
@@ -105,6 +167,8 @@ class RpcInterceptor(grpc.ServerInterceptor):
             finally:
                 cancellation.current.reset(token)
                 in_flight.dec()
+                if limited:
+                    self.slots.give_back()
             code = gone(context) or code
             self._record(rpc, code, started)
             context.abort(code, shortened(message))

@@ -20,6 +20,7 @@ from offshelf.service.logs import fields
 from offshelf.service.metrics import Metrics
 from offshelf.service.models.batcher import Batcher
 from offshelf.service.models.preprocess import PixelBudget, Preprocessor
+from offshelf.service.models.priority import lower_this_thread
 from offshelf.service.models.runtime import OnnxRuntime
 from offshelf.service.settings import ServiceSettings
 
@@ -174,6 +175,9 @@ class ModelRegistry:
                     self._models.setdefault(model.name, {})[model.version] = model
 
     def _load(self, version_dir: pathlib.Path) -> LoadedModel:
+        """Runs on a loading thread of its own: its priority, lowered here, passes to the model's inference
+        threads."""
+        lower_this_thread(self.settings.inference_niceness)
         started = time.perf_counter()
         model = LoadedModel(version_dir, self.settings, self.metrics, self.decode_budget)
         log.info(
