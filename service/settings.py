@@ -101,7 +101,8 @@ class ServiceSettings(BaseSettings):
     max_image_pixels: int = Field(
         50_000_000,
         ge=1,
-        description="Largest accepted image, in pixels (width x height).",
+        description="Largest accepted image, in pixels (width x height; a WebP's count 4 times: its decoder takes 4x "
+        "the memory).",
         json_schema_extra=metavar("PIXELS"),
     )
     max_decode_pixels: int = Field(

@@ -220,3 +220,25 @@ def test_concurrent_large_images_wait_for_the_decode_budget_instead_of_all_decod
         assert eight - one < 500, (one, eight)  # without the budget: +1,236 MB here; with it +246 MB
     finally:
         server.kill()
+
+
+def test_a_webp_counts_four_times_its_pixels_against_the_limits(tiny_repo, tmp_path):
+    """A 2 KB lossless 7000x7000 WebP took +937 MB to decode (Pillow's WebP decoder holds four RGBA planes): it is
+    refused; a 3500x3500 one, a quarter of the limit in pixels, costs what a 50-megapixel PNG would."""
+    huge = encoded(Image.new("RGB", (7000, 7000)), "WEBP", lossless=True)
+    large = encoded(Image.new("RGB", (3500, 3500), (90, 140, 200)), "WEBP", lossless=True)
+    assert len(huge) < 5_000 and len(large) < 5_000
+    server = ServerProcess(tiny_repo, tmp_path / "data", drain_seconds=0)  # the default limit: 50,000,000 pixels
+    try:
+        server.wait_serving()
+        with Client(server.address, timeout=120) as client:
+            client.embed([encoded(Image.new("RGB", (64, 64)), "PNG")], model=TINY)
+            before = peak_rss_mb(server.process.pid)
+            code, details = status_of(lambda: client.embed([huge], model=TINY))
+            assert code == "INVALID_ARGUMENT" and "7000x7000" in details and "WebP" in details, details
+            assert client.embed([large], model=TINY)["embedding"].shape == (1, 1280)
+            growth = peak_rss_mb(server.process.pid) - before
+        print(f"peak RSS growth for a 3500x3500 lossless WebP: {growth:.0f} MB")
+        assert growth < 450, growth  # 7000x7000 took +937 MB
+    finally:
+        server.kill()

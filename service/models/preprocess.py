@@ -24,6 +24,10 @@ from offshelf.service.errors import DecodeError, InvalidArgument, Unavailable
 
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
 MAX_ASPECT = 20  # longer side over shorter side: resizing the shorter side multiplies the longer one
+# Pillow decodes WebP through libwebp's animation decoder, which holds four RGBA planes (and a lossless WebP
+# cannot be decoded at a reduced size: libwebp keeps its whole ARGB plane): a 7000x7000 lossless WebP of 2 KB took
+# +940 MB, three times a PNG of that size. A WebP's pixels count four times against the limits.
+WEBP_COST = 4
 VIEWS_PER_IMAGE: dict[int, int] = {AUGMENTATION_NONE: 1, AUGMENTATION_FLIP: 2, AUGMENTATION_TEN_CROP: 10}
 _RESAMPLING = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
@@ -57,6 +61,12 @@ def decode_errors(name: str, data: bytes) -> Iterator[None]:
         ) from err
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise DecodeError(f"{name} could not be decoded ({err}); send a complete, valid file", "corrupt") from err
+
+
+def decode_cost(image: Image.Image) -> int:
+    """What decoding an opened image will cost, in pixels of a JPEG or PNG (3 to 8 bytes each while decoded and
+    resized)."""
+    return image.width * image.height * (WEBP_COST if image.format == "WEBP" else 1)
 
 
 class PixelBudget:
@@ -111,7 +121,7 @@ class Preprocessor:
     def views_of(self, data: bytes, name: str, augmentation: int) -> list[np.ndarray]:
         """decode() then views(), holding the image's pixels in the decode budget while it is decoded and resized."""
         opened = self._open(data, name)
-        with self.budget.hold(opened.width * opened.height, name):
+        with self.budget.hold(decode_cost(opened), name):
             return self.views(self._decoded(opened, name), augmentation)
 
     def _open(self, data: bytes, name: str) -> Image.Image:
@@ -122,10 +132,11 @@ class Preprocessor:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 opened = Image.open(io.BytesIO(data), formats=FORMATS)
-            if opened.width * opened.height > self.max_pixels:
+            if decode_cost(opened) > self.max_pixels:
+                webp = f" (a WebP's count {WEBP_COST} times: its decoder needs {WEBP_COST}x the memory)"
                 raise DecodeError(
-                    f"{name} has {opened.width}x{opened.height} pixels, more than the "
-                    f"limit of {self.max_pixels}; downscale it before sending",
+                    f"{name} has {opened.width}x{opened.height} pixels{webp if opened.format == 'WEBP' else ''}, "
+                    f"more than the limit of {self.max_pixels}; downscale it before sending",
                     "too_large",
                 )
             short, long = sorted(opened.size)
