@@ -115,3 +115,21 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().replace("'", '"')) == []
+
+
+def test_onnxruntime_telemetry_is_off_in_the_server(tiny_repo, tmp_path, monkeypatch):
+    """Left on, onnxruntime keeps a telemetry database under ~/.cache/Microsoft and looks up
+    mobile.events.data.microsoft.com to upload it (strace: DNS queries within 20 s of loading a model)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("ORT_DISABLE_TELEMETRY", raising=False)
+    server = ServerProcess(tiny_repo, tmp_path / "data", drain_seconds=0)
+    try:
+        server.wait_serving()
+        with Client(server.address, timeout=30) as client:
+            assert client.embed([shared_photos("ukbench", 1)[0].read_bytes()], model=TINY)["embedding"].shape == (1, 1280)
+        assert server.terminate() == 0
+    finally:
+        server.kill()
+    assert not (home / ".cache" / "Microsoft").exists(), sorted(str(p) for p in home.rglob("*"))
