@@ -86,6 +86,20 @@ def collection_registry(settings: ServiceSettings) -> Collections:
     return CollectionRegistry(settings.data_dir, settings.index_save_seconds, settings.faiss_threads)
 
 
+def listen(server: grpc.Server, address: str, flag: str, credentials: grpc.ServerCredentials | None = None) -> int:
+    """The port `server` listens on at `address` (TLS with credentials); StartupError naming `flag` if it cannot."""
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError as err:  # grpcio raises where older versions returned 0
+        raise StartupError(f"cannot listen on {address} ({err}); is the port taken? pick a free {flag}") from err
+    if port == 0:
+        raise StartupError(f"cannot listen on {address}; is the port taken? pick a free {flag}")
+    return port
+
+
 class Server:
     """Starts listening at once (health NOT_SERVING), then loads models and turns SERVING."""
 
@@ -100,6 +114,7 @@ class Server:
         self.ready = threading.Event()
         self.grpc_port = 0
         self.metrics_port = 0
+        self.health_port = 0
         self.data_lock = DataFolderLock(settings.data_dir)
         self.slots = CallSlots(settings.max_concurrent_calls)
         self._grpc = grpc.server(
@@ -124,6 +139,12 @@ class Server:
             InferenceServicer(self.models, self.heads, settings.max_images_per_request, self.ready.is_set), self._grpc
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
+        self._health_grpc: grpc.Server | None = None
+        if settings.health_port is not None:  # its own threads: answered whatever the load on the main port
+            self._health_grpc = grpc.server(
+                ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"), options=[("grpc.so_reuseport", 0)]
+            )
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_grpc)
         if settings.reflection:
             reflection.enable_server_reflection([*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME], self._grpc)
 
@@ -133,16 +154,11 @@ class Server:
         address = f"{self.settings.host}:{self.settings.port}"
         settings = self.settings
         credentials = server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
-        try:
-            if credentials is None:
-                self.grpc_port = self._grpc.add_insecure_port(address)
-            else:
-                self.grpc_port = self._grpc.add_secure_port(address, credentials)
-        except RuntimeError as err:  # grpcio raises where older versions returned 0
-            raise StartupError(f"cannot listen on {address} ({err}); is the port taken? pick a free --port") from err
-        if self.grpc_port == 0:
-            raise StartupError(f"cannot listen on {address}; is the port taken? pick a free --port")
+        self.grpc_port = listen(self._grpc, address, "--port", credentials)
         self._grpc.start()
+        if self._health_grpc is not None:
+            self.health_port = listen(self._health_grpc, f"{settings.host}:{settings.health_port}", "--health-port")
+            self._health_grpc.start()
         try:
             self.metrics_port = self.metrics.serve(self.settings.host, self.settings.metrics_port)
         except OSError as err:
@@ -150,7 +166,10 @@ class Server:
                 f"cannot serve metrics on {self.settings.host}:{self.settings.metrics_port} ({err}); "
                 "pick a free --metrics-port"
             ) from err
-        log.info("listening", extra=fields(grpc_port=self.grpc_port, metrics_port=self.metrics_port))
+        ports = {"grpc_port": self.grpc_port, "metrics_port": self.metrics_port}
+        if self._health_grpc is not None:
+            ports["health_port"] = self.health_port
+        log.info("listening", extra=fields(**ports))
 
     def _share_heads(self) -> None:
         """Heads live in Milvus beside the collections; trained once, through a lease in Milvus's etcd."""
@@ -200,6 +219,8 @@ class Server:
         stopped = self._grpc.stop(max(0.0, deadline - time.monotonic()))
         self.slots.refuse_held()
         stopped.wait()
+        if self._health_grpc is not None:
+            self._health_grpc.stop(0).wait()
         self.heads.close()
         self.collections.close()
         self.models.close()

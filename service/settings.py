@@ -68,6 +68,14 @@ class ServiceSettings(BaseSettings):
         description="gRPC port; 0 picks a free one (logged at start).",
         json_schema_extra=metavar("PORT"),
     )
+    health_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="A second, plaintext port that serves only the gRPC health service: for Kubernetes' gRPC "
+        "probes, which speak neither TLS nor tokens. 0 picks a free one (logged at start); unset: none.",
+        json_schema_extra=metavar("PORT"),
+    )
     metrics_port: int = Field(
         9464,
         ge=0,

@@ -218,10 +218,10 @@ def test_deployment_drains_probes_and_hardening(rendered):
     (deployment,) = objects(rendered, "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     (server,) = pod["containers"]
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert server[probe]["grpc"]["port"] == 50051, probe
-    assert server["lifecycle"]["preStop"]["sleep"]["seconds"] > 0
     (settings,) = [c for c in objects(rendered, "ConfigMap") if c["metadata"]["name"] == "offshelf-settings"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):  # the plaintext health-only port: TLS-proof
+        assert server[probe]["grpc"]["port"] == int(settings["data"]["OFFSHELF_HEALTH_PORT"]) == 50052, probe
+    assert server["lifecycle"]["preStop"]["sleep"]["seconds"] > 0
     drain, grace = float(settings["data"]["OFFSHELF_DRAIN_SECONDS"]), float(settings["data"]["OFFSHELF_GRACE_SECONDS"])
     assert pod["terminationGracePeriodSeconds"] > server["lifecycle"]["preStop"]["sleep"]["seconds"] + drain + grace
     assert pod["securityContext"]["runAsNonRoot"] is True

@@ -9,8 +9,10 @@ import subprocess
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from offshelf.clients import Client
+from offshelf.protos.v1 import embedding_pb2, embedding_pb2_grpc
 
 from support import ServerProcess
 
@@ -61,18 +63,37 @@ def refused(server: ServerProcess, **connection) -> bool:
     return caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
+def plaintext_health_port_answers_health_only(server: ServerProcess) -> bool:
+    """Kubernetes' gRPC probes speak neither TLS nor tokens: they ask --health-port, which serves health alone."""
+    port = next(e for e in server.logs if e.get("message") == "listening")["health_port"]
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        with pytest.raises(grpc.RpcError) as caught:
+            embedding_pb2_grpc.EmbeddingStub(channel).Embed(embedding_pb2.EmbedRequest(model="any"), timeout=10)
+    return (
+        reply.status == health_pb2.HealthCheckResponse.SERVING and caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    )
+
+
 def test_tls_refuses_plaintext_and_serves_a_rotated_certificate_to_new_connections(tiny_repo, tmp_path):
     first_ca, second_ca = authority(tmp_path, "first-ca"), authority(tmp_path, "second-ca")
     cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
     for source, target in zip(signed(tmp_path, "server-1", first_ca), (cert, key), strict=True):
         shutil.copy(source, target)
     server = ServerProcess(
-        tiny_repo, tmp_path / "data", tls_cert=cert, tls_key=key, drain_seconds=0, client={"ca_cert": first_ca[0]}
+        tiny_repo,
+        tmp_path / "data",
+        tls_cert=cert,
+        tls_key=key,
+        health_port=0,
+        drain_seconds=0,
+        client={"ca_cert": first_ca[0]},
     )
     try:
         server.wait_serving()
         assert serving(server, ca_cert=first_ca[0]) == "SERVING"
         assert refused(server)  # plaintext
+        assert plaintext_health_port_answers_health_only(server)
         for source, target in zip(signed(tmp_path, "server-2", second_ca), (cert, key), strict=True):
             shutil.copy(source, target)  # as cert-manager rotates a Secret
         assert serving(server, ca_cert=second_ca[0]) == "SERVING"
