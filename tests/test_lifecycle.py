@@ -127,8 +127,9 @@ def test_onnxruntime_telemetry_is_off_in_the_server(tiny_repo, tmp_path, monkeyp
     server = ServerProcess(tiny_repo, tmp_path / "data", drain_seconds=0)
     try:
         server.wait_serving()
+        photo = shared_photos("ukbench", 1)[0].read_bytes()
         with Client(server.address, timeout=30) as client:
-            assert client.embed([shared_photos("ukbench", 1)[0].read_bytes()], model=TINY)["embedding"].shape == (1, 1280)
+            assert client.embed([photo], model=TINY)["embedding"].shape == (1, 1280)
         assert server.terminate() == 0
     finally:
         server.kill()
