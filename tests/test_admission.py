@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -22,17 +23,22 @@ from support import ServerProcess, skimage_photo, write_identity_model
 MODEL = "random-projection-16"
 
 
-@pytest.fixture(scope="module")
-def one_image_queue(tmp_path_factory):
-    """A server on the tiny model whose queue holds one image, which then waits a minute for a second one."""
-    root = tmp_path_factory.mktemp("admission")
-    settings = {"max_queue_images": 1, "max_batch_size": 2, "max_batch_delay_ms": 60_000, "drain_seconds": 0}
-    server = ServerProcess(write_identity_model(root / "repo", 16), root / "data", **settings)
+def tiny_server(root: pathlib.Path, **settings: object) -> Iterator[ServerProcess]:
+    """A server on the 16-d tiny model whose batches wait a minute to fill."""
+    server = ServerProcess(
+        write_identity_model(root / "repo", 16), root / "data", max_batch_delay_ms=60_000, drain_seconds=0, **settings
+    )
     try:
         server.wait_serving()
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture(scope="module")
+def one_image_queue(tmp_path_factory):
+    """A queue that holds one image, which then waits a minute for a second one."""
+    yield from tiny_server(tmp_path_factory.mktemp("admission"), max_queue_images=1, max_batch_size=2)
 
 
 def sample(server: ServerProcess, name: str) -> float:
@@ -84,21 +90,9 @@ def _ignore_errors(call, *args, **kwargs) -> None:
 
 @pytest.fixture(scope="module")
 def two_calls(tmp_path_factory):
-    """A server that handles two calls at once, on the tiny model whose batches wait a minute to fill 8 images."""
-    root = tmp_path_factory.mktemp("two-calls")
-    settings = {
-        "max_concurrent_calls": 2,
-        "worker_threads": 4,
-        "max_batch_size": 8,
-        "max_batch_delay_ms": 60_000,
-        "drain_seconds": 0,
-    }
-    server = ServerProcess(write_identity_model(root / "repo", 16), root / "data", **settings)
-    try:
-        server.wait_serving()
-        yield server
-    finally:
-        server.kill()
+    """A server that handles two calls at once, whose batches wait a minute to fill 8 images."""
+    settings = {"max_concurrent_calls": 2, "worker_threads": 4, "max_batch_size": 8}
+    yield from tiny_server(tmp_path_factory.mktemp("two-calls"), **settings)
 
 
 def test_calls_give_their_slot_back_however_they_end(two_calls):
