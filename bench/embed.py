@@ -1,17 +1,24 @@
-"""Embedding throughput and latency: onnxruntime in-process, decode + preprocess, and the service end to end
-(Embed, and ModelInfer of the Open Inference Protocol).
+"""Embedding throughput, latency and CPU cost: onnxruntime in-process, the textbook in-process pipeline, and the
+service end to end (Embed; ModelInfer of the Open Inference Protocol with encoded images or FP32 tensors).
 
-Prints one table. Usage: python bench/embed.py [--repo DIR] [--images DIR] [--seconds S]
-The model repository defaults to build/repo (``make demo`` writes it), exported if missing.
+Prints one table: images/s, p50/p99 latency per call, and CPU milliseconds per image, of this process for the
+in-process rows and of the server process for the service rows (from /proc), so that a gain is a gain and not
+work moved elsewhere. One-image calls from N threads for the service rows.
+Usage: python bench/embed.py [--repo DIR] [--images DIR] [--seconds S] [--set KEY=VALUE ...]
+The model repository defaults to build/repo (``make demo`` writes it), exported if missing; --set passes server
+settings (e.g. --set max_batch_delay_ms=0).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
+import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -30,56 +37,137 @@ from offshelf.service.models.registry import read_card  # noqa: E402
 
 from support import ServerProcess  # noqa: E402
 
+MODEL = "efficientnet-lite0"
+
 
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) * 1000
 
 
-def timed(call, seconds: float) -> list[float]:
-    """Calls repeatedly for about `seconds`; returns each call's duration."""
-    durations: list[float] = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end or len(durations) < 3:
-        started = time.perf_counter()
-        call()
-        durations.append(time.perf_counter() - started)
-    return durations
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
-def row(name: str, images_per_call: int, durations: list[float], wall: float | None = None) -> dict:
-    wall = wall if wall is not None else sum(durations)
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of another process (from /proc)."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def row(name: str, images: int, durations: list[float], wall: float, cpu: float) -> dict:
     return {
         "name": name,
-        "ips": images_per_call * len(durations) / wall,
+        "ips": images / wall,
         "p50": percentile(durations, 50),
         "p99": percentile(durations, 99),
+        "cpu_ms": cpu / images * 1000,
     }
 
 
-def concurrent_row(name: str, call, concurrency: int, args: argparse.Namespace) -> dict:
-    """`concurrency` threads each send one-image requests for args.seconds."""
+def in_process_row(name: str, images_per_call: int, call: Callable[[], object], seconds: float) -> dict:
+    """Calls repeatedly for about `seconds` in this thread."""
+    durations: list[float] = []
+    cpu, started = own_cpu_seconds(), time.perf_counter()
+    while time.perf_counter() < started + seconds or len(durations) < 3:
+        begun = time.perf_counter()
+        call()
+        durations.append(time.perf_counter() - begun)
+    wall = time.perf_counter() - started
+    return row(name, images_per_call * len(durations), durations, wall, own_cpu_seconds() - cpu)
+
+
+def service_row(name: str, call: Callable[[int], object], concurrency: int, seconds: float, pid: int) -> dict:
+    """`concurrency` threads each send one-image calls for `seconds`; CPU is the server process's."""
 
     def worker(w: int) -> list[float]:
-        end, durations = time.perf_counter() + args.seconds, []
+        end, durations = time.perf_counter() + seconds, []
         while time.perf_counter() < end:
-            started = time.perf_counter()
-            call(w * 1000 + len(durations))
-            durations.append(time.perf_counter() - started)
+            begun = time.perf_counter()
+            call(w * 100_003 + len(durations))
+            durations.append(time.perf_counter() - begun)
         return durations
 
-    started = time.perf_counter()
+    cpu, started = process_cpu_seconds(pid), time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         durations = [d for ds in pool.map(worker, range(concurrency)) for d in ds]
-    return row(name, 1, durations, time.perf_counter() - started)
+    wall = time.perf_counter() - started
+    return row(name, len(durations), durations, wall, process_cpu_seconds(pid) - cpu)
 
 
 def ensure_repo(repo: pathlib.Path) -> pathlib.Path:
-    if not (repo / "efficientnet-lite0" / "1" / "model.onnx").exists():
+    if not (repo / MODEL / "1" / "model.onnx").exists():
         from offshelf.export.repository import ExportRequest, export_model
         from offshelf.export.zoo import build_network
 
-        export_model(ExportRequest(build_network("efficientnet-lite0"), repo, "efficientnet-lite0"))
-    return repo / "efficientnet-lite0" / "1"
+        export_model(ExportRequest(build_network(MODEL), repo, MODEL))
+    return repo / MODEL / "1"
+
+
+def in_process_rows(version_dir: pathlib.Path, jpegs: list[bytes], seconds: float) -> list[dict]:
+    card = read_card(version_dir)
+    pre = Preprocessor(card.preprocessing, 10**8)
+    session = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    rows = []
+    for batch in (1, 8, 16, 32):
+        tensors = {"image": np.stack([pre(jpegs[i % len(jpegs)]) for i in range(batch)])}
+        session.run(None, tensors)
+        run = lambda t=tensors: session.run(None, t)  # noqa: E731
+        rows.append(in_process_row(f"(a) onnxruntime in-process FP32, batch {batch}", batch, run, seconds))
+    counter = iter(range(10**9))
+    decode = lambda: pre(jpegs[next(counter) % len(jpegs)])  # noqa: E731
+    rows.append(in_process_row("(b) decode + preprocess, 1 image", 1, decode, seconds))
+
+    def decode_and_infer(batch: int = 16) -> None:
+        start = next(counter)
+        session.run(None, {"image": np.stack([pre(jpegs[(start + i) % len(jpegs)]) for i in range(batch)])})
+
+    rows.append(in_process_row("(b+a) textbook in-process: decode + FP32, batch 16", 16, decode_and_infer, seconds))
+    return rows
+
+
+def service_rows(args: argparse.Namespace, version_dir: pathlib.Path, jpegs: list[bytes]) -> list[dict]:
+    pre = Preprocessor(read_card(version_dir).preprocessing, 10**8)
+    tensors = [pre(jpeg).astype("<f4").tobytes() for jpeg in jpegs[:64]]
+    settings = dict(setting.split("=", 1) for setting in args.set)
+    server = ServerProcess(args.repo, pathlib.Path(tempfile.mkdtemp()), drain_seconds=0, **settings)
+    rows = []
+    try:
+        server.wait_serving()
+        pid = server.process.pid
+        with Client(server.address, timeout=60) as client, grpc.insecure_channel(server.address) as channel:
+            oip = oip_grpc.GRPCInferenceServiceStub(channel)
+
+            def embed(i: int) -> None:
+                client.embed([jpegs[i % len(jpegs)]], model=MODEL, outputs=["embedding"])
+
+            def infer_bytes(i: int) -> None:
+                request = oip_pb2.ModelInferRequest(model_name=MODEL)
+                request.inputs.add(name="image", datatype="BYTES", shape=[1])
+                request.outputs.add(name="embedding")
+                request.raw_input_contents.append(serialize_bytes([jpegs[i % len(jpegs)]]))
+                oip.ModelInfer(request, timeout=60)
+
+            def infer_fp32(i: int) -> None:
+                request = oip_pb2.ModelInferRequest(model_name=MODEL)
+                request.inputs.add(name="image", datatype="FP32", shape=[1, 3, 224, 224])
+                request.outputs.add(name="embedding")
+                request.raw_input_contents.append(tensors[i % len(tensors)])
+                oip.ModelInfer(request, timeout=60)
+
+            for call in (embed, infer_bytes, infer_fp32):
+                call(0)  # warm
+            for concurrency in (1, 8, 16, 32):
+                rows.append(service_row(f"(c) service Embed, c={concurrency}", embed, concurrency, args.seconds, pid))
+            for concurrency in (1, 8, 16, 32):
+                name = f"(d) service OIP BYTES, c={concurrency}"
+                rows.append(service_row(name, infer_bytes, concurrency, args.seconds, pid))
+            for concurrency in (1, 8, 16):
+                name = f"(e) service OIP FP32 tensors, c={concurrency}"
+                rows.append(service_row(name, infer_fp32, concurrency, args.seconds, pid))
+    finally:
+        server.terminate()
+    return rows
 
 
 def main() -> None:
@@ -87,75 +175,39 @@ def main() -> None:
     parser.add_argument("--repo", type=pathlib.Path, default=ROOT / "build" / "repo")
     parser.add_argument("--images", type=pathlib.Path, default=ROOT.parent / "shared" / "data" / "ukbench")
     parser.add_argument("--seconds", type=float, default=8.0, help="time per measurement")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a server setting")
     args = parser.parse_args()
     version_dir = ensure_repo(args.repo)
-    card = read_card(version_dir)
     jpegs = [p.read_bytes() for p in sorted(args.images.rglob("*.jpg"))[:256]]
     if not jpegs:
         sys.exit(f"no JPEGs under {args.images}")
-    pre = Preprocessor(card.preprocessing, 10**8)
-    session = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
-    rows = []
-
-    for batch in (1, 8, 32):
-        tensors = {"image": np.stack([pre(jpegs[i % len(jpegs)]) for i in range(batch)])}
-        session.run(None, tensors)
-        rows.append(
-            row(
-                f"(a) onnxruntime in-process, batch {batch}",
-                batch,
-                timed(lambda t=tensors: session.run(None, t), args.seconds),
-            )
-        )
-
-    counter = iter(range(10**9))
-    rows.append(
-        row("(b) decode + preprocess, 1 image", 1, timed(lambda: pre(jpegs[next(counter) % len(jpegs)]), args.seconds))
-    )
-
-    def decode_and_infer(batch: int = 16) -> None:
-        start = next(counter)
-        session.run(None, {"image": np.stack([pre(jpegs[(start + i) % len(jpegs)]) for i in range(batch)])})
-
-    in_process = row("(b+a) decode + onnxruntime in-process, batch 16", 16, timed(decode_and_infer, args.seconds))
-    rows.append(in_process)
-
-    server = ServerProcess(
-        args.repo, pathlib.Path(tempfile.mkdtemp()), max_batch_size=16, max_batch_delay_ms=2, drain_seconds=0
-    )
-    try:
-        server.wait_serving()
-        with Client(server.address, timeout=60) as client, grpc.insecure_channel(server.address) as channel:
-            oip = oip_grpc.GRPCInferenceServiceStub(channel)
-            client.embed([jpegs[0]], outputs=["embedding"])
-
-            def embed(i: int) -> None:
-                client.embed([jpegs[i % len(jpegs)]], outputs=["embedding"])
-
-            def infer(i: int) -> None:
-                request = oip_pb2.ModelInferRequest(model_name="efficientnet-lite0")
-                request.inputs.add(name="image", datatype="BYTES", shape=[1])
-                request.outputs.add(name="embedding")
-                request.raw_input_contents.append(serialize_bytes([jpegs[i % len(jpegs)]]))
-                oip.ModelInfer(request, timeout=60)
-
-            for concurrency in (1, 8, 16):
-                rows.append(concurrent_row(f"(c) service Embed, concurrency {concurrency}", embed, concurrency, args))
-            rows.append(concurrent_row("(d) service OIP ModelInfer BYTES, concurrency 16", infer, 16, args))
-    finally:
-        server.terminate()
+    rows = in_process_rows(version_dir, jpegs, args.seconds)
+    rows += service_rows(args, version_dir, jpegs)
+    by_name = {r["name"]: r for r in rows}
 
     print(
-        f"\nEfficientNet-Lite0, {len(jpegs)} JPEGs from {args.images}, onnxruntime {ort.__version__}, "
-        f"CPU provider, {args.seconds:.0f} s per row\n"
+        f"\nEfficientNet-Lite0, {len(jpegs)} JPEGs from {args.images}, onnxruntime {ort.__version__}, CPU provider, "
+        f"{os.cpu_count()} cores, {args.seconds:.0f} s per row, server settings: {args.set or 'defaults'}\n"
     )
-    print(f"| {'measurement':<50} | {'images/s':>9} | {'p50 ms':>8} | {'p99 ms':>8} |")
-    print(f"|{'-' * 52}|{'-' * 11}|{'-' * 10}|{'-' * 10}|")
+    print(f"| {'measurement':<52} | {'images/s':>9} | {'p50 ms':>8} | {'p99 ms':>8} | {'CPU ms/image':>12} |")
+    print(f"|{'-' * 54}|{'-' * 10}:|{'-' * 9}:|{'-' * 9}:|{'-' * 13}:|")
     for r in rows:
-        print(f"| {r['name']:<50} | {r['ips']:9.1f} | {r['p50']:8.2f} | {r['p99']:8.2f} |")
-    ratio = rows[-2]["ips"] / in_process["ips"]
-    print(f"\nEmbed at concurrency 16 / in-process decode + inference: {ratio:.0%} (target >= 70%)")
-    print(f"ModelInfer (OIP) at concurrency 16 / Embed at concurrency 16: {rows[-1]['ips'] / rows[-2]['ips']:.0%}")
+        print(f"| {r['name']:<52} | {r['ips']:9.1f} | {r['p50']:8.2f} | {r['p99']:8.2f} | {r['cpu_ms']:12.2f} |")
+    textbook = by_name["(b+a) textbook in-process: decode + FP32, batch 16"]["ips"]
+    raw_best = max(by_name[f"(a) onnxruntime in-process FP32, batch {b}"]["ips"] for b in (1, 8, 16, 32))
+    raw_one = by_name["(a) onnxruntime in-process FP32, batch 1"]["p50"]
+    decode = by_name["(b) decode + preprocess, 1 image"]["p50"]
+    fp32 = {c: by_name[f"(e) service OIP FP32 tensors, c={c}"] for c in (1, 16)}
+    embed_one = by_name["(c) service Embed, c=1"]["p50"]
+    targets = [
+        ("Embed c=16 / textbook", f"{by_name['(c) service Embed, c=16']['ips'] / textbook:.0%}", ">= 110%"),
+        ("OIP FP32 c=16 / raw best batch", f"{fp32[16]['ips'] / raw_best:.0%}", ">= 90%"),
+        ("OIP FP32 c=1 p50 - raw batch-1 p50", f"{fp32[1]['p50'] - raw_one:.2f} ms", "<= 2 ms"),
+        ("Embed c=1 p50 - raw batch-1 p50 - decode p50", f"{embed_one - raw_one - decode:.2f} ms", "<= 2 ms"),
+    ]
+    print("\n| target | measured | goal |\n|---|--:|--:|")
+    for name, measured, goal in targets:
+        print(f"| {name} | {measured} | {goal} |")
 
 
 if __name__ == "__main__":

@@ -119,7 +119,8 @@ class Preprocessor:
         return self._decoded(self._open(data, name), name)
 
     def views_of(self, data: bytes, name: str, augmentation: int) -> list[np.ndarray]:
-        """decode() then views(), holding the image's pixels in the decode budget while it is decoded and resized."""
+        """decode() then views() (uint8 pixels), holding the image's pixels in the decode budget while it is decoded
+        and resized."""
         opened = self._open(data, name)
         with self.budget.hold(decode_cost(opened), name):
             return self.views(self._decoded(opened, name), augmentation)
@@ -161,8 +162,8 @@ class Preprocessor:
         return (target_short, target_long) if width <= height else (target_long, target_short)
 
     def to_tensor(self, image: Image.Image) -> np.ndarray:
-        """(3, crop_height, crop_width) float32, normalised: the centre crop."""
-        return self.views(image, AUGMENTATION_NONE)[0]
+        """(3, crop_height, crop_width) float32, normalised: the centre crop, as the graph's FP32 input takes it."""
+        return self.normalise(self.views(image, AUGMENTATION_NONE)[0])
 
     @staticmethod
     def views_per_image(augmentation: int) -> int:
@@ -173,7 +174,8 @@ class Preprocessor:
 
     def views(self, image: Image.Image, augmentation: int) -> list[np.ndarray]:
         """The centre crop; with FLIP also its mirror image; with TEN_CROP the four corner crops, the centre
-        crop and their mirror images (torchvision's TenCrop)."""
+        crop and their mirror images (torchvision's TenCrop). Each as uint8 RGB pixels (crop_height, crop_width,
+        3): what the graph's pixels input takes (pixels_input.py)."""
         image = image.resize(self._resized_size(image.width, image.height), self._resample)
         crop_h, crop_w = self.spec.crop_height, self.spec.crop_width
         top = int(round((image.height - crop_h) / 2.0))
@@ -185,13 +187,14 @@ class Preprocessor:
         crops = [image.crop((x, y, x + crop_w, y + crop_h)) for x, y in boxes]
         if augmentation != AUGMENTATION_NONE:
             crops += [ImageOps.mirror(crop) for crop in crops]
-        return [self._normalise(crop) for crop in crops]
+        return [np.asarray(crop) for crop in crops]
 
-    def _normalise(self, crop: Image.Image) -> np.ndarray:
-        pixels = np.asarray(crop, np.float32)
+    def normalise(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 RGB pixels (H, W, 3) -> the FP32 input (3, H, W): channel order, mean and std as the card says."""
+        values = pixels.astype(np.float32)
         if self._bgr:
-            pixels = pixels[..., ::-1]
-        return (pixels * self._scale + self._offset).transpose(2, 0, 1)
+            values = values[..., ::-1]
+        return (values * self._scale + self._offset).transpose(2, 0, 1)
 
     def __call__(self, data: bytes, name: str = "image 0") -> np.ndarray:
         return self.to_tensor(self.decode(data, name))

@@ -10,6 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import onnx
 from google.protobuf import json_format
 
 from offshelf.protos.v1 import index_pb2
@@ -19,6 +20,7 @@ from offshelf.service.errors import FailedPrecondition, InvalidArgument, ModelLo
 from offshelf.service.logs import fields
 from offshelf.service.metrics import Metrics
 from offshelf.service.models.batcher import Batcher
+from offshelf.service.models.pixels_input import PIXELS, with_pixels_input
 from offshelf.service.models.preprocess import PixelBudget, Preprocessor
 from offshelf.service.models.priority import lower_this_thread
 from offshelf.service.models.runtime import OnnxRuntime
@@ -42,7 +44,8 @@ def read_card(version_dir: pathlib.Path) -> card_pb2.ModelCard:
 
 
 class LoadedModel:
-    """One model version: its card, runtime, preprocessor and batcher."""
+    """One model version: its card, preprocessor, and two graphs with their batchers: the exported one, whose FP32
+    input takes preprocessed tensors (OIP FP32), and the same with uint8 pixels in (Embed, OIP BYTES, heads)."""
 
     def __init__(
         self, version_dir: pathlib.Path, settings: ServiceSettings, metrics: Metrics, budget: PixelBudget | None = None
@@ -55,18 +58,30 @@ class LoadedModel:
             self.preprocessor = Preprocessor(self.card.preprocessing, settings.max_image_pixels, budget)
         except ValueError as err:
             raise ModelLoadError(f"{version_dir}: bad preprocessing in card.json: {err}") from err
-        self.runtime = OnnxRuntime(version_dir / "model.onnx", settings.execution_provider, settings.intra_op_threads)
+        path = version_dir / "model.onnx"
+        self.runtime = OnnxRuntime(path, settings.execution_provider, settings.intra_op_threads)
         self.runtime.load()
         self._check_outputs()
+        try:
+            pixels_graph = with_pixels_input(path, self.card.preprocessing)
+        except (ValueError, onnx.checker.ValidationError) as err:
+            raise ModelLoadError(f"{path}: cannot put a uint8 pixels input in front of its graph: {err}") from err
+        self.pixels_runtime = OnnxRuntime(path, settings.execution_provider, settings.intra_op_threads, pixels_graph)
+        self.pixels_runtime.load()
         self._warm_up(settings.max_batch_size)
-        self.batcher = Batcher(
-            f"{self.name}/{self.version}",
-            self.runtime,
-            settings.max_batch_size,
-            settings.max_batch_delay_ms / 1000,
-            settings.max_queue_images,
-            metrics,
-        )
+
+        def batcher(name: str, runtime: OnnxRuntime) -> Batcher:
+            return Batcher(
+                name,
+                runtime,
+                settings.max_batch_size,
+                settings.max_batch_delay_ms / 1000,
+                settings.max_queue_images,
+                metrics,
+            )
+
+        self.batcher = batcher(f"{self.name}/{self.version}", self.pixels_runtime)
+        self.tensor_batcher = batcher(f"{self.name}/{self.version}/fp32", self.runtime)
         metrics.models.labels(self.name, str(self.version), self.runtime.provider).set(1)
 
     def _check_outputs(self) -> None:
@@ -76,11 +91,11 @@ class LoadedModel:
             raise ModelLoadError(f"{self.runtime.path}: card.json lists outputs {missing} that the ONNX graph lacks")
 
     def _warm_up(self, max_batch_size: int) -> None:
-        """Runs batch sizes 1 and max once, so the first requests do not pay for allocations."""
+        """Runs batch sizes 1 and max once through both graphs, so the first requests do not pay for allocations."""
         pre = self.card.preprocessing
         for size in sorted({1, max_batch_size}):
-            zeros = np.zeros((size, 3, pre.crop_height, pre.crop_width), np.float32)
-            self.runtime.run({pre.input_name: zeros})
+            self.runtime.run({pre.input_name: np.zeros((size, 3, pre.crop_height, pre.crop_width), np.float32)})
+            self.pixels_runtime.run({PIXELS: np.zeros((size, pre.crop_height, pre.crop_width, 3), np.uint8)})
 
     def check_outputs(self, requested: list[str]) -> list[str]:
         """The requested outputs (all when none are named); InvalidArgument names unknown ones."""
@@ -107,15 +122,15 @@ class LoadedModel:
             for data, name in zip(images, names, strict=True):
                 cancellation.check()  # a caller that has gone costs no more decoding
                 views += self.preprocessor.views_of(data, name, augmentation)
-            outputs = admission.run({self.card.preprocessing.input_name: np.stack(views)})
+            outputs = admission.run({PIXELS: np.stack(views)})
         if per_image > 1:
             outputs = {name: a.reshape(len(images), per_image, -1).mean(axis=1) for name, a in outputs.items()}
         return outputs
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Every output for a preprocessed (images, 3, H, W) batch. Embed and the Open Inference Protocol both
-        reach the same batcher, so their requests are batched together."""
-        return self.batcher.run({self.card.preprocessing.input_name: batch})
+        """Every output for a preprocessed (images, 3, H, W) FP32 batch (OIP tensors; batched with each other, while
+        encoded images from Embed and OIP are batched together through embed())."""
+        return self.tensor_batcher.run({self.card.preprocessing.input_name: batch})
 
     def binding(self, output: str) -> index_pb2.Binding:
         """What vectors of this output are: the binding a collection records and checks."""
@@ -132,6 +147,8 @@ class LoadedModel:
 
     def close(self) -> None:
         self.batcher.close()
+        self.tensor_batcher.close()
+        self.pixels_runtime.close()
         self.runtime.close()
 
 

@@ -22,10 +22,18 @@ CPU = "CPUExecutionProvider"
 
 
 class OnnxRuntime:
-    def __init__(self, path: pathlib.Path, execution_provider: str = "auto", intra_op_threads: int = 0):
+    def __init__(
+        self,
+        path: pathlib.Path,
+        execution_provider: str = "auto",
+        intra_op_threads: int = 0,
+        graph: bytes | None = None,
+    ):
+        """graph: the serialized graph to run instead of the file at `path` (which error messages still name)."""
         self.path = path
         self.execution_provider = execution_provider
         self.intra_op_threads = intra_op_threads
+        self.graph = graph
         self.provider = ""
         self._session: ort.InferenceSession | None = None
 
@@ -34,7 +42,7 @@ class OnnxRuntime:
         options.intra_op_num_threads = self.intra_op_threads
         if self.execution_provider != "cpu" and CUDA in ort.get_available_providers():
             ort.preload_dlls()  # CUDA and cuDNN from the nvidia-* wheels, when installed
-            session = ort.InferenceSession(str(self.path), options, providers=[CUDA, CPU])
+            session = ort.InferenceSession(self.graph or str(self.path), options, providers=[CUDA, CPU])
             if session.get_providers()[0] == CUDA:
                 self._use(session)
                 return
@@ -44,7 +52,7 @@ class OnnxRuntime:
                 f"{self.path}: execution_provider=cuda but CUDA does not work on this machine "
                 "(needs an NVIDIA GPU, CUDA 13 and cuDNN 9); use auto or cpu"
             )
-        self._use(ort.InferenceSession(str(self.path), options, providers=[CPU]))
+        self._use(ort.InferenceSession(self.graph or str(self.path), options, providers=[CPU]))
 
     def _use(self, session: ort.InferenceSession) -> None:
         self._session = session
