@@ -87,6 +87,11 @@ class ServiceSettings(BaseSettings):
         "auto", description="auto: CUDA when it really works, else CPU; cuda: fail unless CUDA works."
     )
     intra_op_threads: int = Field(0, ge=0, description="onnxruntime threads per model; 0 lets onnxruntime choose.")
+    intra_op_spinning: bool = Field(
+        True,
+        description="Let onnxruntime's idle intra-op threads spin (its default) instead of sleeping: lower latency, "
+        "but spinning threads take CPU that decoding could use.",
+    )
     inference_niceness: int = Field(
         10,
         ge=0,
@@ -101,6 +106,11 @@ class ServiceSettings(BaseSettings):
         ge=0,
         description="Longest an image waits for others to fill its batch, in milliseconds.",
         json_schema_extra=metavar("MS"),
+    )
+    eager_batching: bool = Field(
+        True,
+        description="A batch waits for others only while more requests are decoding; a lone request runs at once. "
+        "Off: every batch waits up to --max-batch-delay-ms to fill (Triton's way; fuller batches, for GPUs).",
     )
     max_queue_images: int = Field(
         512, ge=1, description="Images that may wait per model; beyond that requests get UNAVAILABLE at once."

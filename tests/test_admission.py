@@ -26,7 +26,12 @@ MODEL = "random-projection-16"
 def tiny_server(root: pathlib.Path, **settings: object) -> Iterator[ServerProcess]:
     """A server on the 16-d tiny model whose batches wait a minute to fill."""
     server = ServerProcess(
-        write_identity_model(root / "repo", 16), root / "data", max_batch_delay_ms=60_000, drain_seconds=0, **settings
+        write_identity_model(root / "repo", 16),
+        root / "data",
+        max_batch_delay_ms=60_000,
+        eager_batching=False,
+        drain_seconds=0,
+        **settings,
     )
     try:
         server.wait_serving()

@@ -180,3 +180,35 @@ def test_the_chunks_of_a_caller_that_went_are_dropped_and_the_worker_goes_on(dou
         assert batcher.run(rows(20, 2))["y"].shape == (2, 3)  # the worker goes on
     assert batch_sizes(metrics) == (2, 4)  # the cancelled chunk never ran
     batcher.close()
+
+
+def test_a_lone_request_runs_at_once_and_one_on_the_way_is_waited_for(doubling_runtime):
+    """Eager batching: with a 60 s delay, a request alone is not kept waiting for company (it was, for the whole
+    delay); a batch waits only for requests admitted and still decoding, and takes them in."""
+    metrics = Metrics()
+    batcher = Batcher("m", doubling_runtime, max_batch_size=8, max_delay_s=60, max_queue_images=100, metrics=metrics)
+    started = time.monotonic()
+    np.testing.assert_array_equal(batcher.run(rows(0, 1))["y"], 2 * rows(0, 1)["x"])
+    assert time.monotonic() - started < DEADLINE / 2  # not the 60 s delay
+    with ThreadPoolExecutor(1) as pool, batcher.admit(2) as decoding:  # a request on the way, still decoding
+        queued = pool.submit(batcher.run, rows(1, 1))
+        wait_until(lambda: batcher._queued_images == 3)
+        assert not queued.done()  # its batch waits for the one on the way
+        np.testing.assert_array_equal(decoding.run(rows(2, 2))["y"], 2 * rows(2, 2)["x"])
+        np.testing.assert_array_equal(queued.result(DEADLINE)["y"], 2 * rows(1, 1)["x"])
+    assert batch_sizes(metrics) == (2, 4)  # the lone one, then 1 + 2 together
+    batcher.close()
+
+
+def test_without_eager_batching_a_lone_request_waits_for_its_batch_to_fill(doubling_runtime):
+    metrics = Metrics()
+    batcher = Batcher("m", doubling_runtime, 8, max_delay_s=60, max_queue_images=100, metrics=metrics, eager=False)
+    with ThreadPoolExecutor(1) as pool:
+        lone = pool.submit(batcher.run, rows(0, 1))
+        wait_until(lambda: batcher._queued_images == 1)
+        time.sleep(0.2)
+        assert not lone.done()  # waiting for company, up to 60 s
+        np.testing.assert_array_equal(batcher.run(rows(1, 7))["y"], 2 * rows(1, 7)["x"])  # fills the batch
+        np.testing.assert_array_equal(lone.result(DEADLINE)["y"], 2 * rows(0, 1)["x"])
+    assert batch_sizes(metrics) == (1, 8)
+    batcher.close()

@@ -187,7 +187,9 @@ def test_bad_requests_get_precise_codes(stub):
 def test_infer_and_embed_requests_are_batched_together(tiny_repo, tmp_path):
     tiny = "random-projection-1280"
     # A batch of two waits up to 30 s to fill: the two requests below meet in it on any machine.
-    server = ServerProcess(tiny_repo, tmp_path, max_batch_size=2, max_batch_delay_ms=30_000, drain_seconds=0)
+    server = ServerProcess(
+        tiny_repo, tmp_path, max_batch_size=2, max_batch_delay_ms=30_000, eager_batching=False, drain_seconds=0
+    )
     try:
         server.wait_serving()
         with grpc.insecure_channel(server.address) as channel, Client(server.address) as client:

@@ -34,7 +34,9 @@ def in_flight_embeds(server: ServerProcess) -> float:
 def test_sigterm_turns_health_not_serving_finishes_in_flight_calls_and_exits(tiny_repo, tmp_path):
     # The tiny model's batcher waits up to 4 s for a batch of 128 to fill, so a call of 64 images is in flight
     # through the 2 s drain and after it, however fast the machine.
-    proc = ServerProcess(tiny_repo, tmp_path, drain_seconds=2, max_batch_size=128, max_batch_delay_ms=4000)
+    proc = ServerProcess(
+        tiny_repo, tmp_path, drain_seconds=2, max_batch_size=128, max_batch_delay_ms=4000, eager_batching=False
+    )
     try:
         proc.wait_serving()
         photos = shared_photos("ukbench", 64)

@@ -2,10 +2,13 @@
 
 Requests are split into chunks of at most max_batch_size images when submitted, and one
 worker thread merges queued chunks into batches of up to max_batch_size, waiting at most
-max_delay for the first chunk's batch to fill. The queue is bounded in images: a request
-that does not fit is refused at once with UNAVAILABLE. Room is taken before a request's
-images are decoded (admit), so an overloaded model refuses work before paying for it. If
-the worker dies, every pending and later request fails with UNAVAILABLE.
+max_delay after its first chunk for more. Eager (the default): a batch waits only while other
+requests are admitted and still decoding; with none on the way it runs at once, so a lone
+caller never waits for company, and what arrives while a batch runs forms the next. The
+queue is bounded in images: a request that does not fit is refused at once with UNAVAILABLE.
+Room is taken before a request's images are decoded (admit), so an overloaded model refuses
+work before paying for it. If the worker dies, every pending and later request fails with
+UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -70,8 +73,10 @@ class Batcher:
         max_delay_s: float,
         max_queue_images: int,
         metrics: Metrics,
+        eager: bool = True,
     ):
         self.name = name
+        self.eager = eager
         self.runtime = runtime
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
@@ -119,6 +124,7 @@ class Batcher:
     def _release(self, images: int) -> None:
         with self._condition:
             self._queued_images -= images
+            self._condition.notify()  # a batch waiting for these images need not
 
     def _enqueue(self, admission: Admission, inputs: Tensors) -> Tensors:
         size = len(next(iter(inputs.values())))
@@ -165,7 +171,8 @@ class Batcher:
                 chunk.result.set_exception(Unavailable(f"model {self.name} cannot run: {self._failure}"))
 
     def _next_batch(self) -> list[_Chunk] | None:
-        """Blocks for the first chunk, then gathers more until the batch is full or its delay is up."""
+        """Blocks for the first chunk, then gathers more until the batch is full, its delay is up, or (eager) no
+        other request is admitted (counted in _queued_images while it decodes) to fill it."""
         with self._condition:
             while not self._queue:
                 if self._closed:
@@ -184,7 +191,8 @@ class Batcher:
                     batch.append(chunk)
                     size += chunk.size
                 remaining = deadline - time.monotonic()
-                if self._queue or size == self.max_batch_size or remaining <= 0 or self._closed:
+                alone = self.eager and self._queued_images - size <= 0  # the queue is empty here
+                if self._queue or size == self.max_batch_size or remaining <= 0 or alone or self._closed:
                     self._queued_images -= size  # a batch still filling keeps its images counted as waiting
                     return batch
                 self._condition.wait(remaining)

@@ -59,14 +59,15 @@ class LoadedModel:
         except ValueError as err:
             raise ModelLoadError(f"{version_dir}: bad preprocessing in card.json: {err}") from err
         path = version_dir / "model.onnx"
-        self.runtime = OnnxRuntime(path, settings.execution_provider, settings.intra_op_threads)
+        threads, spinning = settings.intra_op_threads, settings.intra_op_spinning
+        self.runtime = OnnxRuntime(path, settings.execution_provider, threads, spinning=spinning)
         self.runtime.load()
         self._check_outputs()
         try:
             pixels_graph = with_pixels_input(path, self.card.preprocessing)
         except (ValueError, onnx.checker.ValidationError) as err:
             raise ModelLoadError(f"{path}: cannot put a uint8 pixels input in front of its graph: {err}") from err
-        self.pixels_runtime = OnnxRuntime(path, settings.execution_provider, settings.intra_op_threads, pixels_graph)
+        self.pixels_runtime = OnnxRuntime(path, settings.execution_provider, threads, pixels_graph, spinning)
         self.pixels_runtime.load()
         self._warm_up(settings.max_batch_size)
 
@@ -78,6 +79,7 @@ class LoadedModel:
                 settings.max_batch_delay_ms / 1000,
                 settings.max_queue_images,
                 metrics,
+                settings.eager_batching,
             )
 
         self.batcher = batcher(f"{self.name}/{self.version}", self.pixels_runtime)

@@ -28,11 +28,14 @@ class OnnxRuntime:
         execution_provider: str = "auto",
         intra_op_threads: int = 0,
         graph: bytes | None = None,
+        spinning: bool = True,
     ):
-        """graph: the serialized graph to run instead of the file at `path` (which error messages still name)."""
+        """graph: the serialized graph to run instead of the file at `path` (which error messages still name).
+        spinning: whether idle intra-op threads spin (onnxruntime's default) rather than sleep."""
         self.path = path
         self.execution_provider = execution_provider
         self.intra_op_threads = intra_op_threads
+        self.spinning = spinning
         self.graph = graph
         self.provider = ""
         self._session: ort.InferenceSession | None = None
@@ -40,6 +43,7 @@ class OnnxRuntime:
     def load(self) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.intra_op_threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
         if self.execution_provider != "cpu" and CUDA in ort.get_available_providers():
             ort.preload_dlls()  # CUDA and cuDNN from the nvidia-* wheels, when installed
             session = ort.InferenceSession(self.graph or str(self.path), options, providers=[CUDA, CPU])
