@@ -92,6 +92,13 @@ def test_encoded_and_preprocessed_inputs_give_the_vectors_embed_gives(stub, clie
     assert [o.name for o in response.outputs] == ["embedding"]
     np.testing.assert_allclose(output(response, "embedding"), expected["embedding"], atol=1e-5)
 
+    pre = Preprocessor(read_card(model_repo / MODEL / "1").preprocessing, 10**8)
+    crops = np.stack([pre.views(pre.decode(p.read_bytes()), 0)[0] for p in PHOTOS])  # decoded uint8 RGB crops
+    request = oip.ModelInferRequest(model_name=MODEL)
+    request.inputs.add(name="pixels", datatype="UINT8", shape=list(crops.shape))
+    request.raw_input_contents.append(crops.tobytes())
+    np.testing.assert_allclose(output(stub.ModelInfer(request), "embedding"), expected["embedding"], atol=1e-5)
+
     typed = oip.ModelInferRequest(model_name=MODEL)  # contents in the typed field instead of raw bytes
     typed.inputs.add(name="image", datatype="FP32", shape=[1, 3, 224, 224]).contents.fp32_contents.extend(
         tensor[0].ravel().tolist()
@@ -151,7 +158,7 @@ def test_bad_requests_get_precise_codes(stub):
     code, message = altered(lambda r: r.outputs.add(name="no-such-head/labels"))
     assert code == grpc.StatusCode.NOT_FOUND and "no-such-head" in message
     code, message = altered(lambda r: setattr(r.inputs[0], "name", "pixels"))
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and "'image'" in message
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "'image'" in message and "UINT8" in message
     code, message = altered(lambda r: setattr(r.inputs[0], "datatype", "INT8"))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "INT8" in message
     code, message = altered(lambda r: r.inputs[0].shape.__setitem__(0, 2))
@@ -177,6 +184,11 @@ def test_bad_requests_get_precise_codes(stub):
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "602112 bytes" in message
     code, message = fp32([1, 3, 224, 224], 0)  # NaN check comes after the size check: all-zero is fine
     assert code == grpc.StatusCode.INVALID_ARGUMENT
+    pixels = oip.ModelInferRequest(model_name=MODEL)
+    pixels.inputs.add(name="pixels", datatype="UINT8", shape=[1, 3, 224, 224])
+    pixels.raw_input_contents.append(b"\0" * 3 * 224 * 224)
+    code, message = code_and_message(pixels)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "[N, 224, 224, 3]" in message
     nan = oip.ModelInferRequest(model_name=MODEL)
     nan.inputs.add(name="image", datatype="FP32", shape=[1, 3, 224, 224])
     nan.raw_input_contents.append(np.full((1, 3, 224, 224), np.nan, "<f4").tobytes())

@@ -1,7 +1,8 @@
 """The Open Inference Protocol (KServe v2) servicer, so stock Triton and KServe clients work unchanged.
 
-A model's one input takes either FP32 (N, 3, H, W), already preprocessed as the model card says, or
-BYTES (N) of encoded images, which are decoded and preprocessed here. Outputs are the model's outputs
+A request has one input: ``image`` as FP32 (N, 3, H, W), already preprocessed as the model card says, or as
+BYTES (N) of encoded images, which are decoded and preprocessed here; or ``pixels`` as UINT8 (N, H, W, 3), the
+decoded RGB crops (a quarter of FP32's bytes; the graph normalises them). Outputs are the model's outputs
 (FP32, N x dim) and, for each head trained on this model version, ``<head>/probabilities`` (FP32,
 N x classes, in the head's label order) and ``<head>/labels`` (BYTES, N x top_k, best first).
 Requests go through the same batcher as Embed.
@@ -24,6 +25,7 @@ from offshelf.service.api.checks import check_image_count
 from offshelf.service.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError, Unavailable
 from offshelf.service.heads.registry import HeadRegistry, HeadVersion
 from offshelf.service.logs import fields
+from offshelf.service.models.pixels_input import PIXELS
 from offshelf.service.models.registry import LoadedModel, ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -185,12 +187,17 @@ class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):
 
     def _run(self, model: LoadedModel, request: pb2.ModelInferRequest, augmentation: int) -> dict[str, np.ndarray]:
         pre = model.card.preprocessing
-        if len(request.inputs) != 1 or request.inputs[0].name != pre.input_name:
+        tensor = request.inputs[0] if len(request.inputs) == 1 else None
+        if tensor is None or (tensor.name, tensor.datatype) not in (
+            (pre.input_name, "FP32"),
+            (pre.input_name, "BYTES"),
+            (PIXELS, "UINT8"),
+        ):
+            given = [f"{i.name} ({i.datatype})" for i in request.inputs] or "none"
             raise InvalidArgument(
-                f"model {model.name} takes one input, {pre.input_name!r}; the request has "
-                f"{[i.name for i in request.inputs] or 'none'}"
+                f"model {model.name} takes one input: {pre.input_name!r} as FP32 [N, 3, H, W] or BYTES [N] encoded "
+                f"images, or {PIXELS!r} as UINT8 [N, H, W, 3]; the request has {given}"
             )
-        tensor = request.inputs[0]
         if request.raw_input_contents and len(request.raw_input_contents) != 1:
             raise InvalidArgument("raw_input_contents must hold one entry per input: exactly one")
         raw = request.raw_input_contents[0] if request.raw_input_contents else None
@@ -203,11 +210,9 @@ class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):
                 raise InvalidArgument(f"input shape {shape} says {shape[0]} images; the contents hold {len(images)}")
             check_image_count(len(images), self.max_images)
             return model.embed(images, augmentation, [f"{pre.input_name}[{i}]" for i in range(len(images))])
+        if augmentation != AUGMENTATION_NONE:
+            raise InvalidArgument("augmentation applies to BYTES (encoded image) input only; preprocess it yourself")
         if tensor.datatype == "FP32":
-            if augmentation != AUGMENTATION_NONE:
-                raise InvalidArgument(
-                    "augmentation applies to BYTES (encoded image) input only; preprocess it yourself"
-                )
             expected = [pre.crop_height, pre.crop_width]
             if len(shape) != 4 or shape[1] != 3 or shape[2:] != expected:
                 raise InvalidArgument(
@@ -230,9 +235,24 @@ class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):
             if not np.isfinite(batch).all():
                 raise InvalidArgument("the FP32 input holds NaN or infinite values")
             return model.infer(np.ascontiguousarray(batch, np.float32))
-        raise InvalidArgument(
-            f"input datatype {tensor.datatype!r} is not accepted: send FP32 [N, 3, H, W] or BYTES [N] encoded images"
-        )
+        expected = [pre.crop_height, pre.crop_width, 3]  # UINT8 pixels
+        if len(shape) != 4 or shape[1:] != expected:
+            raise InvalidArgument(
+                f"a UINT8 input has shape [N, {expected[0]}, {expected[1]}, 3] (RGB pixels of the resized and "
+                f"cropped image), not {shape}"
+            )
+        check_image_count(shape[0], self.max_images)
+        count = int(np.prod(shape))
+        if raw is not None:
+            if len(raw) != count:
+                raise InvalidArgument(f"shape {shape} needs {count} bytes of UINT8; the contents hold {len(raw)}")
+            return model.infer_pixels(np.frombuffer(raw, np.uint8).reshape(shape))
+        values = np.asarray(tensor.contents.uint_contents, np.uint32)  # the protocol's typed field for UINT8
+        if values.size != count:
+            raise InvalidArgument(f"shape {shape} needs {count} uint_contents; the request holds {values.size}")
+        if values.size and values.max() > 255:
+            raise InvalidArgument("UINT8 uint_contents hold values above 255")
+        return model.infer_pixels(values.astype(np.uint8).reshape(shape))
 
 
 def _parameters(request: pb2.ModelInferRequest) -> dict:

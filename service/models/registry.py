@@ -134,6 +134,10 @@ class LoadedModel:
         encoded images from Embed and OIP are batched together through embed())."""
         return self.tensor_batcher.run({self.card.preprocessing.input_name: batch})
 
+    def infer_pixels(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output for a (images, H, W, 3) uint8 batch of decoded crops, batched with Embed's images."""
+        return self.batcher.run({PIXELS: batch})
+
     def binding(self, output: str) -> index_pb2.Binding:
         """What vectors of this output are: the binding a collection records and checks."""
         spec = next(o for o in self.card.outputs if o.name == output)
