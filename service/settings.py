@@ -87,6 +87,11 @@ class ServiceSettings(BaseSettings):
         "auto", description="auto: CUDA when it really works, else CPU; cuda: fail unless CUDA works."
     )
     intra_op_threads: int = Field(0, ge=0, description="onnxruntime threads per model; 0 lets onnxruntime choose.")
+    instances: int = Field(
+        1,
+        ge=1,
+        description="Batches a model runs at once (Triton's instance count), each with --intra-op-threads threads.",
+    )
     intra_op_spinning: bool = Field(
         True,
         description="Let onnxruntime's idle intra-op threads spin (its default) instead of sleeping: lower latency, "

@@ -212,3 +212,23 @@ def test_without_eager_batching_a_lone_request_waits_for_its_batch_to_fill(doubl
         np.testing.assert_array_equal(lone.result(DEADLINE)["y"], 2 * rows(0, 1)["x"])
     assert batch_sizes(metrics) == (1, 8)
     batcher.close()
+
+
+def test_instances_run_batches_at_once(doubling_runtime):
+    """With two instances, two full batches run together: each run waits at a barrier for the other (with one
+    instance the barrier breaks and both fail)."""
+
+    class BothAtOnce:
+        def __init__(self) -> None:
+            self.barrier = threading.Barrier(2, timeout=DEADLINE)
+
+        def run(self, batch):
+            self.barrier.wait()
+            return doubling_runtime.run(batch)
+
+    batcher = Batcher("m", BothAtOnce(), 2, max_delay_s=0, max_queue_images=100, metrics=Metrics(), instances=2)
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(batcher.run, rows(2 * i, 2)) for i in range(2)]
+        for i, future in enumerate(futures):
+            np.testing.assert_array_equal(future.result(DEADLINE)["y"], 2 * rows(2 * i, 2)["x"])
+    batcher.close()

@@ -74,7 +74,10 @@ class Batcher:
         max_queue_images: int,
         metrics: Metrics,
         eager: bool = True,
+        instances: int = 1,
     ):
+        """instances: batches run at once, each by a worker thread of its own on the same runtime (onnxruntime
+        sessions take concurrent runs); one worker at a time gathers a batch."""
         self.name = name
         self.eager = eager
         self.runtime = runtime
@@ -89,8 +92,12 @@ class Batcher:
         self._failure: str | None = None
         metrics.queue_depth.labels(name).set_function(lambda: self._queued_images)
         metrics.queue_capacity.labels(name).set(max_queue_images)
-        self._worker = threading.Thread(target=self._work, name=f"batcher-{name}", daemon=True)
-        self._worker.start()
+        self._gathering = threading.Lock()
+        self._workers = [
+            threading.Thread(target=self._work, name=f"batcher-{name}-{i}", daemon=True) for i in range(instances)
+        ]
+        for worker in self._workers:
+            worker.start()
 
     def run(self, inputs: Tensors) -> Tensors:
         """Runs inputs (same leading batch dimension) through the runtime, batched with other callers'."""
@@ -149,16 +156,21 @@ class Batcher:
         return {name: np.concatenate([r[name] for r in results]) for name in results[0]}
 
     def close(self) -> None:
-        """Finishes the queued work, then stops the worker."""
+        """Finishes the queued work, then stops the workers."""
         with self._condition:
             self._closed = True
-            self._condition.notify()
-        self._worker.join()
+            self._condition.notify_all()
+        for worker in self._workers:
+            worker.join()
 
     def _work(self) -> None:
         batch: list[_Chunk] | None = []
         try:
-            while (batch := self._next_batch()) is not None:
+            while True:
+                with self._gathering:
+                    batch = self._next_batch()
+                if batch is None:
+                    break
                 if batch:  # empty when every chunk taken had been cancelled
                     self._run_batch(batch)
         except BaseException as err:

@@ -80,6 +80,7 @@ class LoadedModel:
                 settings.max_queue_images,
                 metrics,
                 settings.eager_batching,
+                settings.instances,
             )
 
         self.batcher = batcher(f"{self.name}/{self.version}", self.pixels_runtime)
