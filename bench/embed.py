@@ -129,6 +129,7 @@ def in_process_rows(version_dir: pathlib.Path, jpegs: list[bytes], seconds: floa
 def service_rows(args: argparse.Namespace, version_dir: pathlib.Path, jpegs: list[bytes]) -> list[dict]:
     pre = Preprocessor(read_card(version_dir).preprocessing, 10**8)
     tensors = [pre(jpeg).astype("<f4").tobytes() for jpeg in jpegs[:64]]
+    crops = [pre.views(pre.decode(jpeg), 0)[0].tobytes() for jpeg in jpegs[:64]]
     settings = dict(setting.split("=", 1) for setting in args.set)
     server = ServerProcess(args.repo, pathlib.Path(tempfile.mkdtemp()), drain_seconds=0, **settings)
     rows = []
@@ -155,7 +156,14 @@ def service_rows(args: argparse.Namespace, version_dir: pathlib.Path, jpegs: lis
                 request.raw_input_contents.append(tensors[i % len(tensors)])
                 oip.ModelInfer(request, timeout=60)
 
-            for call in (embed, infer_bytes, infer_fp32):
+            def infer_uint8(i: int) -> None:
+                request = oip_pb2.ModelInferRequest(model_name=MODEL)
+                request.inputs.add(name="pixels", datatype="UINT8", shape=[1, 224, 224, 3])
+                request.outputs.add(name="embedding")
+                request.raw_input_contents.append(crops[i % len(crops)])
+                oip.ModelInfer(request, timeout=60)
+
+            for call in (embed, infer_bytes, infer_fp32, infer_uint8):
                 call(0)  # warm
             for concurrency in (1, 8, 16, 32):
                 rows.append(service_row(f"(c) service Embed, c={concurrency}", embed, concurrency, args.seconds, pid))
@@ -165,6 +173,9 @@ def service_rows(args: argparse.Namespace, version_dir: pathlib.Path, jpegs: lis
             for concurrency in (1, 8, 16):
                 name = f"(e) service OIP FP32 tensors, c={concurrency}"
                 rows.append(service_row(name, infer_fp32, concurrency, args.seconds, pid))
+            for concurrency in (1, 8, 16):
+                name = f"(f) service OIP UINT8 pixels, c={concurrency}"
+                rows.append(service_row(name, infer_uint8, concurrency, args.seconds, pid))
     finally:
         server.terminate()
     return rows

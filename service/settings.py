@@ -88,9 +88,10 @@ class ServiceSettings(BaseSettings):
     )
     intra_op_threads: int = Field(0, ge=0, description="onnxruntime threads per model; 0 lets onnxruntime choose.")
     instances: int = Field(
-        1,
+        2,
         ge=1,
-        description="Batches a model runs at once (Triton's instance count), each with --intra-op-threads threads.",
+        description="Batches a model runs at once (Triton's instance count). A batch that runs alone gets "
+        "--intra-op-threads threads (0: every core); one that starts while another runs gets its share of them.",
     )
     intra_op_spinning: bool = Field(
         True,

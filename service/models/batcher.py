@@ -75,12 +75,16 @@ class Batcher:
         metrics: Metrics,
         eager: bool = True,
         instances: int = 1,
+        crowded_runtime: Runtime | None = None,
     ):
-        """instances: batches run at once, each by a worker thread of its own on the same runtime (onnxruntime
-        sessions take concurrent runs); one worker at a time gathers a batch."""
+        """instances: batches run at once, each by a worker thread of its own (onnxruntime sessions take
+        concurrent runs); one worker at a time gathers a batch. crowded_runtime: the same model with fewer threads,
+        for a batch that starts while another runs (the cores are shared then); `runtime` runs a batch alone."""
         self.name = name
         self.eager = eager
         self.runtime = runtime
+        self.crowded_runtime = crowded_runtime or runtime
+        self._running = 0
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self.max_queue_images = max_queue_images
@@ -218,13 +222,19 @@ class Batcher:
             if len(batch) == 1
             else {name: np.concatenate([chunk.inputs[name] for chunk in batch]) for name in batch[0].inputs}
         )
+        with self._condition:
+            runtime = self.runtime if self._running == 0 else self.crowded_runtime
+            self._running += 1
         try:
-            outputs = self.runtime.run(inputs)
+            outputs = runtime.run(inputs)
         except Exception as err:
             log.exception("inference failed", extra=fields(model=self.name))
             for chunk in batch:
                 chunk.result.set_exception(Internal(f"inference failed on model {self.name}: {err}"))
             return
+        finally:
+            with self._condition:
+                self._running -= 1
         size = sum(chunk.size for chunk in batch)
         self._metrics.batch_size.labels(self.name).observe(size)
         self._metrics.inference_seconds.labels(self.name).observe(time.monotonic() - started)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import pathlib
 import threading
 import time
@@ -59,32 +60,47 @@ class LoadedModel:
         except ValueError as err:
             raise ModelLoadError(f"{version_dir}: bad preprocessing in card.json: {err}") from err
         path = version_dir / "model.onnx"
-        threads, spinning = settings.intra_op_threads, settings.intra_op_spinning
-        self.runtime = OnnxRuntime(path, settings.execution_provider, threads, spinning=spinning)
-        self.runtime.load()
+
+        def runtime(threads: int, graph: bytes | None = None) -> OnnxRuntime:
+            loaded = OnnxRuntime(path, settings.execution_provider, threads, graph, settings.intra_op_spinning)
+            loaded.load()
+            return loaded
+
+        self.runtime = runtime(settings.intra_op_threads)
         self._check_outputs()
         try:
             pixels_graph = with_pixels_input(path, self.card.preprocessing)
         except (ValueError, onnx.checker.ValidationError) as err:
             raise ModelLoadError(f"{path}: cannot put a uint8 pixels input in front of its graph: {err}") from err
-        self.pixels_runtime = OnnxRuntime(path, settings.execution_provider, threads, pixels_graph, spinning)
-        self.pixels_runtime.load()
-        self._warm_up(settings.max_batch_size)
+        self.pixels_runtime = runtime(settings.intra_op_threads, pixels_graph)
+        # With several instances, a batch that starts while another runs gets its share of the cores, not all.
+        cores = settings.intra_op_threads or os.cpu_count() or 1
+        share = max(1, cores // settings.instances)
+        crowded = share < cores
+        crowded_runtime = runtime(share) if crowded else self.runtime
+        crowded_pixels_runtime = runtime(share, pixels_graph) if crowded else self.pixels_runtime
+        self._warm_up(
+            settings.max_batch_size, [self.runtime, crowded_runtime], [self.pixels_runtime, crowded_pixels_runtime]
+        )
 
-        def batcher(name: str, runtime: OnnxRuntime) -> Batcher:
+        def batcher(name: str, alone: OnnxRuntime, crowded: OnnxRuntime) -> Batcher:
             return Batcher(
                 name,
-                runtime,
+                alone,
                 settings.max_batch_size,
                 settings.max_batch_delay_ms / 1000,
                 settings.max_queue_images,
                 metrics,
                 settings.eager_batching,
                 settings.instances,
+                crowded,
             )
 
-        self.batcher = batcher(f"{self.name}/{self.version}", self.pixels_runtime)
-        self.tensor_batcher = batcher(f"{self.name}/{self.version}/fp32", self.runtime)
+        self._runtimes = list(
+            dict.fromkeys([self.runtime, self.pixels_runtime, crowded_runtime, crowded_pixels_runtime])
+        )
+        self.batcher = batcher(f"{self.name}/{self.version}", self.pixels_runtime, crowded_pixels_runtime)
+        self.tensor_batcher = batcher(f"{self.name}/{self.version}/fp32", self.runtime, crowded_runtime)
         metrics.models.labels(self.name, str(self.version), self.runtime.provider).set(1)
 
     def _check_outputs(self) -> None:
@@ -93,12 +109,14 @@ class LoadedModel:
         if missing:
             raise ModelLoadError(f"{self.runtime.path}: card.json lists outputs {missing} that the ONNX graph lacks")
 
-    def _warm_up(self, max_batch_size: int) -> None:
-        """Runs batch sizes 1 and max once through both graphs, so the first requests do not pay for allocations."""
+    def _warm_up(self, max_batch_size: int, tensors: list[OnnxRuntime], pixels: list[OnnxRuntime]) -> None:
+        """Runs batch sizes 1 and max once through every runtime, so the first requests do not pay for allocations."""
         pre = self.card.preprocessing
         for size in sorted({1, max_batch_size}):
-            self.runtime.run({pre.input_name: np.zeros((size, 3, pre.crop_height, pre.crop_width), np.float32)})
-            self.pixels_runtime.run({PIXELS: np.zeros((size, pre.crop_height, pre.crop_width, 3), np.uint8)})
+            for runtime in dict.fromkeys(tensors):
+                runtime.run({pre.input_name: np.zeros((size, 3, pre.crop_height, pre.crop_width), np.float32)})
+            for runtime in dict.fromkeys(pixels):
+                runtime.run({PIXELS: np.zeros((size, pre.crop_height, pre.crop_width, 3), np.uint8)})
 
     def check_outputs(self, requested: list[str]) -> list[str]:
         """The requested outputs (all when none are named); InvalidArgument names unknown ones."""
@@ -155,8 +173,8 @@ class LoadedModel:
     def close(self) -> None:
         self.batcher.close()
         self.tensor_batcher.close()
-        self.pixels_runtime.close()
-        self.runtime.close()
+        for runtime in self._runtimes:
+            runtime.close()
 
 
 class ModelRegistry:
