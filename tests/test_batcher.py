@@ -232,3 +232,28 @@ def test_instances_run_batches_at_once(doubling_runtime):
         for i, future in enumerate(futures):
             np.testing.assert_array_equal(future.result(DEADLINE)["y"], 2 * rows(2 * i, 2)["x"])
     batcher.close()
+
+
+def test_a_batch_that_starts_while_another_runs_takes_the_crowded_runtime(doubling_runtime):
+    """The alone runtime has every core's threads; a batch that starts while it runs gets the crowded one (its
+    share of the cores), and the next batch alone gets every core again."""
+    alone = GatedRuntime(doubling_runtime)
+    crowded_runs = []
+
+    class Crowded:
+        def run(self, batch):
+            crowded_runs.append(len(batch["x"]))
+            return doubling_runtime.run(batch)
+
+    metrics = Metrics()
+    batcher = Batcher("m", alone, 2, 0, max_queue_images=100, metrics=metrics, instances=2, crowded_runtime=Crowded())
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(batcher.run, rows(0, 2))
+        wait_until(alone.started.is_set)  # held in the alone runtime
+        np.testing.assert_array_equal(batcher.run(rows(2, 2))["y"], 2 * rows(2, 2)["x"])  # while the first runs
+        assert crowded_runs == [2]
+        alone.gate.set()
+        np.testing.assert_array_equal(first.result(DEADLINE)["y"], 2 * rows(0, 2)["x"])
+    batcher.run(rows(4, 1))
+    assert crowded_runs == [2] and batch_sizes(metrics) == (3, 5)
+    batcher.close()
