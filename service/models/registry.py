@@ -24,7 +24,7 @@ from offshelf.service.models.batcher import Batcher
 from offshelf.service.models.pixels_input import PIXELS, with_pixels_input
 from offshelf.service.models.preprocess import PixelBudget, Preprocessor
 from offshelf.service.models.priority import lower_this_thread
-from offshelf.service.models.runtime import OnnxRuntime
+from offshelf.service.models.runtime import CPU, OnnxRuntime
 from offshelf.service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,9 @@ def read_card(version_dir: pathlib.Path) -> card_pb2.ModelCard:
 
 class LoadedModel:
     """One model version: its card, preprocessor, and two graphs with their batchers: the exported one, whose FP32
-    input takes preprocessed tensors (OIP FP32), and the same with uint8 pixels in (Embed, OIP BYTES, heads)."""
+    input takes preprocessed tensors (OIP FP32; a batch at a time), and the same with uint8 pixels in (Embed, OIP
+    BYTES and UINT8, heads; `instances` batches at once, on a second session with a share of the cores for a batch
+    that starts while another runs)."""
 
     def __init__(
         self, version_dir: pathlib.Path, settings: ServiceSettings, metrics: Metrics, budget: PixelBudget | None = None
@@ -76,14 +78,13 @@ class LoadedModel:
         # With several instances, a batch that starts while another runs gets its share of the cores, not all.
         cores = settings.intra_op_threads or os.cpu_count() or 1
         share = max(1, cores // settings.instances)
-        crowded = share < cores
-        crowded_runtime = runtime(share) if crowded else self.runtime
-        crowded_pixels_runtime = runtime(share, pixels_graph) if crowded else self.pixels_runtime
-        self._warm_up(
-            settings.max_batch_size, [self.runtime, crowded_runtime], [self.pixels_runtime, crowded_pixels_runtime]
-        )
+        # FP32 tensors (OIP clients that preprocess) are the rarer path: one session, one batch at a time (each
+        # session costs ~170 MB for Lite0).
+        on_cpu = self.pixels_runtime.provider == CPU  # CUDA runs do not share the CPU's cores
+        crowded_pixels_runtime = runtime(share, pixels_graph) if on_cpu and share < cores else self.pixels_runtime
+        self._warm_up(settings.max_batch_size, [self.runtime], [self.pixels_runtime, crowded_pixels_runtime])
 
-        def batcher(name: str, alone: OnnxRuntime, crowded: OnnxRuntime) -> Batcher:
+        def batcher(name: str, alone: OnnxRuntime, crowded: OnnxRuntime, instances: int) -> Batcher:
             return Batcher(
                 name,
                 alone,
@@ -92,15 +93,14 @@ class LoadedModel:
                 settings.max_queue_images,
                 metrics,
                 settings.eager_batching,
-                settings.instances,
+                instances,
                 crowded,
             )
 
-        self._runtimes = list(
-            dict.fromkeys([self.runtime, self.pixels_runtime, crowded_runtime, crowded_pixels_runtime])
-        )
-        self.batcher = batcher(f"{self.name}/{self.version}", self.pixels_runtime, crowded_pixels_runtime)
-        self.tensor_batcher = batcher(f"{self.name}/{self.version}/fp32", self.runtime, crowded_runtime)
+        self._runtimes = list(dict.fromkeys([self.runtime, self.pixels_runtime, crowded_pixels_runtime]))
+        name = f"{self.name}/{self.version}"
+        self.batcher = batcher(name, self.pixels_runtime, crowded_pixels_runtime, settings.instances)
+        self.tensor_batcher = batcher(f"{name}/fp32", self.runtime, self.runtime, 1)
         metrics.models.labels(self.name, str(self.version), self.runtime.provider).set(1)
 
     def _check_outputs(self) -> None:
