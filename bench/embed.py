@@ -142,26 +142,21 @@ def service_rows(args: argparse.Namespace, version_dir: pathlib.Path, jpegs: lis
             def embed(i: int) -> None:
                 client.embed([jpegs[i % len(jpegs)]], model=MODEL, outputs=["embedding"])
 
-            def infer_bytes(i: int) -> None:
-                request = oip_pb2.ModelInferRequest(model_name=MODEL)
-                request.inputs.add(name="image", datatype="BYTES", shape=[1])
-                request.outputs.add(name="embedding")
-                request.raw_input_contents.append(serialize_bytes([jpegs[i % len(jpegs)]]))
-                oip.ModelInfer(request, timeout=60)
+            def inferrer(name: str, datatype: str, shape: list[int], contents: list[bytes]) -> Callable[[int], None]:
+                """A one-image ModelInfer call of the i-th of `contents` (cycled)."""
 
-            def infer_fp32(i: int) -> None:
-                request = oip_pb2.ModelInferRequest(model_name=MODEL)
-                request.inputs.add(name="image", datatype="FP32", shape=[1, 3, 224, 224])
-                request.outputs.add(name="embedding")
-                request.raw_input_contents.append(tensors[i % len(tensors)])
-                oip.ModelInfer(request, timeout=60)
+                def infer(i: int) -> None:
+                    request = oip_pb2.ModelInferRequest(model_name=MODEL)
+                    request.inputs.add(name=name, datatype=datatype, shape=shape)
+                    request.outputs.add(name="embedding")
+                    request.raw_input_contents.append(contents[i % len(contents)])
+                    oip.ModelInfer(request, timeout=60)
 
-            def infer_uint8(i: int) -> None:
-                request = oip_pb2.ModelInferRequest(model_name=MODEL)
-                request.inputs.add(name="pixels", datatype="UINT8", shape=[1, 224, 224, 3])
-                request.outputs.add(name="embedding")
-                request.raw_input_contents.append(crops[i % len(crops)])
-                oip.ModelInfer(request, timeout=60)
+                return infer
+
+            infer_bytes = inferrer("image", "BYTES", [1], [serialize_bytes([jpeg]) for jpeg in jpegs])
+            infer_fp32 = inferrer("image", "FP32", [1, 3, 224, 224], tensors)
+            infer_uint8 = inferrer("pixels", "UINT8", [1, 224, 224, 3], crops)
 
             for call in (embed, infer_bytes, infer_fp32, infer_uint8):
                 call(0)  # warm
