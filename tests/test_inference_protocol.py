@@ -98,6 +98,13 @@ def test_encoded_and_preprocessed_inputs_give_the_vectors_embed_gives(stub, clie
     request.inputs.add(name="pixels", datatype="UINT8", shape=list(crops.shape))
     request.raw_input_contents.append(crops.tobytes())
     np.testing.assert_allclose(output(stub.ModelInfer(request), "embedding"), expected["embedding"], atol=1e-5)
+    typed_pixels = oip.ModelInferRequest(model_name=MODEL)  # the protocol's typed field for UINT8: uint_contents
+    typed_pixels.inputs.add(name="pixels", datatype="UINT8", shape=[1, *crops.shape[1:]]).contents.uint_contents.extend(
+        crops[0].ravel().tolist()
+    )
+    np.testing.assert_allclose(
+        output(stub.ModelInfer(typed_pixels), "embedding")[0], expected["embedding"][0], atol=1e-5
+    )
 
     typed = oip.ModelInferRequest(model_name=MODEL)  # contents in the typed field instead of raw bytes
     typed.inputs.add(name="image", datatype="FP32", shape=[1, 3, 224, 224]).contents.fp32_contents.extend(
@@ -189,6 +196,12 @@ def test_bad_requests_get_precise_codes(stub):
     pixels.raw_input_contents.append(b"\0" * 3 * 224 * 224)
     code, message = code_and_message(pixels)
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "[N, 224, 224, 3]" in message
+    too_bright = oip.ModelInferRequest(model_name=MODEL)
+    too_bright.inputs.add(name="pixels", datatype="UINT8", shape=[1, 224, 224, 3]).contents.uint_contents.extend(
+        [256] * 3 * 224 * 224
+    )
+    code, message = code_and_message(too_bright)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "above 255" in message
     nan = oip.ModelInferRequest(model_name=MODEL)
     nan.inputs.add(name="image", datatype="FP32", shape=[1, 3, 224, 224])
     nan.raw_input_contents.append(np.full((1, 3, 224, 224), np.nan, "<f4").tobytes())

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from importlib.metadata import version as package_version
 
 import grpc
@@ -220,18 +220,7 @@ class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):
                     f"says), not {shape}; or send encoded images as BYTES [N]"
                 )
             check_image_count(shape[0], self.max_images)
-            count = int(np.prod(shape))
-            if raw is not None:
-                if len(raw) != count * 4:
-                    raise InvalidArgument(
-                        f"shape {shape} needs {count * 4} bytes of FP32; the contents hold {len(raw)}"
-                    )
-                batch = np.frombuffer(raw, "<f4").reshape(shape)
-            else:
-                held = len(tensor.contents.fp32_contents)
-                if held != count:
-                    raise InvalidArgument(f"shape {shape} needs {count} fp32_contents; the request holds {held}")
-                batch = np.asarray(tensor.contents.fp32_contents, np.float32).reshape(shape)
+            batch = values(shape, raw, tensor.contents.fp32_contents, "FP32", np.dtype("<f4"))
             if not np.isfinite(batch).all():
                 raise InvalidArgument("the FP32 input holds NaN or infinite values")
             return model.infer(np.ascontiguousarray(batch, np.float32))
@@ -242,17 +231,26 @@ class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):
                 f"cropped image), not {shape}"
             )
         check_image_count(shape[0], self.max_images)
-        count = int(np.prod(shape))
-        if raw is not None:
-            if len(raw) != count:
-                raise InvalidArgument(f"shape {shape} needs {count} bytes of UINT8; the contents hold {len(raw)}")
-            return model.infer_pixels(np.frombuffer(raw, np.uint8).reshape(shape))
-        values = np.asarray(tensor.contents.uint_contents, np.uint32)  # the protocol's typed field for UINT8
-        if values.size != count:
-            raise InvalidArgument(f"shape {shape} needs {count} uint_contents; the request holds {values.size}")
-        if values.size and values.max() > 255:
-            raise InvalidArgument("UINT8 uint_contents hold values above 255")
-        return model.infer_pixels(values.astype(np.uint8).reshape(shape))
+        pixels = values(shape, raw, tensor.contents.uint_contents, "UINT8", np.dtype(np.uint8))
+        if pixels.dtype != np.uint8:  # from uint_contents, the protocol's typed field for UINT8 (uint32 each)
+            if pixels.size and pixels.max() > 255:
+                raise InvalidArgument("UINT8 uint_contents hold values above 255")
+            pixels = pixels.astype(np.uint8)
+        return model.infer_pixels(pixels)
+
+
+def values(shape: list[int], raw: bytes | None, typed: Sequence[float], datatype: str, dtype: np.dtype) -> np.ndarray:
+    """An input's values in `shape`: from its raw contents as `dtype`, else from its typed contents field."""
+    count = int(np.prod(shape))
+    if raw is not None:
+        if len(raw) != count * dtype.itemsize:
+            raise InvalidArgument(
+                f"shape {shape} needs {count * dtype.itemsize} bytes of {datatype}; the contents hold {len(raw)}"
+            )
+        return np.frombuffer(raw, dtype).reshape(shape)
+    if len(typed) != count:
+        raise InvalidArgument(f"shape {shape} needs {count} typed {datatype} contents; the request holds {len(typed)}")
+    return np.asarray(typed).reshape(shape)
 
 
 def _parameters(request: pb2.ModelInferRequest) -> dict:
