@@ -181,6 +181,8 @@ class Collection:
 
     def check_filter(self, where: Filter) -> None:
         """InvalidArgument for a metadata key that no item of the collection has ever had (a typo, most likely)."""
+        if not where.metadata:  # most searches: no query of the keys
+            return
         unknown = sorted({key for key, _ in where.metadata} - self.store.metadata_keys())
         if unknown:
             known = ", ".join(sorted(self.store.metadata_keys())) or "none"
