@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import os
 import pathlib
 import sys
 import tempfile
@@ -30,19 +29,13 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from embed import ensure_repo  # noqa: E402
+from embed import ensure_repo, process_cpu_seconds  # noqa: E402
 
 from offshelf.protos.v1 import embedding_pb2, embedding_pb2_grpc  # noqa: E402
 
 from support import ServerProcess  # noqa: E402
 
 MODEL = "efficientnet-lite0"
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds the process has used (from /proc)."""
-    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def ms(values: list[float], q: float) -> str:
@@ -102,7 +95,7 @@ async def open_loop(
             await asyncio.sleep(0.1)
 
     tasks = [asyncio.create_task(check_health())]
-    server_cpu, own_cpu = cpu_seconds(server_pid), time.process_time()
+    server_cpu, own_cpu = process_cpu_seconds(server_pid), time.process_time()
     started = time.perf_counter()
     i = 0
     while (now := time.perf_counter()) < stop:
@@ -113,7 +106,7 @@ async def open_loop(
         i += 1
     await asyncio.gather(*tasks)
     wall = time.perf_counter() - started
-    server_cpu, own_cpu = cpu_seconds(server_pid) - server_cpu, time.process_time() - own_cpu
+    server_cpu, own_cpu = process_cpu_seconds(server_pid) - server_cpu, time.process_time() - own_cpu
     accepted = [t for code, t in outcomes if code == grpc.StatusCode.OK]
     refused = [t for code, t in outcomes if code == grpc.StatusCode.UNAVAILABLE]
     others = collections.Counter(

@@ -116,11 +116,7 @@ class RpcInterceptor(grpc.ServerInterceptor):
 
         def guarded(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
             started = time.perf_counter()
-            try:
-                self.slots.take()
-            except ServiceError as err:
-                self._record(rpc, err.code, started)
-                context.abort(err.code, err.message)
+            self._take_slot(rpc, started, context)
             code = grpc.StatusCode.INTERNAL
             try:
                 self._authorize(method, context)
@@ -140,12 +136,8 @@ class RpcInterceptor(grpc.ServerInterceptor):
 
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
             started = time.perf_counter()
-            try:
-                if limited:
-                    self.slots.take()
-            except ServiceError as err:
-                self._record(rpc, err.code, started)
-                context.abort(err.code, err.message)
+            if limited:
+                self._take_slot(rpc, started, context)
             in_flight = self.metrics.in_flight.labels(rpc)
             in_flight.inc()
             call = cancellation.Call()
@@ -174,6 +166,14 @@ class RpcInterceptor(grpc.ServerInterceptor):
             context.abort(code, shortened(message))
 
         return wrapped
+
+    def _take_slot(self, rpc: str, started: float, context: grpc.ServicerContext) -> None:
+        """A call slot for this call; refused (counted, then aborted) when there is none or the server stops."""
+        try:
+            self.slots.take()
+        except ServiceError as err:
+            self._record(rpc, err.code, started)
+            context.abort(err.code, err.message)
 
     def _record(self, rpc: str, code: grpc.StatusCode, started: float) -> None:
         self.metrics.requests.labels(rpc, code.name).inc()

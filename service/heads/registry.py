@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from offshelf.service.index.registry import Collections
 
 log = logging.getLogger(__name__)
+DELETED_WHILE_TRAINING = "the head was deleted while it trained"
 
 
 class HeadVersion:
@@ -321,7 +322,7 @@ class HeadRegistry:
     ) -> None:
         def progress(fraction: float, message: str) -> None:
             if entry.deleted:  # stops the training at its next step
-                raise Cancelled("the head was deleted while it trained")
+                raise Cancelled(DELETED_WHILE_TRAINING)
             if self._stop.is_set():
                 raise Cancelled("the server shut down while the head trained; train it again")
             entry.job.progress, entry.job.message = fraction, message
@@ -337,7 +338,7 @@ class HeadRegistry:
                 request.kind, vectors, labels, lambda f, m: progress(offset + (1 - offset) * 0.9 * f, m), previous
             )
             if entry.deleted:  # deleted while it trained: nothing to write
-                entry.job.state, entry.job.message = pb2.JOB_STATE_FAILED, "the head was deleted while it trained"
+                entry.job.state, entry.job.message = pb2.JOB_STATE_FAILED, DELETED_WHILE_TRAINING
                 return
             progress(0.95, "writing and loading the new version")
             training_mean = l2_normalise(np.asarray(vectors, np.float32)).mean(axis=0)
@@ -351,7 +352,7 @@ class HeadRegistry:
                 shutil.rmtree(self.root / entry.name / str(version), ignore_errors=True)
                 if self.shared is not None:
                     self.shared.delete(entry.name)
-                entry.job.state, entry.job.message = pb2.JOB_STATE_FAILED, "the head was deleted while it trained"
+                entry.job.state, entry.job.message = pb2.JOB_STATE_FAILED, DELETED_WHILE_TRAINING
                 return
             entry.job.state, entry.job.progress = pb2.JOB_STATE_SUCCEEDED, 1.0
             entry.job.message = (

@@ -15,6 +15,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from offshelf.protos.v1 import model_card_pb2 as card_pb2
+from offshelf.service.models.preprocess import normalisation
 
 PIXELS = "pixels"
 
@@ -29,13 +30,11 @@ def with_pixels_input(path: pathlib.Path, pre: card_pb2.Preprocessing) -> bytes:
     graph.input.insert(
         0, helper.make_tensor_value_info(PIXELS, TensorProto.UINT8, ["batch", pre.crop_height, pre.crop_width, 3])
     )
-    std = np.asarray(pre.std, np.float32)
-    scale = (1.0 / (255.0 * std)).reshape(1, 3, 1, 1)
-    offset = (-np.asarray(pre.mean, np.float32) / std).reshape(1, 3, 1, 1)
+    scale, offset = normalisation(pre)
     graph.initializer.extend(
         [
-            numpy_helper.from_array(scale, "offshelf_pixel_scale"),
-            numpy_helper.from_array(offset, "offshelf_pixel_offset"),
+            numpy_helper.from_array(scale.reshape(1, 3, 1, 1), "offshelf_pixel_scale"),
+            numpy_helper.from_array(offset.reshape(1, 3, 1, 1), "offshelf_pixel_offset"),
         ]
     )
     rgb = PIXELS

@@ -63,6 +63,13 @@ def decode_errors(name: str, data: bytes) -> Iterator[None]:
         raise DecodeError(f"{name} could not be decoded ({err}); send a complete, valid file", "corrupt") from err
 
 
+def normalisation(spec: card_pb2.Preprocessing) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, offset) per channel that take a uint8 pixel to the model's input: pixel * scale + offset, which is
+    (pixel / 255 - mean) / std."""
+    std = np.asarray(spec.std, np.float32)
+    return 1.0 / (255.0 * std), -np.asarray(spec.mean, np.float32) / std
+
+
 def decode_cost(image: Image.Image) -> int:
     """What decoding an opened image will cost, in pixels of a JPEG or PNG (3 to 8 bytes each while decoded and
     resized)."""
@@ -108,9 +115,7 @@ class Preprocessor:
         self.spec = spec
         self.max_pixels = max_pixels
         self._resample = _RESAMPLING[spec.interpolation]
-        std = np.asarray(spec.std, np.float32)
-        self._scale = 1.0 / (255.0 * std)
-        self._offset = -np.asarray(spec.mean, np.float32) / std
+        self._scale, self._offset = normalisation(spec)
         self._bgr = spec.channel_order == "BGR"
         self.budget = budget or PixelBudget(max_pixels)
 

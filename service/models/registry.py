@@ -82,7 +82,8 @@ class LoadedModel:
         # session costs ~170 MB for Lite0).
         on_cpu = self.pixels_runtime.provider == CPU  # CUDA runs do not share the CPU's cores
         crowded_pixels_runtime = runtime(share, pixels_graph) if on_cpu and share < cores else self.pixels_runtime
-        self._warm_up(settings.max_batch_size, [self.runtime], [self.pixels_runtime, crowded_pixels_runtime])
+        self._runtimes = list(dict.fromkeys([self.runtime, self.pixels_runtime, crowded_pixels_runtime]))
+        self._warm_up(settings.max_batch_size)
 
         def batcher(name: str, alone: OnnxRuntime, crowded: OnnxRuntime, instances: int) -> Batcher:
             return Batcher(
@@ -97,7 +98,6 @@ class LoadedModel:
                 crowded,
             )
 
-        self._runtimes = list(dict.fromkeys([self.runtime, self.pixels_runtime, crowded_pixels_runtime]))
         name = f"{self.name}/{self.version}"
         self.batcher = batcher(name, self.pixels_runtime, crowded_pixels_runtime, settings.instances)
         self.tensor_batcher = batcher(f"{name}/fp32", self.runtime, self.runtime, 1)
@@ -109,14 +109,15 @@ class LoadedModel:
         if missing:
             raise ModelLoadError(f"{self.runtime.path}: card.json lists outputs {missing} that the ONNX graph lacks")
 
-    def _warm_up(self, max_batch_size: int, tensors: list[OnnxRuntime], pixels: list[OnnxRuntime]) -> None:
+    def _warm_up(self, max_batch_size: int) -> None:
         """Runs batch sizes 1 and max once through every runtime, so the first requests do not pay for allocations."""
         pre = self.card.preprocessing
         for size in sorted({1, max_batch_size}):
-            for runtime in dict.fromkeys(tensors):
-                runtime.run({pre.input_name: np.zeros((size, 3, pre.crop_height, pre.crop_width), np.float32)})
-            for runtime in dict.fromkeys(pixels):
-                runtime.run({PIXELS: np.zeros((size, pre.crop_height, pre.crop_width, 3), np.uint8)})
+            for runtime in self._runtimes:
+                if runtime.graph is None:  # the exported graph: FP32 in
+                    runtime.run({pre.input_name: np.zeros((size, 3, pre.crop_height, pre.crop_width), np.float32)})
+                else:
+                    runtime.run({PIXELS: np.zeros((size, pre.crop_height, pre.crop_width, 3), np.uint8)})
 
     def check_outputs(self, requested: list[str]) -> list[str]:
         """The requested outputs (all when none are named); InvalidArgument names unknown ones."""
