@@ -11,8 +11,9 @@ filtered from searches). Without a usable index file (missing, unreadable, or ol
 vector space, i.e. whitening) the index is rebuilt from SQLite.
 
 In RAM per collection: the FAISS index (flat and HNSW hold the vectors, 4 x dim bytes each, HNSW adds its
-graph; IVF-PQ holds codes) and, for HNSW, the FAISS ids of gone items. Labels, metadata and the float32 vectors
-that re-ranking, whitening, head training and search by id need are read from SQLite.
+graph; IVF-PQ holds codes), for HNSW the FAISS ids of gone items, and the rows of recent hits (hit_rows.py).
+Other labels and metadata, and the float32 vectors that re-ranking, whitening, head training and search by id
+need, are read from SQLite.
 
 Writers are serialised by one lock; searches share a readers-writer lock with the brief index mutations only,
 so they are not held up by embedding, commits or index training.
@@ -35,6 +36,7 @@ from offshelf.protos.v1 import index_pb2
 from offshelf.service.drift import DriftMonitor
 from offshelf.service.errors import InvalidArgument, NotFound, Unavailable
 from offshelf.service.index.faiss_index import new_index, search_params, train_ivfpq
+from offshelf.service.index.hit_rows import HitRows
 from offshelf.service.index.rwlock import ReadWriteLock
 from offshelf.service.index.store import DATABASE, Filter, ItemStore, Row, from_blobs
 from offshelf.service.index.vectors import Whitening, check_whitening, learn_whitening, prepare, to_index_space
@@ -93,6 +95,7 @@ class Collection:
         self._dead: set[int] = set()  # hnsw only: FAISS ids of gone items, filtered from searches
         self._dead_selector: tuple[faiss.IDSelector, ...] | None = None
         self._index = new_index(config, self.dim)
+        self._hit_rows = HitRows(store.rows)
         self._write_lock = threading.Lock()
         self._save_lock = threading.Lock()
         self._rw = ReadWriteLock()
@@ -211,7 +214,7 @@ class Collection:
                 ranked = self._search_all(queries, k, ef_search, nprobe)
         if min_score is not None:
             ranked = [[(score, i) for score, i in row if score >= min_score] for row in ranked]
-        rows = self.store.rows(sorted({i for row in ranked for _, i in row}))
+        rows = self._hit_rows.rows(sorted({i for row in ranked for _, i in row}))
         return [
             [(rows[i].id, score, rows[i].label, rows[i].metadata) for score, i in row if i in rows] for row in ranked
         ]
@@ -367,6 +370,7 @@ class Collection:
     def _drop(self, internals: list[int]) -> None:
         if not internals:
             return
+        self._hit_rows.forget(internals)
         if self.config.index_type == "hnsw":
             self._dead.update(internals)
             batch = faiss.IDSelectorBatch(np.fromiter(self._dead, np.int64, len(self._dead)))
