@@ -9,16 +9,22 @@ METRICS_PORT ?= 9464
 SERVER := localhost:$(PORT)
 UKBENCH ?= ../shared/data/ukbench
 
-.PHONY: venv demo test protos lint bench
+.PHONY: venv demo test protos lint bench lock
 
 # A strict editable install links every module into build/__editable__.*/offshelf, a real package tree for
 # readers and static tools; a module added, moved or removed changes its folder, which re-runs the install.
 PACKAGE_DIRS := $(addsuffix /,$(shell find protos export train service clients -type d -not -name __pycache__))
 
+# onnxruntime for this machine (an extra of offshelf): the CUDA build where nvidia-smi is found, else the CPU one.
+# Both install the same module, so the other one goes first. `make RUNTIME=gpu venv` overrides.
+RUNTIME ?= $(if $(shell command -v nvidia-smi),gpu,cpu)
+OTHER_RUNTIME := $(if $(filter gpu,$(RUNTIME)),onnxruntime,onnxruntime-gpu)
+
 $(STAMP): pyproject.toml $(PACKAGE_DIRS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[torch,dev]' --config-settings editable_mode=strict
+	$(BIN)/pip uninstall -q -y $(OTHER_RUNTIME) 2>/dev/null || true
+	$(BIN)/pip install -q -e '.[torch,dev,$(RUNTIME)]' --config-settings editable_mode=strict
 	touch $@
 
 venv: $(STAMP)
@@ -58,3 +64,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/embed.py
+
+# The container images' dependencies, pinned with hashes (deploy/requirements-*.lock) from pyproject.toml.
+# The CPU image runs python:3.11-slim's Python; the GPU image Ubuntu 24.04's, 3.12.
+LOCK := $(BIN)/uv pip compile pyproject.toml --quiet --generate-hashes --python-platform x86_64-manylinux_2_28 \
+	--extra milvus
+lock: $(STAMP)
+	$(LOCK) --python-version 3.11 --extra cpu -o deploy/requirements-cpu.lock
+	$(LOCK) --python-version 3.12 --extra gpu --constraint deploy/cuda13.txt -o deploy/requirements-gpu.lock

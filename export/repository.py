@@ -167,12 +167,29 @@ def next_version(model_dir: pathlib.Path) -> int:
     return max(versions, default=0) + 1
 
 
-def triton_config(name: str, card: card_pb2.ModelCard, max_batch_size: int) -> str:
-    """config.pbtxt for Triton's onnxruntime backend over the same repository."""
+def triton_config(model_dir: pathlib.Path, max_batch_size: int) -> str:
+    """config.pbtxt for Triton's onnxruntime backend over the same repository. Triton reads one config for all of a
+    model's versions, so its version policy lists those whose input and outputs are the newest version's."""
+    cards = {
+        int(p.name): json_format.Parse((p / "card.json").read_text(), card_pb2.ModelCard())
+        for p in model_dir.iterdir()
+        if p.is_dir() and p.name.isdigit() and (p / "card.json").exists()
+    }
+
+    def signature(card: card_pb2.ModelCard) -> tuple:
+        pre = card.preprocessing
+        return pre.input_name, pre.crop_height, pre.crop_width, [(o.name, o.dim) for o in card.outputs]
+
+    card = cards[max(cards)]
+    versions = sorted(v for v, c in cards.items() if signature(c) == signature(card))
+    policy = (
+        "all { }" if len(versions) == len(cards) else f"specific {{ versions: [ {', '.join(map(str, versions))} ] }}"
+    )
     pre = card.preprocessing
     outputs = "\n".join(f'  {{ name: "{o.name}" data_type: TYPE_FP32 dims: [ {o.dim} ] }},' for o in card.outputs)
     return (
-        f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: {max_batch_size}\n'
+        f'name: "{model_dir.name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: {max_batch_size}\n'
+        f"version_policy: {{ {policy} }}\n"
         f'input [\n  {{ name: "{pre.input_name}" data_type: TYPE_FP32 dims: [ 3, {pre.crop_height}, '
         f"{pre.crop_width} ] }}\n]\noutput [\n{outputs.rstrip(',')}\n]\ndynamic_batching {{ }}\n"
     )
@@ -208,8 +225,10 @@ def export_model(request: ExportRequest, log: Log = print) -> pathlib.Path:
         spec.dim = array.shape[1]
     names = [s.name for s in specs]
 
+    new_model = not model_dir.exists()
     model_dir.mkdir(parents=True, exist_ok=True)
     staged = pathlib.Path(tempfile.mkdtemp(dir=model_dir, prefix=".incoming-"))
+    written = False
     try:
         fp32 = staged / "model.fp32.onnx"
         with stage(log, f"traced and exported to ONNX (opset {OPSET})"):
@@ -258,10 +277,13 @@ def export_model(request: ExportRequest, log: Log = print) -> pathlib.Path:
         (staged / "card.json").write_text(json_format.MessageToJson(card, indent=2, preserving_proto_field_name=True))
         staged.chmod(0o755)
         staged.rename(model_dir / str(version))
+        written = True
         if request.triton:
-            (model_dir / "config.pbtxt").write_text(triton_config(request.name, card, request.triton_max_batch_size))
+            (model_dir / "config.pbtxt").write_text(triton_config(model_dir, request.triton_max_batch_size))
     finally:
         shutil.rmtree(staged, ignore_errors=True)
+        if new_model and not written:
+            shutil.rmtree(model_dir, ignore_errors=True)  # a new model's folder holds nothing else
     return model_dir / str(version)
 
 

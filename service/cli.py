@@ -15,10 +15,13 @@ from pydantic_core import ErrorDetails
 from pydantic_settings import CliApp, CliSettingsSource
 
 from offshelf.service import logs
-from offshelf.service.server import serve
 from offshelf.service.settings import ServiceSettings
 
 EXIT_USAGE = 2
+NO_RUNTIME = (
+    "offshelf serve: onnxruntime is not installed; pip install 'offshelf[cpu]', or 'offshelf[gpu]' on a host with an "
+    "NVIDIA GPU"
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +38,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"offshelf serve: {explain(error)}", file=sys.stderr)
         return EXIT_USAGE
     logs.configure(settings.log_level)
+    try:  # here, not at the top: onnxruntime comes from an extra, and its absence deserves a sentence
+        from offshelf.service.server import serve
+    except ModuleNotFoundError as err:
+        if err.name != "onnxruntime":
+            raise
+        print(NO_RUNTIME, file=sys.stderr)
+        return 1
     return serve(settings)
 
 

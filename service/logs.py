@@ -1,4 +1,4 @@
-"""Structured logs: one JSON object per line on stderr."""
+"""Structured logs: one JSON object per line on stderr; lines logged while an RPC is served carry its request id."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import datetime
 import json
 import logging
 import sys
+
+from offshelf.service import request_context
 
 
 class JsonFormatter(logging.Formatter):
@@ -17,6 +19,9 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
             **getattr(record, "fields", {}),
         }
+        request = request_context.current.get()
+        if request is not None:
+            entry.setdefault("request_id", request.request_id)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)

@@ -31,8 +31,9 @@ class Metrics:
         PlatformCollector(registry=self.registry)  # python_info
         self.requests = Counter(
             "offshelf_requests_total",
-            "RPCs answered, by method and gRPC status code.",
-            ["rpc", "code"],
+            "RPCs answered (health checks aside), by method, gRPC status code and the model that ran them ('' for "
+            "none).",
+            ["rpc", "code", "model"],
             registry=self.registry,
         )
         self.request_seconds = Histogram(

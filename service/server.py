@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from offshelf.protos.inference import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from offshelf.protos.v1 import embedding_pb2, embedding_pb2_grpc, heads_pb2, heads_pb2_grpc, index_pb2, index_pb2_grpc
+from offshelf.service import tracing
 from offshelf.service.api.auth import Tokens
 from offshelf.service.api.embedding import EmbeddingServicer
 from offshelf.service.api.heads import HeadsServicer
@@ -30,6 +31,7 @@ from offshelf.service.heads.registry import HeadRegistry
 from offshelf.service.index.registry import CollectionRegistry
 from offshelf.service.logs import fields
 from offshelf.service.metrics import Metrics
+from offshelf.service.models import runtime
 from offshelf.service.models.registry import ModelRegistry
 from offshelf.service.models.runtime import CUDA
 from offshelf.service.settings import ServiceSettings
@@ -119,7 +121,10 @@ class Server:
         self.slots = CallSlots(settings.max_concurrent_calls)
         self._grpc = grpc.server(
             ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix="rpc"),
-            interceptors=[RpcInterceptor(self.metrics, self.slots, authentication(settings))],
+            interceptors=[
+                *filter(None, [tracing.configure()]),  # each RPC's span, around everything else
+                RpcInterceptor(self.metrics, self.slots, authentication(settings), settings.access_log),
+            ],
             options=[
                 ("grpc.so_reuseport", 0),  # a port another process holds is a start-up error, not shared
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -187,6 +192,10 @@ class Server:
         if self.settings.milvus_uri:
             self._share_heads()
         self.heads.load_all()
+        self.models.bound = self._bound_versions
+        self.models.sync()  # versions that collections and heads are bound to, beyond the version policies
+        if self.settings.repository_poll_seconds:
+            self.models.poll(self.settings.repository_poll_seconds)
         on_cuda = any(m.runtime.provider == CUDA for versions in self.models.all().values() for m in versions)
         gpu = GpuCollector.create() if on_cuda else None
         if gpu is not None:
@@ -198,9 +207,16 @@ class Server:
             extra=fields(
                 grpc_port=self.grpc_port,
                 metrics_port=self.metrics_port,
+                onnxruntime=runtime.installed(),
                 seconds=round(time.perf_counter() - started, 2),
             ),
         )
+
+    def _bound_versions(self) -> set[tuple[str, int]]:
+        """The model versions collections and heads were built on: kept loaded whatever the version policy."""
+        bindings = [c.config.binding for c in self.collections.all()]
+        bindings += [entry.served.card.binding for entry in self.heads.all() if entry.served is not None]
+        return {(b.model, b.version) for b in bindings}
 
     def _set_health(self, status: int) -> None:
         for service in ["", *SERVICES]:
@@ -225,6 +241,7 @@ class Server:
         self.collections.close()
         self.models.close()
         self.metrics.close()
+        tracing.shutdown()
         self.data_lock.release()
         log.info("stopped")
 

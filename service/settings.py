@@ -83,6 +83,14 @@ class ServiceSettings(BaseSettings):
         description="Port of the Prometheus /metrics endpoint; 0 picks a free one.",
         json_schema_extra=metavar("PORT"),
     )
+    repository_poll_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="How often the model repository is checked for new, removed or reconfigured versions, which "
+        "are then loaded (warmed up first) or unloaded (after their requests in flight); 0: only at start and on "
+        "explicit loads (RepositoryModelLoad).",
+        json_schema_extra=metavar("SECONDS"),
+    )
     execution_provider: Literal["auto", "cuda", "cpu"] = Field(
         "auto", description="auto: CUDA when it really works, else CPU; cuda: fail unless CUDA works."
     )
@@ -210,6 +218,11 @@ class ServiceSettings(BaseSettings):
         json_schema_extra=metavar("SECONDS"),
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    access_log: bool = Field(
+        True,
+        description="One INFO line per call (health checks aside): rpc, code, ms, model, images, peer and its "
+        "request id.",
+    )
 
     @model_validator(mode="after")
     def _threads_to_spare(self) -> ServiceSettings:

@@ -7,6 +7,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import sys
 
 import grpc
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 
 from offshelf.clients import Client
 
-from support import MilvusProcess, ServerProcess, shared_photos, write_identity_model
+from support import ROOT, MilvusProcess, ServerProcess, shared_photos, write_identity_model
 
 
 @pytest.fixture(scope="session")
@@ -140,3 +141,19 @@ def prometheus_tools() -> tuple[str, str]:
             if subprocess.run(command, env=env, capture_output=True, timeout=600).returncode != 0:
                 pytest.skip(f"could not install Debian's prometheus package ({' '.join(command)} failed)")
     return shutil.which("prometheus"), shutil.which("promtool")
+
+
+@pytest.fixture(scope="session")
+def tritonclient_python() -> str:
+    """A virtualenv of its own with the stock tritonclient[grpc] (it pins protobuf < 7; offshelf needs 7)."""
+    venv = ROOT / "build" / "tritonclient-venv"
+    python = venv / "bin" / "python"
+    if not (venv / ".installed").exists():
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "tritonclient[grpc]>=2.50", "numpy"],
+            check=True,
+            timeout=600,
+        )
+        (venv / ".installed").touch()
+    return str(python)

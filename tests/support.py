@@ -88,14 +88,17 @@ def random_checkpoint(path: pathlib.Path, architecture: str, size: int, seed: in
 TINY_SIZE = 8  # input crop of the tiny model, pixels
 
 
-def write_identity_model(repo: pathlib.Path, dim: int) -> pathlib.Path:
-    """repo/random-projection-<dim>/1: embedding = flatten(image) @ W (W fixed, random). Returns repo."""
+def write_identity_model(repo: pathlib.Path, dim: int, version: int = 1, seed: int = 0) -> pathlib.Path:
+    """repo/random-projection-<dim>/<version>: embedding = flatten(image) @ W (W fixed, random from `seed`), written
+    whole under a hidden name, then renamed (a server watching the repository never sees half of it). Returns
+    repo."""
     name = f"random-projection-{dim}"
-    version_dir = repo / name / "1"
+    version_dir = repo / name / str(version)
     if (version_dir / "card.json").exists():
         return repo
-    version_dir.mkdir(parents=True, exist_ok=True)
-    weights = np.random.default_rng(0).standard_normal((3 * TINY_SIZE * TINY_SIZE, dim)).astype(np.float32)
+    staged = repo / name / f".staging-{version}"
+    staged.mkdir(parents=True, exist_ok=True)
+    weights = np.random.default_rng(seed).standard_normal((3 * TINY_SIZE * TINY_SIZE, dim)).astype(np.float32)
     graph = helper.make_graph(
         [helper.make_node("Flatten", ["image"], ["flat"]), helper.make_node("MatMul", ["flat", "w"], ["embedding"])],
         name,
@@ -104,11 +107,11 @@ def write_identity_model(repo: pathlib.Path, dim: int) -> pathlib.Path:
         [helper.make_tensor("w", TensorProto.FLOAT, weights.shape, weights.flatten().tolist())],
     )
     onnx.save(
-        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), version_dir / "model.onnx"
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), staged / "model.onnx"
     )
     card = model_card_pb2.ModelCard(
         name=name,
-        version=1,
+        version=version,
         architecture="random-projection",
         preprocessing=model_card_pb2.Preprocessing(
             input_name="image",
@@ -122,21 +125,30 @@ def write_identity_model(repo: pathlib.Path, dim: int) -> pathlib.Path:
         ),
         outputs=[model_card_pb2.OutputSpec(name="embedding", layer="projection", pooling="none", dim=dim)],
     )
-    (version_dir / "card.json").write_text(json_format.MessageToJson(card, preserving_proto_field_name=True))
+    (staged / "card.json").write_text(json_format.MessageToJson(card, preserving_proto_field_name=True))
+    staged.rename(version_dir)
     return repo
 
 
 class ServerProcess:
     """``offshelf serve`` in a subprocess on 127.0.0.1 with free ports; its JSON log lines are collected."""
 
-    def __init__(self, repo: pathlib.Path, data_dir: pathlib.Path, client: dict | None = None, **settings: object):
-        """client: the connection options (TLS files) wait_serving connects with."""
+    def __init__(
+        self,
+        repo: pathlib.Path,
+        data_dir: pathlib.Path,
+        client: dict | None = None,
+        environment: dict[str, str] | None = None,
+        **settings: object,
+    ):
+        """client: the connection options (TLS files) wait_serving connects with; environment: more variables for
+        the process (settings become OFFSHELF_* ones)."""
         self.client_options = client or {}
         self.data_dir = data_dir
         self.started_at = time.time()
         self.settings = settings
         settings = {"data_dir": data_dir, **settings}
-        env = {**os.environ, **{f"OFFSHELF_{k.upper()}": str(v) for k, v in settings.items()}}
+        env = {**os.environ, **(environment or {}), **{f"OFFSHELF_{k.upper()}": str(v) for k, v in settings.items()}}
         self.process = subprocess.Popen(
             [
                 sys.executable,

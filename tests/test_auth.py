@@ -124,7 +124,7 @@ def test_the_denials_are_counted(secured):
     server, channel, _ = secured
     call(channel, "/offshelf.v1.Index/CreateCollection", index_pb2.CreateCollectionRequest, False, False, None)
     text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
-    assert 'offshelf_requests_total{code="UNAUTHENTICATED",rpc="CreateCollection"}' in text
+    assert 'offshelf_requests_total{code="UNAUTHENTICATED",model="",rpc="CreateCollection"}' in text
 
 
 def test_reflection_can_be_turned_off(tiny_repo, tmp_path):

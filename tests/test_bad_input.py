@@ -179,7 +179,7 @@ def test_a_malformed_message_is_invalid_argument_and_counted(tiny_server, client
     code, details = status_of(lambda: add_stream(iter([b"\x0a\x02\xff\xfe"]), timeout=30))
     assert code == "INVALID_ARGUMENT"
     text = urllib.request.urlopen(tiny_server.metrics_url, timeout=10).read().decode()
-    assert 'offshelf_requests_total{code="INVALID_ARGUMENT",rpc="CreateCollection"}' in text
+    assert 'offshelf_requests_total{code="INVALID_ARGUMENT",model="",rpc="CreateCollection"}' in text
 
 
 def peak_rss_mb(pid: int) -> float:

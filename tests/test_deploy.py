@@ -490,3 +490,36 @@ def test_the_network_policy_lets_clients_and_prometheus_in_and_nothing_out_but_m
     assert ports == {"grpc", "metrics"}
     egress_ports = {port["port"] for rule in spec.get("egress") or [] for port in rule["ports"]}
     assert egress_ports == ({53, 19530, 2379} if overlay in SCALE else set())
+
+
+def locked(path) -> dict[str, str]:
+    """name: version of each package a lock file pins."""
+    pins = re.findall(r"^([A-Za-z0-9._-]+)==([^ \\\n]+)", path.read_text(), re.MULTILINE)
+    return {re.sub(r"[-_.]+", "-", name).lower(): version for name, version in pins}
+
+
+def test_the_images_install_pinned_dependencies_on_bases_pinned_by_digest():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+    def names(requirements: list[str]) -> set[str]:
+        return {re.sub(r"[-_.]+", "-", re.split(r"[<>=!~ \[;]", r)[0]).lower() for r in requirements}
+
+    extras = project["optional-dependencies"]
+    for image, runtime in (("cpu", "onnxruntime"), ("gpu", "onnxruntime-gpu")):
+        pins = locked(DEPLOY / f"requirements-{image}.lock")
+        wanted = names(project["dependencies"]) | names(extras[image]) | names(extras["milvus"])
+        assert wanted <= set(pins), f"{image}: {sorted(wanted - set(pins))} missing; run make lock"
+        other = ({"onnxruntime", "onnxruntime-gpu"} - {runtime}).pop()
+        assert runtime in pins and other not in pins, image
+        dockerfile = (DEPLOY / f"Dockerfile.{image}").read_text()
+        assert f"--require-hashes -r requirements-{image}.lock" in dockerfile
+        assert re.search(r"^ARG BASE=\S+@sha256:[0-9a-f]{64}$", dockerfile, re.MULTILINE), image
+        assert all(
+            line == "FROM ${BASE}" or line == "FROM ${BASE} AS build"
+            for line in re.findall(r"^FROM .*", dockerfile, re.MULTILINE)
+        )
+    assert not [name for name in locked(DEPLOY / "requirements-cpu.lock") if name.startswith("nvidia")]
+    cuda13 = locked(DEPLOY / "cuda13.txt")["onnxruntime-gpu"]
+    assert locked(DEPLOY / "requirements-gpu.lock")["onnxruntime-gpu"] == cuda13

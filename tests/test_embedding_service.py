@@ -137,8 +137,8 @@ def test_metrics_count_what_was_sent(server, client):
         key = (name, tuple(sorted(labels.items())))
         return after.get(key, 0) - before.get(key, 0)
 
-    assert delta("offshelf_requests_total", rpc="Embed", code="OK") == 3
-    assert delta("offshelf_requests_total", rpc="Embed", code="INVALID_ARGUMENT") == 1
+    assert delta("offshelf_requests_total", rpc="Embed", code="OK", model="efficientnet-lite0") == 3
+    assert delta("offshelf_requests_total", rpc="Embed", code="INVALID_ARGUMENT", model="efficientnet-lite0") == 1
     assert delta("offshelf_request_duration_seconds_count", rpc="Embed") == 4
     provider = client.list_models()[0].versions[0].execution_provider
     info = ("offshelf_model_info", (("model", "efficientnet-lite0"), ("provider", provider), ("version", "1")))

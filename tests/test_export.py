@@ -12,6 +12,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from google.protobuf import json_format
 from torch import nn
 
 from offshelf.clients import Client
@@ -25,11 +26,20 @@ from offshelf.export.repository import (
     default_check_images,
     export_model,
     load_batch,
+    triton_config,
 )
 from offshelf.export.taps import TappedModel, default_outputs
 from offshelf.export.zoo import build_network
 
-from support import SHARED_DATA, ServerProcess, read_card, shared_photos, skimage_photo, small_preprocessing
+from support import (
+    SHARED_DATA,
+    ServerProcess,
+    read_card,
+    shared_photos,
+    skimage_photo,
+    small_preprocessing,
+    write_identity_model,
+)
 
 QUIET = {"log": lambda _: None}
 
@@ -318,7 +328,7 @@ def test_agreement_below_the_threshold_refuses_unless_forced(tmp_path, capsys):
     args = ["resnet18", "--random-init", "--repo", str(tmp_path), "--precision", "int8", "--min-agreement", "1.01"]
     assert cli.main(args) == 2
     assert "nothing was written (--force writes it anyway)" in capsys.readouterr().err
-    assert not list((tmp_path / "resnet18").glob("[0-9]*"))
+    assert not (tmp_path / "resnet18").exists()  # not even an empty model folder
     assert cli.main([*args, "--force"]) == 0
     card = read_card(tmp_path / "resnet18" / "1")
     assert (card.agreement.quantization, card.agreement.threshold, card.agreement.forced) == ("dynamic", 1.01, True)
@@ -356,7 +366,7 @@ def test_parity_beyond_the_tolerance_refuses_to_write(tmp_path):
     )
     with pytest.raises(ExportError, match="nothing was written"):
         export_model(request, **QUIET)
-    assert list((tmp_path / "m").iterdir()) == []
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_writes_the_next_version_and_prints_its_stages(tmp_path, capsys):
@@ -389,3 +399,17 @@ def test_layers_lists_module_names_and_shapes(capsys):
     assert any(line.split()[:3] == ["fc", "Linear", "1000"] for line in out.splitlines())
     (functional,) = [line for line in out.splitlines() if line.startswith("also tappable (functional steps): ")]
     assert {"layer4.1.add", "flatten"} <= set(functional.split(": ")[1].split(", "))
+
+
+def test_the_triton_config_serves_the_versions_shaped_like_the_newest(tmp_path):
+    model_dir = write_identity_model(tmp_path, 16, version=1) / "random-projection-16"
+    write_identity_model(tmp_path, 16, version=2)
+    assert "version_policy: { all { } }" in triton_config(model_dir, 8)
+    card = read_card(model_dir / "2")
+    card.outputs[0].dim = 32  # version 2 now has another output shape
+    (model_dir / "2" / "card.json").write_text(json_format.MessageToJson(card))
+    write_identity_model(tmp_path, 16, version=3)
+    (model_dir / "3" / "card.json").write_text(json_format.MessageToJson(card))
+    config = triton_config(model_dir, 8)
+    assert "version_policy: { specific { versions: [ 2, 3 ] } }" in config
+    assert 'name: "embedding" data_type: TYPE_FP32 dims: [ 32 ]' in config

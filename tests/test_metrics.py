@@ -42,8 +42,11 @@ def provider(server: ServerProcess) -> str:
 def test_exposition_counts_the_traffic(traffic):
     samples = scrape(traffic)
     model = "efficientnet-lite0/1"
-    assert value(samples, "offshelf_requests_total", rpc="Embed", code="OK") == 1
-    assert value(samples, "offshelf_requests_total", rpc="Embed", code="INVALID_ARGUMENT") == 2
+    assert value(samples, "offshelf_requests_total", rpc="Embed", code="OK", model="efficientnet-lite0") == 1
+    # the images were bad: refused while the model decoded them
+    assert (
+        value(samples, "offshelf_requests_total", rpc="Embed", code="INVALID_ARGUMENT", model="efficientnet-lite0") == 2
+    )
     assert value(samples, "offshelf_decode_failures_total", reason="empty") == 1
     assert value(samples, "offshelf_decode_failures_total", reason="unsupported_format") == 1
     assert value(samples, "offshelf_request_duration_seconds_count", rpc="Embed") == 3
@@ -136,7 +139,9 @@ def test_a_real_prometheus_scrapes_the_service(traffic, prometheus_tools, tmp_pa
         deadline, results = time.monotonic() + 60, []
         while time.monotonic() < deadline:
             try:
-                results = query('offshelf_requests_total{job="offshelf",rpc="Embed",code="OK"}')
+                results = query(
+                    'offshelf_requests_total{job="offshelf",rpc="Embed",code="OK",model="efficientnet-lite0"}'
+                )
             except (OSError, urllib.error.URLError):
                 results = []
             if results and float(results[0]["value"][1]) == 2:

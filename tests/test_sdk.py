@@ -12,6 +12,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from offshelf.clients import AsyncClient, Client, DeadlineExceeded, InvalidArgument, Label, Unavailable
 
@@ -56,9 +57,14 @@ def test_every_call_has_a_deadline(server):
 
 
 def requests_counted(server, rpc: str, code: str) -> float:
+    """offshelf_requests_total of the rpc and code, over every model label."""
     text = urllib.request.urlopen(server.metrics_url).read().decode()
-    prefix = f'offshelf_requests_total{{code="{code}",rpc="{rpc}"}} '
-    return next((float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix)), 0.0)
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "offshelf_requests_total" and (s.labels["rpc"], s.labels["code"]) == (rpc, code)
+    )
 
 
 def test_invalid_argument_is_not_retried(server):

@@ -103,3 +103,11 @@ def test_serving_beyond_loopback_without_tokens_is_refused_unless_insecure(tmp_p
     (tmp_path / "tokens").write_text("reader 0123\n")
     error = the_error(serve(repo, tmp_path / "data", host="0.0.0.0", tokens_file=str(tmp_path / "tokens")))
     assert "line 1" in error and "read, write, admin" in error
+
+
+def test_a_broken_serving_json_is_a_startup_error_naming_the_file(tmp_path):
+    repo = write_identity_model(tmp_path / "repo", 16)
+    config = repo / "random-projection-16" / "serving.json"
+    config.write_text('{"version_policy": {"latest": 1, "all": true}}')
+    error = the_error(serve(repo, tmp_path / "data"))
+    assert str(config) in error and "choose one of latest, all and specific" in error, error

@@ -18,6 +18,7 @@ from offshelf.export.zoo import build_network, last_linear
 from offshelf.train import cli
 from offshelf.train.dann import DannConfig, GradientReversal, run_dann
 from offshelf.train.data import load_splits
+from offshelf.train.device import choose
 from offshelf.train.errors import TrainError
 from offshelf.train.finetune import FinetuneConfig, _epoch, blocks, finetune, freeze, parameter_groups
 
@@ -78,7 +79,7 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path):
     assert 1 <= history.best_epoch and history.val_loss[history.best_epoch - 1] == min(history.val_loss)
     kept = build_network("resnet18", str(tmp_path / "run" / "checkpoint.pt"))
     _, val, _ = load_splits(data, kept.preprocessing, False, 0.2)
-    loss, _ = _epoch(kept.module, DataLoader(val, 8), None, "val")
+    loss, _ = _epoch(kept.module, DataLoader(val, 8), None, "val", torch.device("cpu"))
     assert loss == pytest.approx(min(history.val_loss), rel=1e-4)  # the checkpoint holds the best epoch's weights
 
 
@@ -155,3 +156,16 @@ def test_dann_trains_the_source_only_baseline_and_the_adapted_model_and_scores_b
     config.target_labelled = tmp_path / "other"
     with pytest.raises(TrainError, match=r"has classes \['bright'\]; the source has \['faint', 'strong'\]"):
         run_dann(config, log=messages.append)
+
+
+def test_training_runs_on_cuda_when_it_works_and_says_so_when_asked_for_without_it(tmp_path, capsys):
+    if torch.cuda.is_available():
+        assert choose("auto").type == "cuda"
+    else:
+        assert choose("auto").type == "cpu"
+        with pytest.raises(TrainError, match="--device cuda, but torch finds no working CUDA device here"):
+            choose("cuda")
+        data = hymenoptera(tmp_path, 2, 1)
+        assert cli.main(["finetune", str(data), "--device", "cuda", "--out", str(tmp_path / "run")]) == 2
+        assert "no working CUDA device" in capsys.readouterr().err
+    assert choose("cpu").type == "cpu"

@@ -7,6 +7,7 @@ import pathlib
 import sys
 
 from offshelf.export.errors import ExportError
+from offshelf.train.device import DEVICES
 from offshelf.train.errors import TrainError
 from offshelf.train.finetune import FinetuneConfig, finetune
 
@@ -53,6 +54,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--val-split", type=float, default=0.2, help="held-out fraction without a val/ folder")
     p.add_argument("--limit-per-class", type=int, default=0, help="use only this many training images per class")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA (mixed precision) when it works")
     return p
 
 
@@ -78,6 +80,7 @@ def dann_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA (mixed precision) when it works")
     return p
 
 
@@ -100,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                     lr=args.lr,
                     epochs=args.epochs,
                     batch_size=args.batch_size,
+                    device=args.device,
                 )
             )
         except (TrainError, ExportError) as err:  # the network is built by the export tool
@@ -131,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         limit_per_class=args.limit_per_class,
         seed=args.seed,
         init_head=args.init_head,
+        device=args.device,
     )
     try:
         finetune(config)

@@ -24,6 +24,7 @@ from offshelf.export.checkpoint import write_checkpoint
 from offshelf.export.repository import card_transform
 from offshelf.export.zoo import build_network, last_linear
 from offshelf.train.data import train_transform
+from offshelf.train.device import choose, gradient_scaler, mixed_precision
 from offshelf.train.errors import TrainError
 from offshelf.train.finetune import _epoch, freeze
 
@@ -54,6 +55,7 @@ class DannConfig:
     epochs: int = 5
     batch_size: int = 32
     seed: int = 0
+    device: str = "auto"  # auto (CUDA when it works), cpu or cuda
 
 
 @dataclass
@@ -83,14 +85,18 @@ def _endless(loader: DataLoader) -> Iterator:
         yield from loader
 
 
-def _train(config: DannConfig, source: DataLoader, target: DataLoader, classes: int, adapt: bool) -> nn.Module:
+def _train(
+    config: DannConfig, source: DataLoader, target: DataLoader, classes: int, adapt: bool, device: torch.device
+) -> nn.Module:
     torch.manual_seed(config.seed)
     model, classifier = _model(config, classes)
+    model.to(device)
     head = model.get_submodule(classifier)
     parent, _, leaf = classifier.rpartition(".")
     owner = model.get_submodule(parent) if parent else model
     width = head.in_features
-    discriminator = nn.Sequential(nn.Linear(width, 256), nn.ReLU(), nn.Linear(256, 1))
+    discriminator = nn.Sequential(nn.Linear(width, 256), nn.ReLU(), nn.Linear(256, 1)).to(device)
+    scaler = gradient_scaler(device)
     parameters = [p for p in model.parameters() if p.requires_grad] + list(discriminator.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=1e-4)
     steps = config.epochs * len(source)
@@ -106,18 +112,21 @@ def _train(config: DannConfig, source: DataLoader, target: DataLoader, classes: 
             )
         ):
             progress = (step_epoch * len(source) + step) / steps
-            setattr(owner, leaf, nn.Identity())  # the network now returns the features the classifier reads
-            features = model(torch.cat([xs, xt]) if adapt else xs)
-            setattr(owner, leaf, head)
-            loss = nn.functional.cross_entropy(head(features[: len(xs)]), ys)
-            if adapt:
-                strength = 2.0 / (1.0 + math.exp(-10 * progress)) - 1.0  # ramps 0 -> 1
-                domains = torch.cat([torch.zeros(len(xs)), torch.ones(len(xt))])
-                logits = discriminator(GradientReversal.apply(features, strength)).squeeze(1)
-                loss = loss + nn.functional.binary_cross_entropy_with_logits(logits, domains)
+            xs, ys, xt = xs.to(device), ys.to(device), xt.to(device)
+            with mixed_precision(device):
+                setattr(owner, leaf, nn.Identity())  # the network now returns the features the classifier reads
+                features = model(torch.cat([xs, xt]) if adapt else xs)
+                setattr(owner, leaf, head)
+                loss = nn.functional.cross_entropy(head(features[: len(xs)]), ys)
+                if adapt:
+                    strength = 2.0 / (1.0 + math.exp(-10 * progress)) - 1.0  # ramps 0 -> 1
+                    domains = torch.cat([torch.zeros(len(xs)), torch.ones(len(xt))]).to(device)
+                    logits = discriminator(GradientReversal.apply(features, strength)).squeeze(1)
+                    loss = loss + nn.functional.binary_cross_entropy_with_logits(logits, domains)
             optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
     return model
 
 
@@ -143,14 +152,16 @@ def run_dann(config: DannConfig, log=print) -> DannReport:
         if labelled.classes != classes:
             raise TrainError(f"{config.target_labelled} has classes {labelled.classes}; the source has {classes}")
         evaluation = DataLoader(labelled, config.batch_size, num_workers=2)
-    log(f"source {len(source_set)} images in {classes}; target {len(target_set)} unlabelled images")
+    device = choose(config.device)
+    log(f"source {len(source_set)} images in {classes}; target {len(target_set)} unlabelled images; on {device.type}")
     accuracies = {}
     for adapt in (False, True):
-        model = _train(config, source, target, len(classes), adapt)
+        model = _train(config, source, target, len(classes), adapt, device)
         if evaluation is not None:
-            accuracies[adapt] = _epoch(model, evaluation, None, "scoring on the labelled target")[1]
+            accuracies[adapt] = _epoch(model, evaluation, None, "scoring on the labelled target", device)[1]
             log(f"{'DANN-adapted' if adapt else 'source-only'} accuracy on the target: {accuracies[adapt]:.3f}")
     config.out.mkdir(parents=True, exist_ok=True)
-    write_checkpoint(config.out / "checkpoint.pt", config.architecture, copy.deepcopy(model.state_dict()), classes, pre)
+    weights = {name: tensor.cpu() for name, tensor in copy.deepcopy(model.state_dict()).items()}
+    write_checkpoint(config.out / "checkpoint.pt", config.architecture, weights, classes, pre)
     log(f"wrote {config.out / 'checkpoint.pt'} (the adapted model)")
     return DannReport(accuracies.get(False), accuracies.get(True))

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from offshelf.export.checkpoint import write_checkpoint
 from offshelf.export.zoo import build_network, last_linear
 from offshelf.train.data import load_splits
+from offshelf.train.device import choose, gradient_scaler, mixed_precision
 from offshelf.train.errors import TrainError
 
 
@@ -42,6 +43,7 @@ class FinetuneConfig:
     limit_per_class: int = 0
     seed: int = 0
     init_head: bool = True  # start the classifier from a linear probe (pretrained weights only)
+    device: str = "auto"  # auto (CUDA when it works), cpu or cuda
 
 
 @dataclass
@@ -93,7 +95,7 @@ def parameter_groups(module: nn.Module, classifier: str, config: FinetuneConfig)
     return groups
 
 
-def init_head(model: nn.Module, classifier: str, loader: DataLoader) -> None:
+def init_head(model: nn.Module, classifier: str, loader: DataLoader, device: torch.device) -> None:
     """Starts the new classifier from a logistic regression on the pretrained features (a linear probe), so
     fine-tuning refines a good model instead of first undoing a random head through the backbone."""
     from sklearn.linear_model import LogisticRegression
@@ -106,7 +108,7 @@ def init_head(model: nn.Module, classifier: str, loader: DataLoader) -> None:
     features, targets = [], []
     with torch.no_grad():
         for images, labels in tqdm(loader, desc="features for the initial classifier", unit="batch", leave=False):
-            features.append(model(images))
+            features.append(model(images.to(device)).float().cpu())
             targets.append(labels)
     setattr(owner, leaf, head)
     x, y = torch.cat(features).numpy(), torch.cat(targets).numpy()
@@ -115,13 +117,19 @@ def init_head(model: nn.Module, classifier: str, loader: DataLoader) -> None:
     if len(probe.classes_) == 2:  # one row for class 1: split it into two softmax rows
         weight, bias = [-weight[0] / 2, weight[0] / 2], [-bias[0] / 2, bias[0] / 2]
     with torch.no_grad():
-        head.weight.copy_(torch.as_tensor(np.asarray(weight), dtype=torch.float32))
-        head.bias.copy_(torch.as_tensor(np.asarray(bias), dtype=torch.float32))
+        head.weight.copy_(torch.as_tensor(np.asarray(weight), dtype=torch.float32, device=device))
+        head.bias.copy_(torch.as_tensor(np.asarray(bias), dtype=torch.float32, device=device))
 
 
 def _epoch(
-    model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer | None, description: str
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer | None,
+    description: str,
+    device: torch.device,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[float, float]:
+    """One pass over the loader: training when an optimizer (and its gradient scaler) is given. Loss, accuracy."""
     training = optimizer is not None
     model.train(training)
     for module in model.modules():  # frozen blocks keep their BatchNorm statistics too
@@ -132,12 +140,16 @@ def _epoch(
     total_loss, correct, seen = 0.0, 0, 0
     with torch.set_grad_enabled(training), tqdm(loader, desc=description, unit="batch", leave=False) as bar:
         for images, targets in bar:
-            logits = model(images)
-            loss = nn.functional.cross_entropy(logits, targets)
+            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            with mixed_precision(device):
+                logits = model(images)
+                loss = nn.functional.cross_entropy(logits, targets)
             if training:
+                assert optimizer is not None and scaler is not None
                 optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
             total_loss += loss.item() * len(targets)
             correct += int((logits.argmax(1) == targets).sum())
             seen += len(targets)
@@ -147,6 +159,7 @@ def _epoch(
 
 def finetune(config: FinetuneConfig, log=print) -> History:
     torch.manual_seed(config.seed)
+    device = choose(config.device)
     network = build_network(config.architecture, config.weights)
     train, val, classes = load_splits(
         config.data, network.preprocessing, config.augment, config.val_split, config.limit_per_class, config.seed
@@ -157,29 +170,33 @@ def finetune(config: FinetuneConfig, log=print) -> History:
     parent, _, leaf = classifier.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, leaf, nn.Linear(old.in_features, len(classes)))
     frozen = freeze(model, config.freeze)
+    model.to(device)
     if config.init_head and config.weights != "random":
         plain, _, _ = load_splits(
             config.data, network.preprocessing, False, config.val_split, config.limit_per_class, config.seed
         )
-        init_head(model, classifier, DataLoader(plain, config.batch_size, num_workers=2))
+        init_head(model, classifier, DataLoader(plain, config.batch_size, num_workers=2), device)
         log("initialised the classifier by logistic regression on the frozen features")
     log(
         f"{config.architecture}: {len(classes)} classes {classes}, {len(train)} training and {len(val)} validation "
-        f"images; frozen blocks: {', '.join(frozen) or 'none'}"
+        f"images; frozen blocks: {', '.join(frozen) or 'none'}; on {device.type}"
+        + (" in mixed precision" if device.type == "cuda" else "")
     )
     optimizer = torch.optim.AdamW(parameter_groups(model, classifier, config), weight_decay=1e-4)
+    scaler = gradient_scaler(device)
+    on_gpu = device.type == "cuda"
     loaders = (  # read every epoch: workers that persist are not forked again each time
-        DataLoader(train, config.batch_size, shuffle=True, num_workers=2, persistent_workers=True),
-        DataLoader(val, config.batch_size, num_workers=2, persistent_workers=True),
+        DataLoader(train, config.batch_size, shuffle=True, num_workers=2, persistent_workers=True, pin_memory=on_gpu),
+        DataLoader(val, config.batch_size, num_workers=2, persistent_workers=True, pin_memory=on_gpu),
     )
     history, best, best_loss, waited = History(), copy.deepcopy(model.state_dict()), float("inf"), 0
     start_accuracy = 0.0
     if config.init_head and config.weights != "random":  # the linear probe is the first candidate
-        best_loss, start_accuracy = _epoch(model, loaders[1], None, "epoch 0 val")
+        best_loss, start_accuracy = _epoch(model, loaders[1], None, "epoch 0 val", device)
         log(f"epoch 0 (linear probe): val loss {best_loss:.4f} acc {start_accuracy:.3f}")
     for epoch in range(1, config.epochs + 1):
-        train_loss, train_accuracy = _epoch(model, loaders[0], optimizer, f"epoch {epoch} train")
-        val_loss, val_accuracy = _epoch(model, loaders[1], None, f"epoch {epoch} val")
+        train_loss, train_accuracy = _epoch(model, loaders[0], optimizer, f"epoch {epoch} train", device, scaler)
+        val_loss, val_accuracy = _epoch(model, loaders[1], None, f"epoch {epoch} val", device)
         for name, value in zip(
             ("train_loss", "train_accuracy", "val_loss", "val_accuracy"),
             (train_loss, train_accuracy, val_loss, val_accuracy),
@@ -198,6 +215,7 @@ def finetune(config: FinetuneConfig, log=print) -> History:
                 log(f"stopping early: validation loss has not improved for {config.patience} epochs")
                 break
     config.out.mkdir(parents=True, exist_ok=True)
+    best = {name: tensor.cpu() for name, tensor in best.items()}
     write_checkpoint(config.out / "checkpoint.pt", config.architecture, best, classes, network.preprocessing)
     plot(history, config.out / "curves.png")
     best_accuracy = history.val_accuracy[history.best_epoch - 1] if history.best_epoch else start_accuracy

@@ -54,6 +54,11 @@ REQUIRED_ROLES = {
         "ModelMetadata": READ,
         "ModelInfer": READ,
         "ModelStreamInfer": READ,
+        "ModelConfig": READ,
+        "ModelStatistics": READ,
+        "RepositoryIndex": READ,
+        "RepositoryModelLoad": ADMIN,
+        "RepositoryModelUnload": ADMIN,
     },
 }
 

@@ -15,6 +15,7 @@ import numpy as np
 from offshelf.protos.v1 import index_pb2 as pb2
 from offshelf.protos.v1 import index_pb2_grpc as pb2_grpc
 from offshelf.protos.v1.embedding_pb2 import AUGMENTATION_FLIP, AUGMENTATION_NONE, Vector
+from offshelf.service import tracing
 from offshelf.service.api.checks import check_image_limit, check_name
 from offshelf.service.errors import FailedPrecondition, InvalidArgument
 from offshelf.service.index.collection import Item
@@ -236,7 +237,8 @@ class IndexServicer(pb2_grpc.IndexServicer):
                 augmentation=AUGMENTATION_FLIP if request.flip else AUGMENTATION_NONE,
             )
         started = time.perf_counter()
-        hits = collection.search(vectors, request.k, request.ef_search, request.nprobe, where, min_score)
+        with tracing.tracer.start_as_current_span("search", attributes={"queries": len(queries), "k": request.k}):
+            hits = collection.search(vectors, request.k, request.ef_search, request.nprobe, where, min_score)
         self.metrics.search_seconds.labels(collection.config.index_type).observe(time.perf_counter() - started)
         return [
             pb2.SearchResponse(

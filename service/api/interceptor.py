@@ -1,5 +1,6 @@
-"""Maps ServiceError to its gRPC status; counts every unary RPC by method and status code, the RPCs in flight,
-and decode failures by reason; refuses calls beyond the concurrency limit and while the server shuts down.
+"""Maps ServiceError to its gRPC status; counts every RPC but health checks by method, status code and model, the
+RPCs in flight, and decode failures by reason; gives each call a request id and an access log line; refuses calls
+beyond the concurrency limit and while the server shuts down.
 
 Both live here because the status code is known only once the error is mapped. Anything
 that is not a ServiceError is logged and answered INTERNAL, never UNKNOWN.
@@ -15,13 +16,14 @@ from typing import Any
 
 import grpc
 
-from offshelf.service import cancellation
+from offshelf.service import cancellation, request_context
 from offshelf.service.api.auth import Tokens, required_role
 from offshelf.service.errors import DecodeError, InvalidArgument, ServiceError, Unavailable
 from offshelf.service.logs import fields
 from offshelf.service.metrics import Metrics
 
 log = logging.getLogger(__name__)
+access = logging.getLogger("offshelf.access")  # one line per call (settings.access_log)
 MAX_MESSAGE = 1000  # characters of an error message
 QUIET_SECONDS = 0.1  # on shutdown, calls are held until none has arrived for this long
 
@@ -76,10 +78,11 @@ class CallSlots:
 
 
 class RpcInterceptor(grpc.ServerInterceptor):
-    def __init__(self, metrics: Metrics, slots: CallSlots, tokens: Tokens | None = None):
+    def __init__(self, metrics: Metrics, slots: CallSlots, tokens: Tokens | None = None, access_log: bool = True):
         self.metrics = metrics
         self.slots = slots
         self.tokens = tokens  # None: no authentication (a server on loopback only, or --insecure)
+        self.access_log = access_log
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
@@ -88,6 +91,12 @@ class RpcInterceptor(grpc.ServerInterceptor):
         method = details.method
         rpc = method.rsplit("/", 1)[-1]
         deserialize = tolerant(handler.request_deserializer)
+        if required_role(method) is None:  # health and reflection: open, answered whatever the load, not counted
+            if handler.unary_unary is None:
+                return handler  # server-streaming (health Watch) and reflection pass through
+            return grpc.unary_unary_rpc_method_handler(
+                self._open(rpc, well_formed(handler.unary_unary)), deserialize, handler.response_serializer
+            )
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap(rpc, method, well_formed(handler.unary_unary)), deserialize, handler.response_serializer
@@ -98,17 +107,38 @@ class RpcInterceptor(grpc.ServerInterceptor):
                 deserialize,
                 handler.response_serializer,
             )
-        if handler.stream_stream is not None and required_role(method) is not None:
+        if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
                 self._guard(rpc, method, well_formed_stream(handler.stream_stream)),
                 deserialize,
                 handler.response_serializer,
             )
-        return handler  # server-streaming (health Watch) and reflection pass through
+        return handler
 
     def _authorize(self, method: str, context: grpc.ServicerContext) -> None:
         if self.tokens is not None:
             self.tokens.check(method, context.invocation_metadata())
+
+    @staticmethod
+    def _identify(context: grpc.ServicerContext) -> request_context.RequestContext:
+        """The call's request id (the caller's x-request-id or a new one), sent back in the trailing metadata."""
+        request_id = request_context.request_id_from(context.invocation_metadata())
+        context.set_trailing_metadata(((request_context.HEADER, request_id),))
+        return request_context.RequestContext(request_id)
+
+    def _open(self, rpc: str, behavior: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[..., Any]:
+        """A health check: errors mapped to their status, nothing counted or logged (probes would swamp both)."""
+
+        def answered(request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                return behavior(request, context)
+            except ServiceError as err:
+                context.abort(err.code, shortened(err.message))
+            except Exception:
+                log.exception("unexpected error", extra=fields(rpc=rpc))
+                context.abort(grpc.StatusCode.INTERNAL, f"{rpc} failed on an unexpected server error; see its log")
+
+        return answered
 
     def _guard(self, rpc: str, method: str, behavior: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
         """A bidirectional stream (ModelStreamInfer): the caller's token checked before it starts, the stream
@@ -116,68 +146,110 @@ class RpcInterceptor(grpc.ServerInterceptor):
 
         def guarded(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
             started = time.perf_counter()
-            self._take_slot(rpc, started, context)
-            code = grpc.StatusCode.INTERNAL
+            served = self._identify(context)
+            served_token = request_context.current.set(served)
             try:
-                self._authorize(method, context)
-                yield from behavior(requests, context)
-                code = grpc.StatusCode.OK
-            except ServiceError as err:  # a refused token, or a malformed message in the stream
-                code = err.code
-                context.abort(err.code, shortened(err.message))
+                self._take_slot(rpc, started, context, served)
+                code = grpc.StatusCode.INTERNAL
+                try:
+                    self._authorize(method, context)
+                    yield from behavior(requests, context)
+                    code = grpc.StatusCode.OK
+                except ServiceError as err:  # a refused token, or a malformed message in the stream
+                    code = err.code
+                    context.abort(err.code, shortened(err.message))
+                finally:
+                    self.slots.give_back()
+                    self._record(rpc, gone(context) or code, started, context, served)
             finally:
-                self.slots.give_back()
-                self._record(rpc, gone(context) or code, started)
+                request_context.current.reset(served_token)
 
         return guarded
 
     def _wrap(self, rpc: str, method: str, behavior: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[..., Any]:
-        limited = required_role(method) is not None  # health checks are answered whatever the load
-
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
             started = time.perf_counter()
-            if limited:
-                self._take_slot(rpc, started, context)
-            in_flight = self.metrics.in_flight.labels(rpc)
-            in_flight.inc()
-            call = cancellation.Call()
-            context.add_callback(call.cancel)
-            token = cancellation.current.set(call)
+            served = self._identify(context)
+            served_token = request_context.current.set(served)
             try:
-                self._authorize(method, context)
-                response = behavior(request, context)
-            except ServiceError as err:
-                code, message = err.code, err.message
-                if isinstance(err, DecodeError):
-                    self.metrics.decode_failures.labels(err.reason).inc()
-            except Exception:
-                log.exception("unexpected error", extra=fields(rpc=rpc))
-                code, message = grpc.StatusCode.INTERNAL, f"{rpc} failed on an unexpected server error; see its log"
-            else:
-                self._record(rpc, gone(context) or context.code() or grpc.StatusCode.OK, started)
-                return response
+                self._take_slot(rpc, started, context, served)
+                return self._answer(rpc, method, behavior, request, context, started, served)
             finally:
-                cancellation.current.reset(token)
-                in_flight.dec()
-                if limited:
-                    self.slots.give_back()
-            code = gone(context) or code
-            self._record(rpc, code, started)
-            context.abort(code, shortened(message))
+                request_context.current.reset(served_token)
 
         return wrapped
 
-    def _take_slot(self, rpc: str, started: float, context: grpc.ServicerContext) -> None:
+    def _answer(
+        self,
+        rpc: str,
+        method: str,
+        behavior: Callable[[Any, grpc.ServicerContext], Any],
+        request: Any,
+        context: grpc.ServicerContext,
+        started: float,
+        served: request_context.RequestContext,
+    ) -> Any:
+        """Runs the call in its slot: authorised, cancellable, its errors mapped to a status, counted."""
+        in_flight = self.metrics.in_flight.labels(rpc)
+        in_flight.inc()
+        call = cancellation.Call()
+        context.add_callback(call.cancel)
+        token = cancellation.current.set(call)
+        try:
+            self._authorize(method, context)
+            response = behavior(request, context)
+        except ServiceError as err:
+            code, message = err.code, err.message
+            if isinstance(err, DecodeError):
+                self.metrics.decode_failures.labels(err.reason).inc()
+        except Exception:
+            log.exception("unexpected error", extra=fields(rpc=rpc))
+            code, message = grpc.StatusCode.INTERNAL, f"{rpc} failed on an unexpected server error; see its log"
+        else:
+            self._record(rpc, gone(context) or context.code() or grpc.StatusCode.OK, started, context, served)
+            return response
+        finally:
+            cancellation.current.reset(token)
+            in_flight.dec()
+            self.slots.give_back()
+        code = gone(context) or code
+        self._record(rpc, code, started, context, served)
+        context.abort(code, shortened(message))
+
+    def _take_slot(
+        self, rpc: str, started: float, context: grpc.ServicerContext, served: request_context.RequestContext
+    ) -> None:
         """A call slot for this call; refused (counted, then aborted) when there is none or the server stops."""
         try:
             self.slots.take()
         except ServiceError as err:
-            self._record(rpc, err.code, started)
+            self._record(rpc, err.code, started, context, served)
             context.abort(err.code, err.message)
 
-    def _record(self, rpc: str, code: grpc.StatusCode, started: float) -> None:
-        self.metrics.requests.labels(rpc, code.name).inc()
-        self.metrics.request_seconds.labels(rpc).observe(time.perf_counter() - started)
+    def _record(
+        self,
+        rpc: str,
+        code: grpc.StatusCode,
+        started: float,
+        context: grpc.ServicerContext,
+        served: request_context.RequestContext,
+    ) -> None:
+        """Counts the call, and logs its access log line."""
+        seconds = time.perf_counter() - started
+        self.metrics.requests.labels(rpc, code.name, served.model).inc()
+        self.metrics.request_seconds.labels(rpc).observe(seconds)
+        if self.access_log:
+            access.info(
+                "call",
+                extra=fields(
+                    rpc=rpc,
+                    code=code.name,
+                    ms=round(seconds * 1000, 2),
+                    model=served.model,
+                    images=served.images,
+                    peer=context.peer(),
+                ),
+            )
 
 
 def shortened(message: str, limit: int = MAX_MESSAGE) -> str:

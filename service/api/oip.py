@@ -22,6 +22,7 @@ from offshelf.protos.inference import grpc_predict_v2_pb2 as pb2
 from offshelf.protos.inference import grpc_predict_v2_pb2_grpc as pb2_grpc
 from offshelf.protos.v1.embedding_pb2 import AUGMENTATION_FLIP, AUGMENTATION_NONE, AUGMENTATION_TEN_CROP
 from offshelf.service.api.checks import check_image_count
+from offshelf.service.api.oip_config import PLATFORM, inputs, model_config
 from offshelf.service.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError, Unavailable
 from offshelf.service.heads.registry import HeadRegistry, HeadVersion
 from offshelf.service.logs import fields
@@ -29,6 +30,7 @@ from offshelf.service.models.pixels_input import PIXELS
 from offshelf.service.models.registry import LoadedModel, ModelRegistry
 
 log = logging.getLogger(__name__)
+EXTENSIONS = ("model_repository", "model_configuration", "statistics")
 AUGMENTATIONS = {"none": AUGMENTATION_NONE, "flip": AUGMENTATION_FLIP, "10crop": AUGMENTATION_TEN_CROP}
 PARAMETERS = ("augmentation", "top_k")
 HEAD_OUTPUTS = ("probabilities", "labels")
@@ -79,7 +81,9 @@ class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):
     def ServerMetadata(
         self, request: pb2.ServerMetadataRequest, context: grpc.ServicerContext
     ) -> pb2.ServerMetadataResponse:
-        return pb2.ServerMetadataResponse(name="offshelf", version=package_version("offshelf"), extensions=[])
+        return pb2.ServerMetadataResponse(
+            name="offshelf", version=package_version("offshelf"), extensions=list(EXTENSIONS)
+        )
 
     def ModelMetadata(
         self, request: pb2.ModelMetadataRequest, context: grpc.ServicerContext
@@ -97,10 +101,58 @@ class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):
         return pb2.ModelMetadataResponse(
             name=model.name,
             versions=[str(m.version) for m in self.models.all()[model.name]],
-            platform="onnxruntime_onnx",
-            inputs=[tensor(name=pre.input_name, datatype="FP32", shape=[-1, 3, pre.crop_height, pre.crop_width])],
+            platform=PLATFORM,
+            inputs=[tensor(name=name, datatype=datatype, shape=[-1, *dims]) for name, datatype, dims in inputs(pre)],
             outputs=outputs,
         )
+
+    def ModelConfig(self, request: pb2.ModelConfigRequest, context: grpc.ServicerContext) -> pb2.ModelConfigResponse:
+        model = self._model(request.name, request.version)
+        return pb2.ModelConfigResponse(
+            config=model_config(model, self.models.serving_config(model.name).version_policy)
+        )
+
+    def ModelStatistics(
+        self, request: pb2.ModelStatisticsRequest, context: grpc.ServicerContext
+    ) -> pb2.ModelStatisticsResponse:
+        if request.name:
+            if request.version:
+                models = [self._model(request.name, request.version)]
+            else:
+                self._model(request.name, "")  # NOT_FOUND for an unknown model
+                models = self.models.all()[request.name]
+        elif request.version:
+            raise InvalidArgument("a version needs a model name; leave both empty for every model")
+        else:
+            models = [m for versions in self.models.all().values() for m in versions]
+        return pb2.ModelStatisticsResponse(model_stats=[m.statistics.proto(m.name, m.version) for m in models])
+
+    def RepositoryIndex(
+        self, request: pb2.RepositoryIndexRequest, context: grpc.ServicerContext
+    ) -> pb2.RepositoryIndexResponse:
+        _check_repository(request.repository_name)
+        return pb2.RepositoryIndexResponse(
+            models=[
+                pb2.RepositoryIndexResponse.ModelIndex(
+                    name=name, version=str(version), state=state.state, reason=state.reason
+                )
+                for name, version, state in self.models.index(request.ready)
+            ]
+        )
+
+    def RepositoryModelLoad(
+        self, request: pb2.RepositoryModelLoadRequest, context: grpc.ServicerContext
+    ) -> pb2.RepositoryModelLoadResponse:
+        _check_control(request)
+        self.models.load(request.model_name)
+        return pb2.RepositoryModelLoadResponse()
+
+    def RepositoryModelUnload(
+        self, request: pb2.RepositoryModelUnloadRequest, context: grpc.ServicerContext
+    ) -> pb2.RepositoryModelUnloadResponse:
+        _check_control(request)
+        self.models.unload(request.model_name)
+        return pb2.RepositoryModelUnloadResponse()
 
     def ModelInfer(self, request: pb2.ModelInferRequest, context: grpc.ServicerContext) -> pb2.ModelInferResponse:
         model = self._model(request.model_name, request.model_version)
@@ -237,6 +289,23 @@ class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):
                 raise InvalidArgument("UINT8 uint_contents hold values above 255")
             pixels = pixels.astype(np.uint8)
         return model.infer_pixels(pixels)
+
+
+def _check_repository(name: str) -> None:
+    if name:
+        raise InvalidArgument(f"repository {name!r}: this server has one model repository; leave the name empty")
+
+
+def _check_control(request: pb2.RepositoryModelLoadRequest | pb2.RepositoryModelUnloadRequest) -> None:
+    _check_repository(request.repository_name)
+    if not request.model_name:
+        raise InvalidArgument("model_name is empty: name the model folder to load or unload")
+    unknown = sorted(set(request.parameters) - {"unload_dependents"})  # tritonclient's; offshelf has no ensembles
+    if unknown:
+        raise InvalidArgument(
+            f"parameters {unknown} are not accepted: a model's versions and settings come from its folder and "
+            "serving.json"
+        )
 
 
 def values(shape: list[int], raw: bytes | None, typed: Sequence[float], datatype: str, dtype: np.dtype) -> np.ndarray:

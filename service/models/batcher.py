@@ -23,10 +23,11 @@ from typing import Protocol
 
 import numpy as np
 
-from offshelf.service import cancellation
+from offshelf.service import cancellation, tracing
 from offshelf.service.errors import Cancelled, Internal, InvalidArgument, Unavailable
 from offshelf.service.logs import fields
 from offshelf.service.metrics import Metrics
+from offshelf.service.models.statistics import InferenceStatistics
 
 log = logging.getLogger(__name__)
 Tensors = dict[str, np.ndarray]
@@ -42,6 +43,8 @@ class _Chunk:
     size: int
     enqueued: float = field(default_factory=time.monotonic)
     result: Future[Tensors] = field(default_factory=Future)
+    trace: tracing.Context = field(default_factory=tracing.current)  # its request's, for the queue and run spans
+    enqueued_ns: int = field(default_factory=time.time_ns)
 
 
 class Admission:
@@ -76,10 +79,12 @@ class Batcher:
         eager: bool = True,
         instances: int = 1,
         crowded_runtime: Runtime | None = None,
+        statistics: InferenceStatistics | None = None,
     ):
         """instances: batches run at once, each by a worker thread of its own (onnxruntime sessions take
         concurrent runs); one worker at a time gathers a batch. crowded_runtime: the same model with fewer threads,
-        for a batch that starts while another runs (the cores are shared then); `runtime` runs a batch alone."""
+        for a batch that starts while another runs (the cores are shared then); `runtime` runs a batch alone.
+        statistics: where each batch's size, run time and its requests' queue waits are added."""
         self.name = name
         self.eager = eager
         self.runtime = runtime
@@ -89,6 +94,7 @@ class Batcher:
         self.max_delay_s = max_delay_s
         self.max_queue_images = max_queue_images
         self._metrics = metrics
+        self.statistics = statistics
         self._queue: collections.deque[_Chunk] = collections.deque()
         self._queued_images = 0
         self._condition = threading.Condition()
@@ -159,13 +165,21 @@ class Batcher:
             return results[0]
         return {name: np.concatenate([r[name] for r in results]) for name in results[0]}
 
-    def close(self) -> None:
-        """Finishes the queued work, then stops the workers."""
+    def idle(self) -> bool:
+        """No request admitted, queued or running."""
+        with self._condition:
+            return self._queued_images == 0 and self._running == 0
+
+    def close(self, forget_metrics: bool = True) -> None:
+        """Finishes the queued work, then stops the workers; forget_metrics drops its queue gauges."""
         with self._condition:
             self._closed = True
             self._condition.notify_all()
         for worker in self._workers:
             worker.join()
+        if forget_metrics:
+            self._metrics.queue_depth.remove(self.name)
+            self._metrics.queue_capacity.remove(self.name)
 
     def _work(self) -> None:
         batch: list[_Chunk] | None = []
@@ -214,7 +228,7 @@ class Batcher:
                 self._condition.wait(remaining)
 
     def _run_batch(self, batch: list[_Chunk]) -> None:
-        started = time.monotonic()
+        started, started_ns = time.monotonic(), time.time_ns()
         for chunk in batch:
             self._metrics.queue_wait_seconds.labels(self.name).observe(started - chunk.enqueued)
         inputs = (
@@ -236,8 +250,15 @@ class Batcher:
             with self._condition:
                 self._running -= 1
         size = sum(chunk.size for chunk in batch)
+        seconds = time.monotonic() - started
         self._metrics.batch_size.labels(self.name).observe(size)
-        self._metrics.inference_seconds.labels(self.name).observe(time.monotonic() - started)
+        self._metrics.inference_seconds.labels(self.name).observe(seconds)
+        if self.statistics is not None:
+            self.statistics.batch(size, seconds, [started - chunk.enqueued for chunk in batch])
+        ended_ns = time.time_ns()
+        for chunk in batch:
+            tracing.record("queue", chunk.trace, chunk.enqueued_ns, started_ns)
+            tracing.record("inference", chunk.trace, started_ns, ended_ns, images=chunk.size, batch_images=size)
         offset = 0
         for chunk in batch:
             chunk.result.set_result({k: v[offset : offset + chunk.size] for k, v in outputs.items()})

@@ -1,4 +1,4 @@
-"""The model registry: every version of every model in the repository, loaded, warmed up and batched."""
+"""The model registry: the versions of the repository's models that are served, loaded, warmed up and batched."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import os
 import pathlib
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -16,7 +18,7 @@ from google.protobuf import json_format
 
 from offshelf.protos.v1 import index_pb2
 from offshelf.protos.v1 import model_card_pb2 as card_pb2
-from offshelf.service import cancellation
+from offshelf.service import cancellation, request_context, tracing
 from offshelf.service.errors import FailedPrecondition, InvalidArgument, ModelLoadError, NotFound, Unavailable
 from offshelf.service.logs import fields
 from offshelf.service.metrics import Metrics
@@ -25,9 +27,12 @@ from offshelf.service.models.pixels_input import PIXELS, with_pixels_input
 from offshelf.service.models.preprocess import PixelBudget, Preprocessor
 from offshelf.service.models.priority import lower_this_thread
 from offshelf.service.models.runtime import CPU, OnnxRuntime
+from offshelf.service.models.serving_config import SERVING_CONFIG, ServingConfig, read_serving_config
+from offshelf.service.models.statistics import InferenceStatistics
 from offshelf.service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
+RETIRE_SETTLE_SECONDS = 0.5
 
 
 def describe(binding: index_pb2.Binding) -> str:
@@ -56,6 +61,9 @@ class LoadedModel:
         self.card = read_card(version_dir)
         self.name = version_dir.parent.name
         self.version = int(version_dir.name)
+        self.settings = settings  # the server's, with the model's serving.json applied
+        self.statistics = InferenceStatistics()
+        self._metrics = metrics
         self.output_names = [o.name for o in self.card.outputs]
         try:
             self.preprocessor = Preprocessor(self.card.preprocessing, settings.max_image_pixels, budget)
@@ -96,6 +104,7 @@ class LoadedModel:
                 settings.eager_batching,
                 instances,
                 crowded,
+                self.statistics,
             )
 
         name = f"{self.name}/{self.version}"
@@ -139,12 +148,22 @@ class LoadedModel:
         """
         names = names or [f"image {i}" for i in range(len(images))]
         per_image = self.preprocessor.views_per_image(augmentation)
-        with self.batcher.admit(len(images) * per_image) as admission:  # refused before decoding when overloaded
-            views = []
-            for data, name in zip(images, names, strict=True):
-                cancellation.check()  # a caller that has gone costs no more decoding
-                views += self.preprocessor.views_of(data, name, augmentation)
-            outputs = admission.run({PIXELS: np.stack(views)})
+        request_context.note_model(self.name, len(images))
+        started = time.perf_counter()
+        decoding = 0.0
+        try:
+            with self.batcher.admit(len(images) * per_image) as admission:  # refused before decoding if overloaded
+                views = []
+                with tracing.tracer.start_as_current_span("decode", attributes={"images": len(images)}):
+                    for data, name in zip(images, names, strict=True):
+                        cancellation.check()  # a caller that has gone costs no more decoding
+                        views += self.preprocessor.views_of(data, name, augmentation)
+                decoding = time.perf_counter() - started
+                outputs = admission.run({PIXELS: np.stack(views)})
+        except BaseException:
+            self.statistics.request(False, time.perf_counter() - started, decoding)
+            raise
+        self.statistics.request(True, time.perf_counter() - started, decoding)
         if per_image > 1:
             outputs = {name: a.reshape(len(images), per_image, -1).mean(axis=1) for name, a in outputs.items()}
         return outputs
@@ -152,11 +171,22 @@ class LoadedModel:
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Every output for a preprocessed (images, 3, H, W) FP32 batch (OIP tensors; batched with each other, while
         encoded images from Embed and OIP are batched together through embed())."""
-        return self.tensor_batcher.run({self.card.preprocessing.input_name: batch})
+        return self._counted(self.tensor_batcher, {self.card.preprocessing.input_name: batch})
 
     def infer_pixels(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Every output for a (images, H, W, 3) uint8 batch of decoded crops, batched with Embed's images."""
-        return self.batcher.run({PIXELS: batch})
+        return self._counted(self.batcher, {PIXELS: batch})
+
+    def _counted(self, batcher: Batcher, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        request_context.note_model(self.name, len(next(iter(inputs.values()))))
+        started = time.perf_counter()
+        try:
+            outputs = batcher.run(inputs)
+        except BaseException:
+            self.statistics.request(False, time.perf_counter() - started)
+            raise
+        self.statistics.request(True, time.perf_counter() - started)
+        return outputs
 
     def binding(self, output: str) -> index_pb2.Binding:
         """What vectors of this output are: the binding a collection records and checks."""
@@ -171,58 +201,220 @@ class LoadedModel:
             dim=spec.dim,
         )
 
-    def close(self) -> None:
-        self.batcher.close()
-        self.tensor_batcher.close()
+    def close(self, forget_metrics: bool = True) -> None:
+        """Finishes the queued work and frees the sessions. forget_metrics: drop this version's gauges (not when a
+        reloaded copy of it serves on under the same labels)."""
+        self.batcher.close(forget_metrics)
+        self.tensor_batcher.close(forget_metrics)
         for runtime in self._runtimes:
             runtime.close()
+        if forget_metrics:
+            self._metrics.models.remove(self.name, str(self.version), self.runtime.provider)
+
+    def drain(self, grace_seconds: float) -> None:
+        """Returns once no request is admitted, queued or running, or after grace_seconds: for a version just taken
+        out of the registry, so that the requests it has already accepted finish before it closes."""
+        deadline = time.monotonic() + grace_seconds
+        time.sleep(min(RETIRE_SETTLE_SECONDS, grace_seconds))  # a request that got the model just before is admitted
+        while time.monotonic() < deadline and not (self.batcher.idle() and self.tensor_batcher.idle()):
+            time.sleep(0.05)
+
+
+@dataclass(frozen=True)
+class VersionState:
+    """A version's state as Triton's repository index reports it: READY, LOADING, UNLOADING or UNAVAILABLE."""
+
+    state: str
+    reason: str = ""
 
 
 class ModelRegistry:
+    """The served versions of the repository's models, kept in step with the repository.
+
+    Each model serves the versions its version policy (serving.json) picks, plus any version a collection or head
+    is bound to (`bound`), so that exporting version 2 does not break what was built on version 1. sync() (every
+    repository_poll_seconds, and on RepositoryModelLoad) loads new versions, warmed up before they take traffic,
+    reloads a model whose serving.json changed, and retires versions no longer wanted once their requests in
+    flight finish. A model unloaded explicitly stays unloaded until it is loaded again.
+    """
+
     def __init__(self, settings: ServiceSettings, metrics: Metrics):
         self.settings = settings
         self.metrics = metrics
-        self._models: dict[str, dict[int, LoadedModel]] = {}
-        self._lock = threading.Lock()
         self.decode_budget = PixelBudget(max(settings.max_decode_pixels, settings.max_image_pixels))
+        self.bound: Callable[[], set[tuple[str, int]]] = set  # (model, version) pairs to keep: set by the server
+        self._models: dict[str, dict[int, LoadedModel]] = {}
+        self._configs: dict[str, tuple[int | None, ServingConfig]] = {}  # by model: (serving.json mtime, config)
+        self._failed: dict[tuple[str, int], tuple[int, str]] = {}  # (model, version): (folder mtime, error)
+        self._changing: dict[tuple[str, int], str] = {}  # LOADING or UNLOADING
+        self._unloaded: set[str] = set()
+        self._lock = threading.Lock()  # the dicts above
+        self._control = threading.Lock()  # one sync, load or unload at a time
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
 
-    def version_dirs(self) -> list[pathlib.Path]:
+    # --- the repository --------------------------------------------------------------------------
+
+    def repository(self) -> dict[str, list[int]]:
+        """Every model folder of the repository with its version folders."""
         repo = self.settings.repo
         if not repo.is_dir():
             raise ModelLoadError(
                 f"model repository {repo} does not exist; export a model into it first "
                 f"(offshelf export efficientnet-lite0 --repo {repo})"
             )
-        found = sorted(
-            (
-                v
-                for m in repo.iterdir()
-                if m.is_dir() and not m.name.startswith(".")
-                for v in m.iterdir()
-                if v.is_dir() and v.name.isdigit()
-            ),
-            key=lambda v: (v.parent.name, int(v.name)),
-        )
-        if not found:
-            raise ModelLoadError(
-                f"model repository {repo} holds no <model>/<version>/ folder; "
-                f"export a model into it (offshelf export efficientnet-lite0 --repo {repo})"
-            )
-        return found
+        return {
+            m.name: sorted(int(v.name) for v in m.iterdir() if v.is_dir() and v.name.isascii() and v.name.isdigit())
+            for m in sorted(repo.iterdir())
+            if m.is_dir() and not m.name.startswith(".")
+        }
 
     def load_all(self) -> None:
-        """Loads every version in parallel; raises ModelLoadError if any cannot be served."""
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            for model in pool.map(self._load, self.version_dirs()):
-                with self._lock:
-                    self._models.setdefault(model.name, {})[model.version] = model
+        """The first load: raises ModelLoadError if any version the policies pick cannot be served."""
+        with self._control:
+            repository = self.repository()
+            if not any(repository.values()):
+                raise ModelLoadError(
+                    f"model repository {self.settings.repo} holds no <model>/<version>/ folder; export a model into "
+                    f"it (offshelf export efficientnet-lite0 --repo {self.settings.repo})"
+                )
+            self._sync(repository, list(repository), strict=True)
 
-    def _load(self, version_dir: pathlib.Path) -> LoadedModel:
+    def sync(self) -> None:
+        """Brings the served versions in step with the repository; a version that fails to load is logged and
+        reported UNAVAILABLE by the index (tried again when its folder changes)."""
+        with self._control:
+            repository = self.repository()
+            with self._lock:
+                names = sorted((set(repository) | set(self._models)) - self._unloaded)
+            self._sync(repository, names, strict=False)
+
+    def poll(self, seconds: float) -> None:
+        """Syncs every `seconds` in a thread of its own until close()."""
+
+        def loop() -> None:
+            while not self._stop.wait(seconds):
+                try:
+                    self.sync()
+                except Exception:
+                    log.exception("syncing with the model repository failed")
+
+        self._poller = threading.Thread(target=loop, name="repository-poll", daemon=True)
+        self._poller.start()
+
+    def load(self, name: str) -> None:
+        """Loads a model, or reloads it (its serving.json read again): RepositoryModelLoad."""
+        with self._control:
+            repository = self.repository()
+            if name not in repository:
+                raise NotFound(f"no model folder {name!r} in the repository; models there: {', '.join(repository)}")
+            with self._lock:
+                self._unloaded.discard(name)
+                self._configs.pop(name, None)
+                self._failed = {key: failure for key, failure in self._failed.items() if key[0] != name}
+            try:
+                self._sync(repository, [name], strict=True, reload=True)
+            except ModelLoadError as err:
+                raise FailedPrecondition(f"model {name!r} did not load: {err}") from err
+
+    def unload(self, name: str) -> None:
+        """Unloads every version of a model; each closes once its requests in flight finish."""
+        with self._control:
+            with self._lock:
+                if name not in self._models and name not in self.repository():
+                    raise NotFound(f"no model named {name!r}")
+                self._unloaded.add(name)
+                versions = self._models.pop(name, {})
+            for model in versions.values():
+                self._retire(model)
+            log.info("model unloaded", extra=fields(model=name, versions=sorted(versions)))
+
+    def _sync(self, repository: dict[str, list[int]], names: list[str], strict: bool, reload: bool = False) -> None:
+        try:
+            bound: set[tuple[str, int]] | None = self.bound()
+        except Exception:  # Milvus unreachable, say: new versions still load, and nothing is unloaded
+            log.exception("cannot list the model versions collections and heads are bound to")
+            bound = None
+        for name in names:
+            available = repository.get(name, [])
+            try:
+                config, changed = self._config(name, available)
+            except ModelLoadError as err:
+                if strict:
+                    raise
+                self._fail(name, available, str(err))
+                continue
+            with self._lock:
+                loaded = dict(self._models.get(name, {}))
+            kept = set(loaded) if bound is None else {v for m, v in bound if m == name}
+            wanted = set(config.version_policy.choose(available)) | (kept & set(available))
+            fresh = reload or changed
+            to_load = sorted(wanted if fresh else wanted - set(loaded))
+            if not strict:  # a version that failed is tried again when its folder changes
+                to_load = [v for v in to_load if not self._failed_before(name, v)]
+            for model in self._load_versions(name, to_load, config, strict):
+                with self._lock:
+                    self._models.setdefault(name, {})[model.version] = model
+                if model.version in loaded:
+                    self._retire(loaded.pop(model.version))
+            gone = [loaded[v] for v in loaded if v not in wanted]
+            with self._lock:
+                for model in gone:
+                    del self._models[name][model.version]
+                if name in self._models and not self._models[name]:
+                    del self._models[name]
+            for model in gone:
+                self._retire(model)
+
+    def _config(self, name: str, available: list[int]) -> tuple[ServingConfig, bool]:
+        """The model's serving config and whether it changed since it was last read."""
+        path = self.settings.repo / name / SERVING_CONFIG
+        try:
+            stamp: int | None = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            stamp = None
+        with self._lock:
+            known = self._configs.get(name)
+        if known is not None and known[0] == stamp:
+            return known[1], False
+        config = read_serving_config(path.parent)
+        with self._lock:
+            self._configs[name] = (stamp, config)
+        return config, known is not None
+
+    def _load_versions(self, name: str, versions: list[int], config: ServingConfig, strict: bool) -> list[LoadedModel]:
+        """Loads versions in parallel; a failure raises when strict, else is remembered and logged."""
+        settings = config.applied_to(self.settings)
+        for version in versions:
+            with self._lock:
+                self._changing[(name, version)] = "LOADING"
+        loaded = []
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            futures = {v: pool.submit(self._load, self.settings.repo / name / str(v), settings) for v in versions}
+            for version, future in futures.items():
+                try:
+                    loaded.append(future.result())
+                except ModelLoadError as err:
+                    if strict:
+                        with self._lock:
+                            served = set(self._models.get(name, {}))
+                        for model in loaded:  # a version served before serves on, under the same gauges
+                            model.close(forget_metrics=model.version not in served)
+                        raise
+                    self._fail(name, [version], str(err))
+                finally:
+                    with self._lock:
+                        self._changing.pop((name, version), None)
+        return loaded
+
+    def _load(self, version_dir: pathlib.Path, settings: ServiceSettings) -> LoadedModel:
         """Runs on a loading thread of its own: its priority, lowered here, passes to the model's inference
         threads."""
         lower_this_thread(self.settings.inference_niceness)
         started = time.perf_counter()
-        model = LoadedModel(version_dir, self.settings, self.metrics, self.decode_budget)
+        model = LoadedModel(version_dir, settings, self.metrics, self.decode_budget)
+        with self._lock:
+            self._failed.pop((model.name, model.version), None)
         log.info(
             "model loaded",
             extra=fields(
@@ -234,20 +426,97 @@ class ModelRegistry:
         )
         return model
 
+    def _fail(self, name: str, versions: list[int], error: str) -> None:
+        """Remembers why versions did not load; logs it unless it is what the last sync logged."""
+        with self._lock:
+            known = all(self._failed.get((name, v), (0, ""))[1] == error for v in versions)
+            for version in versions:
+                self._failed[(name, version)] = (self._folder_stamp(name, version), error)
+        if not known:
+            log.error("model version not loaded", extra=fields(model=name, versions=versions, error=error))
+
+    def _failed_before(self, name: str, version: int) -> bool:
+        with self._lock:
+            failure = self._failed.get((name, version))
+        return failure is not None and failure[0] == self._folder_stamp(name, version)
+
+    def _folder_stamp(self, name: str, version: int) -> int:
+        folder = self.settings.repo / name / str(version)
+        try:
+            return max(p.stat().st_mtime_ns for p in [folder, *folder.iterdir()])
+        except OSError:
+            return 0
+
+    def _retire(self, model: LoadedModel) -> None:
+        """Closes a model taken out of the registry once its requests in flight finish, in the background."""
+        key = (model.name, model.version)
+
+        def retire() -> None:
+            try:
+                model.drain(self.settings.grace_seconds)
+                with self._lock:
+                    reloaded = model.version in self._models.get(model.name, {})
+                model.close(forget_metrics=not reloaded)
+            finally:
+                with self._lock:
+                    if self._changing.get(key) == "UNLOADING":
+                        del self._changing[key]
+                log.info("model version retired", extra=fields(model=model.name, version=model.version))
+
+        with self._lock:
+            self._changing[key] = "UNLOADING"
+        threading.Thread(target=retire, name=f"retire-{model.name}/{model.version}", daemon=True).start()
+
+    def index(self, ready_only: bool = False) -> list[tuple[str, int, VersionState]]:
+        """Every version in the repository or served, with its state (RepositoryIndex)."""
+        try:
+            repository = self.repository()
+        except ModelLoadError:
+            repository = {}
+        with self._lock:
+            keys = {(m, v) for m, versions in repository.items() for v in versions}
+            keys |= {(m, v) for m, versions in self._models.items() for v in versions}
+            rows = []
+            for name, version in sorted(keys):
+                if version in self._models.get(name, {}):
+                    state = VersionState("READY")
+                elif (name, version) in self._changing:
+                    state = VersionState(self._changing[(name, version)])
+                elif (name, version) in self._failed:
+                    state = VersionState("UNAVAILABLE", self._failed[(name, version)][1])
+                elif name in self._unloaded:
+                    state = VersionState("UNAVAILABLE", "unloaded")
+                else:
+                    state = VersionState("UNAVAILABLE", "not picked by the model's version policy")
+                if state.state == "READY" or not ready_only:
+                    rows.append((name, version, state))
+        return rows
+
+    def serving_config(self, name: str) -> ServingConfig:
+        with self._lock:
+            known = self._configs.get(name)
+        return known[1] if known is not None else ServingConfig()
+
+    # --- serving ---------------------------------------------------------------------------------
+
     def get(self, name: str, version: int = 0) -> LoadedModel:
         with self._lock:
-            versions = self._models.get(name)
+            versions = dict(self._models.get(name, {}))
             loaded = sorted(self._models)
-        if not loaded:
+            unloaded = name in self._unloaded
+        if not versions and unloaded:
+            raise Unavailable(f"model {name!r} is unloaded; load it (RepositoryModelLoad) to serve it again")
+        if not versions and not loaded:
             raise Unavailable("the server is still loading its models; retry when health reports SERVING")
-        if versions is None:
+        if not versions:
             raise NotFound(f"no model named {name!r}; served models: {', '.join(loaded)}")
         if version == 0:
             return versions[max(versions)]
         if version not in versions:
             raise NotFound(
-                f"model {name!r} has no version {version}; served versions: "
-                f"{', '.join(map(str, sorted(versions)))} (or 0 for the latest)"
+                f"model {name!r} has no version {version} loaded; served versions: "
+                f"{', '.join(map(str, sorted(versions)))} (or 0 for the latest). A version in the repository is "
+                f"served when the version policy in {name}/{SERVING_CONFIG} picks it"
             )
         return versions[version]
 
@@ -272,7 +541,10 @@ class ModelRegistry:
             return {name: [versions[v] for v in sorted(versions)] for name, versions in sorted(self._models.items())}
 
     def close(self) -> None:
-        with self._lock:
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join()
+        with self._control, self._lock:
             models = [m for versions in self._models.values() for m in versions.values()]
             self._models.clear()
         for model in models:

@@ -7,6 +7,7 @@ created, so the provider is read back from the session.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import pathlib
 
@@ -19,6 +20,17 @@ from offshelf.service.logs import fields
 log = logging.getLogger(__name__)
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+
+
+def installed() -> str:
+    """The onnxruntime package this process runs and its version, e.g. 'onnxruntime-gpu 1.31.1' (offshelf[gpu]) or
+    'onnxruntime 1.32.0' (offshelf[cpu])."""
+    for package in ("onnxruntime-gpu", "onnxruntime"):
+        try:
+            return f"{package} {importlib.metadata.version(package)}"
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return f"onnxruntime {ort.__version__}"  # a build of one's own
 
 
 class OnnxRuntime:

@@ -1,0 +1,213 @@
+"""Model control at run time (issue 16): version policies and serving.json, a repository watched while serving,
+Triton's repository extension, ModelConfig and ModelStatistics, through our stubs and the stock tritonclient."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from offshelf.clients import Client
+from offshelf.protos.inference import grpc_predict_v2_pb2 as oip
+from offshelf.protos.inference import grpc_predict_v2_pb2_grpc as oip_grpc
+
+from support import ROOT, ServerProcess, skimage_photo, write_identity_model
+
+DIM = 16
+MODEL = f"random-projection-{DIM}"
+PHOTO = skimage_photo("coffee.png")
+
+
+@pytest.fixture
+def repo(tmp_path):
+    return write_identity_model(tmp_path / "repo", DIM, version=1, seed=1)
+
+
+def serve(repo, tmp_path, **settings) -> ServerProcess:
+    server = ServerProcess(repo, tmp_path / "data", drain_seconds=0, repository_poll_seconds=0.2, **settings)
+    server.wait_serving()
+    return server
+
+
+def states(server: ServerProcess) -> dict[int, tuple[str, str]]:
+    with grpc.insecure_channel(server.address) as channel:
+        index = oip_grpc.GRPCInferenceServiceStub(channel).RepositoryIndex(oip.RepositoryIndexRequest(), timeout=10)
+    return {int(m.version): (m.state, m.reason) for m in index.models if m.name == MODEL}
+
+
+def wait_for(server: ServerProcess, expected: dict[int, str], timeout: float = 30) -> None:
+    """Until the model's versions are in these states (READY, UNAVAILABLE, ...)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if {v: state for v, (state, _) in states(server).items()} == expected:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"versions {states(server)}, expected {expected}")
+
+
+def embedding(client: Client, version: int = 0) -> np.ndarray:
+    return client.embed([PHOTO], model=MODEL, version=version)["embedding"][0]
+
+
+def loaded_versions(server: ServerProcess) -> set[str]:
+    """The versions offshelf_model_info reports loaded."""
+    text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+    return {
+        sample.labels["version"]
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "offshelf_model_info" and sample.labels["model"] == MODEL and sample.value == 1
+    }
+
+
+def write_serving_config(repo, config: dict) -> None:
+    path = repo / MODEL / "serving.json"
+    path.write_text(json.dumps(config))
+    stamp = time.time_ns() + 1_000_000  # a rewrite within the file system's time granularity still shows as changed
+    os.utime(path, ns=(stamp, stamp))
+
+
+def test_a_new_version_takes_traffic_without_a_restart(repo, tmp_path):
+    server = serve(repo, tmp_path)
+    try:
+        with Client(server.address) as client:
+            first = embedding(client)
+            write_identity_model(repo, DIM, version=2, seed=2)
+            wait_for(server, {1: "UNAVAILABLE", 2: "READY"})  # the default policy serves the latest version
+            assert states(server)[1][1] == "not picked by the model's version policy"
+            second = embedding(client)
+            assert not np.allclose(first, second)
+            np.testing.assert_allclose(second, embedding(client, version=2), atol=1e-6)
+            shutil.rmtree(repo / MODEL / "2")  # removed: the latest is version 1 again
+            wait_for(server, {1: "READY"})
+            np.testing.assert_allclose(embedding(client), first, atol=1e-6)
+    finally:
+        server.terminate()
+
+
+def test_serving_json_picks_the_versions_and_the_settings(repo, tmp_path):
+    write_identity_model(repo, DIM, version=2, seed=2)
+    write_serving_config(repo, {"version_policy": {"all": True}, "max_batch_size": 4, "eager_batching": False})
+    server = serve(repo, tmp_path)
+    try:
+        wait_for(server, {1: "READY", 2: "READY"})
+        with grpc.insecure_channel(server.address) as channel:
+            stub = oip_grpc.GRPCInferenceServiceStub(channel)
+            config = stub.ModelConfig(oip.ModelConfigRequest(name=MODEL, version="1"), timeout=10).config
+            assert (config.max_batch_size, config.version_policy.WhichOneof("policy_choice")) == (4, "all")
+            assert config.parameters["eager_batching"].string_value == "False"
+            write_serving_config(repo, {"version_policy": {"specific": [1]}})
+            wait_for(server, {1: "READY", 2: "UNAVAILABLE"})
+            config = stub.ModelConfig(oip.ModelConfigRequest(name=MODEL), timeout=10).config
+            assert (config.max_batch_size, list(config.version_policy.specific.versions)) == (16, [1])
+            time.sleep(1.5)  # the versions replaced have closed
+            assert loaded_versions(server) == {"1"}  # version 1 was reloaded: its gauge stays
+            write_serving_config(repo, {"max_batch_size": 0, "batch": 8})  # a broken file: version 1 serves on
+            deadline = time.monotonic() + 30
+            while "serving.json" not in states(server)[2][1] and time.monotonic() < deadline:
+                time.sleep(0.1)
+            reason = states(server)[2][1]
+            assert "max_batch_size" in reason and "batch: Extra inputs are not permitted" in reason, reason
+            assert states(server)[1][0] == "READY"
+            with Client(server.address) as client:
+                assert embedding(client).shape == (DIM,)
+    finally:
+        server.terminate()
+
+
+def test_a_collection_keeps_the_version_it_was_built_on(repo, tmp_path):
+    server = serve(repo, tmp_path)
+    try:
+        with Client(server.address) as client:
+            client.create_collection("photos", model=MODEL)
+            client.add("photos", images=[PHOTO], ids=["coffee"])
+            write_identity_model(repo, DIM, version=2, seed=2)
+            wait_for(server, {1: "READY", 2: "READY"})  # version 1 stays: the collection was built on it
+            assert client.search("photos", image=PHOTO, k=1)[0].id == "coffee"
+    finally:
+        server.terminate()
+
+
+def test_unloading_lets_the_requests_in_flight_finish(repo, tmp_path):
+    server = serve(repo, tmp_path)
+    try:
+        with Client(server.address) as client, grpc.insecure_channel(server.address) as channel:
+            stub = oip_grpc.GRPCInferenceServiceStub(channel)
+            stop = time.monotonic() + 1.5
+
+            def embed_until_stopped(_: int) -> set[str]:
+                codes = set()
+                while time.monotonic() < stop:
+                    try:
+                        embedding(client)
+                        codes.add("OK")
+                    except grpc.RpcError as err:
+                        codes.add(err.code().name)
+                return codes
+
+            with ThreadPoolExecutor(4) as pool:
+                running = pool.map(embed_until_stopped, range(4))
+                time.sleep(0.5)
+                stub.RepositoryModelUnload(oip.RepositoryModelUnloadRequest(model_name=MODEL), timeout=10)
+                codes = set().union(*running)
+            assert codes == {"OK", "UNAVAILABLE"}, codes
+            wait_for(server, {1: "UNAVAILABLE"})
+            assert states(server)[1][1] == "unloaded"
+            time.sleep(0.5)  # polling does not bring an unloaded model back
+            assert states(server)[1][1] == "unloaded"
+            stub.RepositoryModelLoad(oip.RepositoryModelLoadRequest(model_name=MODEL), timeout=60)
+            assert embedding(client).shape == (DIM,)
+    finally:
+        server.terminate()
+
+
+def test_stock_tritonclient_controls_models(repo, tmp_path, tritonclient_python):
+    server = serve(repo, tmp_path)
+    try:
+        run = subprocess.run(
+            [tritonclient_python, str(ROOT / "tests" / "scripts" / "tritonclient_control.py"), server.address, MODEL],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        server.terminate()
+    assert run.returncode == 0, run.stderr
+    seen = json.loads(run.stdout)
+    assert {"model_repository", "model_configuration", "statistics"} <= set(seen["extensions"])
+    assert seen["index"] == [{"name": MODEL, "version": "1", "state": "READY"}]
+    config = seen["config"]
+    assert (config["name"], config["platform"], config["max_batch_size"]) == (MODEL, "onnxruntime_onnx", 16)
+    assert [(i["name"], i["data_type"]) for i in config["input"]] == [
+        ("image", "TYPE_FP32"),
+        ("image", "TYPE_STRING"),
+        ("pixels", "TYPE_UINT8"),
+    ]
+    assert config["output"] == [{"name": "embedding", "data_type": "TYPE_FP32", "dims": [str(DIM)]}]
+    assert [(i["name"], i["datatype"]) for i in seen["metadata"]["inputs"]] == [
+        ("image", "FP32"),
+        ("image", "BYTES"),
+        ("pixels", "UINT8"),
+    ]
+    (stats,) = seen["statistics"]
+    assert (stats["name"], stats["version"], stats["inference_count"]) == (MODEL, "1", "2")
+    assert stats["inference_stats"]["success"]["count"] == "1"
+    assert int(stats["inference_stats"]["compute_infer"]["ns"]) > 0
+    assert seen["ready_after_unload"] is False
+    (after_unload,) = seen["index_after_unload"]  # UNLOADING while its requests in flight finish
+    assert after_unload in [
+        {"name": MODEL, "version": "1", "state": "UNLOADING"},
+        {"name": MODEL, "version": "1", "state": "UNAVAILABLE", "reason": "unloaded"},
+    ]
+    assert seen["infer_after_unload"] == "StatusCode.UNAVAILABLE"
+    assert seen["ready_after_load"] is True
+    assert seen["load_unknown"] == "StatusCode.NOT_FOUND"

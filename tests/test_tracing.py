@@ -1,0 +1,65 @@
+"""OpenTelemetry spans (issue 16): exported over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set, to a real OTLP/gRPC
+receiver here; one trace per call with decode, queue, inference and search under the RPC's span."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+from offshelf.clients import Client
+
+from support import ServerProcess, skimage_photo
+
+MODEL = "random-projection-1280"
+
+
+class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
+    """An OTLP trace receiver: keeps every span it is sent."""
+
+    def __init__(self) -> None:
+        self.spans: list = []
+        self.lock = threading.Lock()
+
+    def Export(self, request, context):  # noqa: N802 - the RPC's name
+        with self.lock:
+            self.spans += [s for r in request.resource_spans for scope in r.scope_spans for s in scope.spans]
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+@pytest.fixture
+def receiver():
+    received = Receiver()
+    server = grpc.server(ThreadPoolExecutor(4))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(received, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield received, f"http://127.0.0.1:{port}"
+    server.stop(0)
+
+
+def test_a_call_is_one_trace_with_decode_queue_inference_and_search(tiny_repo, tmp_path, receiver):
+    received, endpoint = receiver
+    tracing = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    server = ServerProcess(tiny_repo, tmp_path / "data", drain_seconds=0, environment=tracing)
+    try:
+        server.wait_serving()
+        with Client(server.address) as client:
+            client.create_collection("traced", model=MODEL)
+            client.add("traced", vectors=np.eye(4, 1280, dtype=np.float32), ids=list("abcd"))
+            client.search("traced", image=skimage_photo("coffee.png"), k=2)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "search" not in {s.name for s in received.spans}:
+            time.sleep(0.1)
+    finally:
+        server.terminate()
+    (rpc,) = [s for s in received.spans if s.name == "/offshelf.v1.Index/Search"]
+    inside = {s.name: s for s in received.spans if s.trace_id == rpc.trace_id and s is not rpc}
+    assert set(inside) == {"decode", "queue", "inference", "search"}, sorted(inside)
+    assert all(s.parent_span_id == rpc.span_id for s in inside.values())
+    assert inside["queue"].end_time_unix_nano <= inside["inference"].start_time_unix_nano
