@@ -495,6 +495,19 @@ def add_search(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--min-score", type=float, metavar="SCORE", help="only hits scoring at least SCORE (inner product collections)"
     )
+    add_query_expansion(parser)
+
+
+def add_query_expansion(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--qe",
+        type=int,
+        default=0,
+        metavar="N",
+        help="alpha query expansion: search again with the query plus its top N hits weighted by score^alpha "
+        "(docs/retrieval.md; inner product collections)",
+    )
+    parser.add_argument("--qe-alpha", type=float, default=0.0, metavar="ALPHA", help="alpha of --qe (default: 3)")
 
 
 def run_search(args: argparse.Namespace, client: Client) -> None:
@@ -511,6 +524,8 @@ def run_search(args: argparse.Namespace, client: Client) -> None:
         labels=args.label,
         metadata=metadata_filter(args.meta),
         min_score=args.min_score,
+        query_expansion=args.qe,
+        qe_alpha=args.qe_alpha,
     )
     query = str(args.image) if args.image else f"id {args.id}" if args.id else f"vector {args.vector}"
     lines = [query] + [hit_line(rank, hit) for rank, hit in enumerate(hits, 1)]
@@ -542,6 +557,9 @@ def add_eval(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index-type", choices=["flat", "hnsw", "ivfpq"], default="flat")
     parser.add_argument("--flip", action="store_true", help="query with images and their mirror images")
     parser.add_argument(
+        "--qe", type=int, default=0, metavar="N", help="alpha query expansion over the top N hits (default: none)"
+    )
+    parser.add_argument(
         "--plot",
         type=pathlib.Path,
         metavar="FILE",
@@ -553,9 +571,9 @@ def run_eval(args: argparse.Namespace, client: Client) -> None:
     dataset = evaluate.ukbench(args.folder) if args.dataset == "ukbench" else evaluate.holidays(args.folder)
     with evaluate.temporary_collection(client, dataset, args.model, args.output, args.index_type) as name:
         if args.dataset == "ukbench":
-            result = evaluate.ns_score(client, name, dataset, flip=args.flip)
+            result = evaluate.ns_score(client, name, dataset, flip=args.flip, qe=args.qe)
         else:
-            result = evaluate.mean_average_precision(client, name, dataset, flip=args.flip)
+            result = evaluate.mean_average_precision(client, name, dataset, flip=args.flip, qe=args.qe)
     if args.plot:
         evaluate.plot(result, args.plot)
     data = {
@@ -566,7 +584,8 @@ def run_eval(args: argparse.Namespace, client: Client) -> None:
     }
     text = (
         f"{result.name}: {result.score:.3f} ({len(result.per_query)} queries, {len(dataset.paths)} images, "
-        f"{args.model} {args.output}{', flip' if args.flip else ''})" + (f"\nplot: {args.plot}" if args.plot else "")
+        f"{args.model} {args.output}{', flip' if args.flip else ''}{f', qe {args.qe}' if args.qe else ''})"
+        + (f"\nplot: {args.plot}" if args.plot else "")
     )
     show(args, Shown(data, text))
 

@@ -285,10 +285,13 @@ class Api:
         labels: Sequence[str] = (),
         metadata: Mapping[str, str | Sequence[str]] | None = None,
         min_score: float | None = None,
+        query_expansion: int = 0,
+        qe_alpha: float = 0.0,
     ) -> list[Hit]:
         """The k nearest items to an image, a vector or an indexed item (give exactly one), among the items
         whose label is one of labels and whose metadata matches (each key: a value or a list), scoring at least
-        min_score."""
+        min_score. query_expansion: search again with the query plus its top n hits weighted by score^qe_alpha
+        (alpha query expansion; qe_alpha 0: 3)."""
         request = index_pb2.SearchRequest(
             collection=collection,
             k=k,
@@ -297,6 +300,8 @@ class Api:
             nprobe=nprobe,
             filter=_filter(labels, metadata),
             min_score=min_score,
+            query_expansion=query_expansion,
+            qe_alpha=qe_alpha,
         )
         if image is not None:
             request.image = read_image(image)
@@ -319,9 +324,11 @@ class Api:
         labels: Sequence[str] = (),
         metadata: Mapping[str, str | Sequence[str]] | None = None,
         min_score: float | None = None,
+        query_expansion: int = 0,
+        qe_alpha: float = 0.0,
     ) -> list[list[Hit]]:
-        """Many queries in one call: the hits of each image, then each vector, then each id (filters as in
-        search)."""
+        """Many queries in one call: the hits of each image, then each vector, then each id (filters and query
+        expansion as in search)."""
         queries = (
             [index_pb2.Query(image=read_image(i)) for i in images]
             + [index_pb2.Query(vector=_vector(v)) for v in vectors]
@@ -336,6 +343,8 @@ class Api:
             nprobe=nprobe,
             filter=_filter(labels, metadata),
             min_score=min_score,
+            query_expansion=query_expansion,
+            qe_alpha=qe_alpha,
         )
         return self._call("index", "SearchBatch", request, lambda r: [_hits(result.hits) for result in r.results])
 

@@ -73,24 +73,28 @@ def temporary_collection(client: Client, dataset: Dataset, model: str, output: s
         client.delete_collection(name)
 
 
-def _rankings(client: Client, collection: str, dataset: Dataset, k: int, flip: bool, desc: str) -> list[list[int]]:
-    """The top k item indexes of every query, asked in batches (by image with flip, else by indexed id)."""
+def _rankings(
+    client: Client, collection: str, dataset: Dataset, k: int, flip: bool, desc: str, qe: int = 0
+) -> list[list[int]]:
+    """The top k item indexes of every query, asked in batches (by image with flip, else by indexed id), with alpha
+    query expansion over qe hits."""
     rankings: list[list[int]] = []
     with tqdm(total=len(dataset.queries), unit="query", desc=desc) as bar:
         for start in range(0, len(dataset.queries), QUERY_BATCH):
             batch = dataset.queries[start : start + QUERY_BATCH]
             if flip:
-                hits = client.search_batch(collection, images=[dataset.paths[q] for q in batch], k=k, flip=True)
+                images = [dataset.paths[q] for q in batch]
+                hits = client.search_batch(collection, images=images, k=k, flip=True, query_expansion=qe)
             else:
-                hits = client.search_batch(collection, ids=[str(q) for q in batch], k=k)
+                hits = client.search_batch(collection, ids=[str(q) for q in batch], k=k, query_expansion=qe)
             rankings += [[int(h.id) for h in row] for row in hits]
             bar.update(len(batch))
     return rankings
 
 
-def ns_score(client: Client, collection: str, dataset: Dataset, flip: bool = False) -> Result:
+def ns_score(client: Client, collection: str, dataset: Dataset, flip: bool = False, qe: int = 0) -> Result:
     """Mean number of the query's group among its top 4, the query included (at most 4)."""
-    rankings = _rankings(client, collection, dataset, 4, flip, "UKBench N-S")
+    rankings = _rankings(client, collection, dataset, 4, flip, "UKBench N-S", qe)
     per_query = [
         float(sum(dataset.groups[i] == dataset.groups[q] for i in top))
         for q, top in zip(dataset.queries, rankings, strict=True)
@@ -99,12 +103,12 @@ def ns_score(client: Client, collection: str, dataset: Dataset, flip: bool = Fal
 
 
 def mean_average_precision(
-    client: Client, collection: str, dataset: Dataset, flip: bool = False, max_k: int = 1000
+    client: Client, collection: str, dataset: Dataset, flip: bool = False, max_k: int = 1000, qe: int = 0
 ) -> Result:
     """Holidays mAP: the query is removed from its own ranking; AP is the mean precision at each relevant rank."""
     result = Result("Holidays mAP", 0.0)
     k = min(len(dataset.paths), max_k)
-    rankings = _rankings(client, collection, dataset, k, flip, "Holidays mAP")
+    rankings = _rankings(client, collection, dataset, k, flip, "Holidays mAP", qe)
     for q, ranking in zip(dataset.queries, rankings, strict=True):
         relevant = sum(g == dataset.groups[q] for g in dataset.groups) - 1
         if relevant == 0:

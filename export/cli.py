@@ -50,6 +50,14 @@ def parser() -> argparse.ArgumentParser:
         help="an output; repeat for several. POOL: none, avg (SPoC), max (MAC), gem or gem=P (GeM), "
         "rmac (R-MAC); e.g. fc7=classifier.3, pool5=features.30:gem:l2",
     )
+    p.add_argument(
+        "--preprocess",
+        choices=["crop", "no-crop", "fit"],
+        default="crop",
+        help="crop: the network's resize and centre crop (default); no-crop: the shorter side to --size, the whole "
+        "image kept (for retrieval: docs/retrieval.md); fit: the longer side to --size",
+    )
+    p.add_argument("--size", type=int, default=0, help="S of no-crop and fit (default: the network's crop size)")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
     p.add_argument(
         "--calibrate",
@@ -143,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             min_agreement=args.min_agreement,
             force=args.force,
             triton=args.triton,
+            preprocess=args.preprocess,
+            size=args.size,
         )
         log(f"building {args.architecture} and loading its weights")
         request.network = build_network(args.architecture, _weights(args), _labels(args))

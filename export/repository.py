@@ -52,6 +52,29 @@ class ExportRequest:
     force: bool = False
     triton: bool = False
     triton_max_batch_size: int = 64
+    preprocess: str = "crop"  # crop (the network's own), no-crop or fit: see the card's Preprocessing.mode
+    size: int = 0  # S of no-crop and fit; 0: the network's crop size
+
+
+MODES = ("crop", "no-crop", "fit")
+MIN_SIDE = 32  # a side of an image kept whole, at least (the service's preprocessing keeps it there)
+
+
+def preprocessing_for(request: ExportRequest) -> card_pb2.Preprocessing:
+    """The network's preprocessing, or the image kept whole (no-crop: the shorter side S; fit: the longer side S)."""
+    if request.preprocess not in MODES:
+        raise ExportError(f"unknown --preprocess {request.preprocess!r}; choose one of {', '.join(MODES)}")
+    pre = card_pb2.Preprocessing()
+    pre.CopyFrom(request.network.preprocessing)
+    if request.preprocess == "crop":
+        if request.size:
+            raise ExportError("--size applies to --preprocess no-crop and fit; crop keeps the network's sizes")
+        return pre
+    size = request.size or pre.crop_height
+    if size < MIN_SIDE:
+        raise ExportError(f"--size {size}: at least {MIN_SIDE} pixels")
+    pre.mode, pre.resize_shorter, pre.crop_height, pre.crop_width = request.preprocess, size, 0, 0
+    return pre
 
 
 def images_in(folder: pathlib.Path, limit: int) -> list[pathlib.Path]:
@@ -73,17 +96,33 @@ def default_check_images() -> list[pathlib.Path]:
     return [data / n for n in names if (data / n).exists()]
 
 
-def card_transform(pre: card_pb2.Preprocessing) -> Callable[[Image.Image], torch.Tensor]:
-    """torchvision's version of the card's preprocessing, for the checks."""
+def card_transform(pre: card_pb2.Preprocessing, whole: bool = False) -> Callable[[Image.Image], torch.Tensor]:
+    """torchvision's version of the card's preprocessing, for the checks. For a model that keeps images whole
+    (no-crop, fit) the photos are resized to S x S so that they stack into one batch (the parity check compares
+    tensors, whatever they show), unless `whole`."""
     interpolation = transforms.InterpolationMode[pre.interpolation.upper()]
-    return transforms.Compose(
-        [
-            transforms.Resize(pre.resize_shorter, interpolation=interpolation),
+    size = pre.resize_shorter
+    if pre.mode in ("", "crop"):
+        resize = [
+            transforms.Resize(size, interpolation=interpolation),
             transforms.CenterCrop((pre.crop_height, pre.crop_width)),
-            transforms.ToTensor(),
-            transforms.Normalize(list(pre.mean), list(pre.std)),
         ]
-    )
+    elif not whole:
+        resize = [transforms.Resize((size, size), interpolation=interpolation)]
+    elif pre.mode == "no-crop":
+        resize = [transforms.Resize(size, interpolation=interpolation)]
+    else:  # fit: the longer side S, the shorter at least MIN_SIDE
+
+        def fit(image: Image.Image) -> Image.Image:
+            short, long = sorted(image.size)
+            target = (int(size * short / long), size)
+            if target[0] < MIN_SIDE:  # the aspect kept: the longer side grows
+                target = (MIN_SIDE, int(MIN_SIDE * long / short))
+            width, height = target if image.width <= image.height else target[::-1]
+            return transforms.functional.resize(image, [height, width], interpolation)
+
+        resize = [transforms.Lambda(fit)]
+    return transforms.Compose([*resize, transforms.ToTensor(), transforms.Normalize(list(pre.mean), list(pre.std))])
 
 
 def load_batch(paths: list[pathlib.Path], pre: card_pb2.Preprocessing) -> torch.Tensor:
@@ -94,9 +133,18 @@ def load_batch(paths: list[pathlib.Path], pre: card_pb2.Preprocessing) -> torch.
 
 
 def export_onnx(
-    model: torch.nn.Module, path: pathlib.Path, input_name: str, output_names: list[str], example: torch.Tensor
+    model: torch.nn.Module,
+    path: pathlib.Path,
+    input_name: str,
+    output_names: list[str],
+    example: torch.Tensor,
+    any_size: bool = False,
 ) -> None:
+    """any_size: the input's height and width are dynamic too (an image kept whole)."""
     example = example[:1].repeat(2, 1, 1, 1)  # torch.export would specialise a batch dimension it sees as 1
+    dims = {0: torch.export.Dim("batch")}
+    if any_size:
+        dims |= {2: torch.export.Dim("height", min=MIN_SIDE), 3: torch.export.Dim("width", min=MIN_SIDE)}
     torch.onnx.export(
         model,
         (example,),
@@ -105,7 +153,7 @@ def export_onnx(
         output_names=output_names,
         opset_version=OPSET,
         dynamo=True,
-        dynamic_shapes=({0: torch.export.Dim("batch")},),
+        dynamic_shapes=(dims,),
         external_data=False,
         verbose=False,
     )
@@ -190,14 +238,15 @@ def triton_config(model_dir: pathlib.Path, max_batch_size: int) -> str:
     return (
         f'name: "{model_dir.name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: {max_batch_size}\n'
         f"version_policy: {{ {policy} }}\n"
-        f'input [\n  {{ name: "{pre.input_name}" data_type: TYPE_FP32 dims: [ 3, {pre.crop_height}, '
-        f"{pre.crop_width} ] }}\n]\noutput [\n{outputs.rstrip(',')}\n]\ndynamic_batching {{ }}\n"
+        f'input [\n  {{ name: "{pre.input_name}" data_type: TYPE_FP32 dims: [ 3, {pre.crop_height or -1}, '
+        f"{pre.crop_width or -1} ] }}\n]\noutput [\n{outputs.rstrip(',')}\n]\ndynamic_batching {{ }}\n"
     )
 
 
 def export_model(request: ExportRequest, log: Log = print) -> pathlib.Path:
     """Exports, checks and writes ``repo/name/<version>``; returns that folder. Writes nothing on error."""
-    network, pre = request.network, request.network.preprocessing
+    network, pre = request.network, preprocessing_for(request)
+    whole = pre.mode in ("no-crop", "fit")
     if request.precision not in ("fp32", "fp16", "int8"):
         raise ExportError(f"unknown precision {request.precision!r}; choose fp32, fp16 or int8")
     model_dir = request.repo / request.name
@@ -206,7 +255,8 @@ def export_model(request: ExportRequest, log: Log = print) -> pathlib.Path:
         raise ExportError(f"{model_dir / str(version)} exists; pick another --version or omit it for the next one")
     with stage(log, "tapped the layers"):
         requests = request.outputs or default_outputs(network.module)
-        tapped = TappedModel(network.module, requests, pre.crop_height, pre.crop_width).eval()
+        height, width = (pre.resize_shorter,) * 2 if whole else (pre.crop_height, pre.crop_width)
+        tapped = TappedModel(network.module, requests, height, width, any_size=whole).eval()
     classifier = last_linear(network.module)
     specs = [
         card_pb2.OutputSpec(
@@ -232,12 +282,18 @@ def export_model(request: ExportRequest, log: Log = print) -> pathlib.Path:
     try:
         fp32 = staged / "model.fp32.onnx"
         with stage(log, f"traced and exported to ONNX (opset {OPSET})"):
-            export_onnx(tapped, fp32, pre.input_name, names, batch[:1])
+            export_onnx(tapped, fp32, pre.input_name, names, batch[:1], any_size=whole)
         with stage(log, f"checked fp32 against torch on {len(batch)} photos"):
             diffs = {
                 n: float(np.abs(o - r).max())
                 for n, o, r in zip(names, run_onnx(fp32, pre.input_name, batch), reference, strict=True)
             }
+            if whole:  # and on one photo kept whole, at its own size
+                photo = card_transform(pre, whole=True)(Image.open(default_check_images()[0]).convert("RGB"))[None]
+                with torch.no_grad():
+                    expected = [t.numpy() for t in tapped(photo)]
+                for n, o, r in zip(names, run_onnx(fp32, pre.input_name, photo), expected, strict=True):
+                    diffs[n] = max(diffs[n], float(np.abs(o - r).max()))
         parity = card_pb2.Parity(
             images=len(batch),
             max_abs_diff=max(diffs.values()),
@@ -302,11 +358,12 @@ def _reduce_precision(
     quantization = ""
     if request.precision == "fp16":
         with stage(log, "exported fp16 (weights and compute; fp32 inputs and outputs)"):
-            export_onnx(Float16(copy.deepcopy(tapped)).eval(), out, input_name, names, batch[:1])
+            whole = request.preprocess != "crop"
+            export_onnx(Float16(copy.deepcopy(tapped)).eval(), out, input_name, names, batch[:1], any_size=whole)
     else:
         calibration = None
         if request.calibration_images:
-            calibration = load_batch(request.calibration_images, request.network.preprocessing)
+            calibration = load_batch(request.calibration_images, preprocessing_for(request))
         with stage(
             log,
             "quantized to int8 "

@@ -98,7 +98,11 @@ def list_layers(module: nn.Module, height: int, width: int) -> list[tuple[str, s
 class TappedModel(nn.Module):
     """Returns the requested outputs, in order, as a tuple of (N, dim) tensors."""
 
-    def __init__(self, module: nn.Module, requests: list[OutputRequest], height: int, width: int):
+    def __init__(
+        self, module: nn.Module, requests: list[OutputRequest], height: int, width: int, any_size: bool = False
+    ):
+        """height, width: the input's (the size traced at); any_size: the graph will take other sizes too (an image
+        kept whole), so outputs whose size would depend on it (R-MAC's fixed regions, a flattened map) are refused."""
         super().__init__()
         known = layer_names(module)
         for request in requests:
@@ -125,6 +129,11 @@ class TappedModel(nn.Module):
                 raise ExportError(
                     f"output {request.name!r}: {request.layer} is not a spatial map (shape "
                     f"{tuple(shape[1:])}), so it cannot be {request.pooling}-pooled; drop the pooling"
+                )
+            if any_size and spatial and request.pooling in ("rmac", "none"):
+                raise ExportError(
+                    f"output {request.name!r}: {request.pooling} pooling is fixed to one input size; with "
+                    "--preprocess no-crop or fit use avg, max or gem"
                 )
             pools.append(Pool(request.pooling, request.l2, request.p, tuple(shape[2:]) if spatial else None))
         self.requests = requests

@@ -130,6 +130,45 @@ def write_identity_model(repo: pathlib.Path, dim: int, version: int = 1, seed: i
     return repo
 
 
+def write_whole_image_model(repo: pathlib.Path, mode: str = "no-crop", size: int = 48) -> pathlib.Path:
+    """repo/mean-colour/1: embedding = (the image's mean colour) @ W, over any height and width: a model that keeps
+    images whole (card mode no-crop or fit, S = size). Returns repo."""
+    version_dir = repo / "mean-colour" / "1"
+    version_dir.mkdir(parents=True, exist_ok=True)
+    weights = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", ["image"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["flat"]),
+            helper.make_node("MatMul", ["flat", "w"], ["embedding"]),
+        ],
+        "mean-colour",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor("w", TensorProto.FLOAT, weights.shape, weights.flatten().tolist())],
+    )
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), version_dir / "model.onnx"
+    )
+    card = model_card_pb2.ModelCard(
+        name="mean-colour",
+        version=1,
+        architecture="mean-colour",
+        preprocessing=model_card_pb2.Preprocessing(
+            input_name="image",
+            resize_shorter=size,
+            interpolation="bilinear",
+            channel_order="RGB",
+            mean=[0.5] * 3,
+            std=[0.5] * 3,
+            mode=mode,
+        ),
+        outputs=[model_card_pb2.OutputSpec(name="embedding", layer="colour", pooling="avg", dim=8)],
+    )
+    (version_dir / "card.json").write_text(json_format.MessageToJson(card, preserving_proto_field_name=True))
+    return repo
+
+
 class ServerProcess:
     """``offshelf serve`` in a subprocess on 127.0.0.1 with free ports; its JSON log lines are collected."""
 

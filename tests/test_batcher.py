@@ -257,3 +257,32 @@ def test_a_batch_that_starts_while_another_runs_takes_the_crowded_runtime(doubli
     batcher.run(rows(4, 1))
     assert crowded_runs == [2] and batch_sizes(metrics) == (3, 5)
     batcher.close()
+
+
+def test_inputs_of_different_shapes_never_share_a_batch(tmp_path):
+    """Images kept whole differ in size: a batch takes queued chunks of its first chunk's shape only, in order."""
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "two"], ["y"])],
+        "double-any",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "n"])],
+        [helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), tmp_path / "m.onnx")
+    runtime = OnnxRuntime(tmp_path / "m.onnx", "cpu")
+    runtime.load()
+    metrics, gated = Metrics(), GatedRuntime(runtime)
+    batcher = Batcher("m", gated, max_batch_size=8, max_delay_s=0, max_queue_images=100, metrics=metrics)
+    wide, narrow = np.ones((2, 5), np.float32), np.arange(6, dtype=np.float32).reshape(2, 3)
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(batcher.run, {"x": narrow})
+        wait_until(gated.started.is_set)  # the worker is busy: what follows queues up
+        with batcher.admit(5) as admission:
+            mixed = pool.submit(admission.run_groups, [{"x": narrow}, {"x": wide[:1]}, {"x": narrow}])
+            wait_until(lambda: len(batcher._queue) == 3)
+            gated.gate.set()
+            results = mixed.result(DEADLINE)
+        np.testing.assert_array_equal(first.result()["y"], 2 * narrow)
+    assert [r["y"].tolist() for r in results] == [(2 * narrow).tolist(), [[2.0] * 5], (2 * narrow).tolist()]
+    assert batch_sizes(metrics) == (4, 7)  # narrow, then narrow | wide | narrow: a shape change ends a batch
+    batcher.close()

@@ -413,3 +413,21 @@ def test_the_triton_config_serves_the_versions_shaped_like_the_newest(tmp_path):
     config = triton_config(model_dir, 8)
     assert "version_policy: { specific { versions: [ 2, 3 ] } }" in config
     assert 'name: "embedding" data_type: TYPE_FP32 dims: [ 32 ]' in config
+
+
+def test_an_export_that_keeps_images_whole_takes_any_size(tmp_path, capsys):
+    taps = ["--output", "pool=layer4:gem:l2", "--output", "fc=fc"]
+    whole = ["resnet18", "--random-init", "--repo", str(tmp_path), "--preprocess", "no-crop", "--size", "160"]
+    assert cli.main([*whole, *taps]) == 0
+    card = read_card(tmp_path / "resnet18" / "1")
+    pre = card.preprocessing
+    assert (pre.mode, pre.resize_shorter, pre.crop_height, pre.crop_width) == ("no-crop", 160, 0, 0)
+    assert card.parity.max_abs_diff < 1e-4  # checked on a photo at its own size too
+    session = ort.InferenceSession(str(tmp_path / "resnet18" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    for height, width in [(160, 213), (240, 160)]:
+        pool, fc = session.run(["pool", "fc"], {"image": np.zeros((2, 3, height, width), np.float32)})
+        assert pool.shape == (2, 512) and fc.shape == (2, 1000)
+    assert cli.main([*whole, "--output", "r=layer4:rmac"]) == 2
+    assert "rmac pooling is fixed to one input size" in capsys.readouterr().err
+    assert cli.main(["resnet18", "--random-init", "--repo", str(tmp_path), "--size", "160"]) == 2
+    assert "--size applies to --preprocess no-crop and fit" in capsys.readouterr().err

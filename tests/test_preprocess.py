@@ -10,6 +10,7 @@ from PIL import Image
 
 from offshelf.export.repository import card_transform
 from offshelf.protos.v1 import model_card_pb2
+from offshelf.protos.v1.embedding_pb2 import AUGMENTATION_FLIP, AUGMENTATION_NONE, AUGMENTATION_TEN_CROP
 from offshelf.service.errors import InvalidArgument
 from offshelf.service.models.preprocess import Preprocessor
 
@@ -79,3 +80,32 @@ def test_large_jpeg_is_decoded_in_draft_mode_close_to_full_decode():
 def test_bad_images_are_invalid_arguments(data, message):
     with pytest.raises(InvalidArgument, match=message):
         Preprocessor(SPEC, 40_000)(data)
+
+
+def whole(mode: str, size: int) -> Preprocessor:
+    spec = model_card_pb2.Preprocessing()
+    spec.CopyFrom(SPEC)
+    spec.mode, spec.resize_shorter, spec.crop_height, spec.crop_width = mode, size, 0, 0
+    return Preprocessor(spec, 10**8)
+
+
+@pytest.mark.parametrize(
+    ("mode", "size", "image", "shape"),
+    [
+        ("no-crop", 224, (320, 240), (224, 298)),  # the shorter side S, nothing cut
+        ("fit", 224, (320, 240), (168, 224)),  # the longer side S
+        ("fit", 224, (600, 40), (32, 480)),  # never below 32 pixels a side
+    ],
+)
+def test_an_image_kept_whole_matches_torchvision(mode, size, image, shape):
+    preprocessor = whole(mode, size)
+    photo = Image.open(skimage_photo("chelsea.png")).convert("RGB").resize(image)
+    data = encode(photo, "PNG")
+    (view,) = preprocessor.views_of(data, "image 0", AUGMENTATION_NONE)
+    assert view.shape == (*shape, 3)
+    theirs = card_transform(preprocessor.spec, whole=True)(Image.open(io.BytesIO(data)).convert("RGB")).numpy()
+    np.testing.assert_allclose(preprocessor.normalise(view), theirs, atol=0.02)  # Pillow vs torchvision rounding
+    flipped = preprocessor.views_of(data, "image 0", AUGMENTATION_FLIP)
+    np.testing.assert_array_equal(flipped[1], flipped[0][:, ::-1])
+    with pytest.raises(InvalidArgument, match="ten crops need a model that crops its input"):
+        preprocessor.views_per_image(AUGMENTATION_TEN_CROP)

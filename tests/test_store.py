@@ -282,3 +282,33 @@ def test_a_collection_of_the_previous_format_is_migrated_at_start(repo, tmp_path
     finally:
         server.kill()
     assert sorted(p.name for p in (tmp_path / "collections" / "objects").glob("*.json")) == []
+
+
+def test_query_expansion_pulls_the_ranking_towards_what_the_best_hits_agree_on(client):
+    def unit(*values: float) -> np.ndarray:
+        vector = np.zeros(DIM, np.float32)
+        vector[: len(values)] = values
+        return vector / np.linalg.norm(vector)
+
+    client.create_collection("expanded", model=f"random-projection-{DIM}")
+    # a is the query's best hit; b looks like a, c like the query alone
+    client.add("expanded", vectors=[unit(1, 0.5), unit(0.7, 1), unit(1, 0, 1.2)], ids=["a", "b", "c"])
+    query = unit(1)
+    assert [h.id for h in client.search("expanded", vector=query, k=3)] == ["a", "c", "b"]
+    expanded = client.search("expanded", vector=query, k=3, query_expansion=1)
+    assert [h.id for h in expanded] == ["a", "b", "c"]
+    assert [h.id for h in client.search_batch("expanded", vectors=[query], k=3, query_expansion=1)[0]] == [
+        "a",
+        "b",
+        "c",
+    ]
+    for bad, message in [
+        ({"query_expansion": 51}, "query_expansion=51: 0 (none) to 50 hits"),
+        ({"query_expansion": 1, "qe_alpha": -1.0}, "qe_alpha=-1.0: 0 to 100"),
+    ]:
+        with pytest.raises(InvalidArgument, match=message.replace("(", r"\(").replace(")", r"\)")):
+            client.search("expanded", vector=query, k=3, **bad)
+    client.create_collection("distances", model=f"random-projection-{DIM}", metric="l2")
+    client.add("distances", vectors=[query], ids=["q"])
+    with pytest.raises(InvalidArgument, match="query expansion weights hits by similarity"):
+        client.search("distances", vector=query, k=1, query_expansion=1)

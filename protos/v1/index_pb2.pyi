@@ -269,7 +269,7 @@ class RemoveResponse(_message.Message):
     def __init__(self, removed: _Optional[int] = ..., not_found: _Optional[_Iterable[str]] = ..., count: _Optional[int] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "image", "vector", "id", "k", "flip", "ef_search", "nprobe", "model", "output", "filter", "min_score")
+    __slots__ = ("collection", "image", "vector", "id", "k", "flip", "ef_search", "nprobe", "model", "output", "filter", "min_score", "query_expansion", "qe_alpha")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
@@ -282,6 +282,8 @@ class SearchRequest(_message.Message):
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    QUERY_EXPANSION_FIELD_NUMBER: _ClassVar[int]
+    QE_ALPHA_FIELD_NUMBER: _ClassVar[int]
     collection: str
     image: bytes
     vector: _embedding_pb2.Vector
@@ -294,7 +296,9 @@ class SearchRequest(_message.Message):
     output: str
     filter: Filter
     min_score: float
-    def __init__(self, collection: _Optional[str] = ..., image: _Optional[bytes] = ..., vector: _Optional[_Union[_embedding_pb2.Vector, _Mapping]] = ..., id: _Optional[str] = ..., k: _Optional[int] = ..., flip: _Optional[bool] = ..., ef_search: _Optional[int] = ..., nprobe: _Optional[int] = ..., model: _Optional[str] = ..., output: _Optional[str] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., min_score: _Optional[float] = ...) -> None: ...
+    query_expansion: int
+    qe_alpha: float
+    def __init__(self, collection: _Optional[str] = ..., image: _Optional[bytes] = ..., vector: _Optional[_Union[_embedding_pb2.Vector, _Mapping]] = ..., id: _Optional[str] = ..., k: _Optional[int] = ..., flip: _Optional[bool] = ..., ef_search: _Optional[int] = ..., nprobe: _Optional[int] = ..., model: _Optional[str] = ..., output: _Optional[str] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., min_score: _Optional[float] = ..., query_expansion: _Optional[int] = ..., qe_alpha: _Optional[float] = ...) -> None: ...
 
 class Hit(_message.Message):
     __slots__ = ("id", "score", "label", "metadata")
@@ -340,7 +344,7 @@ class Query(_message.Message):
     def __init__(self, image: _Optional[bytes] = ..., vector: _Optional[_Union[_embedding_pb2.Vector, _Mapping]] = ..., id: _Optional[str] = ...) -> None: ...
 
 class SearchBatchRequest(_message.Message):
-    __slots__ = ("collection", "queries", "k", "flip", "ef_search", "nprobe", "model", "output", "filter", "min_score")
+    __slots__ = ("collection", "queries", "k", "flip", "ef_search", "nprobe", "model", "output", "filter", "min_score", "query_expansion", "qe_alpha")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -351,6 +355,8 @@ class SearchBatchRequest(_message.Message):
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    QUERY_EXPANSION_FIELD_NUMBER: _ClassVar[int]
+    QE_ALPHA_FIELD_NUMBER: _ClassVar[int]
     collection: str
     queries: _containers.RepeatedCompositeFieldContainer[Query]
     k: int
@@ -361,7 +367,9 @@ class SearchBatchRequest(_message.Message):
     output: str
     filter: Filter
     min_score: float
-    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[Query, _Mapping]]] = ..., k: _Optional[int] = ..., flip: _Optional[bool] = ..., ef_search: _Optional[int] = ..., nprobe: _Optional[int] = ..., model: _Optional[str] = ..., output: _Optional[str] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., min_score: _Optional[float] = ...) -> None: ...
+    query_expansion: int
+    qe_alpha: float
+    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[Query, _Mapping]]] = ..., k: _Optional[int] = ..., flip: _Optional[bool] = ..., ef_search: _Optional[int] = ..., nprobe: _Optional[int] = ..., model: _Optional[str] = ..., output: _Optional[str] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., min_score: _Optional[float] = ..., query_expansion: _Optional[int] = ..., qe_alpha: _Optional[float] = ...) -> None: ...
 
 class SearchBatchResponse(_message.Message):
     __slots__ = ("results",)

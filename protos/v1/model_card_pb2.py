@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#offshelf/protos/v1/model_card.proto\x12\x0boffshelf.v1\"\xbd\x02\n\tModelCard\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12%\n\x07weights\x18\x04 \x01(\x0b\x32\x14.offshelf.v1.Weights\x12\x31\n\rpreprocessing\x18\x05 \x01(\x0b\x32\x1a.offshelf.v1.Preprocessing\x12(\n\x07outputs\x18\x06 \x03(\x0b\x32\x17.offshelf.v1.OutputSpec\x12\'\n\x06\x65xport\x18\x07 \x01(\x0b\x32\x17.offshelf.v1.ExportInfo\x12#\n\x06parity\x18\x08 \x01(\x0b\x32\x13.offshelf.v1.Parity\x12)\n\tagreement\x18\t \x01(\x0b\x32\x16.offshelf.v1.Agreement\"<\n\x07Weights\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x11\n\tfile_name\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"\xad\x01\n\rPreprocessing\x12\x12\n\ninput_name\x18\x01 \x01(\t\x12\x16\n\x0eresize_shorter\x18\x02 \x01(\x05\x12\x13\n\x0b\x63rop_height\x18\x03 \x01(\x05\x12\x12\n\ncrop_width\x18\x04 \x01(\x05\x12\x15\n\rinterpolation\x18\x05 \x01(\t\x12\x15\n\rchannel_order\x18\x06 \x01(\t\x12\x0c\n\x04mean\x18\x07 \x03(\x02\x12\x0b\n\x03std\x18\x08 \x03(\x02\"n\n\nOutputSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05layer\x18\x02 \x01(\t\x12\x0f\n\x07pooling\x18\x03 \x01(\t\x12\x0b\n\x03\x64im\x18\x04 \x01(\x05\x12\x15\n\rl2_normalized\x18\x05 \x01(\x08\x12\x0e\n\x06labels\x18\x06 \x03(\t\"}\n\nExportInfo\x12\x0c\n\x04tool\x18\x01 \x01(\t\x12\x14\n\x0ctool_version\x18\x02 \x01(\t\x12\x15\n\rtorch_version\x18\x03 \x01(\t\x12\r\n\x05opset\x18\x04 \x01(\x05\x12\x11\n\tprecision\x18\x05 \x01(\t\x12\x12\n\ncreated_at\x18\x06 \x01(\t\"\xc9\x01\n\x06Parity\x12\x0e\n\x06images\x18\x01 \x01(\x05\x12\x14\n\x0cmax_abs_diff\x18\x02 \x01(\x01\x12K\n\x16max_abs_diff_by_output\x18\x03 \x03(\x0b\x32+.offshelf.v1.Parity.MaxAbsDiffByOutputEntry\x12\x11\n\ttolerance\x18\x04 \x01(\x01\x1a\x39\n\x17MaxAbsDiffByOutputEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xed\x01\n\tAgreement\x12\x0e\n\x06images\x18\x01 \x01(\x05\x12\x0c\n\x04top1\x18\x02 \x01(\x01\x12N\n\x16max_abs_diff_by_output\x18\x03 \x03(\x0b\x32..offshelf.v1.Agreement.MaxAbsDiffByOutputEntry\x12\x11\n\tthreshold\x18\x04 \x01(\x01\x12\x0e\n\x06\x66orced\x18\x05 \x01(\x08\x12\x14\n\x0cquantization\x18\x06 \x01(\t\x1a\x39\n\x17MaxAbsDiffByOutputEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#offshelf/protos/v1/model_card.proto\x12\x0boffshelf.v1\"\xbd\x02\n\tModelCard\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12%\n\x07weights\x18\x04 \x01(\x0b\x32\x14.offshelf.v1.Weights\x12\x31\n\rpreprocessing\x18\x05 \x01(\x0b\x32\x1a.offshelf.v1.Preprocessing\x12(\n\x07outputs\x18\x06 \x03(\x0b\x32\x17.offshelf.v1.OutputSpec\x12\'\n\x06\x65xport\x18\x07 \x01(\x0b\x32\x17.offshelf.v1.ExportInfo\x12#\n\x06parity\x18\x08 \x01(\x0b\x32\x13.offshelf.v1.Parity\x12)\n\tagreement\x18\t \x01(\x0b\x32\x16.offshelf.v1.Agreement\"<\n\x07Weights\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x11\n\tfile_name\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"\xbb\x01\n\rPreprocessing\x12\x12\n\ninput_name\x18\x01 \x01(\t\x12\x16\n\x0eresize_shorter\x18\x02 \x01(\x05\x12\x13\n\x0b\x63rop_height\x18\x03 \x01(\x05\x12\x12\n\ncrop_width\x18\x04 \x01(\x05\x12\x15\n\rinterpolation\x18\x05 \x01(\t\x12\x15\n\rchannel_order\x18\x06 \x01(\t\x12\x0c\n\x04mean\x18\x07 \x03(\x02\x12\x0b\n\x03std\x18\x08 \x03(\x02\x12\x0c\n\x04mode\x18\t \x01(\t\"n\n\nOutputSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05layer\x18\x02 \x01(\t\x12\x0f\n\x07pooling\x18\x03 \x01(\t\x12\x0b\n\x03\x64im\x18\x04 \x01(\x05\x12\x15\n\rl2_normalized\x18\x05 \x01(\x08\x12\x0e\n\x06labels\x18\x06 \x03(\t\"}\n\nExportInfo\x12\x0c\n\x04tool\x18\x01 \x01(\t\x12\x14\n\x0ctool_version\x18\x02 \x01(\t\x12\x15\n\rtorch_version\x18\x03 \x01(\t\x12\r\n\x05opset\x18\x04 \x01(\x05\x12\x11\n\tprecision\x18\x05 \x01(\t\x12\x12\n\ncreated_at\x18\x06 \x01(\t\"\xc9\x01\n\x06Parity\x12\x0e\n\x06images\x18\x01 \x01(\x05\x12\x14\n\x0cmax_abs_diff\x18\x02 \x01(\x01\x12K\n\x16max_abs_diff_by_output\x18\x03 \x03(\x0b\x32+.offshelf.v1.Parity.MaxAbsDiffByOutputEntry\x12\x11\n\ttolerance\x18\x04 \x01(\x01\x1a\x39\n\x17MaxAbsDiffByOutputEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xed\x01\n\tAgreement\x12\x0e\n\x06images\x18\x01 \x01(\x05\x12\x0c\n\x04top1\x18\x02 \x01(\x01\x12N\n\x16max_abs_diff_by_output\x18\x03 \x03(\x0b\x32..offshelf.v1.Agreement.MaxAbsDiffByOutputEntry\x12\x11\n\tthreshold\x18\x04 \x01(\x01\x12\x0e\n\x06\x66orced\x18\x05 \x01(\x08\x12\x14\n\x0cquantization\x18\x06 \x01(\t\x1a\x39\n\x17MaxAbsDiffByOutputEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,17 +40,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WEIGHTS']._serialized_start=372
   _globals['_WEIGHTS']._serialized_end=432
   _globals['_PREPROCESSING']._serialized_start=435
-  _globals['_PREPROCESSING']._serialized_end=608
-  _globals['_OUTPUTSPEC']._serialized_start=610
-  _globals['_OUTPUTSPEC']._serialized_end=720
-  _globals['_EXPORTINFO']._serialized_start=722
-  _globals['_EXPORTINFO']._serialized_end=847
-  _globals['_PARITY']._serialized_start=850
-  _globals['_PARITY']._serialized_end=1051
-  _globals['_PARITY_MAXABSDIFFBYOUTPUTENTRY']._serialized_start=994
-  _globals['_PARITY_MAXABSDIFFBYOUTPUTENTRY']._serialized_end=1051
-  _globals['_AGREEMENT']._serialized_start=1054
-  _globals['_AGREEMENT']._serialized_end=1291
-  _globals['_AGREEMENT_MAXABSDIFFBYOUTPUTENTRY']._serialized_start=994
-  _globals['_AGREEMENT_MAXABSDIFFBYOUTPUTENTRY']._serialized_end=1051
+  _globals['_PREPROCESSING']._serialized_end=622
+  _globals['_OUTPUTSPEC']._serialized_start=624
+  _globals['_OUTPUTSPEC']._serialized_end=734
+  _globals['_EXPORTINFO']._serialized_start=736
+  _globals['_EXPORTINFO']._serialized_end=861
+  _globals['_PARITY']._serialized_start=864
+  _globals['_PARITY']._serialized_end=1065
+  _globals['_PARITY_MAXABSDIFFBYOUTPUTENTRY']._serialized_start=1008
+  _globals['_PARITY_MAXABSDIFFBYOUTPUTENTRY']._serialized_end=1065
+  _globals['_AGREEMENT']._serialized_start=1068
+  _globals['_AGREEMENT']._serialized_end=1305
+  _globals['_AGREEMENT_MAXABSDIFFBYOUTPUTENTRY']._serialized_start=1008
+  _globals['_AGREEMENT_MAXABSDIFFBYOUTPUTENTRY']._serialized_end=1065
 # @@protoc_insertion_point(module_scope)

@@ -39,7 +39,7 @@ class Weights(_message.Message):
     def __init__(self, source: _Optional[str] = ..., file_name: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class Preprocessing(_message.Message):
-    __slots__ = ("input_name", "resize_shorter", "crop_height", "crop_width", "interpolation", "channel_order", "mean", "std")
+    __slots__ = ("input_name", "resize_shorter", "crop_height", "crop_width", "interpolation", "channel_order", "mean", "std", "mode")
     INPUT_NAME_FIELD_NUMBER: _ClassVar[int]
     RESIZE_SHORTER_FIELD_NUMBER: _ClassVar[int]
     CROP_HEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +48,7 @@ class Preprocessing(_message.Message):
     CHANNEL_ORDER_FIELD_NUMBER: _ClassVar[int]
     MEAN_FIELD_NUMBER: _ClassVar[int]
     STD_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
     input_name: str
     resize_shorter: int
     crop_height: int
@@ -56,7 +57,8 @@ class Preprocessing(_message.Message):
     channel_order: str
     mean: _containers.RepeatedScalarFieldContainer[float]
     std: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, input_name: _Optional[str] = ..., resize_shorter: _Optional[int] = ..., crop_height: _Optional[int] = ..., crop_width: _Optional[int] = ..., interpolation: _Optional[str] = ..., channel_order: _Optional[str] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ...) -> None: ...
+    mode: str
+    def __init__(self, input_name: _Optional[str] = ..., resize_shorter: _Optional[int] = ..., crop_height: _Optional[int] = ..., crop_width: _Optional[int] = ..., interpolation: _Optional[str] = ..., channel_order: _Optional[str] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., mode: _Optional[str] = ...) -> None: ...
 
 class OutputSpec(_message.Message):
     __slots__ = ("name", "layer", "pooling", "dim", "l2_normalized", "labels")

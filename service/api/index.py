@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -20,6 +21,7 @@ from offshelf.service.api.checks import check_image_limit, check_name
 from offshelf.service.errors import FailedPrecondition, InvalidArgument
 from offshelf.service.index.collection import Item
 from offshelf.service.index.faiss_index import MAX_EF, with_defaults
+from offshelf.service.index.query_expansion import DEFAULT_ALPHA, MAX_EXPANSION, expand
 from offshelf.service.index.store import Filter, Row
 from offshelf.service.metrics import Metrics
 from offshelf.service.models.registry import ModelRegistry, describe
@@ -215,6 +217,7 @@ class IndexServicer(pb2_grpc.IndexServicer):
         min_score = request.min_score if request.HasField("min_score") else None
         if min_score is not None and collection.config.metric != pb2.METRIC_INNER_PRODUCT:
             raise InvalidArgument("min_score applies to inner-product collections (scores are similarities)")
+        expansion, alpha = _expansion(request, collection)
         vectors = np.zeros((len(queries), collection.dim), np.float32)
         images = []
         for i, (query, name) in enumerate(zip(queries, names, strict=True)):
@@ -238,6 +241,17 @@ class IndexServicer(pb2_grpc.IndexServicer):
             )
         started = time.perf_counter()
         with tracing.tracer.start_as_current_span("search", attributes={"queries": len(queries), "k": request.k}):
+            if expansion:
+                first = collection.search(vectors, expansion + 1, request.ef_search, request.nprobe, where)
+                own_ids = [q.id if q.WhichOneof("query") == "id" else None for q in queries]
+                vectors = expand(
+                    vectors,
+                    [[(item_id, score) for item_id, score, _, _ in row] for row in first],
+                    own_ids,
+                    expansion,
+                    alpha,
+                    lambda ids: {item_id: vector for item_id, (_, vector) in collection.get(ids).items()},
+                )
             hits = collection.search(vectors, request.k, request.ef_search, request.nprobe, where, min_score)
         self.metrics.search_seconds.labels(collection.config.index_type).observe(time.perf_counter() - started)
         return [
@@ -324,3 +338,16 @@ def _stored(row: Row, vector: np.ndarray | None) -> pb2.StoredItem:
     if vector is not None:
         item.vector.CopyFrom(Vector(values=vector.tolist(), dim=len(vector)))
     return item
+
+
+def _expansion(request, collection: AnyCollection) -> tuple[int, float]:
+    """(hits averaged into each query, alpha) of a search's query expansion; (0, _) for none."""
+    n = request.query_expansion
+    if not 0 <= n <= MAX_EXPANSION:
+        raise InvalidArgument(f"query_expansion={n}: 0 (none) to {MAX_EXPANSION} hits")
+    alpha = request.qe_alpha or DEFAULT_ALPHA
+    if not (math.isfinite(alpha) and 0 <= alpha <= 100):
+        raise InvalidArgument(f"qe_alpha={request.qe_alpha}: 0 to 100 (0 means {DEFAULT_ALPHA:g})")
+    if n and collection.config.metric != pb2.METRIC_INNER_PRODUCT:
+        raise InvalidArgument("query expansion weights hits by similarity: it needs an inner-product collection")
+    return n, alpha

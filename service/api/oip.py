@@ -27,6 +27,7 @@ from offshelf.service.errors import FailedPrecondition, InvalidArgument, NotFoun
 from offshelf.service.heads.registry import HeadRegistry, HeadVersion
 from offshelf.service.logs import fields
 from offshelf.service.models.pixels_input import PIXELS
+from offshelf.service.models.preprocess import input_rule
 from offshelf.service.models.registry import LoadedModel, ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -264,23 +265,22 @@ class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):
             return model.embed(images, augmentation, [f"{pre.input_name}[{i}]" for i in range(len(images))])
         if augmentation != AUGMENTATION_NONE:
             raise InvalidArgument("augmentation applies to BYTES (encoded image) input only; preprocess it yourself")
+        size, fits = input_rule(pre)
         if tensor.datatype == "FP32":
-            expected = [pre.crop_height, pre.crop_width]
-            if len(shape) != 4 or shape[1] != 3 or shape[2:] != expected:
+            if len(shape) != 4 or shape[1] != 3 or not fits(shape[2], shape[3]):
                 raise InvalidArgument(
-                    f"an FP32 input has shape [N, 3, {expected[0]}, {expected[1]}] (preprocessed as the model card "
-                    f"says), not {shape}; or send encoded images as BYTES [N]"
+                    f"an FP32 input has shape [N, 3, H, W], H x W {size} (preprocessed as the model card says), "
+                    f"not {shape}; or send encoded images as BYTES [N]"
                 )
             check_image_count(shape[0], self.max_images)
             batch = values(shape, raw, tensor.contents.fp32_contents, "FP32", np.dtype("<f4"))
             if not np.isfinite(batch).all():
                 raise InvalidArgument("the FP32 input holds NaN or infinite values")
             return model.infer(np.ascontiguousarray(batch, np.float32))
-        expected = [pre.crop_height, pre.crop_width, 3]  # UINT8 pixels
-        if len(shape) != 4 or shape[1:] != expected:
+        if len(shape) != 4 or shape[3] != 3 or not fits(shape[1], shape[2]):  # UINT8 pixels
             raise InvalidArgument(
-                f"a UINT8 input has shape [N, {expected[0]}, {expected[1]}, 3] (RGB pixels of the resized and "
-                f"cropped image), not {shape}"
+                f"a UINT8 input has shape [N, H, W, 3], H x W {size} (RGB pixels of the image resized, and cropped, "
+                f"as the model card says), not {shape}"
             )
         check_image_count(shape[0], self.max_images)
         pixels = values(shape, raw, tensor.contents.uint_contents, "UINT8", np.dtype(np.uint8))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from offshelf.protos.inference import model_config_pb2 as config_pb2
 from offshelf.protos.v1 import model_card_pb2 as card_pb2
 from offshelf.service.models.pixels_input import PIXELS
+from offshelf.service.models.preprocess import input_size
 from offshelf.service.models.registry import LoadedModel
 from offshelf.service.models.runtime import CPU
 from offshelf.service.models.serving_config import VersionPolicy
@@ -18,10 +19,11 @@ LAYOUTS = {"FP32": config_pb2.ModelInput.FORMAT_NCHW, "UINT8": config_pb2.ModelI
 def inputs(pre: card_pb2.Preprocessing) -> list[tuple[str, str, list[int]]]:
     """(name, datatype, shape without the batch dimension) of each input a request may send, one per request: the
     model's input as FP32 tensors or as BYTES (encoded images; the same name), and the uint8 pixels."""
+    height, width = input_size(pre)  # -1: any (an image kept whole)
     return [
-        (pre.input_name, "FP32", [3, pre.crop_height, pre.crop_width]),
+        (pre.input_name, "FP32", [3, height, width]),
         (pre.input_name, "BYTES", [1]),
-        (PIXELS, "UINT8", [pre.crop_height, pre.crop_width, 3]),
+        (PIXELS, "UINT8", [height, width, 3]),
     ]
 
 

@@ -41,6 +41,7 @@ class Runtime(Protocol):
 class _Chunk:
     inputs: Tensors
     size: int
+    shape: tuple = ()  # of each input but the batch dimension: only chunks of one shape share a batch
     enqueued: float = field(default_factory=time.monotonic)
     result: Future[Tensors] = field(default_factory=Future)
     trace: tracing.Context = field(default_factory=tracing.current)  # its request's, for the queue and run spans
@@ -57,7 +58,12 @@ class Admission:
         self.queued = False
 
     def run(self, inputs: Tensors) -> Tensors:
-        return self.batcher._enqueue(self, inputs)
+        return self.run_groups([inputs])[0]
+
+    def run_groups(self, groups: list[Tensors]) -> list[Tensors]:
+        """Runs groups of inputs of different shapes (images kept whole), each group's of one shape; a batch holds
+        one shape."""
+        return self.batcher._enqueue(self, groups)
 
     def __enter__(self) -> Admission:
         return self
@@ -143,14 +149,23 @@ class Batcher:
             self._queued_images -= images
             self._condition.notify()  # a batch waiting for these images need not
 
-    def _enqueue(self, admission: Admission, inputs: Tensors) -> Tensors:
-        size = len(next(iter(inputs.values())))
-        if size != admission.images:
-            raise ValueError(f"{size} images to run on an admission for {admission.images}")
-        chunks = [
-            _Chunk({k: v[i : i + self.max_batch_size] for k, v in inputs.items()}, min(self.max_batch_size, size - i))
-            for i in range(0, size, self.max_batch_size)
+    def _enqueue(self, admission: Admission, groups: list[Tensors]) -> list[Tensors]:
+        sizes = [len(next(iter(inputs.values()))) for inputs in groups]
+        if sum(sizes) != admission.images:
+            raise ValueError(f"{sum(sizes)} images to run on an admission for {admission.images}")
+        step = self.max_batch_size
+        chunked = [
+            [
+                _Chunk(
+                    {k: v[i : i + step] for k, v in inputs.items()},
+                    min(step, size - i),
+                    tuple((k, v.shape[1:]) for k, v in inputs.items()),
+                )
+                for i in range(0, size, step)
+            ]
+            for inputs, size in zip(groups, sizes, strict=True)
         ]
+        chunks = [chunk for group in chunked for chunk in group]
         with self._condition:
             self._check_running()
             self._queue.extend(chunks)
@@ -158,12 +173,13 @@ class Batcher:
             self._condition.notify()
         cancellation.attach([chunk.result for chunk in chunks])  # a caller that goes drops what has not run
         try:
-            results = [chunk.result.result() for chunk in chunks]
+            results = [[chunk.result.result() for chunk in group] for group in chunked]
         except CancelledError as err:
             raise Cancelled("the caller cancelled the call or its deadline passed") from err
-        if len(results) == 1:
-            return results[0]
-        return {name: np.concatenate([r[name] for r in results]) for name in results[0]}
+        return [
+            parts[0] if len(parts) == 1 else {name: np.concatenate([r[name] for r in parts]) for name in parts[0]}
+            for parts in results
+        ]
 
     def idle(self) -> bool:
         """No request admitted, queued or running."""
@@ -212,7 +228,11 @@ class Batcher:
             batch: list[_Chunk] = []
             size = 0
             while True:
-                while self._queue and size + self._queue[0].size <= self.max_batch_size:
+                while (
+                    self._queue
+                    and size + self._queue[0].size <= self.max_batch_size
+                    and (not batch or self._queue[0].shape == batch[0].shape)
+                ):
                     chunk = self._queue.popleft()
                     if not chunk.result.set_running_or_notify_cancel():  # its caller has gone
                         self._queued_images -= chunk.size

@@ -15,7 +15,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from offshelf.protos.v1 import model_card_pb2 as card_pb2
-from offshelf.service.models.preprocess import normalisation
+from offshelf.service.models.preprocess import input_size, normalisation
 
 PIXELS = "pixels"
 
@@ -27,9 +27,9 @@ def with_pixels_input(path: pathlib.Path, pre: card_pb2.Preprocessing) -> bytes:
     graph = model.graph
     (original,) = [i for i in graph.input if i.name == pre.input_name]
     graph.input.remove(original)
-    graph.input.insert(
-        0, helper.make_tensor_value_info(PIXELS, TensorProto.UINT8, ["batch", pre.crop_height, pre.crop_width, 3])
-    )
+    height, width = input_size(pre)
+    dims = ["batch", height if height > 0 else "height", width if width > 0 else "width", 3]
+    graph.input.insert(0, helper.make_tensor_value_info(PIXELS, TensorProto.UINT8, dims))
     scale, offset = normalisation(pre)
     graph.initializer.extend(
         [

@@ -13,7 +13,7 @@ import struct
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -29,6 +29,8 @@ MAX_ASPECT = 20  # longer side over shorter side: resizing the shorter side mult
 # +940 MB, three times a PNG of that size. A WebP's pixels count four times against the limits.
 WEBP_COST = 4
 VIEWS_PER_IMAGE: dict[int, int] = {AUGMENTATION_NONE: 1, AUGMENTATION_FLIP: 2, AUGMENTATION_TEN_CROP: 10}
+MODES = ("crop", "no-crop", "fit")  # the card's preprocessing modes
+MIN_SIDE = 32  # pixels of a side kept whole, at least
 _RESAMPLING = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
@@ -106,12 +108,43 @@ class PixelBudget:
                 self._condition.notify_all()
 
 
+def mode_of(spec: card_pb2.Preprocessing) -> str:
+    """crop, no-crop or fit (cards from before the field existed crop)."""
+    return spec.mode or "crop"
+
+
+def input_size(spec: card_pb2.Preprocessing) -> tuple[int, int]:
+    """(height, width) of the graph's input: the crop, or -1 for each side of an image kept whole (any size)."""
+    return (spec.crop_height, spec.crop_width) if mode_of(spec) == "crop" else (-1, -1)
+
+
+def input_rule(spec: card_pb2.Preprocessing) -> tuple[str, Callable[[int, int], bool]]:
+    """What (height, width) a preprocessed input may have, in words ("224 x 224", "the shorter side 224") and as a
+    check, for clients that preprocess images themselves (OIP tensors)."""
+    size, mode = spec.resize_shorter, mode_of(spec)
+    if mode == "crop":
+        return f"{spec.crop_height} x {spec.crop_width}", lambda h, w: (h, w) == (spec.crop_height, spec.crop_width)
+    if mode == "no-crop":
+        words, sized = f"the shorter side {size}", lambda h, w: min(h, w) == size
+    else:
+        words, sized = (
+            f"the longer side {size} (or the shorter {MIN_SIDE})",
+            lambda h, w: size in (h, w) or (min(h, w) == MIN_SIDE),
+        )
+    return f"{words}, at most {MAX_ASPECT}:1", lambda h, w: sized(h, w) and max(h, w) <= MAX_ASPECT * min(h, w)
+
+
 class Preprocessor:
     def __init__(self, spec: card_pb2.Preprocessing, max_pixels: int, budget: PixelBudget | None = None):
         if spec.interpolation not in _RESAMPLING:
             raise ValueError(f"unsupported interpolation {spec.interpolation!r}")
-        if spec.resize_shorter < max(spec.crop_height, spec.crop_width):
+        if mode_of(spec) not in MODES:
+            raise ValueError(f"unknown mode {spec.mode!r}; one of {', '.join(MODES)}")
+        if mode_of(spec) == "crop" and spec.resize_shorter < max(spec.crop_height, spec.crop_width):
             raise ValueError("resize_shorter must be at least the crop size")
+        self.cropped = mode_of(spec) == "crop"
+        if not self.cropped and spec.resize_shorter < MIN_SIDE:
+            raise ValueError(f"resize_shorter must be at least {MIN_SIDE} for an image kept whole")
         self.spec = spec
         self.max_pixels = max_pixels
         self._resample = _RESAMPLING[spec.interpolation]
@@ -161,27 +194,44 @@ class Preprocessor:
             return upright(eight_bit(opened)).convert("RGB")
 
     def _resized_size(self, width: int, height: int) -> tuple[int, int]:
-        """torchvision's Resize(int): the shorter side becomes resize_shorter, the longer one scales (floored)."""
+        """crop and no-crop: torchvision's Resize(int), the shorter side becomes resize_shorter and the longer one
+        scales (floored); fit: the longer side becomes resize_shorter. A side kept whole is never below MIN_SIDE
+        (one cell of a stride-32 network's last map)."""
         short, long = sorted((width, height))
-        target_short, target_long = self.spec.resize_shorter, int(self.spec.resize_shorter * long / short)
+        size = self.spec.resize_shorter
+        if mode_of(self.spec) == "fit":
+            target_short, target_long = int(size * short / long), size
+            if target_short < MIN_SIDE:  # the aspect kept: the longer side grows
+                target_short, target_long = MIN_SIDE, int(MIN_SIDE * long / short)
+        else:
+            target_short, target_long = size, int(size * long / short)
         return (target_short, target_long) if width <= height else (target_long, target_short)
 
     def to_tensor(self, image: Image.Image) -> np.ndarray:
-        """(3, crop_height, crop_width) float32, normalised: the centre crop, as the graph's FP32 input takes it."""
+        """(3, height, width) float32, normalised: the centre crop (or whole image), as the graph's FP32 input takes
+        it."""
         return self.normalise(self.views(image, AUGMENTATION_NONE)[0])
 
-    @staticmethod
-    def views_per_image(augmentation: int) -> int:
-        """How many views views() makes of one image; InvalidArgument for an augmentation it does not know."""
+    def views_per_image(self, augmentation: int) -> int:
+        """How many views views() makes of one image; InvalidArgument for an augmentation it does not know, or ten
+        crops of a model that keeps images whole."""
         if augmentation not in VIEWS_PER_IMAGE:
             raise InvalidArgument(f"augmentation {augmentation} is unknown; use NONE, FLIP or TEN_CROP")
+        if augmentation == AUGMENTATION_TEN_CROP and not self.cropped:
+            raise InvalidArgument(
+                f"ten crops need a model that crops its input; this one keeps images whole "
+                f"({mode_of(self.spec)}): use no augmentation or flip"
+            )
         return VIEWS_PER_IMAGE[augmentation]
 
     def views(self, image: Image.Image, augmentation: int) -> list[np.ndarray]:
-        """The centre crop; with FLIP also its mirror image; with TEN_CROP the four corner crops, the centre
-        crop and their mirror images (torchvision's TenCrop). Each as uint8 RGB pixels (crop_height, crop_width,
-        3): what the graph's pixels input takes (pixels_input.py)."""
+        """The centre crop (no-crop, fit: the whole resized image); with FLIP also its mirror image; with TEN_CROP
+        the four corner crops, the centre crop and their mirror images (torchvision's TenCrop). Each as uint8 RGB
+        pixels (height, width, 3): what the graph's pixels input takes (pixels_input.py)."""
         image = image.resize(self._resized_size(image.width, image.height), self._resample)
+        if not self.cropped:
+            whole = [image, ImageOps.mirror(image)] if augmentation == AUGMENTATION_FLIP else [image]
+            return [np.asarray(view) for view in whole]
         crop_h, crop_w = self.spec.crop_height, self.spec.crop_width
         top = int(round((image.height - crop_h) / 2.0))
         left = int(round((image.width - crop_w) / 2.0))

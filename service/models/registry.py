@@ -22,9 +22,9 @@ from offshelf.service import cancellation, request_context, tracing
 from offshelf.service.errors import FailedPrecondition, InvalidArgument, ModelLoadError, NotFound, Unavailable
 from offshelf.service.logs import fields
 from offshelf.service.metrics import Metrics
-from offshelf.service.models.batcher import Batcher
+from offshelf.service.models.batcher import Admission, Batcher
 from offshelf.service.models.pixels_input import PIXELS, with_pixels_input
-from offshelf.service.models.preprocess import PixelBudget, Preprocessor
+from offshelf.service.models.preprocess import PixelBudget, Preprocessor, input_size
 from offshelf.service.models.priority import lower_this_thread
 from offshelf.service.models.runtime import CPU, OnnxRuntime
 from offshelf.service.models.serving_config import SERVING_CONFIG, ServingConfig, read_serving_config
@@ -121,12 +121,15 @@ class LoadedModel:
     def _warm_up(self, max_batch_size: int) -> None:
         """Runs batch sizes 1 and max once through every runtime, so the first requests do not pay for allocations."""
         pre = self.card.preprocessing
+        height, width = input_size(pre)
+        if height < 0:  # an image kept whole: warm up at S x S
+            height = width = pre.resize_shorter
         for size in sorted({1, max_batch_size}):
             for runtime in self._runtimes:
                 if runtime.graph is None:  # the exported graph: FP32 in
-                    runtime.run({pre.input_name: np.zeros((size, 3, pre.crop_height, pre.crop_width), np.float32)})
+                    runtime.run({pre.input_name: np.zeros((size, 3, height, width), np.float32)})
                 else:
-                    runtime.run({PIXELS: np.zeros((size, pre.crop_height, pre.crop_width, 3), np.uint8)})
+                    runtime.run({PIXELS: np.zeros((size, height, width, 3), np.uint8)})
 
     def check_outputs(self, requested: list[str]) -> list[str]:
         """The requested outputs (all when none are named); InvalidArgument names unknown ones."""
@@ -159,13 +162,28 @@ class LoadedModel:
                         cancellation.check()  # a caller that has gone costs no more decoding
                         views += self.preprocessor.views_of(data, name, augmentation)
                 decoding = time.perf_counter() - started
-                outputs = admission.run({PIXELS: np.stack(views)})
+                outputs = self._run_views(admission, views)
         except BaseException:
             self.statistics.request(False, time.perf_counter() - started, decoding)
             raise
         self.statistics.request(True, time.perf_counter() - started, decoding)
         if per_image > 1:
             outputs = {name: a.reshape(len(images), per_image, -1).mean(axis=1) for name, a in outputs.items()}
+        return outputs
+
+    @staticmethod
+    def _run_views(admission: Admission, views: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """Every output for each view, in order; views of one shape go as one group (images kept whole differ)."""
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, view in enumerate(views):
+            by_shape.setdefault(view.shape, []).append(i)
+        if len(by_shape) == 1:
+            return admission.run({PIXELS: np.stack(views)})
+        groups = admission.run_groups([{PIXELS: np.stack([views[i] for i in group])} for group in by_shape.values()])
+        outputs = {name: np.empty((len(views), *a.shape[1:]), a.dtype) for name, a in groups[0].items()}
+        for positions, result in zip(by_shape.values(), groups, strict=True):
+            for name, array in result.items():
+                outputs[name][positions] = array
         return outputs
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
