@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-REPO ?= build/repo
+REPO ?= build/demo-repo
 PORT ?= 50051
 METRICS_PORT ?= 9464
 SERVER := localhost:$(PORT)
@@ -29,10 +29,17 @@ $(STAMP): pyproject.toml $(PACKAGE_DIRS)
 
 venv: $(STAMP)
 
-# Export the embedded default, serve it, classify photos, index real photos and query them, stop the server.
+# The embedded default as exported for retrieval (docs/retrieval.md): whole photos, a GeM output beside the default
+# logits and embedding.
+RETRIEVAL_EXPORT := --preprocess no-crop --output logits=_fc --output embedding=_avg_pooling \
+	--output gem=_head_act:gem:l2
+
+# Export the embedded default, serve it, classify photos, index real photos and query them (GeM, alpha query
+# expansion), stop the server.
 demo: $(STAMP)
 	@mkdir -p build && rm -rf build/demo-data
-	@test -f $(REPO)/efficientnet-lite0/1/model.onnx || $(BIN)/offshelf export efficientnet-lite0 --repo $(REPO)
+	@test -f $(REPO)/efficientnet-lite0/1/model.onnx || \
+		$(BIN)/offshelf export efficientnet-lite0 --repo $(REPO) $(RETRIEVAL_EXPORT)
 	@$(BIN)/offshelf serve --repo $(REPO) --data-dir build/demo-data --port $(PORT) --metrics-port $(METRICS_PORT) \
 		--drain-seconds 0 2> build/serve.log & server=$$!; trap "kill $$server; wait $$server" EXIT; \
 	echo "server starting (log: build/serve.log)"; \
@@ -44,12 +51,12 @@ demo: $(STAMP)
 	if [ -d $(UKBENCH) ]; then photos=$(UKBENCH); queries="$(UKBENCH)/ukbench00004.jpg $(UKBENCH)/ukbench00101.jpg"; \
 	else photos=$$skimage; queries="$$skimage/chelsea.png $$skimage/astronaut.png"; fi; \
 	echo; echo "== index $$photos"; \
-	$(BIN)/offshelf collection create demo --server $(SERVER) && \
+	$(BIN)/offshelf collection create demo --server $(SERVER) --output gem && \
 	$(BIN)/offshelf add --server $(SERVER) --collection demo $$photos && \
 	echo && echo "== search: top 4 of each query" && \
-	for q in $$queries; do $(BIN)/offshelf search --server $(SERVER) --collection demo -k 4 $$q || exit 1; done; \
+	for q in $$queries; do $(BIN)/offshelf search --server $(SERVER) --collection demo -k 4 --qe 1 $$q || exit 1; done; \
 	if [ -d $(UKBENCH) ]; then echo; echo "== UKBench N-S score"; \
-		$(BIN)/offshelf eval ukbench --server $(SERVER) $(UKBENCH) --plot build/ukbench-ns.png; fi
+		$(BIN)/offshelf eval ukbench --server $(SERVER) $(UKBENCH) --output gem --qe 1 --plot build/ukbench-ns.png; fi
 
 test: lint
 	$(BIN)/python -m pytest

@@ -5,8 +5,8 @@ Prints one table: images/s, p50/p99 latency per call, and CPU milliseconds per i
 in-process rows and of the server process for the service rows (from /proc), so that a gain is a gain and not
 work moved elsewhere. One-image calls from N threads for the service rows.
 Usage: python bench/embed.py [--repo DIR] [--images DIR] [--seconds S] [--set KEY=VALUE ...]
-The model repository defaults to build/repo (``make demo`` writes it), exported if missing; --set passes server
-settings (e.g. --set max_batch_delay_ms=0).
+The model repository defaults to build/repo (the default export of efficientnet-lite0), exported if missing; --set
+passes server settings (e.g. --set max_batch_delay_ms=0).
 """
 
 from __future__ import annotations

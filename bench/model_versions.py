@@ -1,8 +1,8 @@
 """Resident memory of a server with 1 and with 4 versions of EfficientNet-Lite0 loaded (issue 16).
 
-Copies build/repo's efficientnet-lite0/1 (``make demo`` exports it) to versions 1-4 of a repository of its own,
-then starts a server with the default version policy (the latest 1) and one with ``{"all": true}``, and prints their
-RSS once SERVING, after 16 Embed calls.
+Copies build/repo's efficientnet-lite0/1 (offshelf export efficientnet-lite0 --repo build/repo) to versions 1-4
+of a repository of its own, then starts a server with the default version policy (the latest 1) and one with
+{"all": true}, and prints their RSS once SERVING, after 16 Embed calls.
 Usage: python bench/model_versions.py [--repo build/repo]
 """
 
@@ -34,7 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     source = args.repo / MODEL / "1"
     if not source.is_dir():
-        sys.exit(f"{source} is missing: run `make demo` (or offshelf export {MODEL} --repo {args.repo}) first")
+        sys.exit(f"{source} is missing: run offshelf export {MODEL} --repo {args.repo} first")
     work = pathlib.Path(tempfile.mkdtemp())
     for version in range(1, 5):
         shutil.copytree(source, work / "repo" / MODEL / str(version))

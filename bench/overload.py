@@ -8,7 +8,7 @@ Prints a table: per scenario the offered and served images/s, the accepted calls
 calls (UNAVAILABLE) and their p50/p99 latency, any other status, and the health checks' p99 and failures.
 
 Usage: python bench/overload.py [--repo DIR] [--images DIR] [--seconds S] [--overload X]
-The model repository defaults to build/repo (``make demo`` writes it), exported if missing.
+The model repository defaults to build/repo (the default export of efficientnet-lite0), exported if missing.
 """
 
 from __future__ import annotations

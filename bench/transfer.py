@@ -86,7 +86,7 @@ def main() -> None:
     scratch_epochs = 2 if args.quick else 4  # at chance either way on these small sets (see docs/transfer.md)
     repo = ROOT / "build" / "repo"
     if not (repo / "efficientnet-lite0" / "1" / "model.onnx").exists():
-        sys.exit("export the default model first: make demo (or offshelf export efficientnet-lite0 --repo build/repo)")
+        sys.exit("export the default model first: offshelf export efficientnet-lite0 --repo build/repo")
     pre = build_network("efficientnet-lite0").preprocessing
     work = pathlib.Path(tempfile.mkdtemp(prefix="offshelf-transfer-"))
     server = ServerProcess(repo, work / "data", drain_seconds=0)

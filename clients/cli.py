@@ -333,10 +333,16 @@ def run_collection_show(args: argparse.Namespace, client: Client) -> None:
 def add_collection_whiten(parser: argparse.ArgumentParser) -> None:
     add_name(parser)
     parser.add_argument("--dim", type=int, default=0, help="output dimension (default: keep the full dimension)")
+    parser.add_argument(
+        "--learn-from",
+        default="",
+        metavar="COLLECTION",
+        help="learn it from this collection's vectors (the same model output; an independent set of photos)",
+    )
 
 
 def run_collection_whiten(args: argparse.Namespace, client: Client) -> None:
-    info = client.train_whitening(args.name, dim=args.dim)
+    info = client.train_whitening(args.name, dim=args.dim, learn_from=args.learn_from)
     show(args, Shown(message_dict(info), f"whitened {info.name}: {info.whitening_dim}-d, {info.count} items"))
 
 

@@ -348,9 +348,11 @@ class Api:
         )
         return self._call("index", "SearchBatch", request, lambda r: [_hits(result.hits) for result in r.results])
 
-    def train_whitening(self, collection: str, dim: int = 0) -> index_pb2.Collection:
-        """Fits PCA-whitening on the collection's vectors (dim 0: keep every dimension) and applies it."""
-        return self._call("index", "TrainWhitening", index_pb2.TrainWhiteningRequest(collection=collection, dim=dim))
+    def train_whitening(self, collection: str, dim: int = 0, learn_from: str = "") -> index_pb2.Collection:
+        """Fits PCA-whitening on the collection's vectors, or on those of collection learn_from (an independent set
+        of the same model output), and applies it (dim 0: keep every dimension)."""
+        request = index_pb2.TrainWhiteningRequest(collection=collection, dim=dim, learn_from=learn_from)
+        return self._call("index", "TrainWhitening", request)
 
     # --- heads -------------------------------------------------------------------------------
 

@@ -162,6 +162,27 @@ def test_whitening_is_learned_and_applied_to_adds_and_queries(client, collection
     assert client.search(collection, vector=vectors[250], k=1)[0].id == "250"
 
 
+def test_whitening_can_be_learned_from_another_collection_of_the_same_output(client, collection):
+    """PCA-whitening learned on an independent set of photos, as the papers do (issue 17)."""
+    independent = f"test-independent-{uuid.uuid4().hex[:8]}"
+    client.create_collection(independent)
+    try:
+        client.add(independent, vectors=unit_vectors(150, seed=5), ids=[str(i) for i in range(150)])
+        client.add(collection, vectors=unit_vectors(20, seed=6), ids=[str(i) for i in range(20)])
+        info = client.train_whitening(collection, dim=100, learn_from=independent)  # from 150: its own 20 are too few
+        assert (info.whitening_dim, info.count) == (100, 20)
+        assert [client.search(collection, id=str(i), k=1)[0].id for i in (0, 19)] == ["0", "19"]
+        code, details = status_of(lambda: client.train_whitening(collection, dim=200, learn_from=independent))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and f"collection {independent!r} has 150" in details
+        other = f"test-other-{uuid.uuid4().hex[:8]}"
+        client.create_collection(other, output="logits")
+        code, details = status_of(lambda: client.train_whitening(collection, learn_from=other))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "the same model output" in details
+        client.delete_collection(other)
+    finally:
+        client.delete_collection(independent)
+
+
 def test_binding_mismatch_is_a_failed_precondition_naming_both(client, collection):
     request = index_pb2.AddRequest(
         collection=collection,

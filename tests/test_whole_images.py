@@ -62,6 +62,6 @@ def test_a_whole_image_tensor_goes_through_the_protocol_at_its_own_size(whole):
         with pytest.raises(grpc.RpcError) as refused:
             infer(tensor[:, :, :40, :])  # its shorter side is not S
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "H x W the shorter side 48" in refused.value.details()
+        assert "[N, 3, H, W] with H x W the shorter side 48" in refused.value.details()
         metadata = stub.ModelMetadata(oip.ModelMetadataRequest(name=MODEL), timeout=10)
         assert list(metadata.inputs[0].shape) == [-1, 3, -1, -1]

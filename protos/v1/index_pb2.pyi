@@ -326,12 +326,14 @@ class SearchResponse(_message.Message):
     def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ...) -> None: ...
 
 class TrainWhiteningRequest(_message.Message):
-    __slots__ = ("collection", "dim")
+    __slots__ = ("collection", "dim", "learn_from")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
+    LEARN_FROM_FIELD_NUMBER: _ClassVar[int]
     collection: str
     dim: int
-    def __init__(self, collection: _Optional[str] = ..., dim: _Optional[int] = ...) -> None: ...
+    learn_from: str
+    def __init__(self, collection: _Optional[str] = ..., dim: _Optional[int] = ..., learn_from: _Optional[str] = ...) -> None: ...
 
 class Query(_message.Message):
     __slots__ = ("image", "vector", "id")

@@ -80,7 +80,19 @@ class IndexServicer(pb2_grpc.IndexServicer):
         collection = self.collections.get(request.collection)
         if request.dim < 0:
             raise InvalidArgument("dim must be 0 (full) or positive")
-        collection.train_whitening(request.dim)
+        if not request.learn_from:
+            collection.train_whitening(request.dim)
+            return collection.info()
+        if request.learn_from == request.collection:
+            raise InvalidArgument("learn_from names the collection itself; leave it empty for its own vectors")
+        source = self.collections.get(request.learn_from)
+        if source.config.binding != collection.config.binding:
+            raise FailedPrecondition(
+                f"collection {source.name!r} holds {describe(source.config.binding)}, collection "
+                f"{collection.name!r} {describe(collection.config.binding)}: whitening is learned from vectors of "
+                "the same model output"
+            )
+        collection.train_whitening(request.dim, source.stored_vectors(), source.name)
         return collection.info()
 
     # --- writes ------------------------------------------------------------------------------

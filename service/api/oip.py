@@ -265,22 +265,22 @@ class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):
             return model.embed(images, augmentation, [f"{pre.input_name}[{i}]" for i in range(len(images))])
         if augmentation != AUGMENTATION_NONE:
             raise InvalidArgument("augmentation applies to BYTES (encoded image) input only; preprocess it yourself")
-        size, fits = input_rule(pre)
+        rule = input_rule(pre)
         if tensor.datatype == "FP32":
-            if len(shape) != 4 or shape[1] != 3 or not fits(shape[2], shape[3]):
+            if len(shape) != 4 or shape[1] != 3 or not rule.fits(shape[2], shape[3]):
                 raise InvalidArgument(
-                    f"an FP32 input has shape [N, 3, H, W], H x W {size} (preprocessed as the model card says), "
-                    f"not {shape}; or send encoded images as BYTES [N]"
+                    f"an FP32 input has shape [N, 3, {rule.height}, {rule.width}]{rule.condition} (preprocessed as "
+                    f"the model card says), not {shape}; or send encoded images as BYTES [N]"
                 )
             check_image_count(shape[0], self.max_images)
             batch = values(shape, raw, tensor.contents.fp32_contents, "FP32", np.dtype("<f4"))
             if not np.isfinite(batch).all():
                 raise InvalidArgument("the FP32 input holds NaN or infinite values")
             return model.infer(np.ascontiguousarray(batch, np.float32))
-        if len(shape) != 4 or shape[3] != 3 or not fits(shape[1], shape[2]):  # UINT8 pixels
+        if len(shape) != 4 or shape[3] != 3 or not rule.fits(shape[1], shape[2]):  # UINT8 pixels
             raise InvalidArgument(
-                f"a UINT8 input has shape [N, H, W, 3], H x W {size} (RGB pixels of the image resized, and cropped, "
-                f"as the model card says), not {shape}"
+                f"a UINT8 input has shape [N, {rule.height}, {rule.width}, 3]{rule.condition} (RGB pixels of the "
+                f"image resized, and cropped, as the model card says), not {shape}"
             )
         check_image_count(shape[0], self.max_images)
         pixels = values(shape, raw, tensor.contents.uint_contents, "UINT8", np.dtype(np.uint8))

@@ -167,6 +167,10 @@ class Collection:
             return np.zeros((0, self.dim), np.float32), []
         return np.concatenate([c[1] for c in chunks]), [label for c in chunks for label in c[2]]
 
+    def stored_vectors(self) -> np.ndarray:
+        """Every item's vector as stored, (count, dim)."""
+        return np.concatenate([vectors for _, vectors, _ in self.store.scan(self.dim)] or [np.zeros((0, self.dim))])
+
     def vector_of(self, item_id: str) -> np.ndarray:
         found = self.store.by_ids([item_id], self.dim)
         if item_id not in found:
@@ -347,12 +351,17 @@ class Collection:
         ItemStore.set_state(db, "next_internal", next_internal)
         ItemStore.set_state(db, "vector_sum", total.astype("<f8").tobytes())
 
-    def train_whitening(self, dim: int) -> None:
-        """Learns PCA-whitening from the collection's vectors and rebuilds the index (durable on return)."""
+    def train_whitening(self, dim: int, sample: np.ndarray | None = None, source: str = "") -> None:
+        """Learns PCA-whitening from the collection's vectors (or from `sample`, the vectors of collection
+        `source`) and rebuilds the index (durable on return)."""
         with self._write_lock:
             self._check_open()
-            dim = check_whitening(dim, self.config, self.count)
-            whitening = learn_whitening(np.concatenate([vectors for _, vectors, _ in self.store.scan(self.dim)]), dim)
+            if sample is None:
+                dim = check_whitening(dim, self.config, self.count)
+                sample = self.stored_vectors()
+            else:
+                dim = check_whitening(dim, self.config, len(sample), source)
+            whitening = learn_whitening(sample, dim)
             seq = self._seq + 1
             with self.store.transaction() as db:
                 ItemStore.set_arrays(db, "whitening", {"a": whitening[0], "b": whitening[1]})

@@ -274,6 +274,10 @@ class MilvusCollection:
 
         return self._current(read)
 
+    def stored_vectors(self) -> np.ndarray:
+        """Every item's vector as added (before any whitening), (count, dim)."""
+        return self._current(lambda c: np.concatenate([*c._raw_pages(), np.zeros((0, c.dim), np.float32)]))
+
     def vector_of(self, item_id: str) -> np.ndarray:
         found = self.get([item_id])
         if item_id not in found:
@@ -432,13 +436,17 @@ class MilvusCollection:
 
         return self._current(remove, write=True)
 
-    def train_whitening(self, dim: int) -> None:
-        """Learns PCA-whitening from the vectors as added and moves every item to a new generation indexed in the
-        whitened space; writes through any replica are refused (UNAVAILABLE) meanwhile, searches go on."""
-        self._current(lambda c: c._train_whitening(dim), write=True)
+    def train_whitening(self, dim: int, sample: np.ndarray | None = None, source: str = "") -> None:
+        """Learns PCA-whitening from the vectors as added (or from `sample`, the vectors of collection `source`) and
+        moves every item to a new generation indexed in the whitened space; writes through any replica are refused
+        (UNAVAILABLE) meanwhile, searches go on."""
+        self._current(lambda c: c._train_whitening(dim, sample, source), write=True)
 
-    def _train_whitening(self, dim: int) -> None:
-        dim = check_whitening(dim, self.config, self._count(""))
+    def _train_whitening(self, dim: int, sample: np.ndarray | None, source_name: str) -> None:
+        if sample is None:
+            dim = check_whitening(dim, self.config, self._count(""))
+        else:
+            dim = check_whitening(dim, self.config, len(sample), source_name)
         if self.dim > MAX_RAW_DIM:
             raise FailedPrecondition(f"Milvus collections whiten vectors of at most {MAX_RAW_DIM} values")
         fenced = f"{MIGRATING}{key(self.name)}_{self.generation}"
@@ -451,7 +459,7 @@ class MilvusCollection:
         config.whitening_dim = dim
         target = self._with(table=table_name(self.name, self.generation + 1), config=config)
         try:
-            whitening = learn_whitening(np.concatenate(list(source._raw_pages())), dim)
+            whitening = learn_whitening(np.concatenate(list(source._raw_pages())) if sample is None else sample, dim)
             buffer = io.BytesIO()
             np.savez(buffer, a=whitening[0], b=whitening[1])
             self.blobs.put(whitening_blob(self.name, target.generation), buffer.getvalue())

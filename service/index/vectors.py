@@ -35,8 +35,9 @@ def prepare(vectors: np.ndarray, config: index_pb2.Collection) -> np.ndarray:
 Whitening = tuple[np.ndarray, np.ndarray]  # x -> x @ A.T + b
 
 
-def check_whitening(dim: int, config: index_pb2.Collection, count: int) -> int:
-    """The whitening's output dimension (0: the full one), checked against the collection."""
+def check_whitening(dim: int, config: index_pb2.Collection, count: int, source: str = "") -> int:
+    """The whitening's output dimension (0: the full one), checked against the collection and the `count` vectors it
+    is learned from (those of collection `source` when given)."""
     full = config.binding.dim
     dim = dim or full
     if not 1 <= dim <= full:
@@ -44,7 +45,7 @@ def check_whitening(dim: int, config: index_pb2.Collection, count: int) -> int:
     if count <= dim:
         raise FailedPrecondition(
             f"whitening to {dim} dimensions needs more than {dim} vectors; collection "
-            f"{config.name!r} has {count}: add more or ask for a smaller dim"
+            f"{(source or config.name)!r} has {count}: add more or ask for a smaller dim"
         )
     return dim
 

@@ -14,6 +14,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -118,12 +119,22 @@ def input_size(spec: card_pb2.Preprocessing) -> tuple[int, int]:
     return (spec.crop_height, spec.crop_width) if mode_of(spec) == "crop" else (-1, -1)
 
 
-def input_rule(spec: card_pb2.Preprocessing) -> tuple[str, Callable[[int, int], bool]]:
-    """What (height, width) a preprocessed input may have, in words ("224 x 224", "the shorter side 224") and as a
-    check, for clients that preprocess images themselves (OIP tensors)."""
+@dataclass(frozen=True)
+class InputRule:
+    """What (height, width) a preprocessed input may have, for clients that preprocess images themselves (OIP
+    tensors): the sides as a message shows them ("224" or "H") with the condition on them, and the check."""
+
+    height: str
+    width: str
+    condition: str  # "" for a fixed size
+    fits: Callable[[int, int], bool]
+
+
+def input_rule(spec: card_pb2.Preprocessing) -> InputRule:
     size, mode = spec.resize_shorter, mode_of(spec)
     if mode == "crop":
-        return f"{spec.crop_height} x {spec.crop_width}", lambda h, w: (h, w) == (spec.crop_height, spec.crop_width)
+        crop = (spec.crop_height, spec.crop_width)
+        return InputRule(str(crop[0]), str(crop[1]), "", lambda h, w: (h, w) == crop)
     if mode == "no-crop":
         words, sized = f"the shorter side {size}", lambda h, w: min(h, w) == size
     else:
@@ -131,7 +142,12 @@ def input_rule(spec: card_pb2.Preprocessing) -> tuple[str, Callable[[int, int], 
             f"the longer side {size} (or the shorter {MIN_SIDE})",
             lambda h, w: size in (h, w) or (min(h, w) == MIN_SIDE),
         )
-    return f"{words}, at most {MAX_ASPECT}:1", lambda h, w: sized(h, w) and max(h, w) <= MAX_ASPECT * min(h, w)
+    return InputRule(
+        "H",
+        "W",
+        f" with H x W {words}, at most {MAX_ASPECT}:1",
+        lambda h, w: sized(h, w) and max(h, w) <= MAX_ASPECT * min(h, w),
+    )
 
 
 class Preprocessor:
