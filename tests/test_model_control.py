@@ -166,6 +166,11 @@ def test_unloading_lets_the_requests_in_flight_finish(repo, tmp_path):
             assert states(server)[1][1] == "unloaded"
             stub.RepositoryModelLoad(oip.RepositoryModelLoadRequest(model_name=MODEL), timeout=60)
             assert embedding(client).shape == (DIM,)
+            (repo / "empty-model").mkdir()  # a model folder without versions does not load
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.RepositoryModelLoad(oip.RepositoryModelLoadRequest(model_name="empty-model"), timeout=60)
+            assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "has no version folder its version policy picks (versions there: none)" in refused.value.details()
     finally:
         server.terminate()
 

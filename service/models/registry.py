@@ -334,6 +334,13 @@ class ModelRegistry:
                 self._sync(repository, [name], strict=True, reload=True)
             except ModelLoadError as err:
                 raise FailedPrecondition(f"model {name!r} did not load: {err}") from err
+            with self._lock:
+                loaded = bool(self._models.get(name))
+            if not loaded:
+                raise FailedPrecondition(
+                    f"model {name!r} has no version folder its version policy picks (versions there: "
+                    f"{', '.join(map(str, repository[name])) or 'none'}); export one or change {name}/{SERVING_CONFIG}"
+                )
 
     def unload(self, name: str) -> None:
         """Unloads every version of a model; each closes once its requests in flight finish."""
