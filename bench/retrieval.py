@@ -5,7 +5,8 @@ For each model (EfficientNet-Lite0/1/2) and preprocessing (crop: the network's r
 shorter side to the crop size, the whole photo kept) it exports one graph with three pooled outputs of the last
 feature map (avg = the default `embedding`, GeM p=3, and R-MAC for crop; R-MAC's regions are fixed to one input
 size), serves it, and per output: indexes UKBench and scores N-S without and with alpha query expansion (n = 1, 2);
-then learns a 512-d PCA-whitening from an independent set (cats_vs_dogs validation and hymenoptera: other photos,
+with database-side augmentation (n = 1) of a second copy, without and with query expansion; then learns a 512-d
+PCA-whitening from an independent set (cats_vs_dogs validation and hymenoptera: other photos,
 other objects) and scores again. ms/image: the server's wall time to index one UKBench photo (decode, inference,
 add), 4 client threads, CPU provider.
 Usage: python bench/retrieval.py [--models efficientnet-lite0,...] [--ukbench DIR]
@@ -67,6 +68,12 @@ def rows_of(model: str, preprocess: str, work: pathlib.Path, dataset: evaluate.D
                 row = {"model": model, "preprocess": preprocess, "output": tap.name, "ms": ms}
                 for qe in (0, 1, 2):
                     row[f"qe{qe}"] = evaluate.ns_score(client, name, dataset, qe=qe).score
+                augmented = f"augmented-{tap.name}"
+                client.create_collection(augmented, model=model, output=tap.name)
+                client.add_images(augmented, dataset.paths, ids=[str(i) for i in range(len(dataset.paths))])
+                client.augment_database(augmented, neighbours=1)
+                for qe in (0, 1):
+                    row[f"dba-qe{qe}"] = evaluate.ns_score(client, augmented, dataset, qe=qe).score
                 client.create_collection(other, model=model, output=tap.name)
                 client.add_images(other, independent_photos())
                 client.train_whitening(name, dim=WHITENING_DIM, learn_from=other)
@@ -96,13 +103,17 @@ def main() -> None:
         f"\nUKBench N-S through the service, {len(dataset.paths)} images (every one a query, top 4); alpha = 3; "
         f"PCAw: {WHITENING_DIM}-d, learned on {len(independent_photos())} other photos\n"
     )
-    print("| model | preprocess | pooling | ms/image | N-S | αQE n=1 | αQE n=2 | PCAw | PCAw + αQE n=1 |")
-    print("|---|---|---|--:|--:|--:|--:|--:|--:|")
+    print(
+        "| model | preprocess | pooling | ms/image | N-S | αQE n=1 | αQE n=2 | DBA n=1 | DBA + αQE n=1 | PCAw | "
+        "PCAw + αQE n=1 |"
+    )
+    print("|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|")
     pooling = {"embedding": "avg", "gem": "GeM", "rmac": "R-MAC"}
     for r in rows:
         print(
             f"| {r['model']} | {r['preprocess']} | {pooling[r['output']]} | {r['ms']:.1f} | {r['qe0']:.3f} | "
-            f"{r['qe1']:.3f} | {r['qe2']:.3f} | {r['pcaw-qe0']:.3f} | {r['pcaw-qe1']:.3f} |"
+            f"{r['qe1']:.3f} | {r['qe2']:.3f} | {r['dba-qe0']:.3f} | {r['dba-qe1']:.3f} | {r['pcaw-qe0']:.3f} | "
+            f"{r['pcaw-qe1']:.3f} |"
         )
 
 

@@ -341,6 +341,17 @@ def add_collection_whiten(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_collection_augment(parser: argparse.ArgumentParser) -> None:
+    add_name(parser)
+    parser.add_argument("--neighbours", type=int, default=1, help="nearest items blended in (default: 1)")
+    parser.add_argument("--alpha", type=float, default=0.0, help="their weight is similarity^alpha (default: 3)")
+
+
+def run_collection_augment(args: argparse.Namespace, client: Client) -> None:
+    info = client.augment_database(args.name, neighbours=args.neighbours, alpha=args.alpha)
+    show(args, Shown(message_dict(info), f"augmented {info.name}: {info.count} items"))
+
+
 def run_collection_whiten(args: argparse.Namespace, client: Client) -> None:
     info = client.train_whitening(args.name, dim=args.dim, learn_from=args.learn_from)
     show(args, Shown(message_dict(info), f"whitened {info.name}: {info.whitening_dim}-d, {info.count} items"))
@@ -566,6 +577,9 @@ def add_eval(parser: argparse.ArgumentParser) -> None:
         "--qe", type=int, default=0, metavar="N", help="alpha query expansion over the top N hits (default: none)"
     )
     parser.add_argument(
+        "--dba", type=int, default=0, metavar="N", help="database-side augmentation with N neighbours (default: none)"
+    )
+    parser.add_argument(
         "--plot",
         type=pathlib.Path,
         metavar="FILE",
@@ -576,6 +590,8 @@ def add_eval(parser: argparse.ArgumentParser) -> None:
 def run_eval(args: argparse.Namespace, client: Client) -> None:
     dataset = evaluate.ukbench(args.folder) if args.dataset == "ukbench" else evaluate.holidays(args.folder)
     with evaluate.temporary_collection(client, dataset, args.model, args.output, args.index_type) as name:
+        if args.dba:
+            client.augment_database(name, neighbours=args.dba)
         if args.dataset == "ukbench":
             result = evaluate.ns_score(client, name, dataset, flip=args.flip, qe=args.qe)
         else:
@@ -590,8 +606,8 @@ def run_eval(args: argparse.Namespace, client: Client) -> None:
     }
     text = (
         f"{result.name}: {result.score:.3f} ({len(result.per_query)} queries, {len(dataset.paths)} images, "
-        f"{args.model} {args.output}{', flip' if args.flip else ''}{f', qe {args.qe}' if args.qe else ''})"
-        + (f"\nplot: {args.plot}" if args.plot else "")
+        f"{args.model} {args.output}{', flip' if args.flip else ''}{f', qe {args.qe}' if args.qe else ''}"
+        f"{f', dba {args.dba}' if args.dba else ''})" + (f"\nplot: {args.plot}" if args.plot else "")
     )
     show(args, Shown(data, text))
 
@@ -722,7 +738,7 @@ class Command(NamedTuple):
 
 
 GROUPS = {
-    "collection": "create, list, show, delete, copy or whiten collections",
+    "collection": "create, list, show, delete, copy, whiten or augment collections",
     "head": "train, list, show or delete classification heads",
 }
 
@@ -756,8 +772,16 @@ COMMANDS = [
         "learn a PCA-whitening from a collection's vectors",
         add_collection_whiten,
         run_collection_whiten,
-        "Learn a PCA-whitening from the collection's own vectors and rebuild its index with it; later adds "
-        "and queries are whitened alike; running it again re-learns it.",
+        "Learn a PCA-whitening from the collection's own vectors (or another collection's: --learn-from) and "
+        "rebuild its index with it; later adds and queries are whitened alike; running it again re-learns it.",
+    ),
+    Command(
+        "collection augment",
+        "database-side augmentation: blend each item's vector with its nearest items'",
+        add_collection_augment,
+        run_collection_augment,
+        "Replace every item's vector by itself plus its --neighbours nearest items' vectors weighted by "
+        "similarity^alpha (embedded inner-product collections; items added later are augmented when it runs again).",
     ),
     Command(
         "add",

@@ -348,6 +348,12 @@ class Api:
         )
         return self._call("index", "SearchBatch", request, lambda r: [_hits(result.hits) for result in r.results])
 
+    def augment_database(self, collection: str, neighbours: int = 1, alpha: float = 0.0) -> index_pb2.Collection:
+        """Database-side augmentation: every item's vector becomes itself plus its `neighbours` nearest items' vectors
+        weighted by similarity^alpha (0: 3). Embedded inner-product collections; run it again after adding."""
+        request = index_pb2.AugmentDatabaseRequest(collection=collection, neighbours=neighbours, alpha=alpha)
+        return self._call("index", "AugmentDatabase", request)
+
     def train_whitening(self, collection: str, dim: int = 0, learn_from: str = "") -> index_pb2.Collection:
         """Fits PCA-whitening on the collection's vectors, or on those of collection learn_from (an independent set
         of the same model output), and applies it (dim 0: keep every dimension)."""

@@ -183,6 +183,15 @@ def test_whitening_can_be_learned_from_another_collection_of_the_same_output(cli
         client.delete_collection(independent)
 
 
+def test_database_side_augmentation_is_for_embedded_collections(client, collection, on_milvus):
+    client.add(collection, vectors=unit_vectors(4, seed=7), ids=list("abcd"))
+    if on_milvus:
+        code, details = status_of(lambda: client.augment_database(collection))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "runs on embedded collections" in details
+    else:
+        assert client.augment_database(collection).count == 4
+
+
 def test_binding_mismatch_is_a_failed_precondition_naming_both(client, collection):
     request = index_pb2.AddRequest(
         collection=collection,

@@ -312,3 +312,25 @@ def test_query_expansion_pulls_the_ranking_towards_what_the_best_hits_agree_on(c
     client.add("distances", vectors=[query], ids=["q"])
     with pytest.raises(InvalidArgument, match="query expansion weights hits by similarity"):
         client.search("distances", vector=query, k=1, query_expansion=1)
+
+
+def test_database_side_augmentation_blends_each_vector_with_its_nearest(client):
+    rng = np.random.default_rng(11)
+    vectors = unit_vectors(3, seed=12)
+    vectors[1] = vectors[0] + 0.3 * rng.standard_normal(DIM).astype(np.float32)  # b is a's near twin
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    client.create_collection("augmented", model=f"random-projection-{DIM}")
+    client.add("augmented", vectors=vectors, ids=["a", "b", "c"], labels=["x", "y", "z"], metadata=[{"k": "1"}, {}, {}])
+    info = client.augment_database("augmented", neighbours=1)
+    assert info.count == 3
+    items = {item.id: item for item in client.get_items("augmented", ["a", "b", "c"], with_vectors=True)}
+    similarity = float(vectors[0] @ vectors[1])
+    expected = vectors[0] + max(similarity, 0) ** 3 * vectors[1]  # a's nearest other item is b
+    np.testing.assert_allclose(items["a"].vector, expected / np.linalg.norm(expected), atol=1e-5)
+    assert (items["a"].label, items["a"].metadata) == ("x", {"k": "1"})
+    assert [h.id for h in client.search("augmented", id="a", k=2)] == ["a", "b"]
+    with pytest.raises(InvalidArgument, match="neighbours=0: 1 to 50"):
+        client.augment_database("augmented", neighbours=0)
+    client.create_collection("augmented-l2", model=f"random-projection-{DIM}", metric="l2")
+    with pytest.raises(InvalidArgument, match="it needs an inner-product collection"):
+        client.augment_database("augmented-l2")

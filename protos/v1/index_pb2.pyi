@@ -325,6 +325,16 @@ class SearchResponse(_message.Message):
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ...) -> None: ...
 
+class AugmentDatabaseRequest(_message.Message):
+    __slots__ = ("collection", "neighbours", "alpha")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    NEIGHBOURS_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    neighbours: int
+    alpha: float
+    def __init__(self, collection: _Optional[str] = ..., neighbours: _Optional[int] = ..., alpha: _Optional[float] = ...) -> None: ...
+
 class TrainWhiteningRequest(_message.Message):
     __slots__ = ("collection", "dim", "learn_from")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]

@@ -94,6 +94,11 @@ class IndexStub:
                 request_serializer=offshelf_dot_protos_dot_v1_dot_index__pb2.TrainWhiteningRequest.SerializeToString,
                 response_deserializer=offshelf_dot_protos_dot_v1_dot_index__pb2.Collection.FromString,
                 _registered_method=True)
+        self.AugmentDatabase = channel.unary_unary(
+                '/offshelf.v1.Index/AugmentDatabase',
+                request_serializer=offshelf_dot_protos_dot_v1_dot_index__pb2.AugmentDatabaseRequest.SerializeToString,
+                response_deserializer=offshelf_dot_protos_dot_v1_dot_index__pb2.Collection.FromString,
+                _registered_method=True)
 
 
 class IndexServicer:
@@ -201,6 +206,16 @@ class IndexServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AugmentDatabase(self, request, context):
+        """Database-side augmentation (DBA): every item's vector becomes itself plus its n nearest items' vectors, each
+        weighted by its similarity^alpha, L2-normalised, written like an Add of every item (labels and metadata kept;
+        later items are not augmented until it runs again). Embedded inner-product collections.
+        Errors: NOT_FOUND, INVALID_ARGUMENT (neighbours, alpha, an L2 collection), FAILED_PRECONDITION (on Milvus).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IndexServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -262,6 +277,11 @@ def add_IndexServicer_to_server(servicer, server):
             'TrainWhitening': grpc.unary_unary_rpc_method_handler(
                     servicer.TrainWhitening,
                     request_deserializer=offshelf_dot_protos_dot_v1_dot_index__pb2.TrainWhiteningRequest.FromString,
+                    response_serializer=offshelf_dot_protos_dot_v1_dot_index__pb2.Collection.SerializeToString,
+            ),
+            'AugmentDatabase': grpc.unary_unary_rpc_method_handler(
+                    servicer.AugmentDatabase,
+                    request_deserializer=offshelf_dot_protos_dot_v1_dot_index__pb2.AugmentDatabaseRequest.FromString,
                     response_serializer=offshelf_dot_protos_dot_v1_dot_index__pb2.Collection.SerializeToString,
             ),
     }
@@ -588,6 +608,33 @@ class Index:
             target,
             '/offshelf.v1.Index/TrainWhitening',
             offshelf_dot_protos_dot_v1_dot_index__pb2.TrainWhiteningRequest.SerializeToString,
+            offshelf_dot_protos_dot_v1_dot_index__pb2.Collection.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AugmentDatabase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/offshelf.v1.Index/AugmentDatabase',
+            offshelf_dot_protos_dot_v1_dot_index__pb2.AugmentDatabaseRequest.SerializeToString,
             offshelf_dot_protos_dot_v1_dot_index__pb2.Collection.FromString,
             options,
             channel_credentials,

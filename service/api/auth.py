@@ -38,6 +38,7 @@ REQUIRED_ROLES = {
         "CreateCollection": ADMIN,
         "DeleteCollection": ADMIN,
         "TrainWhitening": ADMIN,
+        "AugmentDatabase": ADMIN,
     },
     "offshelf.v1.Heads": {
         "GetHead": READ,

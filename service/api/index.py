@@ -95,6 +95,18 @@ class IndexServicer(pb2_grpc.IndexServicer):
         collection.train_whitening(request.dim, source.stored_vectors(), source.name)
         return collection.info()
 
+    def AugmentDatabase(self, request: pb2.AugmentDatabaseRequest, context: grpc.ServicerContext) -> pb2.Collection:
+        collection = self.collections.get(request.collection)
+        if not 1 <= request.neighbours <= MAX_EXPANSION:
+            raise InvalidArgument(f"neighbours={request.neighbours}: 1 to {MAX_EXPANSION}")
+        alpha = request.alpha or DEFAULT_ALPHA
+        if not (math.isfinite(alpha) and 0 <= alpha <= 100):
+            raise InvalidArgument(f"alpha={request.alpha}: 0 to 100 (0 means {DEFAULT_ALPHA:g})")
+        if collection.config.metric != pb2.METRIC_INNER_PRODUCT:
+            raise InvalidArgument("augmentation weights neighbours by similarity: it needs an inner-product collection")
+        collection.augment(request.neighbours, alpha)
+        return collection.info()
+
     # --- writes ------------------------------------------------------------------------------
 
     def Add(self, request: pb2.AddRequest, context: grpc.ServicerContext) -> pb2.AddResponse:

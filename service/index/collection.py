@@ -28,6 +28,7 @@ import pathlib
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 
 import faiss
 import numpy as np
@@ -290,27 +291,66 @@ class Collection:
         it returns: acknowledged after its transaction commits. Returns the ids and the count afterwards."""
         with self._write_lock:
             self._check_open()
-            ids = [item_id or uuid.uuid4().hex for item_id, _, _ in items]
-            replaced = self.store.by_ids(ids, self.dim)
-            internals = np.arange(self._next_internal, self._next_internal + len(items), dtype=np.int64)
-            seq = self._seq + 1
-            total = self._sum + vectors.sum(axis=0, dtype=np.float64)
-            total -= sum((vector for _, vector in replaced.values()), np.zeros(self.dim))
-            rows = [
-                (Row(item_id, int(internal), label, meta), vector)
-                for item_id, internal, (_, label, meta), vector in zip(ids, internals, items, vectors, strict=True)
-            ]
-            with self.store.transaction() as db:
-                ItemStore.put_items(db, rows, seq, [row.internal for row, _ in replaced.values()])
-                self._commit_state(db, seq, int(internals[-1]) + 1, total)
-            with self._rw.write():
-                self._drop([row.internal for row, _ in replaced.values()])
-                self._index.add_with_ids(self._to_index_space(vectors, self._whitening), internals)
-                self._seq, self._next_internal, self._sum = seq, int(internals[-1]) + 1, total
-                self.count += len(items) - len(replaced)
-                count = self.count
-            self._after_write()
+            return self._write(items, vectors)
+
+    def _write(self, items: list[Item], vectors: np.ndarray) -> tuple[list[str], int]:
+        """add() with the write lock held."""
+        ids = [item_id or uuid.uuid4().hex for item_id, _, _ in items]
+        replaced = self.store.by_ids(ids, self.dim)
+        internals = np.arange(self._next_internal, self._next_internal + len(items), dtype=np.int64)
+        seq = self._seq + 1
+        total = self._sum + vectors.sum(axis=0, dtype=np.float64)
+        total -= sum((vector for _, vector in replaced.values()), np.zeros(self.dim))
+        rows = [
+            (Row(item_id, int(internal), label, meta), vector)
+            for item_id, internal, (_, label, meta), vector in zip(ids, internals, items, vectors, strict=True)
+        ]
+        with self.store.transaction() as db:
+            ItemStore.put_items(db, rows, seq, [row.internal for row, _ in replaced.values()])
+            self._commit_state(db, seq, int(internals[-1]) + 1, total)
+        with self._rw.write():
+            self._drop([row.internal for row, _ in replaced.values()])
+            self._index.add_with_ids(self._to_index_space(vectors, self._whitening), internals)
+            self._seq, self._next_internal, self._sum = seq, int(internals[-1]) + 1, total
+            self.count += len(items) - len(replaced)
+            count = self.count
+        self._after_write()
         return ids, count
+
+    def augment(self, neighbours: int, alpha: float) -> int:
+        """Database-side augmentation (DBA; Arandjelović & Zisserman 2012, Radenović et al. 2018): every item's vector
+        is replaced by itself plus its `neighbours` nearest items' vectors, each weighted by its similarity^alpha,
+        L2-normalised; written like an Add of every item (durable, the labels and metadata kept). Items added later
+        are not augmented until it runs again. Returns how many items it rewrote."""
+        with self._write_lock:
+            self._check_open()
+            rows = [row for page in self._all_rows() for row in page]
+            if not rows:
+                return 0
+            vectors = np.stack([vector for _, _, _, _, vector in rows]).astype(np.float32)
+            position = {internal: i for i, (_, internal, _, _, _) in enumerate(rows)}
+            selector = self._dead_selector[-1] if self._dead_selector else None
+            scores, found = self._index.search(
+                self._to_index_space(vectors, self._whitening),
+                min(neighbours + 1, len(rows)),
+                params=search_params(self.config, self._trained, 0, 0, selector),
+            )
+            augmented = vectors.astype(np.float64)
+            for i, (row_scores, row_found) in enumerate(zip(scores, found, strict=True)):
+                others = [(s, position[f]) for s, f in zip(row_scores, row_found, strict=True) if f in position]
+                for score, j in [(s, j) for s, j in others if j != i][:neighbours]:
+                    augmented[i] += max(float(score), 0.0) ** alpha * vectors[j]
+            augmented /= np.maximum(np.linalg.norm(augmented, axis=1, keepdims=True), 1e-12)
+            items = [(item_id, label, json.loads(meta)) for item_id, _, label, meta, _ in rows]
+            self._write(items, augmented.astype(np.float32))
+            return len(rows)
+
+    def _all_rows(self, size: int = 4096) -> Iterator[list[tuple]]:
+        """Every item, (id, internal, label, metadata JSON, vector) rows, a page at a time."""
+        after = ""
+        while page := self.store.page(after, size, Filter(), with_vectors=True):
+            yield [(r[0], r[1], r[2], r[3], from_blobs([r[4]], self.dim)[0]) for r in page]
+            after = page[-1][0]
 
     def remove(self, item_ids: list[str]) -> tuple[int, list[str], int]:
         """Removes items by id; returns how many were removed, the ids that were not there and the count

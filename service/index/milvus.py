@@ -436,6 +436,12 @@ class MilvusCollection:
 
         return self._current(remove, write=True)
 
+    def augment(self, neighbours: int, alpha: float) -> int:
+        raise FailedPrecondition(
+            f"collection {self.name!r} is on Milvus: database-side augmentation runs on embedded collections; query "
+            "expansion (Search's query_expansion) works on both"
+        )
+
     def train_whitening(self, dim: int, sample: np.ndarray | None = None, source: str = "") -> None:
         """Learns PCA-whitening from the vectors as added (or from `sample`, the vectors of collection `source`) and
         moves every item to a new generation indexed in the whitened space; writes through any replica are refused
