@@ -34,8 +34,8 @@ venv: $(STAMP)
 RETRIEVAL_EXPORT := --preprocess no-crop --output logits=_fc --output embedding=_avg_pooling \
 	--output gem=_head_act:gem:l2
 
-# Export the embedded default, serve it, classify photos, index real photos and query them (GeM, alpha query
-# expansion), stop the server.
+# Export the embedded default, serve it, classify photos, index real photos and query them (GeM, database-side
+# augmentation, alpha query expansion), stop the server.
 demo: $(STAMP)
 	@mkdir -p build && rm -rf build/demo-data
 	@test -f $(REPO)/efficientnet-lite0/1/model.onnx || \
@@ -53,10 +53,12 @@ demo: $(STAMP)
 	echo; echo "== index $$photos"; \
 	$(BIN)/offshelf collection create demo --server $(SERVER) --output gem && \
 	$(BIN)/offshelf add --server $(SERVER) --collection demo $$photos && \
+	$(BIN)/offshelf collection augment demo --server $(SERVER) --neighbours 1 && \
 	echo && echo "== search: top 4 of each query" && \
 	for q in $$queries; do $(BIN)/offshelf search --server $(SERVER) --collection demo -k 4 --qe 1 $$q || exit 1; done; \
 	if [ -d $(UKBENCH) ]; then echo; echo "== UKBench N-S score"; \
-		$(BIN)/offshelf eval ukbench --server $(SERVER) $(UKBENCH) --output gem --qe 1 --plot build/ukbench-ns.png; fi
+		$(BIN)/offshelf eval ukbench --server $(SERVER) $(UKBENCH) --output gem --dba 1 --qe 1 \
+			--plot build/ukbench-ns.png; fi
 
 test: lint
 	$(BIN)/python -m pytest
