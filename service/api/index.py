@@ -99,9 +99,7 @@ class IndexServicer(pb2_grpc.IndexServicer):
         collection = self.collections.get(request.collection)
         if not 1 <= request.neighbours <= MAX_EXPANSION:
             raise InvalidArgument(f"neighbours={request.neighbours}: 1 to {MAX_EXPANSION}")
-        alpha = request.alpha or DEFAULT_ALPHA
-        if not (math.isfinite(alpha) and 0 <= alpha <= 100):
-            raise InvalidArgument(f"alpha={request.alpha}: 0 to 100 (0 means {DEFAULT_ALPHA:g})")
+        alpha = _alpha(request.alpha, "alpha")
         if collection.config.metric != pb2.METRIC_INNER_PRODUCT:
             raise InvalidArgument("augmentation weights neighbours by similarity: it needs an inner-product collection")
         collection.augment(request.neighbours, alpha)
@@ -369,9 +367,14 @@ def _expansion(request, collection: AnyCollection) -> tuple[int, float]:
     n = request.query_expansion
     if not 0 <= n <= MAX_EXPANSION:
         raise InvalidArgument(f"query_expansion={n}: 0 (none) to {MAX_EXPANSION} hits")
-    alpha = request.qe_alpha or DEFAULT_ALPHA
-    if not (math.isfinite(alpha) and 0 <= alpha <= 100):
-        raise InvalidArgument(f"qe_alpha={request.qe_alpha}: 0 to 100 (0 means {DEFAULT_ALPHA:g})")
+    alpha = _alpha(request.qe_alpha, "qe_alpha")
     if n and collection.config.metric != pb2.METRIC_INNER_PRODUCT:
         raise InvalidArgument("query expansion weights hits by similarity: it needs an inner-product collection")
     return n, alpha
+
+
+def _alpha(value: float, field: str) -> float:
+    """The exponent that weights neighbours by similarity (query expansion, augmentation); 0 means the default."""
+    if not (math.isfinite(value) and 0 <= value <= 100):
+        raise InvalidArgument(f"{field}={value}: 0 to 100 (0 means {DEFAULT_ALPHA:g})")
+    return value or DEFAULT_ALPHA
