@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +57,18 @@ def wait_for(server: ServerProcess, expected: dict[int, str], timeout: float = 3
 
 def embedding(client: Client, version: int = 0) -> np.ndarray:
     return client.embed([PHOTO], model=MODEL, version=version)["embedding"][0]
+
+
+def until(condition, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def retired(server: ServerProcess) -> set[str]:
+    """The versions of which a copy has closed (unloaded, or replaced by a reload)."""
+    return {str(e["version"]) for e in server.logs if e.get("message") == "model version retired"}
 
 
 def loaded_versions(server: ServerProcess) -> set[str]:
@@ -109,7 +122,7 @@ def test_serving_json_picks_the_versions_and_the_settings(repo, tmp_path):
             wait_for(server, {1: "READY", 2: "UNAVAILABLE"})
             config = stub.ModelConfig(oip.ModelConfigRequest(name=MODEL), timeout=10).config
             assert (config.max_batch_size, list(config.version_policy.specific.versions)) == (16, [1])
-            time.sleep(1.5)  # the versions replaced have closed
+            until(lambda: retired(server) >= {"1", "2"})  # the copies replaced have closed
             assert loaded_versions(server) == {"1"}  # version 1 was reloaded: its gauge stays
             write_serving_config(repo, {"max_batch_size": 0, "batch": 8})  # a broken file: version 1 serves on
             deadline = time.monotonic() + 30
@@ -142,24 +155,26 @@ def test_unloading_lets_the_requests_in_flight_finish(repo, tmp_path):
     try:
         with Client(server.address) as client, grpc.insecure_channel(server.address) as channel:
             stub = oip_grpc.GRPCInferenceServiceStub(channel)
-            stop = time.monotonic() + 1.5
+            codes: set[str] = set()
+            done = threading.Event()
 
-            def embed_until_stopped(_: int) -> set[str]:
-                codes = set()
-                while time.monotonic() < stop:
+            def embed_until_done(_: int) -> None:
+                while not done.is_set():
                     try:
                         embedding(client)
                         codes.add("OK")
                     except grpc.RpcError as err:
                         codes.add(err.code().name)
-                return codes
 
             with ThreadPoolExecutor(4) as pool:
-                running = pool.map(embed_until_stopped, range(4))
-                time.sleep(0.5)
+                callers = [pool.submit(embed_until_done, i) for i in range(4)]
+                until(lambda: "OK" in codes)  # calls are going on
                 stub.RepositoryModelUnload(oip.RepositoryModelUnloadRequest(model_name=MODEL), timeout=10)
-                codes = set().union(*running)
-            assert codes == {"OK", "UNAVAILABLE"}, codes
+                until(lambda: "UNAVAILABLE" in codes)  # the calls after it are refused
+                done.set()
+                for caller in callers:
+                    caller.result()
+            assert codes == {"OK", "UNAVAILABLE"}, codes  # the calls in flight finished: none failed otherwise
             wait_for(server, {1: "UNAVAILABLE"})
             assert states(server)[1][1] == "unloaded"
             time.sleep(0.5)  # polling does not bring an unloaded model back
