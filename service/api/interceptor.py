@@ -8,6 +8,7 @@ that is not a ServiceError is logged and answered INTERNAL, never UNKNOWN.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -120,11 +121,18 @@ class RpcInterceptor(grpc.ServerInterceptor):
             self.tokens.check(method, context.invocation_metadata())
 
     @staticmethod
-    def _identify(context: grpc.ServicerContext) -> request_context.RequestContext:
-        """The call's request id (the caller's x-request-id or a new one), sent back in the trailing metadata."""
+    @contextlib.contextmanager
+    def _serving(context: grpc.ServicerContext) -> Iterator[request_context.RequestContext]:
+        """The call's request context, current while it is served: its request id (the caller's x-request-id or a
+        new one) is sent back in the trailing metadata."""
         request_id = request_context.request_id_from(context.invocation_metadata())
         context.set_trailing_metadata(((request_context.HEADER, request_id),))
-        return request_context.RequestContext(request_id)
+        served = request_context.RequestContext(request_id)
+        token = request_context.current.set(served)
+        try:
+            yield served
+        finally:
+            request_context.current.reset(token)
 
     def _open(self, rpc: str, behavior: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[..., Any]:
         """A health check: errors mapped to their status, nothing counted or logged (probes would swamp both)."""
@@ -146,9 +154,7 @@ class RpcInterceptor(grpc.ServerInterceptor):
 
         def guarded(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
             started = time.perf_counter()
-            served = self._identify(context)
-            served_token = request_context.current.set(served)
-            try:
+            with self._serving(context) as served:
                 self._take_slot(rpc, started, context, served)
                 code = grpc.StatusCode.INTERNAL
                 try:
@@ -161,21 +167,15 @@ class RpcInterceptor(grpc.ServerInterceptor):
                 finally:
                     self.slots.give_back()
                     self._record(rpc, gone(context) or code, started, context, served)
-            finally:
-                request_context.current.reset(served_token)
 
         return guarded
 
     def _wrap(self, rpc: str, method: str, behavior: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[..., Any]:
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
             started = time.perf_counter()
-            served = self._identify(context)
-            served_token = request_context.current.set(served)
-            try:
+            with self._serving(context) as served:
                 self._take_slot(rpc, started, context, served)
                 return self._answer(rpc, method, behavior, request, context, started, served)
-            finally:
-                request_context.current.reset(served_token)
 
         return wrapped
 

@@ -38,6 +38,7 @@ from offshelf.service.drift import DriftMonitor
 from offshelf.service.errors import InvalidArgument, NotFound, Unavailable
 from offshelf.service.index.faiss_index import new_index, search_params, train_ivfpq
 from offshelf.service.index.hit_rows import HitRows
+from offshelf.service.index.query_expansion import expand
 from offshelf.service.index.rwlock import ReadWriteLock
 from offshelf.service.index.store import DATABASE, Filter, ItemStore, Row, from_blobs
 from offshelf.service.index.vectors import Whitening, check_whitening, learn_whitening, prepare, to_index_space
@@ -327,22 +328,16 @@ class Collection:
             rows = [row for page in self._all_rows() for row in page]
             if not rows:
                 return 0
+            ids = [item_id for item_id, _, _, _, _ in rows]
             vectors = np.stack([vector for _, _, _, _, vector in rows]).astype(np.float32)
-            position = {internal: i for i, (_, internal, _, _, _) in enumerate(rows)}
-            selector = self._dead_selector[-1] if self._dead_selector else None
-            scores, found = self._index.search(
-                self._to_index_space(vectors, self._whitening),
-                min(neighbours + 1, len(rows)),
-                params=search_params(self.config, self._trained, 0, 0, selector),
-            )
-            augmented = vectors.astype(np.float64)
-            for i, (row_scores, row_found) in enumerate(zip(scores, found, strict=True)):
-                others = [(s, position[f]) for s, f in zip(row_scores, row_found, strict=True) if f in position]
-                for score, j in [(s, j) for s, j in others if j != i][:neighbours]:
-                    augmented[i] += max(float(score), 0.0) ** alpha * vectors[j]
-            augmented /= np.maximum(np.linalg.norm(augmented, axis=1, keepdims=True), 1e-12)
+            id_of = {internal: item_id for item_id, internal, _, _, _ in rows}
+            ranked = self._search_all(self._to_index_space(vectors, self._whitening), neighbours + 1, 0, 0)
+            hits = [[(id_of[i], score) for score, i in row if i in id_of] for row in ranked]
+            stored = dict(zip(ids, vectors, strict=True))
+            # each item's own vector expanded with its neighbours': query expansion's arithmetic, on the database
+            augmented = expand(vectors, hits, ids, neighbours, alpha, lambda _: stored)
             items = [(item_id, label, json.loads(meta)) for item_id, _, label, meta, _ in rows]
-            self._write(items, augmented.astype(np.float32))
+            self._write(items, augmented)
             return len(rows)
 
     def _all_rows(self, size: int = 4096) -> Iterator[list[tuple]]:

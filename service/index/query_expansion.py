@@ -1,7 +1,8 @@
 """Alpha query expansion (αQE; Radenović, Tolias & Chum, TPAMI 2018): the query is searched again as itself plus
 its first search's top n hits, each weighted by its similarity to the query raised to alpha, so that views of the
 object the query's neighbours agree on pull the ranking towards them. Only for inner-product collections, whose
-scores are cosine similarities.
+scores are cosine similarities. Database-side augmentation (Collection.augment) is the same arithmetic applied to
+every stored vector with its own nearest items.
 
 The hits are combined as stored (before any whitening, which the second search applies again).
 """

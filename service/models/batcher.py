@@ -41,11 +41,10 @@ class Runtime(Protocol):
 class _Chunk:
     inputs: Tensors
     size: int
-    shape: tuple = ()  # of each input but the batch dimension: only chunks of one shape share a batch
+    shape: tuple  # of each input but the batch dimension: only chunks of one shape share a batch
     enqueued: float = field(default_factory=time.monotonic)
     result: Future[Tensors] = field(default_factory=Future)
     trace: tracing.Context = field(default_factory=tracing.current)  # its request's, for the queue and run spans
-    enqueued_ns: int = field(default_factory=time.time_ns)
 
 
 class Admission:
@@ -277,7 +276,8 @@ class Batcher:
             self.statistics.batch(size, seconds, [started - chunk.enqueued for chunk in batch])
         ended_ns = time.time_ns()
         for chunk in batch:
-            tracing.record("queue", chunk.trace, chunk.enqueued_ns, started_ns)
+            enqueued_ns = started_ns - int((started - chunk.enqueued) * 1e9)  # spans take wall-clock times
+            tracing.record("queue", chunk.trace, enqueued_ns, started_ns)
             tracing.record("inference", chunk.trace, started_ns, ended_ns, images=chunk.size, batch_images=size)
         offset = 0
         for chunk in batch:

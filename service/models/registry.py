@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import pathlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -47,6 +48,20 @@ def read_card(version_dir: pathlib.Path) -> card_pb2.ModelCard:
         return json_format.Parse((version_dir / "card.json").read_text(), card_pb2.ModelCard())
     except (OSError, json_format.ParseError) as err:
         raise ModelLoadError(f"{version_dir}: unreadable card.json ({err}); re-export the model") from err
+
+
+class RequestTiming:
+    """When a request to a model started, and how long it decoded."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.decoding = 0.0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def decoded(self) -> None:
+        self.decoding = self.elapsed()
 
 
 class LoadedModel:
@@ -151,22 +166,15 @@ class LoadedModel:
         """
         names = names or [f"image {i}" for i in range(len(images))]
         per_image = self.preprocessor.views_per_image(augmentation)
-        request_context.note_model(self.name, len(images))
-        started = time.perf_counter()
-        decoding = 0.0
-        try:
+        with self._request(len(images)) as timing:
             with self.batcher.admit(len(images) * per_image) as admission:  # refused before decoding if overloaded
                 views = []
                 with tracing.tracer.start_as_current_span("decode", attributes={"images": len(images)}):
                     for data, name in zip(images, names, strict=True):
                         cancellation.check()  # a caller that has gone costs no more decoding
                         views += self.preprocessor.views_of(data, name, augmentation)
-                decoding = time.perf_counter() - started
+                timing.decoded()
                 outputs = self._run_views(admission, views)
-        except BaseException:
-            self.statistics.request(False, time.perf_counter() - started, decoding)
-            raise
-        self.statistics.request(True, time.perf_counter() - started, decoding)
         if per_image > 1:
             outputs = {name: a.reshape(len(images), per_image, -1).mean(axis=1) for name, a in outputs.items()}
         return outputs
@@ -196,15 +204,21 @@ class LoadedModel:
         return self._counted(self.batcher, {PIXELS: batch})
 
     def _counted(self, batcher: Batcher, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        request_context.note_model(self.name, len(next(iter(inputs.values()))))
-        started = time.perf_counter()
+        with self._request(len(next(iter(inputs.values())))):
+            return batcher.run(inputs)
+
+    @contextlib.contextmanager
+    def _request(self, images: int) -> Iterator[RequestTiming]:
+        """One request to this model version: noted for the call's access log, counted in its statistics (success
+        or failure, its time, and the decoding part of it)."""
+        request_context.note_model(self.name, images)
+        timing = RequestTiming()
         try:
-            outputs = batcher.run(inputs)
+            yield timing
         except BaseException:
-            self.statistics.request(False, time.perf_counter() - started)
+            self.statistics.request(False, timing.elapsed(), timing.decoding)
             raise
-        self.statistics.request(True, time.perf_counter() - started)
-        return outputs
+        self.statistics.request(True, timing.elapsed(), timing.decoding)
 
     def binding(self, output: str) -> index_pb2.Binding:
         """What vectors of this output are: the binding a collection records and checks."""
@@ -345,8 +359,9 @@ class ModelRegistry:
     def unload(self, name: str) -> None:
         """Unloads every version of a model; each closes once its requests in flight finish."""
         with self._control:
+            in_repository = name in self.repository()
             with self._lock:
-                if name not in self._models and name not in self.repository():
+                if name not in self._models and not in_repository:
                     raise NotFound(f"no model named {name!r}")
                 self._unloaded.add(name)
                 versions = self._models.pop(name, {})
@@ -363,7 +378,7 @@ class ModelRegistry:
         for name in names:
             available = repository.get(name, [])
             try:
-                config, changed = self._config(name, available)
+                config, changed = self._config(name)
             except ModelLoadError as err:
                 if strict:
                     raise
@@ -391,7 +406,7 @@ class ModelRegistry:
             for model in gone:
                 self._retire(model)
 
-    def _config(self, name: str, available: list[int]) -> tuple[ServingConfig, bool]:
+    def _config(self, name: str) -> tuple[ServingConfig, bool]:
         """The model's serving config and whether it changed since it was last read."""
         path = self.settings.repo / name / SERVING_CONFIG
         try:
