@@ -91,6 +91,12 @@ class ServiceSettings(BaseSettings):
         "explicit loads (RepositoryModelLoad).",
         json_schema_extra=metavar("SECONDS"),
     )
+    allow_links_outside_repo: bool = Field(
+        False,
+        description="Serve model and version folders (and their files) that are symbolic links to somewhere outside "
+        "--repo; off, they are refused (RepositoryIndex says why), so that whoever can write the repository "
+        "cannot make the server read other files.",
+    )
     execution_provider: Literal["auto", "cuda", "cpu"] = Field(
         "auto", description="auto: CUDA when it really works, else CPU; cuda: fail unless CUDA works."
     )
@@ -146,6 +152,14 @@ class ServiceSettings(BaseSettings):
     )
     max_message_bytes: int = Field(
         64 << 20, ge=1 << 20, description="Largest gRPC message, in bytes.", json_schema_extra=metavar("BYTES")
+    )
+    max_response_bytes: int = Field(
+        32 << 20,
+        ge=1 << 20,
+        description="Largest Search, SearchBatch, GetItems or ListItems response, in bytes, checked before it is "
+        "built (hits or items with their metadata and vectors): larger ones are refused INVALID_ARGUMENT. At most "
+        "--max-message-bytes.",
+        json_schema_extra=metavar("BYTES"),
     )
     worker_threads: int = Field(64, ge=2, description="Threads that handle RPCs.")
     max_concurrent_calls: int = Field(
@@ -230,5 +244,14 @@ class ServiceSettings(BaseSettings):
             raise ValueError(
                 f"max_concurrent_calls ({self.max_concurrent_calls}) must be below worker_threads "
                 f"({self.worker_threads}): the spare threads refuse calls and answer health checks under overload"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _response_fits_a_message(self) -> ServiceSettings:
+        if self.max_response_bytes > self.max_message_bytes:
+            raise ValueError(
+                f"max_response_bytes ({self.max_response_bytes}) must be at most max_message_bytes "
+                f"({self.max_message_bytes}): gRPC would refuse to send such a response only after it was built"
             )
         return self
