@@ -107,6 +107,13 @@ class Metrics:
             ["model", "version", "provider"],
             registry=self.registry,
         )
+        self.model_load_failures = Counter(
+            "offshelf_model_load_failures_total",
+            "Model versions that failed to load (a corrupt or incompatible folder) and serving.json files refused, "
+            "by model; the versions served before serve on.",
+            ["model"],
+            registry=self.registry,
+        )
         self._http: WSGIServer | None = None
         self._http_thread: threading.Thread | None = None
 
