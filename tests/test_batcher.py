@@ -286,3 +286,29 @@ def test_inputs_of_different_shapes_never_share_a_batch(tmp_path):
     assert [r["y"].tolist() for r in results] == [(2 * narrow).tolist(), [[2.0] * 5], (2 * narrow).tolist()]
     assert batch_sizes(metrics) == (4, 7)  # narrow, then narrow | wide | narrow: a shape change ends a batch
     batcher.close()
+
+
+def test_a_chunk_whose_caller_goes_while_its_batch_fills_is_never_inferred(doubling_runtime):
+    """A batch waiting to fill holds its chunks cancellable until it starts: the caller of the first chunk goes while
+    the batch waits for company, and only the next caller's images run (the gone one's ran alone before)."""
+    metrics = Metrics()
+    batcher = Batcher("m", doubling_runtime, 4, max_delay_s=60, max_queue_images=100, metrics=metrics, eager=False)
+    call = cancellation.Call()
+
+    def run_for_the_call():
+        token = cancellation.current.set(call)
+        try:
+            return batcher.run(rows(0, 1))
+        finally:
+            cancellation.current.reset(token)
+
+    with ThreadPoolExecutor(1) as pool:
+        gone = pool.submit(run_for_the_call)
+        wait_until(lambda: batcher._queued_images == 1 and not batcher._queue)  # in the batch that fills
+        call.cancel()
+        with pytest.raises(Cancelled):
+            gone.result(DEADLINE)
+        np.testing.assert_array_equal(batcher.run(rows(1, 4))["y"], 2 * rows(1, 4)["x"])
+    assert batch_sizes(metrics) == (1, 4)
+    assert metrics.registry.get_sample_value("offshelf_dropped_images_total", {"model": "m"}) == 1
+    batcher.close()

@@ -193,7 +193,8 @@ class RpcInterceptor(grpc.ServerInterceptor):
         in_flight = self.metrics.in_flight.labels(rpc)
         in_flight.inc()
         call = cancellation.Call()
-        context.add_callback(call.cancel)
+        if not context.add_callback(call.cancel):  # the call ended before its handler started
+            call.cancel()
         token = cancellation.current.set(call)
         try:
             self._authorize(method, context)

@@ -121,7 +121,9 @@ class Batcher:
 
     def admit(self, images: int) -> Admission:
         """Room for `images` in the queue, held until they are queued (or the admission is left unused);
-        UNAVAILABLE at once when the model is overloaded, shutting down or broken."""
+        UNAVAILABLE at once when the model is overloaded, shutting down or broken; Cancelled when the caller has
+        gone."""
+        cancellation.check()
         if images > self.max_queue_images:
             raise InvalidArgument(
                 f"{images} images in one call (after test-time augmentation) exceed model "
@@ -217,7 +219,8 @@ class Batcher:
 
     def _next_batch(self) -> list[_Chunk] | None:
         """Blocks for the first chunk, then gathers more until the batch is full, its delay is up, or (eager) no
-        other request is admitted (counted in _queued_images while it decodes) to fill it."""
+        other request is admitted (counted in _queued_images while it decodes) to fill it. Chunks stay cancellable
+        until the batch starts: those whose caller has gone by then are dropped, never inferred."""
         with self._condition:
             while not self._queue:
                 if self._closed:
@@ -225,26 +228,34 @@ class Batcher:
                 self._condition.wait()
             deadline = self._queue[0].enqueued + self.max_delay_s
             batch: list[_Chunk] = []
-            size = 0
             while True:
+                batch = [chunk for chunk in batch if not (chunk.result.cancelled() and self._drop(chunk))]
+                size = sum(chunk.size for chunk in batch)
                 while (
                     self._queue
                     and size + self._queue[0].size <= self.max_batch_size
                     and (not batch or self._queue[0].shape == batch[0].shape)
                 ):
                     chunk = self._queue.popleft()
-                    if not chunk.result.set_running_or_notify_cancel():  # its caller has gone
-                        self._queued_images -= chunk.size
-                        self._metrics.dropped_images.labels(self.name).inc(chunk.size)
-                        continue
-                    batch.append(chunk)
-                    size += chunk.size
+                    if not (chunk.result.cancelled() and self._drop(chunk)):
+                        batch.append(chunk)
+                        size += chunk.size
+                if not batch and not self._queue:
+                    return []  # every chunk taken had been cancelled: wait for a first one again
                 remaining = deadline - time.monotonic()
                 alone = self.eager and self._queued_images - size <= 0  # the queue is empty here
                 if self._queue or size == self.max_batch_size or remaining <= 0 or alone or self._closed:
-                    self._queued_images -= size  # a batch still filling keeps its images counted as waiting
-                    return batch
+                    # From here a caller that goes is answered Cancelled, but its images are inferred.
+                    running = [c for c in batch if c.result.set_running_or_notify_cancel() or not self._drop(c)]
+                    self._queued_images -= sum(chunk.size for chunk in running)  # a filling batch's count as waiting
+                    return running
                 self._condition.wait(remaining)
+
+    def _drop(self, chunk: _Chunk) -> bool:
+        """Takes the images of a chunk whose caller has gone off the queue's count (under the condition); True."""
+        self._queued_images -= chunk.size
+        self._metrics.dropped_images.labels(self.name).inc(chunk.size)
+        return True
 
     def _run_batch(self, batch: list[_Chunk]) -> None:
         started, started_ns = time.monotonic(), time.time_ns()
