@@ -145,6 +145,26 @@ def test_a_broken_exif_block_is_ignored_the_pixels_are_embedded(client):
         assert np.isfinite(embedding).all(), format
 
 
+def exif_with_a_mistyped_entry() -> bytes:
+    """A big-endian EXIF block: ImageWidth declared ASCII ("fuzz"; the tag is a number), orientation 6 (turned
+    90 degrees). Re-writing it (ImageOps.exif_transpose) raised struct.error: it came back INTERNAL."""
+    return (
+        b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x02"
+        b"\x01\x00\x00\x02\x00\x00\x00\x05\x00\x00\x00\x26"  # 0x0100 ImageWidth, ASCII, 5 bytes at 38
+        b"\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00"  # 0x0112 Orientation, SHORT, 6
+        b"\x00\x00\x00\x00fuzz\x00"
+    )
+
+
+def test_an_exif_entry_whose_type_does_not_match_its_tag_is_read_not_rewritten(client):
+    photo = Image.open(shared_photos("ukbench", 1)[0]).convert("RGB").resize((160, 120))
+    upright = client.embed([encoded(photo.transpose(Image.Transpose.ROTATE_270), "PNG")], model=TINY)["embedding"]
+    for format in ("WEBP", "JPEG", "PNG"):
+        data = encoded(photo, format, exif=exif_with_a_mistyped_entry())
+        (embedding,) = client.embed([data], model=TINY)["embedding"]
+        assert cosine(embedding, upright[0]) > 0.98, format  # the orientation was applied
+
+
 def test_an_image_too_long_for_its_width_is_refused_before_it_is_resized(client):
     """A 4000x1 PNG is 92 bytes; resized to a shorter side of 256 it would be 1,024,000 x 256 pixels."""
     data = encoded(Image.new("L", (4000, 1)), "PNG")

@@ -51,6 +51,20 @@ def test_exif_orientation_is_applied():
     assert decoded.size == (300, 451)
 
 
+@pytest.mark.parametrize("fmt", ["WEBP", "JPEG", "PNG"])
+def test_exif_orientation_is_read_from_a_block_pillow_cannot_rewrite(fmt):
+    """ImageWidth declared ASCII: Pillow reads the block but cannot write it back (struct.error)."""
+    exif = (
+        b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x02"
+        b"\x01\x00\x00\x02\x00\x00\x00\x05\x00\x00\x00\x26"
+        b"\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00"
+        b"\x00\x00\x00\x00fuzz\x00"
+    )
+    image = Image.open(skimage_photo("chelsea.png")).convert("RGB")  # 451 wide, 300 high
+    decoded = Preprocessor(SPEC, 10**8).decode(encode(image, fmt, exif=exif))
+    assert decoded.size == (300, 451)
+
+
 def test_gif_first_frame_and_webp_decode():
     image = Image.open(skimage_photo("coffee.png")).convert("RGB")
     pre = Preprocessor(SPEC, 10**8)

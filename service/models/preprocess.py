@@ -35,13 +35,42 @@ MIN_SIDE = 32  # pixels of a side kept whole, at least
 _RESAMPLING = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
+# What Pillow's parsers raise on malformed files: its own fuzzers' list, and what ours found (struct.error, EOFError
+# and the lookups of malformed metadata).
+DECODER_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    NotImplementedError,
+    OverflowError,
+    EOFError,
+    struct.error,
+    IndexError,
+    KeyError,
+    TypeError,
+)
+# EXIF orientation -> the transposition that shows the image upright (as ImageOps.exif_transpose has it).
+_ORIENTATIONS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
 def upright(image: Image.Image) -> Image.Image:
-    """The image turned as its EXIF orientation says; as it is when the EXIF block is broken (the pixels are fine)."""
+    """The image turned as its EXIF orientation tag says; as it is when the EXIF block is broken (the pixels are
+    fine). Only the tag is read: ImageOps.exif_transpose also writes the block back, which fails on entries whose
+    declared type does not fit their tag (struct.error)."""
     try:
-        image.getexif()
-    except (SyntaxError, struct.error, ValueError, TypeError, KeyError):
+        orientation = image.getexif().get(0x0112)
+    except DECODER_ERRORS:
         return image
-    return ImageOps.exif_transpose(image)
+    method = _ORIENTATIONS.get(orientation) if isinstance(orientation, int) else None
+    return image if method is None else image.transpose(method)
 
 
 def eight_bit(image: Image.Image) -> Image.Image:
@@ -62,7 +91,7 @@ def decode_errors(name: str, data: bytes) -> Iterator[None]:
         raise DecodeError(
             f"{name} is not a JPEG, PNG, WebP or GIF file ({len(data)} bytes)", "unsupported_format"
         ) from err
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+    except (*DECODER_ERRORS, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise DecodeError(f"{name} could not be decoded ({err}); send a complete, valid file", "corrupt") from err
 
 
