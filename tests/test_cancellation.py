@@ -7,11 +7,12 @@ import time
 import urllib.request
 
 import grpc
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from offshelf.protos.v1 import embedding_pb2, embedding_pb2_grpc
 
-from support import shared_photos
+from support import ServerProcess, shared_photos, skimage_photo, write_identity_model
 
 CALLS, IMAGES = 40, 8
 
@@ -49,3 +50,42 @@ def test_a_cancel_storm_costs_little_inference_and_is_counted_as_cancelled(serve
     assert counted <= cancelled  # those cancelled before a handler started cost nothing and are not counted
     # only the answered calls, and at most a batch per model call already running, were inferred
     assert inferred <= (answered + 4) * IMAGES, (inferred, answered, cancelled)
+
+
+@pytest.fixture(scope="module")
+def filling_server(tmp_path_factory):
+    """The 16-d tiny model, whose batches of 2 images wait a minute to fill."""
+    root = tmp_path_factory.mktemp("filling")
+    server = ServerProcess(
+        write_identity_model(root / "repo", 16),
+        root / "data",
+        max_batch_size=2,
+        max_batch_delay_ms=60_000,
+        eager_batching=False,
+        drain_seconds=0,
+    )
+    try:
+        server.wait_serving()
+        yield server
+    finally:
+        server.kill()
+
+
+def test_a_call_whose_deadline_passes_while_its_batch_fills_is_never_inferred(filling_server):
+    """Its image waited in a batch still filling, was inferred with the next caller's (and its handler held until
+    then): now the call ends at its deadline and the next caller's two images run alone."""
+    photo = skimage_photo("chelsea.png").read_bytes()
+    inferred = sample(filling_server, "offshelf_batch_size_images_sum")
+    dropped = sample(filling_server, "offshelf_dropped_images_total")
+    with grpc.insecure_channel(filling_server.address) as channel:
+        embed = embedding_pb2_grpc.EmbeddingStub(channel).Embed
+        with pytest.raises(grpc.RpcError) as err:
+            embed(embedding_pb2.EmbedRequest(model="random-projection-16", images=[photo]), timeout=3)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        deadline = time.monotonic() + 30
+        while sample(filling_server, "offshelf_in_flight_requests", rpc="Embed") > 0:  # its handler has ended
+            assert time.monotonic() < deadline, "the expired call's handler still waits for its batch"
+            time.sleep(0.05)
+        embed(embedding_pb2.EmbedRequest(model="random-projection-16", images=[photo] * 2), timeout=60)
+    assert sample(filling_server, "offshelf_batch_size_images_sum") - inferred == 2
+    assert sample(filling_server, "offshelf_dropped_images_total") - dropped == 1
