@@ -290,16 +290,21 @@ class MilvusProcess:
         for flag, port in ports.items():
             command += [f"--{flag}", str(port)]
         command += ["--extra-config", f"proxy.timeTickInterval={time_tick_ms}"]
+        self.command, self.etcd_config = command, etcd_config
         self.log = data_dir / "server.log"
-        self.process = subprocess.Popen(
-            command,
-            stdout=self.log.open("w"),
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "ETCD_CONFIG_PATH": str(etcd_config)},
-            start_new_session=True,  # its own process group: killed whole
-        )
         self.uri = f"http://127.0.0.1:{ports['proxy-port']}"
         self.etcd_uri = etcd
+        self.start()
+
+    def start(self) -> None:
+        """Starts the server (again, after kill: the same ports and data)."""
+        self.process = subprocess.Popen(
+            self.command,
+            stdout=self.log.open("a"),
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "ETCD_CONFIG_PATH": str(self.etcd_config)},
+            start_new_session=True,  # its own process group: killed whole
+        )
 
     def wait_ready(self, timeout: float = 120) -> None:
         from pymilvus import MilvusClient
@@ -315,6 +320,12 @@ class MilvusProcess:
                 time.sleep(0.5)
         self.stop()
         raise RuntimeError(f"Milvus not ready after {timeout} s: see {self.log}")
+
+    def kill(self) -> None:
+        """SIGKILL to the whole group: Milvus and its embedded etcd vanish as in a crash."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
 
     def stop(self, grace: float = 5) -> None:
         """SIGTERM, then SIGKILL to the whole group after `grace` seconds (Milvus can hang on shutdown)."""
