@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
+import time
 from concurrent.futures import Future
 
 from offshelf.service.errors import Cancelled
@@ -17,6 +18,7 @@ from offshelf.service.errors import Cancelled
 class Call:
     def __init__(self) -> None:
         self.cancelled = False
+        self.cancelled_at = float("inf")  # time.monotonic() of the cancellation
         self._futures: list[Future] = []
         self._lock = threading.Lock()
 
@@ -31,6 +33,7 @@ class Call:
     def cancel(self) -> None:
         """Called by gRPC when the RPC ends, however it ends: futures already done are left as they are."""
         with self._lock:
+            self.cancelled_at = min(self.cancelled_at, time.monotonic())
             self.cancelled = True
             futures = list(self._futures)
         for future in futures:

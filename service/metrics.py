@@ -56,6 +56,13 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+        self.unclaimed_images = Counter(
+            "offshelf_unclaimed_images_total",
+            "Images inferred whose caller had gone, by when it went: while their batch ran (running), or before it "
+            "started (queued: such images are dropped instead, so this stays 0).",
+            ["model", "when"],
+            registry=self.registry,
+        )
         self.queue_wait_seconds = Histogram(
             "offshelf_queue_wait_seconds",
             "Time images wait for a batch.",

@@ -312,3 +312,28 @@ def test_a_chunk_whose_caller_goes_while_its_batch_fills_is_never_inferred(doubl
     assert batch_sizes(metrics) == (1, 4)
     assert metrics.registry.get_sample_value("offshelf_dropped_images_total", {"model": "m"}) == 1
     batcher.close()
+
+
+def test_images_inferred_for_a_caller_that_went_while_its_batch_ran_are_counted_unclaimed(doubling_runtime):
+    metrics = Metrics()
+    gated = GatedRuntime(doubling_runtime)
+    batcher = Batcher("m", gated, max_batch_size=2, max_delay_s=0, max_queue_images=100, metrics=metrics)
+    call = cancellation.Call()
+
+    def run_for_the_call():
+        token = cancellation.current.set(call)
+        try:
+            return batcher.run(rows(0, 2))
+        finally:
+            cancellation.current.reset(token)
+
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(run_for_the_call)
+        wait_until(gated.started.is_set)
+        call.cancel()  # too late to drop: the batch runs
+        gated.gate.set()
+        assert running.result(DEADLINE)["y"].shape == (2, 3)
+    unclaimed = "offshelf_unclaimed_images_total"
+    assert metrics.registry.get_sample_value(unclaimed, {"model": "m", "when": "running"}) == 2
+    assert metrics.registry.get_sample_value(unclaimed, {"model": "m", "when": "queued"}) is None
+    batcher.close()

@@ -45,6 +45,7 @@ class _Chunk:
     enqueued: float = field(default_factory=time.monotonic)
     result: Future[Tensors] = field(default_factory=Future)
     trace: tracing.Context = field(default_factory=tracing.current)  # its request's, for the queue and run spans
+    call: cancellation.Call | None = field(default_factory=cancellation.current.get)
 
 
 class Admission:
@@ -290,6 +291,10 @@ class Batcher:
             enqueued_ns = started_ns - int((started - chunk.enqueued) * 1e9)  # spans take wall-clock times
             tracing.record("queue", chunk.trace, enqueued_ns, started_ns)
             tracing.record("inference", chunk.trace, started_ns, ended_ns, images=chunk.size, batch_images=size)
+        for chunk in batch:
+            if chunk.call is not None and chunk.call.cancelled:
+                when = "queued" if chunk.call.cancelled_at < started else "running"
+                self._metrics.unclaimed_images.labels(self.name, when).inc(chunk.size)
         offset = 0
         for chunk in batch:
             chunk.result.set_result({k: v[offset : offset + chunk.size] for k, v in outputs.items()})
