@@ -108,6 +108,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.tokens_reload_errors = Counter(
+            "offshelf_tokens_reload_errors_total",
+            "Rewrites of the tokens file refused (a malformed line, a file others can write, a file gone): the "
+            "tokens the new file no longer names stop working; no token is added.",
+            registry=self.registry,
+        )
         self.models = Gauge(
             "offshelf_model_info",
             "Loaded models (value 1), with version and execution provider.",

@@ -49,10 +49,10 @@ SERVICES = [
 ]
 
 
-def authentication(settings: ServiceSettings) -> Tokens | None:
+def authentication(settings: ServiceSettings, metrics: Metrics) -> Tokens | None:
     """The tokens every call must show; None (no authentication) only on loopback or when asked for (--insecure)."""
     if settings.tokens_file is not None:
-        return Tokens(settings.tokens_file)
+        return Tokens(settings.tokens_file, metrics.tokens_reload_errors)
     if not settings.insecure and not is_loopback(settings.host):
         raise StartupError(
             f"serving on {settings.host} without --tokens-file would let anyone who reaches the port create, fill "
@@ -123,7 +123,7 @@ class Server:
             ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix="rpc"),
             interceptors=[
                 *filter(None, [tracing.configure()]),  # each RPC's span, around everything else
-                RpcInterceptor(self.metrics, self.slots, authentication(settings), settings.access_log),
+                RpcInterceptor(self.metrics, self.slots, authentication(settings, self.metrics), settings.access_log),
             ],
             options=[
                 ("grpc.so_reuseport", 0),  # a port another process holds is a start-up error, not shared

@@ -9,6 +9,7 @@ import grpc
 import pytest
 from google.protobuf import message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from test_startup import serve, the_error
 
 from offshelf.protos.inference import grpc_predict_v2_pb2
 from offshelf.protos.v1 import embedding_pb2, heads_pb2, index_pb2
@@ -141,5 +142,84 @@ def test_reflection_can_be_turned_off(tiny_repo, tmp_path):
                 None,
             )
         assert code == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        server.kill()
+
+
+def reload_errors(server) -> float:
+    import urllib.request
+
+    text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+    line = next((x for x in text.splitlines() if x.startswith("offshelf_tokens_reload_errors_total ")), None)
+    return float(line.split()[1]) if line else 0.0
+
+
+def test_a_revocation_in_a_refused_tokens_file_still_takes_effect(tiny_repo, tmp_path):
+    """The rule (docs/api.md, Authentication): a file that cannot be read whole is refused (an error line, a counter)
+    and the last good set stays, but only for the tokens the new file's readable lines still hold, at the lower of
+    the two roles; a deleted file revokes every token."""
+    path = tokens_file(tmp_path / "tokens", TOKENS)
+    server = ServerProcess(tiny_repo, tmp_path / "data", tokens_file=path, drain_seconds=0)
+    list_models = ("/offshelf.v1.Embedding/ListModels", embedding_pb2.ListModelsRequest, False, False)
+    create = ("/offshelf.v1.Index/CreateCollection", index_pb2.CreateCollectionRequest, False, False)
+    try:
+        server.wait_serving()
+        with grpc.insecure_channel(server.address) as channel:
+            assert call(channel, *list_models, TOKENS["read"]) == grpc.StatusCode.OK
+            sha = {role: hashlib.sha256(token.encode()).hexdigest() for role, token in TOKENS.items()}
+            staged = tmp_path / "staged"
+            staged.write_text(
+                f"write {sha['write']}\n"  # the read token removed
+                f"read {sha['admin']}  demoted\n"
+                f"admin {hashlib.sha256(b'new-t0ken').hexdigest()}  added by the same edit\n"
+                f"superuser {sha['write']}\n"  # an unknown role: the file is refused
+            )
+            staged.replace(path)
+            assert call(channel, *list_models, TOKENS["read"]) == grpc.StatusCode.UNAUTHENTICATED
+            assert call(channel, *list_models, TOKENS["write"]) == grpc.StatusCode.OK
+            assert call(channel, *create, TOKENS["admin"]) == grpc.StatusCode.PERMISSION_DENIED
+            assert call(channel, *list_models, TOKENS["admin"]) == grpc.StatusCode.OK
+            assert call(channel, *list_models, "new-t0ken") == grpc.StatusCode.UNAUTHENTICATED
+            refused = [e for e in server.logs if e.get("message") == "tokens file refused"]
+            assert len(refused) == 1 and refused[0]["level"] == "error" and "line 4" in refused[0]["error"]
+            assert reload_errors(server) == 1
+
+            path.unlink()
+            for token in TOKENS.values():
+                assert call(channel, *list_models, token) == grpc.StatusCode.UNAUTHENTICATED
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            assert reload_errors(server) == 2
+
+            tokens_file(path, TOKENS)
+            assert call(channel, *create, TOKENS["admin"]) not in DENIED
+            assert [e["message"] for e in server.logs if e.get("logger") == "offshelf.service.api.auth"][-1] == (
+                "tokens file reloaded"
+            )
+    finally:
+        server.kill()
+
+
+def test_a_tokens_file_that_others_can_write_is_refused(tiny_repo, tmp_path):
+    path = tokens_file(tmp_path / "tokens", TOKENS)
+    path.chmod(0o666)
+    error = the_error(serve(tiny_repo, tmp_path / "data", tokens_file=str(path)))
+    assert str(path) in error and "0o666" in error and "chmod o-w" in error
+
+    path.chmod(0o644)  # others may read it: served, with a warning
+    server = ServerProcess(tiny_repo, tmp_path / "data", tokens_file=path, drain_seconds=0)
+    try:
+        server.wait_serving()
+        warning = next(e for e in server.logs if e.get("message") == "others can read the tokens file")
+        assert warning["level"] == "warning" and warning["path"] == str(path)
+        with grpc.insecure_channel(server.address) as channel:
+            list_models = ("/offshelf.v1.Embedding/ListModels", embedding_pb2.ListModelsRequest, False, False)
+            tokens_file(path, {**TOKENS, "admin": "sneaked-in"})  # written in place: mode kept
+            path.chmod(0o646)
+            assert call(channel, *list_models, "sneaked-in") == grpc.StatusCode.UNAUTHENTICATED
+            assert call(channel, *list_models, TOKENS["read"]) == grpc.StatusCode.OK
+            assert call(channel, *list_models, TOKENS["admin"]) == grpc.StatusCode.UNAUTHENTICATED  # removed
+            refused = next(e for e in server.logs if e.get("message") == "tokens file refused")
+            assert "0o646" in refused["error"]
     finally:
         server.kill()

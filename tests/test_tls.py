@@ -10,6 +10,7 @@ import subprocess
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from test_startup import serve, the_error
 
 from offshelf.clients import Client
 from offshelf.protos.v1 import embedding_pb2, embedding_pb2_grpc
@@ -117,5 +118,19 @@ def test_mutual_tls_refuses_clients_without_a_certificate_the_client_ca_signed(t
         assert serving(server, **mutual) == "SERVING"
         assert refused(server, ca_cert=ca[0])  # no client certificate
         assert refused(server, ca_cert=ca[0], client_cert=stranger_cert, client_key=stranger_key)
+    finally:
+        server.kill()
+
+
+def test_a_tls_key_that_others_can_write_is_refused_and_one_they_can_read_is_warned_of(tiny_repo, tmp_path):
+    cert, key = signed(tmp_path, "server", authority(tmp_path, "ca"))
+    key.chmod(0o646)
+    error = the_error(serve(tiny_repo, tmp_path / "data", tls_cert=str(cert), tls_key=str(key)))
+    assert str(key) in error and "0o646" in error and f"chmod o-w {key}" in error
+    key.chmod(0o644)
+    server = ServerProcess(tiny_repo, tmp_path / "data", tls_cert=cert, tls_key=key, drain_seconds=0)
+    try:
+        warning = next(e for e in server.logs if e.get("message") == "others can read the TLS key")
+        assert warning["level"] == "warning" and warning["fix"] == f"chmod o-r {key}"
     finally:
         server.kill()

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import pathlib
+import stat
 
 import grpc
 
+from offshelf.service.api import secret_files
 from offshelf.service.errors import StartupError
 from offshelf.service.logs import fields
 
@@ -23,12 +25,29 @@ class CertificateFiles:
         self.paths = [p for p in (cert, key, client_ca) if p is not None]
         self.cert, self.key, self.client_ca = cert, key, client_ca
         self._stamp = self._stamps()
+        self._refused: str | None = None  # why the files were last not reloaded
+        self._warn_if_others_can_read_the_key()
 
     def _stamps(self) -> tuple[int, ...]:
+        """The files' modification times; StartupError when one is unreadable or others can write it (anyone on
+        the host could then swap the key, or make the client CA trust their own certificates)."""
         try:
-            return tuple(p.stat().st_mtime_ns for p in self.paths)
+            statuses = [p.stat() for p in self.paths]
         except OSError as err:
             raise StartupError(f"cannot read a TLS file ({err}); check OFFSHELF_TLS_CERT, _KEY and _CLIENT_CA") from err
+        for path, status in zip(self.paths, statuses, strict=True):
+            refused = secret_files.refusal(path, status, "OFFSHELF_TLS_CERT, _KEY and _CLIENT_CA")
+            if refused is not None:
+                raise StartupError(refused)
+        return tuple(s.st_mtime_ns for s in statuses) + tuple(s.st_mode for s in statuses)
+
+    def _warn_if_others_can_read_the_key(self) -> None:
+        mode = self._stamp[len(self.paths) + 1]  # the key's
+        if secret_files.others_can_read_mode(mode):
+            log.warning(
+                "others can read the TLS key",
+                extra=fields(path=str(self.key), mode=oct(stat.S_IMODE(mode)), fix=f"chmod o-r {self.key}"),
+            )
 
     def configuration(self):
         """The files as gRPC's certificate configuration."""
@@ -43,14 +62,18 @@ class CertificateFiles:
         """A new configuration when a file changed since the last read, else None (gRPC keeps the current one)."""
         try:
             stamp = self._stamps()
+            self._refused = None
             if stamp == self._stamp:
                 return None
             configuration = self.configuration()
-        except StartupError as err:  # a file replaced mid-write: the next handshake tries again
-            log.warning("TLS files not reloaded", extra=fields(error=str(err)))
+        except StartupError as err:  # a file replaced mid-write, or one others can write: the current one stays
+            if str(err) != self._refused:  # once, not at every handshake
+                log.error("TLS files not reloaded", extra=fields(error=str(err)))
+                self._refused = str(err)
             return None
         self._stamp = stamp
         log.info("TLS certificate reloaded", extra=fields(cert=str(self.cert)))
+        self._warn_if_others_can_read_the_key()
         return configuration
 
 
