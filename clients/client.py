@@ -22,7 +22,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tqdm import tqdm
 
 from offshelf.clients.connection import Connection
-from offshelf.clients.errors import DeadlineExceeded, InvalidArgument, TrainingFailed, from_rpc_error
+from offshelf.clients.errors import (
+    REQUEST_ID_HEADER,
+    DeadlineExceeded,
+    InvalidArgument,
+    TrainingFailed,
+    from_rpc_error,
+)
 from offshelf.clients.image_files import (
     AddRun,
     ImageEntry,
@@ -97,13 +103,22 @@ class Api:
     a message that says what to fix."""
 
     def __init__(
-        self, address: str | Connection, timeout: float = 30.0, *, aio: bool = False, **connection: Any
+        self,
+        address: str | Connection,
+        timeout: float = 30.0,
+        *,
+        aio: bool = False,
+        request_id: str | None = None,
+        **connection: Any,
     ) -> None:
-        """address: host:port, or a Connection. timeout: the deadline of every call, in seconds.
+        """address: host:port, or a Connection. timeout: the deadline of every call, in seconds. request_id: sent
+        as x-request-id with every call (the server's log lines about the call carry it); None: the server makes
+        one up per call. Either way an error's ``request_id`` says which it was.
         connection: Connection's options (tls, ca_cert, client_cert, client_key, token, retries)."""
         self.connection = address if isinstance(address, Connection) else Connection(address, **connection)
         self.address = self.connection.address
         self.timeout = timeout
+        self.request_id = request_id
         self._channel = self.connection.aio_channel() if aio else self.connection.channel()
         # The generated stubs, for requests these methods do not build (tests send malformed ones).
         self.stubs = {
@@ -115,6 +130,10 @@ class Api:
 
     def _call(self, service: str, method: str, request: Any, parse: Callable[[Any], Any] = lambda r: r) -> Any:
         raise NotImplementedError
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        sent = ((REQUEST_ID_HEADER, self.request_id),) if self.request_id else ()
+        return self.connection.metadata() + sent
 
     def embed(
         self,
@@ -151,19 +170,28 @@ class Api:
     def create_collection(
         self,
         name: str,
-        model: str = DEFAULT_MODEL,
-        output: str = "embedding",
+        model: str | None = None,
+        output: str | None = None,
         version: int = 0,
         metric: str = "ip",
         index_type: str = "flat",
         hnsw: dict[str, int] | None = None,
         ivfpq: dict[str, int] | None = None,
+        *,
+        dim: int = 0,
     ) -> index_pb2.Collection:
-        """metric: "ip" (inner product on L2-normalised vectors) or "l2"; index_type: flat, hnsw or ivfpq."""
+        """A collection bound to a served model's output (model: default efficientnet-lite0, output: default
+        "embedding"), or with dim and no model, of your own vectors of dim values (added and searched by vector or
+        id). metric: "ip" (inner product on L2-normalised vectors) or "l2"; index_type: flat, hnsw or ivfpq, with
+        hnsw={"m", "ef_construction", "ef_search"} or ivfpq={"nlist", "m", "nbits", "nprobe", "train_size",
+        "refine_factor"} (unset: the server's defaults)."""
+        if not dim:
+            model, output = model or DEFAULT_MODEL, output or "embedding"
         request = index_pb2.CreateCollectionRequest(
             name=name,
-            model=model,
-            output=output,
+            model=model or "",
+            output=output or "",
+            dim=dim,
             version=version,
             metric=METRICS[metric],
             index_type=index_type,
@@ -447,9 +475,9 @@ class Client(Api):
     def _call(self, service: str, method: str, request: Any, parse: Callable[[Any], Any] = lambda r: r) -> Any:
         stub = getattr(self.stubs[service], method)
         try:
-            response = stub(request, timeout=self.timeout, metadata=self.connection.metadata())
+            response = stub(request, timeout=self.timeout, metadata=self._metadata())
         except grpc.RpcError as err:
-            raise from_rpc_error(err) from err
+            raise from_rpc_error(err, self.request_id or "") from err
         return parse(response)
 
     def add_images(
@@ -465,13 +493,14 @@ class Client(Api):
         concurrency: int = 4,
         skip_bad: bool = False,
         on_skip: SkipReport = report_skip,
+        metadata: Sequence[dict[str, str]] | Callable[[pathlib.Path], dict[str, str]] | None = None,
     ) -> list[str]:
         """Adds many images: files, folders (searched recursively), glob patterns, or encoded bytes.
 
         Ids: a file's path relative to the folder or the glob's fixed leading folder it was found in, a file
         named directly its file name (image_paths), each after id_prefix; ids, when given, replace these (one
         per image, in order). Adding an id that exists replaces that item, so adding a folder again, however it
-        is spelt, changes nothing. labels: one per image, in order, or a function of each file's path.
+        is spelt, changes nothing. labels and metadata: one per image, in order, or a function of each file's path.
 
         Files are read a batch_size batch at a time, when the batch is sent, with concurrency requests in flight;
         each batch is applied whole or not at all, and is durable once acknowledged. A file that cannot be read,
@@ -479,7 +508,7 @@ class Client(Api):
         skip_bad it is left out, reported to on_skip(file, message) (default: a line on stderr), and the rest of
         its batch is sent again without it. After an error, the batches in flight finish before it is raised.
         Returns the ids added, in order."""
-        chunks = batches(image_entries(sources, ids, labels, id_prefix), batch_size)
+        chunks = batches(image_entries(sources, ids, labels, id_prefix, metadata), batch_size)
         bar = self._progress_bar(collection, sources, progress, ids, labels, id_prefix)
         with bar, ThreadPoolExecutor(concurrency) as pool:
             run = AddRun(bar, on_skip)
@@ -541,6 +570,7 @@ class Client(Api):
             model=source.binding.model,
             version=source.binding.version,
             output=source.binding.output,
+            dim=0 if source.binding.model else source.binding.dim,  # a collection of one's own vectors
             metric=source.metric,
             index_type=source.index_type,
             hnsw=source.hnsw,
@@ -581,8 +611,10 @@ class AsyncClient(Api):
     """asyncio calls: the same methods as Client, each returning an awaitable.
     ``async with AsyncClient("localhost:50051") as client: await client.embed([...])``."""
 
-    def __init__(self, address: str | Connection, timeout: float = 30.0, **connection: Any) -> None:
-        super().__init__(address, timeout, aio=True, **connection)
+    def __init__(
+        self, address: str | Connection, timeout: float = 30.0, *, request_id: str | None = None, **connection: Any
+    ) -> None:
+        super().__init__(address, timeout, aio=True, request_id=request_id, **connection)
 
     def _call(
         self, service: str, method: str, request: Any, parse: Callable[[Any], Any] = lambda r: r
@@ -591,9 +623,9 @@ class AsyncClient(Api):
 
         async def call() -> Any:
             try:
-                response = await stub(request, timeout=self.timeout, metadata=self.connection.metadata())
+                response = await stub(request, timeout=self.timeout, metadata=self._metadata())
             except grpc.RpcError as err:
-                raise from_rpc_error(err) from err
+                raise from_rpc_error(err, self.request_id or "") from err
             return parse(response)
 
         return call()
@@ -611,9 +643,10 @@ class AsyncClient(Api):
         concurrency: int = 4,
         skip_bad: bool = False,
         on_skip: SkipReport = report_skip,
+        metadata: Sequence[dict[str, str]] | Callable[[pathlib.Path], dict[str, str]] | None = None,
     ) -> list[str]:
         """As Client.add_images, with concurrency asyncio tasks in flight (files are read in a thread)."""
-        chunks = batches(image_entries(sources, ids, labels, id_prefix), batch_size)
+        chunks = batches(image_entries(sources, ids, labels, id_prefix, metadata), batch_size)
         with self._progress_bar(collection, sources, progress, ids, labels, id_prefix) as bar:
             run = AddRun(bar, on_skip)
             pending: dict[asyncio.Task, tuple[int, int]] = {}

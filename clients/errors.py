@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import grpc
 
+REQUEST_ID_HEADER = "x-request-id"
+
 
 class OffshelfError(grpc.RpcError):
-    """A call that failed: ``status`` (a grpc.StatusCode) and ``message`` (what the server says to fix)."""
+    """A call that failed: ``status`` (a grpc.StatusCode), ``message`` (what the server says to fix) and
+    ``request_id`` (the call's x-request-id, which the server's log lines about it carry; "" when unknown)."""
 
     status: grpc.StatusCode = grpc.StatusCode.UNKNOWN
 
-    def __init__(self, message: str, status: grpc.StatusCode | None = None) -> None:
+    def __init__(self, message: str, status: grpc.StatusCode | None = None, request_id: str = "") -> None:
         super().__init__(message)
         self.message = message
+        self.request_id = request_id
         if status is not None:
             self.status = status
 
@@ -112,11 +116,14 @@ BY_STATUS: dict[grpc.StatusCode, type[OffshelfError]] = {
 }
 
 
-def from_rpc_error(err: grpc.RpcError) -> OffshelfError:
-    """The typed error of a failed call, from grpc or grpc.aio; an OffshelfError is returned as it is."""
+def from_rpc_error(err: grpc.RpcError, request_id: str = "") -> OffshelfError:
+    """The typed error of a failed call, from grpc or grpc.aio; an OffshelfError is returned as it is. Its
+    request id is the one the server answered with (trailing metadata x-request-id), else `request_id` (sent)."""
     if isinstance(err, OffshelfError):
         return err
     # A bare grpc.RpcError (not raised by a call) has neither code() nor details().
     status = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     message = (err.details() if hasattr(err, "details") else None) or str(err)
-    return BY_STATUS.get(status, UnexpectedStatus)(message, status)
+    trailing = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
+    answered = [value for key, value in trailing or () if key == REQUEST_ID_HEADER and isinstance(value, str)]
+    return BY_STATUS.get(status, UnexpectedStatus)(message, status, answered[0] if answered else request_id)

@@ -10,7 +10,7 @@ import pathlib
 import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from tqdm import tqdm
@@ -81,6 +81,7 @@ class ImageEntry:
     name: str
     id: str
     label: str
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 SkipReport = Callable[[str, str], None]
@@ -107,7 +108,7 @@ def read_batch(
                 raise
             skipped.append((entry.name, f"{entry.name}: could not be read ({err.strerror or err})"))
             continue
-        items.append(index_pb2.Item(id=entry.id, label=entry.label, image=image))
+        items.append(index_pb2.Item(id=entry.id, label=entry.label, metadata=entry.metadata, image=image))
         kept.append(entry)
     return items, kept, skipped
 
@@ -174,11 +175,12 @@ def image_entries(
     ids: Sequence[str] | None,
     labels: Sequence[str] | Callable[[pathlib.Path], str] | None,
     id_prefix: str,
+    metadata: Sequence[dict[str, str]] | Callable[[pathlib.Path], dict[str, str]] | None = None,
 ) -> Iterator[ImageEntry]:
     """add_images' images, lazily: files (image_paths' ids unless ids are given, id_prefix before each) and
-    encoded bytes (ids given, else assigned by the server). A file met again under the same id (a folder and
-    a file in it) is sent once; two files with the same id are a ValueError: the second would replace the
-    first."""
+    encoded bytes (ids given, else assigned by the server); labels and metadata one per image in order, or a
+    function of a file's path. A file met again under the same id (a folder and a file in it) is sent once; two
+    files with the same id are a ValueError: the second would replace the first."""
     owners: dict[str, str] = {}  # id -> the file (absolute) or bytes that has it
     position = 0
     for source in sources:
@@ -194,6 +196,10 @@ def image_entries(
                 label = labels(content) if isinstance(content, pathlib.Path) else ""
             else:
                 label = labels[position] if labels else ""
+            if callable(metadata):
+                meta = metadata(content) if isinstance(content, pathlib.Path) else {}
+            else:
+                meta = metadata[position] if metadata else {}
             position += 1
             if item_id:
                 owner = os.path.abspath(content) if isinstance(content, pathlib.Path) else name
@@ -206,4 +212,4 @@ def image_entries(
                         "(offshelf add --id-prefix)"
                     )
                 owners[item_id] = owner
-            yield ImageEntry(content, name, item_id, label)
+            yield ImageEntry(content, name, item_id, label, meta)

@@ -58,7 +58,7 @@ class Binding(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., output: _Optional[str] = ..., pooling: _Optional[str] = ..., preprocessing_hash: _Optional[str] = ..., dim: _Optional[int] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
-    __slots__ = ("name", "model", "version", "output", "metric", "index_type", "hnsw", "ivfpq")
+    __slots__ = ("name", "model", "version", "output", "metric", "index_type", "hnsw", "ivfpq", "dim")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +67,7 @@ class CreateCollectionRequest(_message.Message):
     INDEX_TYPE_FIELD_NUMBER: _ClassVar[int]
     HNSW_FIELD_NUMBER: _ClassVar[int]
     IVFPQ_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     version: int
@@ -75,7 +76,8 @@ class CreateCollectionRequest(_message.Message):
     index_type: str
     hnsw: HnswParams
     ivfpq: IvfPqParams
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., output: _Optional[str] = ..., metric: _Optional[_Union[Metric, str]] = ..., index_type: _Optional[str] = ..., hnsw: _Optional[_Union[HnswParams, _Mapping]] = ..., ivfpq: _Optional[_Union[IvfPqParams, _Mapping]] = ...) -> None: ...
+    dim: int
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., output: _Optional[str] = ..., metric: _Optional[_Union[Metric, str]] = ..., index_type: _Optional[str] = ..., hnsw: _Optional[_Union[HnswParams, _Mapping]] = ..., ivfpq: _Optional[_Union[IvfPqParams, _Mapping]] = ..., dim: _Optional[int] = ...) -> None: ...
 
 class Collection(_message.Message):
     __slots__ = ("name", "binding", "metric", "index_type", "hnsw", "ivfpq", "count", "bytes_on_disk", "trained", "whitening_dim")

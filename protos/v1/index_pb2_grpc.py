@@ -105,9 +105,10 @@ class IndexServicer:
     """Missing associated documentation comment in .proto file."""
 
     def CreateCollection(self, request, context):
-        """Creates an empty collection bound to one output of one served model version.
-        Errors: INVALID_ARGUMENT (bad name, unknown index type or parameters, unknown output),
-        NOT_FOUND (unknown model or version), ALREADY_EXISTS (the name is taken).
+        """Creates an empty collection bound to one output of one served model version, or (dim instead of a
+        model) a collection of the caller's own vectors, added and searched by vector or id.
+        Errors: INVALID_ARGUMENT (bad name, unknown index type or parameters, unknown output, both or
+        neither of model and dim), NOT_FOUND (unknown model or version), ALREADY_EXISTS (the name is taken).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -140,7 +141,8 @@ class IndexServicer:
         the items are durable (the database transaction is committed and flushed to disk).
         Errors: NOT_FOUND (collection), INVALID_ARGUMENT (empty or oversized batch, bad image,
         wrong vector length, duplicate id in the batch), FAILED_PRECONDITION (the request names
-        another model or output than the collection's binding, or the served model changed).
+        another model or output than the collection's binding, the served model changed, or an image
+        for a collection of one's own vectors, which has no model to embed it).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -183,7 +185,8 @@ class IndexServicer:
     def Search(self, request, context):
         """k nearest items to an image, a vector or an indexed item.
         Errors: NOT_FOUND (collection or query id), INVALID_ARGUMENT (no query, k <= 0 or over the
-        limit, wrong vector length, bad image), FAILED_PRECONDITION (binding mismatch).
+        limit, wrong vector length, bad image), FAILED_PRECONDITION (binding mismatch, or an image
+        query on a collection of one's own vectors).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

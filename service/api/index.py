@@ -34,6 +34,7 @@ MAX_METADATA_ENTRIES, MAX_METADATA_BYTES, MAX_ID_BYTES = 16, 1024, 256
 MAX_FILTER_VALUES, MAX_PAGE_SIZE = 100, 1000
 MAX_LABEL_BYTES = 1024
 MAX_HITS = 100_000  # queries x k in one Search or SearchBatch response
+MAX_DIM = 32_768  # of one's own vectors: Milvus's limit
 
 
 class IndexServicer(pb2_grpc.IndexServicer):
@@ -51,13 +52,9 @@ class IndexServicer(pb2_grpc.IndexServicer):
         check_name("collection", request.name)
         if request.metric not in pb2.Metric.values():
             raise InvalidArgument(f"metric {request.metric} is unknown; use METRIC_INNER_PRODUCT or METRIC_L2")
-        if not request.model:
-            raise InvalidArgument("model is empty: name the served model whose embeddings the collection holds")
-        model = self.models.get(request.model, request.version)
-        (output,) = model.check_outputs([request.output or "embedding"])
         config = pb2.Collection(
             name=request.name,
-            binding=model.binding(output),
+            binding=self._binding(request),
             metric=request.metric,
             index_type=request.index_type,
             hnsw=request.hnsw,
@@ -65,6 +62,25 @@ class IndexServicer(pb2_grpc.IndexServicer):
         )
         with_defaults(config)
         return self.collections.create(config).info()
+
+    def _binding(self, request: pb2.CreateCollectionRequest) -> pb2.Binding:
+        """A served model's output, or (dim alone) the caller's own vectors."""
+        if request.dim:
+            if request.model or request.version or request.output:
+                raise InvalidArgument(
+                    "give a model (its output fixes the dimension) or dim (a collection of your own vectors), not both"
+                )
+            if not 1 <= request.dim <= MAX_DIM:
+                raise InvalidArgument(f"dim={request.dim}: 1 to {MAX_DIM} values")
+            return pb2.Binding(dim=request.dim)
+        if not request.model:
+            raise InvalidArgument(
+                "model is empty: name the served model whose embeddings the collection holds, or set dim for a "
+                "collection of your own vectors"
+            )
+        model = self.models.get(request.model, request.version)
+        (output,) = model.check_outputs([request.output or "embedding"])
+        return model.binding(output)
 
     def ListCollections(self, request: pb2.ListCollectionsRequest, context: grpc.ServicerContext):
         return pb2.ListCollectionsResponse(collections=[c.info() for c in self.collections.all()])
@@ -88,8 +104,8 @@ class IndexServicer(pb2_grpc.IndexServicer):
         source = self.collections.get(request.learn_from)
         if source.config.binding != collection.config.binding:
             raise FailedPrecondition(
-                f"collection {source.name!r} holds {describe(source.config.binding)}, collection "
-                f"{collection.name!r} {describe(collection.config.binding)}: whitening is learned from vectors of "
+                f"collection {source.name!r} holds {_describe(source.config.binding)}, collection "
+                f"{collection.name!r} {_describe(collection.config.binding)}: whitening is learned from vectors of "
                 "the same model output"
             )
         collection.train_whitening(request.dim, source.stored_vectors(), source.name)
@@ -289,13 +305,22 @@ class IndexServicer(pb2_grpc.IndexServicer):
         binding = collection.config.binding
         if (model and model != binding.model) or (output and output != binding.output):
             raise FailedPrecondition(
-                f"collection {collection.name!r} holds {describe(binding)}; the request is "
+                f"collection {collection.name!r} holds {_describe(binding)}; the request is "
                 f"for model {model or binding.model!r} output {output or binding.output!r}"
             )
 
     def _embed(self, collection: AnyCollection, images: list[bytes], names: list[str], augmentation: int = 0):
+        if not collection.config.binding.model:
+            raise FailedPrecondition(
+                f"collection {collection.name!r} holds {_describe(collection.config.binding)}: it has no model to "
+                "embed images with; send vectors (or query by id), or create a collection with a model for images"
+            )
         model = self.models.for_binding(collection.config.binding, f"collection {collection.name!r}")
         return model.embed(images, augmentation, names)[collection.config.binding.output]
+
+
+def _describe(binding: pb2.Binding) -> str:
+    return describe(binding) if binding.model else f"your own {binding.dim}-d vectors (no model)"
 
 
 def _check_vector(name: str, values, dim: int) -> None:
