@@ -21,6 +21,7 @@ from offshelf.service import tracing
 from offshelf.service.api.auth import Tokens
 from offshelf.service.api.embedding import EmbeddingServicer
 from offshelf.service.api.heads import HeadsServicer
+from offshelf.service.api.health import HealthServicer
 from offshelf.service.api.index import IndexServicer
 from offshelf.service.api.interceptor import CallSlots, RpcInterceptor
 from offshelf.service.api.oip import InferenceServicer
@@ -112,7 +113,7 @@ class Server:
         self.collections = collection_registry(settings)
         self.heads = HeadRegistry(settings.data_dir, self.models, self.collections)
         self.metrics.registry.register(StateCollector(self.collections, self.heads, settings.metrics_collection_labels))
-        self.health = health.HealthServicer()
+        self.health = HealthServicer()
         self.ready = threading.Event()
         self.grpc_port = 0
         self.metrics_port = 0

@@ -32,7 +32,7 @@ def tokens_file(path, tokens: dict[str, str]):
 def secured(tiny_repo, tmp_path_factory):
     folder = tmp_path_factory.mktemp("secured")
     path = tokens_file(folder / "tokens", TOKENS)
-    server = ServerProcess(tiny_repo, folder / "data", tokens_file=path, drain_seconds=0)
+    server = ServerProcess(tiny_repo, folder / "data", tokens_file=path, drain_seconds=0, health_port=0)
     try:
         server.wait_serving()
         with grpc.insecure_channel(server.address) as channel:
@@ -104,6 +104,33 @@ def test_health_stays_open_for_probes(secured):
     _, channel, _ = secured
     answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
     assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_health_list_answers_every_service_on_both_ports_without_a_token_or_a_traceback(secured):
+    server, channel, _ = secured
+    health_port = next(e for e in server.logs if e.get("message") == "listening")["health_port"]
+    with grpc.insecure_channel(f"127.0.0.1:{health_port}") as probe_channel:
+        for stub in (health_pb2_grpc.HealthStub(channel), health_pb2_grpc.HealthStub(probe_channel)):
+            answer = stub.List(health_pb2.HealthListRequest(), timeout=10)
+            statuses = {name: reply.status for name, reply in answer.statuses.items()}
+            assert statuses[""] == health_pb2.HealthCheckResponse.SERVING
+            assert statuses["offshelf.v1.Index"] == health_pb2.HealthCheckResponse.SERVING
+            assert "inference.GRPCInferenceService" in statuses
+    assert [e for e in server.logs if "exception" in e or e["level"] == "error"] == []
+
+
+def test_no_rpc_the_server_exposes_answers_internal(secured):
+    """Every method of every service, health and reflection included, called with an empty request and the admin
+    token: refusals are precise, never INTERNAL or UNKNOWN."""
+    _, channel, _ = secured
+    methods = list(every_method())
+    for service in health_pb2.DESCRIPTOR.services_by_name.values():
+        for method in service.methods:
+            if not method.server_streaming:  # Watch streams until its caller leaves
+                request = message_factory.GetMessageClass(method.input_type)
+                methods.append((f"/{service.full_name}/{method.name}", request, False, False))
+    answered = {method: call(channel, method, *rest, TOKENS["admin"]) for method, *rest in methods}
+    assert {m: c for m, c in answered.items() if c in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)} == {}
 
 
 def test_a_rotated_tokens_file_takes_effect_without_a_restart(secured, tmp_path):
