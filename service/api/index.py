@@ -18,6 +18,7 @@ from offshelf.protos.v1 import index_pb2_grpc as pb2_grpc
 from offshelf.protos.v1.embedding_pb2 import AUGMENTATION_FLIP, AUGMENTATION_NONE, Vector
 from offshelf.service import tracing
 from offshelf.service.api.checks import check_image_limit, check_name
+from offshelf.service.api.limits import ResponseLimit, hits_bytes, items_bytes, vector_bytes
 from offshelf.service.errors import FailedPrecondition, InvalidArgument
 from offshelf.service.index.collection import Item
 from offshelf.service.index.faiss_index import MAX_EF, with_defaults
@@ -45,6 +46,7 @@ class IndexServicer(pb2_grpc.IndexServicer):
         self.max_items = settings.max_items_per_add
         self.max_images = settings.max_images_per_request
         self.max_k = settings.max_search_k
+        self.response = ResponseLimit(settings.max_response_bytes)
 
     # --- collections -------------------------------------------------------------------------
 
@@ -187,7 +189,12 @@ class IndexServicer(pb2_grpc.IndexServicer):
         if not request.ids:
             raise InvalidArgument("no ids: name the items to get")
         self._check_id_count(len(request.ids))
+        dim = collection.dim if request.with_vectors else 0
+        fix = "get fewer ids per call" + (", or without vectors" if dim else "")
+        wanted = len(set(request.ids))
+        self.response.check(wanted * vector_bytes(dim), f"{wanted} vectors", fix)
         found = collection.get(list(request.ids))
+        self.response.check(items_bytes((row for row, _ in found.values()), dim), f"{len(found)} items", fix)
         return pb2.GetItemsResponse(
             items=[
                 _stored(found[i][0], found[i][1] if request.with_vectors else None)
@@ -204,7 +211,11 @@ class IndexServicer(pb2_grpc.IndexServicer):
         size = request.page_size or 100
         where = _filter(request.filter, collection)
         listing = hashlib.sha256(request.filter.SerializeToString(deterministic=True)).hexdigest()[:16]
+        dim = collection.dim if request.with_vectors else 0
+        fix = "ask for a smaller page_size" + (", or without vectors" if dim else "")
+        self.response.check(size * vector_bytes(dim), f"{size} vectors", fix)
         page = collection.page(_after(request.page_token, listing), size + 1, where, request.with_vectors)
+        self.response.check(items_bytes((row for row, _ in page[:size]), dim), f"{min(size, len(page))} items", fix)
         next_token = _page_token(page[size - 1][0].id, listing) if len(page) > size else ""
         return pb2.ListItemsResponse(
             items=[_stored(row, vector) for row, vector in page[:size]],
@@ -292,6 +303,11 @@ class IndexServicer(pb2_grpc.IndexServicer):
                 )
             hits = collection.search(vectors, request.k, request.ef_search, request.nprobe, where, min_score)
         self.metrics.search_seconds.labels(collection.config.index_type).observe(time.perf_counter() - started)
+        self.response.check(
+            hits_bytes(hits),
+            f"{sum(map(len, hits))} hits with their labels and metadata",
+            "send fewer queries per call or ask for fewer results (k)",
+        )
         return [
             pb2.SearchResponse(
                 hits=[pb2.Hit(id=i, score=score, label=label, metadata=meta) for i, score, label, meta in row]
