@@ -106,11 +106,11 @@ def exif_entries(rng: random.Random) -> bytes:
 
 def mutated_exif(photos: list[Image.Image], rng: random.Random) -> bytes:
     """A photo as JPEG, PNG or WebP with a mutated EXIF block: random entries, or a valid block's bytes mutated."""
-    photo = rng.choice(photos)
+    photo = rng.choice(photos).copy()  # saving sets attributes on the image: a copy per thread
     if rng.random() < 0.5:
         block = exif_entries(rng)
     else:
-        valid = photo.getexif()
+        valid = Image.Exif()
         valid[0x0112] = rng.randint(1, 8)
         valid[0x010F] = "offshelf"
         block = b"Exif\x00\x00" + mutate(valid.tobytes()[6:], rng)
