@@ -337,3 +337,13 @@ def test_images_inferred_for_a_caller_that_went_while_its_batch_ran_are_counted_
     assert metrics.registry.get_sample_value(unclaimed, {"model": "m", "when": "running"}) == 2
     assert metrics.registry.get_sample_value(unclaimed, {"model": "m", "when": "queued"}) is None
     batcher.close()
+
+
+def test_closing_forgets_every_series_of_the_batcher(doubling_runtime):
+    """A retired model version leaves no series behind (they stayed, one set per version ever served)."""
+    metrics = Metrics()
+    batcher = Batcher("m", doubling_runtime, max_batch_size=2, max_delay_s=0, max_queue_images=100, metrics=metrics)
+    batcher.run(rows(0, 2))
+    batcher.close()
+    left = [s for f in metrics.registry.collect() for s in f.samples if s.labels.get("model") == "m"]
+    assert left == []

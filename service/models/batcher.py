@@ -31,6 +31,7 @@ from offshelf.service.models.statistics import InferenceStatistics
 
 log = logging.getLogger(__name__)
 Tensors = dict[str, np.ndarray]
+UNCLAIMED = ("queued", "running")  # when the caller of images inferred for nobody went: before or after they started
 
 
 class Runtime(Protocol):
@@ -189,15 +190,20 @@ class Batcher:
             return self._queued_images == 0 and self._running == 0
 
     def close(self, forget_metrics: bool = True) -> None:
-        """Finishes the queued work, then stops the workers; forget_metrics drops its queue gauges."""
+        """Finishes the queued work, then stops the workers; forget_metrics drops every series of its model label
+        (not when a reloaded copy of the model serves on under the same label)."""
         with self._condition:
             self._closed = True
             self._condition.notify_all()
         for worker in self._workers:
             worker.join()
         if forget_metrics:
-            self._metrics.queue_depth.remove(self.name)
-            self._metrics.queue_capacity.remove(self.name)
+            m = self._metrics
+            for family in (m.queue_depth, m.queue_capacity, m.batch_size, m.dropped_images, m.queue_wait_seconds):
+                family.remove(self.name)
+            m.inference_seconds.remove(self.name)
+            for when in UNCLAIMED:
+                m.unclaimed_images.remove(self.name, when)
 
     def _work(self) -> None:
         batch: list[_Chunk] | None = []
@@ -293,7 +299,7 @@ class Batcher:
             tracing.record("inference", chunk.trace, started_ns, ended_ns, images=chunk.size, batch_images=size)
         for chunk in batch:
             if chunk.call is not None and chunk.call.cancelled:
-                when = "queued" if chunk.call.cancelled_at < started else "running"
+                when = UNCLAIMED[0] if chunk.call.cancelled_at < started else UNCLAIMED[1]
                 self._metrics.unclaimed_images.labels(self.name, when).inc(chunk.size)
         offset = 0
         for chunk in batch:
