@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 import urllib.request
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -39,10 +40,10 @@ def serve(repo, tmp_path, **settings) -> ServerProcess:
     return server
 
 
-def states(server: ServerProcess) -> dict[int, tuple[str, str]]:
+def states(server: ServerProcess, model: str = MODEL) -> dict[int, tuple[str, str]]:
     with grpc.insecure_channel(server.address) as channel:
         index = oip_grpc.GRPCInferenceServiceStub(channel).RepositoryIndex(oip.RepositoryIndexRequest(), timeout=10)
-    return {int(m.version): (m.state, m.reason) for m in index.models if m.name == MODEL}
+    return {int(m.version): (m.state, m.reason) for m in index.models if m.name == model}
 
 
 def wait_for(server: ServerProcess, expected: dict[int, str], timeout: float = 30) -> None:
@@ -80,6 +81,54 @@ def loaded_versions(server: ServerProcess) -> set[str]:
         for sample in family.samples
         if sample.name == "offshelf_model_info" and sample.labels["model"] == MODEL and sample.value == 1
     }
+
+
+def load_failures(server: ServerProcess) -> float:
+    """offshelf_model_load_failures_total of the model."""
+    text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "offshelf_model_load_failures_total" and sample.labels["model"] == MODEL
+    )
+
+
+def max_batch_size(server: ServerProcess) -> int:
+    with grpc.insecure_channel(server.address) as channel:
+        stub = oip_grpc.GRPCInferenceServiceStub(channel)
+        return stub.ModelConfig(oip.ModelConfigRequest(name=MODEL), timeout=10).config.max_batch_size
+
+
+class Callers:
+    """Clients calling Embed in a loop, counting the answers by status code."""
+
+    def __init__(self, client: Client, threads: int = 2):
+        self.codes: Counter[str] = Counter()
+        self._done = threading.Event()
+        self._pool = ThreadPoolExecutor(threads)
+        self._callers = [self._pool.submit(self._call, client) for _ in range(threads)]
+        until(lambda: self.codes["OK"] > 0)
+
+    def _call(self, client: Client) -> None:
+        while not self._done.is_set():
+            try:
+                embedding(client)
+                self.codes["OK"] += 1
+            except grpc.RpcError as err:
+                self.codes[err.code().name] += 1
+
+    def watch(self, seconds: float = 1.0, calls: int = 100) -> None:
+        """Returns after both `seconds` (several repository polls) and `calls` more answers."""
+        target, started = self.codes.total() + calls, time.monotonic()
+        until(lambda: self.codes.total() >= target and time.monotonic() - started >= seconds)
+
+    def stop(self) -> Counter[str]:
+        self._done.set()
+        for caller in self._callers:
+            caller.result()
+        self._pool.shutdown()
+        return self.codes
 
 
 def write_serving_config(repo, config: dict) -> None:
@@ -231,3 +280,95 @@ def test_stock_tritonclient_controls_models(repo, tmp_path, tritonclient_python)
     assert seen["infer_after_unload"] == "StatusCode.UNAVAILABLE"
     assert seen["ready_after_load"] is True
     assert seen["load_unknown"] == "StatusCode.NOT_FOUND"
+
+
+def test_every_valid_serving_json_is_applied_by_polling(repo, tmp_path):
+    server = serve(repo, tmp_path)
+    try:
+        write_serving_config(repo, {"instances": 0})  # refused: version 1 serves on
+        until(lambda: "instances" in states(server)[1][1])
+        assert states(server)[1][0] == "READY"
+        write_serving_config(repo, {"max_batch_size": 4})  # valid again: applied
+        until(lambda: max_batch_size(server) == 4, timeout=30)
+        write_serving_config(repo, {"version_policy": {"specific": [9]}})  # picks no version: the model leaves
+        wait_for(server, {1: "UNAVAILABLE"})
+        (repo / MODEL / "serving.json").unlink()  # the defaults pick version 1 again
+        wait_for(server, {1: "READY"})
+        with Client(server.address) as client:
+            assert embedding(client).shape == (DIM,)
+        assert max_batch_size(server) == 16
+    finally:
+        server.terminate()
+
+
+def test_a_new_version_takes_over_without_an_outage(repo, tmp_path):
+    staged = write_identity_model(tmp_path / "staged", DIM, version=2, seed=2) / MODEL / "2"
+    server = serve(repo, tmp_path)
+    try:
+        with Client(server.address) as client:
+            callers = Callers(client)
+            (repo / MODEL / "2").mkdir()  # copied file by file: incomplete until card.json arrives
+            shutil.copy(staged / "model.onnx", repo / MODEL / "2")
+            callers.watch()
+            assert states(server) == {
+                1: ("READY", ""),
+                2: (
+                    "UNAVAILABLE",
+                    "incomplete: no card.json yet (a version is considered once model.onnx and "
+                    "card.json are both in place)",
+                ),
+            }
+            shutil.copy(staged / "card.json", repo / MODEL / "2")
+            wait_for(server, {1: "UNAVAILABLE", 2: "READY"})
+            corrupt = repo / MODEL / ".staging-3"  # a complete version 3 that cannot load
+            corrupt.mkdir()
+            (corrupt / "model.onnx").write_bytes(b"not an ONNX graph")
+            shutil.copy(staged / "card.json", corrupt)
+            corrupt.rename(repo / MODEL / "3")
+            until(lambda: states(server).get(3, ("", ""))[1].startswith("failed to load"))
+            callers.watch()
+            assert {v: state for v, (state, _) in states(server).items()} == {
+                1: "UNAVAILABLE",
+                2: "READY",
+                3: "UNAVAILABLE",
+            }
+            np.testing.assert_allclose(embedding(client), embedding(client, version=2), atol=1e-6)
+            codes = callers.stop()
+        assert set(codes) == {"OK"}, codes  # no call was refused while the versions changed
+        assert load_failures(server) == 1
+        logged = [e for e in server.logs if e.get("message") == "model version not loaded"]
+        assert [e["versions"] for e in logged] == [[3]]  # once, though polled again and again
+    finally:
+        server.terminate()
+
+
+def test_links_out_of_the_repository_are_refused_unless_allowed(repo, tmp_path):
+    outside = write_identity_model(tmp_path / "outside", DIM, version=1, seed=3) / MODEL
+    (repo / MODEL / "2").symlink_to(outside / "1")  # a version folder
+    (repo / "linked").symlink_to(outside)  # a model folder
+    server = serve(repo, tmp_path)
+    try:
+        refused = "links outside the repository"
+        versions = states(server)
+        assert versions[1] == ("READY", "") and versions[2][0] == "UNAVAILABLE", versions
+        assert refused in versions[2][1] and "--allow-links-outside-repo" in versions[2][1], versions
+        (linked,) = states(server, "linked").values()
+        assert linked[0] == "UNAVAILABLE" and refused in linked[1], linked
+        with grpc.insecure_channel(server.address) as channel:
+            stub = oip_grpc.GRPCInferenceServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as load:
+                stub.RepositoryModelLoad(oip.RepositoryModelLoadRequest(model_name="linked"), timeout=60)
+        assert load.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert refused in load.value.details(), load.value.details()
+        (tmp_path / "outside.json").write_text("{}")
+        (repo / MODEL / "serving.json").symlink_to(tmp_path / "outside.json")
+        until(lambda: any(e.get("message") == "serving.json refused" for e in server.logs))
+        assert refused in next(e for e in server.logs if e.get("message") == "serving.json refused")["error"]
+    finally:
+        server.terminate()
+    server = serve(repo, tmp_path, allow_links_outside_repo=True)
+    try:
+        wait_for(server, {1: "UNAVAILABLE", 2: "READY"})
+        assert [state for state, _ in states(server, "linked").values()] == ["READY"]
+    finally:
+        server.terminate()

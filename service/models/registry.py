@@ -50,6 +50,22 @@ def read_card(version_dir: pathlib.Path) -> card_pb2.ModelCard:
         raise ModelLoadError(f"{version_dir}: unreadable card.json ({err}); re-export the model") from err
 
 
+def incomplete(version_dir: pathlib.Path) -> str:
+    """Why a version folder is not complete yet, "" when it is: model.onnx and card.json readable, card.json
+    parsed. A folder being copied in file by file is left alone until then."""
+    missing = [name for name in ("model.onnx", "card.json") if not os.access(version_dir / name, os.R_OK)]
+    if missing:
+        return (
+            f"incomplete: no {' and no '.join(missing)} yet (a version is considered once model.onnx and card.json "
+            "are both in place)"
+        )
+    try:
+        read_card(version_dir)
+    except ModelLoadError as err:
+        return f"incomplete: {err}"
+    return ""
+
+
 class RequestTiming:
     """When a request to a model started, and how long it decoded."""
 
@@ -276,8 +292,10 @@ class ModelRegistry:
         self.decode_budget = PixelBudget(max(settings.max_decode_pixels, settings.max_image_pixels))
         self.bound: Callable[[], set[tuple[str, int]]] = set  # (model, version) pairs to keep: set by the server
         self._models: dict[str, dict[int, LoadedModel]] = {}
-        self._configs: dict[str, tuple[int | None, ServingConfig]] = {}  # by model: (serving.json mtime, config)
-        self._failed: dict[tuple[str, int], tuple[int, str]] = {}  # (model, version): (folder mtime, error)
+        self._configs: dict[str, tuple[str, ServingConfig]] = {}  # by model: (serving.json stamp, config)
+        self._config_errors: dict[str, tuple[str, str]] = {}  # by model: (serving.json stamp, why it is refused)
+        self._overrides: dict[str, ServingConfig] = {}  # by model: a config given with RepositoryModelLoad
+        self._failed: dict[tuple[str, int], tuple[tuple[int, str], str]] = {}  # (folder, config stamps), error
         self._changing: dict[tuple[str, int], str] = {}  # LOADING or UNLOADING
         self._unloaded: set[str] = set()
         self._lock = threading.Lock()  # the dicts above
@@ -287,34 +305,60 @@ class ModelRegistry:
 
     # --- the repository --------------------------------------------------------------------------
 
-    def repository(self) -> dict[str, list[int]]:
-        """Every model folder of the repository with its version folders."""
+    def repository(self) -> dict[str, dict[int, str]]:
+        """Every model folder of the repository with its version folders, each with "" when it can be loaded, else
+        why it is left aside (incomplete, or a link out of the repository)."""
         repo = self.settings.repo
         if not repo.is_dir():
             raise ModelLoadError(
                 f"model repository {repo} does not exist; export a model into it first "
                 f"(offshelf export efficientnet-lite0 --repo {repo})"
             )
-        return {
-            m.name: sorted(int(v.name) for v in m.iterdir() if v.is_dir() and v.name.isascii() and v.name.isdigit())
-            for m in sorted(repo.iterdir())
-            if m.is_dir() and not m.name.startswith(".")
-        }
+        models = {}
+        for model in sorted(repo.iterdir()):
+            if not model.is_dir() or model.name.startswith("."):
+                continue
+            versions = [v for v in model.iterdir() if v.is_dir() and v.name.isascii() and v.name.isdigit()]
+            models[model.name] = {
+                int(v.name): self.outside(model) or self.outside(v, v / "model.onnx", v / "card.json") or incomplete(v)
+                for v in sorted(versions, key=lambda v: int(v.name))
+            }
+        return models
+
+    def outside(self, *paths: pathlib.Path) -> str:
+        """Why these paths of the repository are refused: one links outside it (unless that is allowed); else ""."""
+        if self.settings.allow_links_outside_repo:
+            return ""
+        root = self.settings.repo.resolve()
+        for path in paths:
+            target = path.resolve()
+            if not target.is_relative_to(root):
+                return (
+                    f"{path.relative_to(self.settings.repo)} links outside the repository (to {target}); move it "
+                    "into the repository, or serve with --allow-links-outside-repo"
+                )
+        return ""
 
     def load_all(self) -> None:
-        """The first load: raises ModelLoadError if any version the policies pick cannot be served."""
+        """The first load: raises ModelLoadError if any version the policies pick cannot be served. Folders left
+        aside (incomplete, links out of the repository) are logged."""
         with self._control:
             repository = self.repository()
-            if not any(repository.values()):
+            aside = [f"{m}/{v}: {why}" for m, versions in repository.items() for v, why in versions.items() if why]
+            for folder in aside:
+                log.warning("model version left aside", extra=fields(folder=folder))
+            if not any(why == "" for versions in repository.values() for why in versions.values()):
                 raise ModelLoadError(
-                    f"model repository {self.settings.repo} holds no <model>/<version>/ folder; export a model into "
-                    f"it (offshelf export efficientnet-lite0 --repo {self.settings.repo})"
+                    f"model repository {self.settings.repo} holds no complete <model>/<version>/ folder"
+                    f"{' (' + '; '.join(aside) + ')' if aside else ''}; export a model into it "
+                    f"(offshelf export efficientnet-lite0 --repo {self.settings.repo})"
                 )
             self._sync(repository, list(repository), strict=True)
 
     def sync(self) -> None:
         """Brings the served versions in step with the repository; a version that fails to load is logged and
-        reported UNAVAILABLE by the index (tried again when its folder changes)."""
+        reported UNAVAILABLE by the index (tried again when its folder or the model's config changes), the versions
+        served before serving on."""
         with self._control:
             repository = self.repository()
             with self._lock:
@@ -334,8 +378,9 @@ class ModelRegistry:
         self._poller = threading.Thread(target=loop, name="repository-poll", daemon=True)
         self._poller.start()
 
-    def load(self, name: str) -> None:
-        """Loads a model, or reloads it (its serving.json read again): RepositoryModelLoad."""
+    def load(self, name: str, override: ServingConfig | None = None) -> None:
+        """Loads a model, or reloads it (its serving.json read again): RepositoryModelLoad. override: a config
+        that replaces serving.json until the model is loaded again without one (Triton's config override)."""
         with self._control:
             repository = self.repository()
             if name not in repository:
@@ -343,17 +388,26 @@ class ModelRegistry:
             with self._lock:
                 self._unloaded.discard(name)
                 self._configs.pop(name, None)
+                self._config_errors.pop(name, None)
+                previous = self._overrides.pop(name, None)
+                if override is not None:
+                    self._overrides[name] = override
                 self._failed = {key: failure for key, failure in self._failed.items() if key[0] != name}
             try:
                 self._sync(repository, [name], strict=True, reload=True)
             except ModelLoadError as err:
+                with self._lock:  # the model serves on as before
+                    self._overrides.pop(name, None)
+                    if previous is not None:
+                        self._overrides[name] = previous
                 raise FailedPrecondition(f"model {name!r} did not load: {err}") from err
             with self._lock:
                 loaded = bool(self._models.get(name))
             if not loaded:
+                versions = ", ".join(f"{v} ({why})" if why else str(v) for v, why in repository[name].items())
                 raise FailedPrecondition(
                     f"model {name!r} has no version folder its version policy picks (versions there: "
-                    f"{', '.join(map(str, repository[name])) or 'none'}); export one or change {name}/{SERVING_CONFIG}"
+                    f"{versions or 'none'}); export one or change {name}/{SERVING_CONFIG}"
                 )
 
     def unload(self, name: str) -> None:
@@ -369,34 +423,48 @@ class ModelRegistry:
                 self._retire(model)
             log.info("model unloaded", extra=fields(model=name, versions=sorted(versions)))
 
-    def _sync(self, repository: dict[str, list[int]], names: list[str], strict: bool, reload: bool = False) -> None:
+    def _sync(
+        self, repository: dict[str, dict[int, str]], names: list[str], strict: bool, reload: bool = False
+    ) -> None:
         try:
             bound: set[tuple[str, int]] | None = self.bound()
         except Exception:  # Milvus unreachable, say: new versions still load, and nothing is unloaded
             log.exception("cannot list the model versions collections and heads are bound to")
             bound = None
         for name in names:
-            available = repository.get(name, [])
             try:
-                config, changed = self._config(name)
-            except ModelLoadError as err:
+                config, changed, stamp = self._config(name)
+            except ModelLoadError:
                 if strict:
                     raise
-                self._fail(name, available, str(err))
-                continue
+                continue  # the model serves on as before
             with self._lock:
                 loaded = dict(self._models.get(name, {}))
+            # Complete folders count; a served version whose folder is being rewritten serves on meanwhile.
+            folders = repository.get(name, {})
+            present = {v for v, why in folders.items() if not why or (v in loaded and why.startswith("incomplete"))}
             kept = set(loaded) if bound is None else {v for m, v in bound if m == name}
-            wanted = set(config.version_policy.choose(available)) | (kept & set(available))
             fresh = reload or changed
-            to_load = sorted(wanted if fresh else wanted - set(loaded))
-            if not strict:  # a version that failed is tried again when its folder changes
-                to_load = [v for v in to_load if not self._failed_before(name, v)]
-            for model in self._load_versions(name, to_load, config, strict):
-                with self._lock:
-                    self._models.setdefault(name, {})[model.version] = model
-                if model.version in loaded:
-                    self._retire(loaded.pop(model.version))
+            failed = set() if strict else {v for v in present if self._failed_before(name, v, stamp)}
+            picked = set(config.version_policy.choose(sorted(present)))
+            tried: set[int] = set()
+            while True:  # the policy picks among the versions that load: a version that fails makes it pick again
+                wanted = set(config.version_policy.choose(sorted(present - failed))) | (kept & present)
+                to_load = sorted(v for v in wanted - failed - tried if v not in loaded or (fresh and not folders[v]))
+                if not to_load:
+                    break
+                tried.update(to_load)
+                models, failures = self._load_versions(name, to_load, config, stamp, strict)
+                failed |= failures
+                for model in models:
+                    with self._lock:
+                        self._models.setdefault(name, {})[model.version] = model
+                    if model.version in loaded:
+                        self._retire(loaded.pop(model.version))
+            with self._lock:
+                served = set(self._models.get(name, {}))
+            if picked - wanted and not wanted & served:
+                continue  # what the policy picks does not load, and nothing it picks serves: the old versions stay
             gone = [loaded[v] for v in loaded if v not in wanted]
             with self._lock:
                 for model in gone:
@@ -406,55 +474,84 @@ class ModelRegistry:
             for model in gone:
                 self._retire(model)
 
-    def _config(self, name: str) -> tuple[ServingConfig, bool]:
-        """The model's serving config and whether it changed since it was last read."""
+    def _config(self, name: str) -> tuple[ServingConfig, bool, str]:
+        """The model's serving config, whether it changed since it was last read, and its stamp. A refused
+        serving.json raises ModelLoadError (logged and counted once per version of the file)."""
+        with self._lock:
+            override = self._overrides.get(name)
+        if override is not None:
+            return override, False, f"override {override.model_dump_json()}"
         path = self.settings.repo / name / SERVING_CONFIG
         try:
-            stamp: int | None = path.stat().st_mtime_ns
+            info = path.stat()
+            stamp = f"{info.st_mtime_ns}:{info.st_size}:{info.st_ino}"
         except FileNotFoundError:
-            stamp = None
+            stamp = ""
         with self._lock:
             known = self._configs.get(name)
+            refused = self._config_errors.get(name)
         if known is not None and known[0] == stamp:
-            return known[1], False
-        config = read_serving_config(path.parent)
+            return known[1], False, stamp
+        if refused is not None and refused[0] == stamp:
+            raise ModelLoadError(refused[1])
+        try:
+            if stamp and self.outside(path):
+                raise ModelLoadError(f"{path}: {self.outside(path)}")
+            config = read_serving_config(path.parent)
+        except ModelLoadError as err:
+            with self._lock:
+                self._config_errors[name] = (stamp, str(err))
+            self.metrics.model_load_failures.labels(name).inc()
+            log.error("serving.json refused", extra=fields(model=name, error=str(err)))
+            raise
         with self._lock:
             self._configs[name] = (stamp, config)
-        return config, known is not None
+            self._config_errors.pop(name, None)
+        return config, known is not None, stamp
 
-    def _load_versions(self, name: str, versions: list[int], config: ServingConfig, strict: bool) -> list[LoadedModel]:
-        """Loads versions in parallel; a failure raises when strict, else is remembered and logged."""
+    def _load_versions(
+        self, name: str, versions: list[int], config: ServingConfig, stamp: str, strict: bool
+    ) -> tuple[list[LoadedModel], set[int]]:
+        """Loads versions in parallel: (those loaded, those that failed). A failure is remembered, logged and
+        counted; when strict, it raises once every load has ended."""
         settings = config.applied_to(self.settings)
         for version in versions:
             with self._lock:
                 self._changing[(name, version)] = "LOADING"
-        loaded = []
+        loaded, failed, errors = [], set(), []
         with ThreadPoolExecutor(max_workers=4) as pool:
             futures = {v: pool.submit(self._load, self.settings.repo / name / str(v), settings) for v in versions}
             for version, future in futures.items():
                 try:
                     loaded.append(future.result())
+                    with self._lock:
+                        self._failed.pop((name, version), None)
                 except ModelLoadError as err:
-                    if strict:
-                        with self._lock:
-                            served = set(self._models.get(name, {}))
-                        for model in loaded:  # a version served before serves on, under the same gauges
-                            model.close(forget_metrics=model.version not in served)
-                        raise
-                    self._fail(name, [version], str(err))
+                    self._fail(name, version, str(err), stamp)
+                    failed.add(version)
+                    errors.append(err)
                 finally:
                     with self._lock:
                         self._changing.pop((name, version), None)
-        return loaded
+        if strict and errors:
+            with self._lock:
+                served = set(self._models.get(name, {}))
+            for model in loaded:  # a version served before serves on, under the same gauges
+                model.close(forget_metrics=model.version not in served)
+            raise errors[0]
+        return loaded, failed
 
     def _load(self, version_dir: pathlib.Path, settings: ServiceSettings) -> LoadedModel:
         """Runs on a loading thread of its own: its priority, lowered here, passes to the model's inference
         threads."""
         lower_this_thread(self.settings.inference_niceness)
         started = time.perf_counter()
-        model = LoadedModel(version_dir, settings, self.metrics, self.decode_budget)
-        with self._lock:
-            self._failed.pop((model.name, model.version), None)
+        try:
+            model = LoadedModel(version_dir, settings, self.metrics, self.decode_budget)
+        except ModelLoadError:
+            raise
+        except Exception as err:  # a corrupt or unusual graph: onnx and onnxruntime raise many kinds
+            raise ModelLoadError(f"{version_dir}: {type(err).__name__}: {err}") from err
         log.info(
             "model loaded",
             extra=fields(
@@ -466,19 +563,21 @@ class ModelRegistry:
         )
         return model
 
-    def _fail(self, name: str, versions: list[int], error: str) -> None:
-        """Remembers why versions did not load; logs it unless it is what the last sync logged."""
+    def _fail(self, name: str, version: int, error: str, config_stamp: str) -> None:
+        """Remembers why a version did not load (tried again when its folder or the model's config changes); logs
+        it unless it is what was logged last for it."""
+        stamps = (self._folder_stamp(name, version), config_stamp)
         with self._lock:
-            known = all(self._failed.get((name, v), (0, ""))[1] == error for v in versions)
-            for version in versions:
-                self._failed[(name, version)] = (self._folder_stamp(name, version), error)
+            known = self._failed.get((name, version), ((0, ""), ""))[1] == error
+            self._failed[(name, version)] = (stamps, error)
+        self.metrics.model_load_failures.labels(name).inc()
         if not known:
-            log.error("model version not loaded", extra=fields(model=name, versions=versions, error=error))
+            log.error("model version not loaded", extra=fields(model=name, versions=[version], error=error))
 
-    def _failed_before(self, name: str, version: int) -> bool:
+    def _failed_before(self, name: str, version: int, config_stamp: str) -> bool:
         with self._lock:
             failure = self._failed.get((name, version))
-        return failure is not None and failure[0] == self._folder_stamp(name, version)
+        return failure is not None and failure[0] == (self._folder_stamp(name, version), config_stamp)
 
     def _folder_stamp(self, name: str, version: int) -> int:
         folder = self.settings.repo / name / str(version)
@@ -518,12 +617,18 @@ class ModelRegistry:
             keys |= {(m, v) for m, versions in self._models.items() for v in versions}
             rows = []
             for name, version in sorted(keys):
+                why = repository.get(name, {}).get(version, "")
+                refused = self._config_errors.get(name, ("", ""))[1]
                 if version in self._models.get(name, {}):
-                    state = VersionState("READY")
+                    state = VersionState("READY", refused)  # serving, with the settings of before if refused
                 elif (name, version) in self._changing:
                     state = VersionState(self._changing[(name, version)])
+                elif why:
+                    state = VersionState("UNAVAILABLE", why)
                 elif (name, version) in self._failed:
-                    state = VersionState("UNAVAILABLE", self._failed[(name, version)][1])
+                    state = VersionState("UNAVAILABLE", f"failed to load: {self._failed[(name, version)][1]}")
+                elif refused:
+                    state = VersionState("UNAVAILABLE", refused)
                 elif name in self._unloaded:
                     state = VersionState("UNAVAILABLE", "unloaded")
                 else:
@@ -534,7 +639,10 @@ class ModelRegistry:
 
     def serving_config(self, name: str) -> ServingConfig:
         with self._lock:
+            override = self._overrides.get(name)
             known = self._configs.get(name)
+        if override is not None:
+            return override
         return known[1] if known is not None else ServingConfig()
 
     # --- serving ---------------------------------------------------------------------------------
