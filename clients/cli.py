@@ -24,7 +24,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from tqdm import tqdm
 
-from offshelf.clients import evaluate
+from offshelf.clients import evaluate, sidecar
 from offshelf.clients.client import DEFAULT_MODEL, Client, Hit, StoredItem
 from offshelf.clients.connection import Connection
 from offshelf.clients.errors import DeadlineExceeded, NotFound, OffshelfError, Unavailable
@@ -248,7 +248,8 @@ def served_model(model: embedding_pb2.ModelInfo) -> Shown:
                 "version": v.version,
                 "architecture": v.architecture,
                 "provider": v.execution_provider,
-                "input": [v.input_height, v.input_width],
+                "input": _input(v),
+                "random_init": v.random_init,
                 "outputs": [
                     {
                         "name": o.name,
@@ -264,11 +265,17 @@ def served_model(model: embedding_pb2.ModelInfo) -> Shown:
         ],
     }
     lines = [
-        f"{model.name} v{v.version}  {v.architecture}  {v.input_height}x{v.input_width}  {v.execution_provider}  "
-        f"outputs: {', '.join(f'{o.name} ({o.dim})' for o in v.outputs)}"
+        f"{model.name} v{v.version}  {v.architecture}  {_input(v)}  {v.execution_provider}  "
+        + ("random init (weights never trained)  " if v.random_init else "")
+        + f"outputs: {', '.join(f'{o.name} ({o.dim})' for o in v.outputs)}"
         for v in model.versions
     ]
     return Shown(data, "\n".join(lines))
+
+
+def _input(version: embedding_pb2.ModelVersion) -> str:
+    """ "224x224", or the rule of a model that keeps images whole ("whole image, shorter side 224")."""
+    return version.input or f"{version.input_height}x{version.input_width}"  # a server from before the field
 
 
 # --- collections -------------------------------------------------------------------------------
@@ -280,9 +287,16 @@ def add_name(parser: argparse.ArgumentParser) -> None:
 
 def add_collection_create(parser: argparse.ArgumentParser) -> None:
     add_name(parser)
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="model name (default: %(default)s)")
+    parser.add_argument("--model", help=f"model name (default: {DEFAULT_MODEL})")
     parser.add_argument("--version", type=int, default=0, help="model version (default: latest, fixed at creation)")
-    parser.add_argument("--output", default="embedding", help="model output to index (default: %(default)s)")
+    parser.add_argument("--output", help="model output to index (default: embedding)")
+    parser.add_argument(
+        "--dim",
+        type=positive_int,
+        default=0,
+        metavar="D",
+        help="instead of a model: a collection of your own vectors of D values, added and searched by vector or id",
+    )
     parser.add_argument(
         "--metric",
         choices=["ip", "l2"],
@@ -295,9 +309,47 @@ def add_collection_create(parser: argparse.ArgumentParser) -> None:
         default="flat",
         help="flat: exact (default); hnsw: graph; ivfpq: compressed, trained once big enough",
     )
+    for index_type, fields in INDEX_PARAMETERS.items():
+        group = parser.add_argument_group(f"{index_type} parameters (default: the server's, docs/api.md)")
+        for flag, (_, help_text) in fields.items():
+            group.add_argument(f"--{flag}", type=positive_int, metavar="N", help=help_text)
+
+
+# CLI flag -> (field of HnswParams or IvfPqParams, help), per index type
+INDEX_PARAMETERS = {
+    "hnsw": {
+        "hnsw-m": ("m", "neighbours per node (32)"),
+        "ef-construction": ("ef_construction", "candidates while building (200)"),
+        "ef-search": ("ef_search", "candidates while searching (128)"),
+    },
+    "ivfpq": {
+        "nlist": ("nlist", "inverted lists (256)"),
+        "pq-m": ("m", "sub-quantizers, dividing the dimension (dim / 8, at most 64)"),
+        "nbits": ("nbits", "bits per sub-quantizer code (8)"),
+        "nprobe": ("nprobe", "lists visited per search (16)"),
+        "train-size": ("train_size", "vectors before the index is trained (40 x nlist)"),
+        "refine-factor": ("refine_factor", "candidates re-ranked exactly, x k (10)"),
+    },
+}
+
+
+def index_parameters(args: argparse.Namespace) -> dict[str, dict[str, int]]:
+    """The --index-type's parameters given as flags, {"hnsw": {...}, "ivfpq": {...}}; a flag of another index
+    type is a usage error rather than silently ignored."""
+    given: dict[str, dict[str, int]] = {}
+    for index_type, fields in INDEX_PARAMETERS.items():
+        for flag, (field, _) in fields.items():
+            value = getattr(args, flag.replace("-", "_"))
+            if value is None:
+                continue
+            if index_type != args.index_type:
+                raise UsageError(f"--{flag} is a parameter of --index-type {index_type}, not {args.index_type}")
+            given.setdefault(index_type, {})[field] = value
+    return given
 
 
 def run_collection_create(args: argparse.Namespace, client: Client) -> None:
+    parameters = index_parameters(args)
     info = client.create_collection(
         args.name,
         model=args.model,
@@ -305,12 +357,17 @@ def run_collection_create(args: argparse.Namespace, client: Client) -> None:
         output=args.output,
         metric=args.metric,
         index_type=args.index_type,
+        hnsw=parameters.get("hnsw"),
+        ivfpq=parameters.get("ivfpq"),
+        dim=args.dim,
     )
-    binding = info.binding
-    text = (
-        f"created {info.name}: {binding.model} v{binding.version} {binding.output} ({binding.dim}-d), {info.index_type}"
-    )
-    show(args, Shown(message_dict(info), text))
+    show(args, Shown(message_dict(info), f"created {info.name}: {bound_to(info.binding)}, {info.index_type}"))
+
+
+def bound_to(binding: index_pb2.Binding) -> str:
+    if not binding.model:
+        return f"your own vectors ({binding.dim}-d)"
+    return f"{binding.model} v{binding.version} {binding.output} ({binding.dim}-d)"
 
 
 def run_collection_list(args: argparse.Namespace, client: Client) -> None:
@@ -318,10 +375,7 @@ def run_collection_list(args: argparse.Namespace, client: Client) -> None:
 
 
 def collection_line(c: index_pb2.Collection) -> Shown:
-    text = (
-        f"{c.name}  {c.count} items  {c.index_type}  {c.binding.model} v{c.binding.version} {c.binding.output}  "
-        f"{c.bytes_on_disk / 1e6:.1f} MB"
-    )
+    text = f"{c.name}  {c.count} items  {c.index_type}  {bound_to(c.binding)}  {c.bytes_on_disk / 1e6:.1f} MB"
     return Shown(message_dict(c), text)
 
 
@@ -398,12 +452,56 @@ def add_add(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="leave out files that cannot be read or decoded (each named on stderr) and add the rest",
     )
+    parser.add_argument("--label", metavar="LABEL", help="label of every image (default: its parent folder's name)")
+    parser.add_argument(
+        "--meta",
+        action="append",
+        default=[],
+        type=meta_pair,
+        metavar="KEY=VALUE",
+        help="metadata entry of every image; repeat for several keys",
+    )
+    parser.add_argument(
+        "--sidecar",
+        type=pathlib.Path,
+        metavar="FILE",
+        help="labels and metadata per image from a .csv (columns id or file, label, then one per metadata key) or "
+        ".json file; they take precedence over --label and --meta (docs/api.md)",
+    )
     add_batch_size(parser)
+
+
+def item_fields(
+    args: argparse.Namespace,
+) -> tuple[Callable[[pathlib.Path], str], Callable[[pathlib.Path], dict[str, str]], list[str]]:
+    """add's label and metadata of each file (--sidecar over --label/--meta over the parent folder's name), and
+    the sidecar rows that name no image."""
+    meta = dict(args.meta)
+    if len(meta) < len(args.meta):
+        raise UsageError("--meta names a key twice; give each key once")
+    rows: dict[str, sidecar.Fields] = {}
+    unmatched: list[str] = []
+    if args.sidecar:
+        try:
+            rows, unmatched = sidecar.match(sidecar.read_sidecar(args.sidecar), list(image_paths(args.paths)))
+        except sidecar.SidecarError as err:
+            raise UsageError(str(err)) from err
+
+    def fields(path: pathlib.Path) -> sidecar.Fields:
+        return rows.get(os.path.abspath(path)) or sidecar.Fields()
+
+    def label(path: pathlib.Path) -> str:
+        return fields(path).label or args.label or path.absolute().parent.name
+
+    return label, lambda path: {**meta, **fields(path).metadata}, unmatched
 
 
 def run_add(args: argparse.Namespace, client: Client) -> None:
     if next(image_paths(args.paths), None) is None:
         raise UsageError(f"no images found in {' '.join(args.paths)} (looked for .jpg, .jpeg, .png, .webp, .gif)")
+    labels, metadata, unmatched = item_fields(args)
+    if unmatched and not args.json:
+        print(f"offshelf add: {len(unmatched)} sidecar rows name no image, e.g. {unmatched[0]!r}", file=sys.stderr)
     skipped: list[dict[str, str]] = []
 
     def on_skip(name: str, message: str) -> None:
@@ -414,7 +512,8 @@ def run_add(args: argparse.Namespace, client: Client) -> None:
     added = client.add_images(
         args.collection,
         args.paths,
-        labels=lambda path: path.absolute().parent.name,
+        labels=labels,
+        metadata=metadata,
         batch_size=args.batch_size,
         progress=not args.json,
         id_prefix=args.id_prefix,
@@ -424,6 +523,8 @@ def run_add(args: argparse.Namespace, client: Client) -> None:
     )
     count = client.get_collection(args.collection).count
     data = {"collection": args.collection, "added": len(added), "skipped": skipped, "count": count}
+    if args.sidecar:
+        data["sidecar_unmatched"] = unmatched
     text = f"added {len(added)} images" + (f" ({len(skipped)} skipped)" if skipped else "")
     show(args, Shown(data, f"{text}; {args.collection} holds {count}"))
 
@@ -463,29 +564,52 @@ def add_list(parser: argparse.ArgumentParser) -> None:
         help="items per request, at most 1000 (default: %(default)s)",
     )
     parser.add_argument("--vectors", action="store_true", help="print each item's vector too (as indexed)")
+    parser.add_argument(
+        "--limit",
+        type=positive_int,
+        metavar="N",
+        help="at most N items; if more follow, the --page-token that continues the listing is printed on stderr",
+    )
+    parser.add_argument("--page-token", default="", metavar="TOKEN", help="continue a listing where a --limit stopped")
 
 
 def run_list(args: argparse.Namespace, client: Client) -> None:
-    items = client.iter_items(
-        args.collection,
-        labels=args.label,
-        metadata=metadata_filter(args.meta),
-        with_vectors=args.vectors,
-        page_size=args.page_size,
-    )
-    show(args, (stored_item(item) for item in items))
+    show(args, listed(args, client))
+
+
+def listed(args: argparse.Namespace, client: Client) -> Iterator[Shown]:
+    """The items from --page-token on, --limit at most, a page at a time; then the token that continues, if any."""
+    token, left = args.page_token, args.limit
+    while True:
+        size = args.page_size if left is None else min(args.page_size, left)
+        items, token = client.list_items_page(
+            args.collection, token, size, args.label, metadata_filter(args.meta), args.vectors
+        )
+        yield from (stored_item(item) for item in items)
+        left = None if left is None else left - len(items)
+        if not token or left == 0:
+            break
+    if token:
+        note = json.dumps({"next_page_token": token}) if args.json else f"more items: --page-token {token}"
+        print(note, file=sys.stderr)
 
 
 def add_remove(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("ids", nargs="*", metavar="ID")
     parser.add_argument("--collection", required=True)
     add_filters(parser, "remove the items")
+    parser.add_argument("--dry-run", action="store_true", help="remove nothing: print how many items would be removed")
 
 
 def run_remove(args: argparse.Namespace, client: Client) -> None:
     by_filter = bool(args.label or args.meta)
     if bool(args.ids) == by_filter:
         raise UsageError("name the items to remove by ID or by --label/--meta, one of the two")
+    if args.dry_run:
+        would = would_remove(args, client)
+        data = {"collection": args.collection, "would_remove": would, "dry_run": True}
+        show(args, Shown(data, f"would remove {would} items from {args.collection} (dry run: nothing removed)"))
+        return
     response = client.remove(args.collection, args.ids, labels=args.label, metadata=metadata_filter(args.meta))
     data = {
         "collection": args.collection,
@@ -497,6 +621,15 @@ def run_remove(args: argparse.Namespace, client: Client) -> None:
         f" (not found: {', '.join(response.not_found)})" if response.not_found else ""
     )
     show(args, Shown(data, f"{text}; {args.collection} holds {response.count}"))
+
+
+def would_remove(args: argparse.Namespace, client: Client) -> int:
+    """How many items remove would remove: those the filter selects, or the ids that are there."""
+    if args.ids:
+        ids = list(dict.fromkeys(args.ids))
+        return sum(len(client.get_items(args.collection, list(part))) for part in batched(ids, 500))
+    items = client.iter_items(args.collection, labels=args.label, metadata=metadata_filter(args.meta), page_size=1000)
+    return sum(1 for _ in items)
 
 
 def add_search(parser: argparse.ArgumentParser) -> None:
@@ -881,6 +1014,12 @@ def connection_options() -> argparse.ArgumentParser:
     options.add_argument(
         "--retries", type=int, default=4, help="retries after UNAVAILABLE, with backoff (default: %(default)s)"
     )
+    options.add_argument(
+        "--request-id",
+        metavar="ID",
+        help="sent as x-request-id with every call, for finding them in the server's log (default: one per call, "
+        "made up by the server); an error names its call's",
+    )
     return options
 
 
@@ -923,7 +1062,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         connection = Connection(args.server, tls=args.tls, ca_cert=args.ca_cert, token=args.token, retries=args.retries)
-        with Client(connection, timeout=args.timeout) as client:
+        with Client(connection, timeout=args.timeout, request_id=args.request_id) as client:
             args.run(args, client)
         sys.stdout.flush()  # so that a closed stdout shows here, not as a traceback at exit
     except BrokenPipeError:
@@ -932,7 +1071,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_NOT_SERVING
     except OffshelfError as err:
         no_answer = isinstance(err, Unavailable | DeadlineExceeded)
-        return report(args, err.status.name, err.message, EXIT_NO_ANSWER if no_answer else EXIT_REFUSED)
+        return report(args, err.status.name, err.message, EXIT_NO_ANSWER if no_answer else EXIT_REFUSED, err.request_id)
     except (UsageError, OSError, ValueError, RuntimeError) as err:
         return report(args, "USAGE", f"error: {err}", EXIT_USAGE)
     return EXIT_OK
@@ -945,13 +1084,18 @@ def stdout_closed() -> int:
     return EXIT_STDOUT_CLOSED
 
 
-def report(args: argparse.Namespace, code: str, message: str, exit_code: int) -> int:
-    """Prints an error on stderr (as JSON with --json) and returns the exit code."""
+def report(args: argparse.Namespace, code: str, message: str, exit_code: int, request_id: str = "") -> int:
+    """Prints an error on stderr (as JSON with --json), with the request id of the call that failed when there is
+    one, and returns the exit code."""
     if args.json:
-        print(json.dumps({"error": code, "message": message}), file=sys.stderr)
+        error = {"error": code, "message": message, **({"request_id": request_id} if request_id else {})}
+        print(json.dumps(error), file=sys.stderr)
     else:
         text = message if code == "USAGE" else f"{code}: {message}"
-        print(f"offshelf {args.command_name}: {text}", file=sys.stderr)
+        print(
+            f"offshelf {args.command_name}: {text}{f' (request id {request_id})' if request_id else ''}",
+            file=sys.stderr,
+        )
     return exit_code
 
 
