@@ -69,7 +69,7 @@ def test_liveness_readiness_and_metadata(stub):
     assert (metadata.name, list(metadata.versions), metadata.platform) == (MODEL, ["1"], "onnxruntime_onnx")
     assert [(i.name, i.datatype, list(i.shape)) for i in metadata.inputs] == [  # a request sends one of them
         ("image", "FP32", [-1, 3, 224, 224]),
-        ("image", "BYTES", [-1, 1]),
+        ("encoded", "BYTES", [-1, 1]),  # unique names: Triton clients index inputs by name
         ("pixels", "UINT8", [-1, 224, 224, 3]),
     ]
     outputs = {o.name: list(o.shape) for o in metadata.outputs}

@@ -241,9 +241,10 @@ def test_unloading_lets_the_requests_in_flight_finish(repo, tmp_path):
 
 def test_stock_tritonclient_controls_models(repo, tmp_path, tritonclient_python):
     server = serve(repo, tmp_path)
+    script = ROOT / "tests" / "scripts" / "tritonclient_control.py"
     try:
         run = subprocess.run(
-            [tritonclient_python, str(ROOT / "tests" / "scripts" / "tritonclient_control.py"), server.address, MODEL],
+            [tritonclient_python, str(script), server.address, MODEL, str(PHOTO)],
             capture_output=True,
             text=True,
             timeout=120,
@@ -258,15 +259,18 @@ def test_stock_tritonclient_controls_models(repo, tmp_path, tritonclient_python)
     assert (config["name"], config["platform"], config["max_batch_size"]) == (MODEL, "onnxruntime_onnx", 16)
     assert [(i["name"], i["data_type"]) for i in config["input"]] == [
         ("image", "TYPE_FP32"),
-        ("image", "TYPE_STRING"),
+        ("encoded", "TYPE_STRING"),
         ("pixels", "TYPE_UINT8"),
     ]
     assert config["output"] == [{"name": "embedding", "data_type": "TYPE_FP32", "dims": [str(DIM)]}]
-    assert [(i["name"], i["datatype"]) for i in seen["metadata"]["inputs"]] == [
+    assert [(i["name"], i["datatype"]) for i in seen["metadata"]["inputs"]] == [  # unique names
         ("image", "FP32"),
-        ("image", "BYTES"),
+        ("encoded", "BYTES"),
         ("pixels", "UINT8"),
     ]
+    assert seen["bytes_input"] == ["encoded"]
+    new_name, old_name = seen["embeddings"]  # encoded images under the new name, and under the old one
+    np.testing.assert_allclose(new_name, old_name)
     (stats,) = seen["statistics"]
     assert (stats["name"], stats["version"], stats["inference_count"]) == (MODEL, "1", "2")
     assert stats["inference_stats"]["success"]["count"] == "1"
@@ -280,6 +284,24 @@ def test_stock_tritonclient_controls_models(repo, tmp_path, tritonclient_python)
     assert seen["infer_after_unload"] == "StatusCode.UNAVAILABLE"
     assert seen["ready_after_load"] is True
     assert seen["load_unknown"] == "StatusCode.NOT_FOUND"
+    specific = {"specific": {"versions": ["1"]}}
+    assert seen["overridden"] == {"max_batch_size": 4, "instances": 1, "version_policy": specific, "delay_us": "3000"}
+    refused = seen["refused"]
+    assert refused["zero_batch"].startswith(
+        "StatusCode.INVALID_ARGUMENT: config override: max_batch_size: Input should be greater than or equal to 1"
+    ), refused
+    assert refused["inputs"].startswith(
+        "StatusCode.INVALID_ARGUMENT: config override sets input, which offshelf "
+        "does not take from it (inputs and outputs come from the model card)"
+    ), refused
+    assert (
+        refused["two_groups"]
+        == "StatusCode.INVALID_ARGUMENT: config override: offshelf serves one instance_group, not 2"
+    )
+    assert refused["files"].startswith("StatusCode.INVALID_ARGUMENT: file: parameters"), refused
+    assert seen["after_refusals"] == seen["overridden"]  # a refused override changes nothing
+    assert seen["after_plain_load"] == seen["initial"]  # loaded without a config: serving.json's settings again
+    assert seen["initial"]["max_batch_size"] == 16
 
 
 def test_every_valid_serving_json_is_applied_by_polling(repo, tmp_path):

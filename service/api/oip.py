@@ -1,11 +1,11 @@
 """The Open Inference Protocol (KServe v2) servicer, so stock Triton and KServe clients work unchanged.
 
-A request has one input: ``image`` as FP32 (N, 3, H, W), already preprocessed as the model card says, or as
-BYTES (N) of encoded images, which are decoded and preprocessed here; or ``pixels`` as UINT8 (N, H, W, 3), the
-decoded RGB crops (a quarter of FP32's bytes; the graph normalises them). Outputs are the model's outputs
-(FP32, N x dim) and, for each head trained on this model version, ``<head>/probabilities`` (FP32,
-N x classes, in the head's label order) and ``<head>/labels`` (BYTES, N x top_k, best first).
-Requests go through the same batcher as Embed.
+A request has one input: ``image`` as FP32 (N, 3, H, W), already preprocessed as the model card says; ``encoded``
+as BYTES (N) of encoded images, which are decoded and preprocessed here (``image`` as BYTES too, as before); or
+``pixels`` as UINT8 (N, H, W, 3), the decoded RGB crops (a quarter of FP32's bytes; the graph normalises them).
+Outputs are the model's outputs (FP32, N x dim) and, for each head trained on this model version,
+``<head>/probabilities`` (FP32, N x classes, in the head's label order) and ``<head>/labels`` (BYTES, N x top_k,
+best first). Requests go through the same batcher as Embed.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from offshelf.protos.inference import grpc_predict_v2_pb2 as pb2
 from offshelf.protos.inference import grpc_predict_v2_pb2_grpc as pb2_grpc
 from offshelf.protos.v1.embedding_pb2 import AUGMENTATION_FLIP, AUGMENTATION_NONE, AUGMENTATION_TEN_CROP
 from offshelf.service.api.checks import check_image_count
-from offshelf.service.api.oip_config import PLATFORM, inputs, model_config
+from offshelf.service.api.oip_config import ENCODED, PLATFORM, config_override, inputs, model_config
 from offshelf.service.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError, Unavailable
 from offshelf.service.heads.registry import HeadRegistry, HeadVersion
 from offshelf.service.logs import fields
@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 EXTENSIONS = ("model_repository", "model_configuration", "statistics")
 AUGMENTATIONS = {"none": AUGMENTATION_NONE, "flip": AUGMENTATION_FLIP, "10crop": AUGMENTATION_TEN_CROP}
 PARAMETERS = ("augmentation", "top_k")
+UNLOAD_PARAMETERS = ("unload_dependents",)  # tritonclient's; offshelf has no ensembles
+LOAD_PARAMETERS = ("config", *UNLOAD_PARAMETERS)  # config: Triton's config override, as JSON
 HEAD_OUTPUTS = ("probabilities", "labels")
 Tensor = tuple[str, list[int], bytes]  # datatype, shape, raw contents
 
@@ -144,14 +146,20 @@ class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):
     def RepositoryModelLoad(
         self, request: pb2.RepositoryModelLoadRequest, context: grpc.ServicerContext
     ) -> pb2.RepositoryModelLoadResponse:
-        _check_control(request)
-        self.models.load(request.model_name)
+        _check_control(request, LOAD_PARAMETERS)
+        config = request.parameters.get("config")
+        override = None
+        if config is not None:
+            if config.WhichOneof("parameter_choice") != "string_param":
+                raise InvalidArgument("parameter config is a model config in JSON: a string parameter")
+            override = config_override(config.string_param, request.model_name)
+        self.models.load(request.model_name, override)
         return pb2.RepositoryModelLoadResponse()
 
     def RepositoryModelUnload(
         self, request: pb2.RepositoryModelUnloadRequest, context: grpc.ServicerContext
     ) -> pb2.RepositoryModelUnloadResponse:
-        _check_control(request)
+        _check_control(request, UNLOAD_PARAMETERS)
         self.models.unload(request.model_name)
         return pb2.RepositoryModelUnloadResponse()
 
@@ -243,13 +251,14 @@ class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):
         tensor = request.inputs[0] if len(request.inputs) == 1 else None
         if tensor is None or (tensor.name, tensor.datatype) not in (
             (pre.input_name, "FP32"),
-            (pre.input_name, "BYTES"),
+            (ENCODED, "BYTES"),
+            (pre.input_name, "BYTES"),  # as ModelMetadata listed it before the names were unique
             (PIXELS, "UINT8"),
         ):
             given = [f"{i.name} ({i.datatype})" for i in request.inputs] or "none"
             raise InvalidArgument(
-                f"model {model.name} takes one input: {pre.input_name!r} as FP32 [N, 3, H, W] or BYTES [N] encoded "
-                f"images, or {PIXELS!r} as UINT8 [N, H, W, 3]; the request has {given}"
+                f"model {model.name} takes one input: {pre.input_name!r} as FP32 [N, 3, H, W], {ENCODED!r} as BYTES "
+                f"[N] encoded images, or {PIXELS!r} as UINT8 [N, H, W, 3]; the request has {given}"
             )
         if request.raw_input_contents and len(request.raw_input_contents) != 1:
             raise InvalidArgument("raw_input_contents must hold one entry per input: exactly one")
@@ -258,11 +267,11 @@ class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):
         if tensor.datatype == "BYTES":
             if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
                 raise InvalidArgument(f"a BYTES input has shape [N] or [N, 1] (one encoded image each), not {shape}")
-            images = deserialize_bytes(raw, pre.input_name) if raw is not None else list(tensor.contents.bytes_contents)
+            images = deserialize_bytes(raw, tensor.name) if raw is not None else list(tensor.contents.bytes_contents)
             if len(images) != shape[0]:
                 raise InvalidArgument(f"input shape {shape} says {shape[0]} images; the contents hold {len(images)}")
             check_image_count(len(images), self.max_images)
-            return model.embed(images, augmentation, [f"{pre.input_name}[{i}]" for i in range(len(images))])
+            return model.embed(images, augmentation, [f"{tensor.name}[{i}]" for i in range(len(images))])
         if augmentation != AUGMENTATION_NONE:
             raise InvalidArgument("augmentation applies to BYTES (encoded image) input only; preprocess it yourself")
         rule = input_rule(pre)
@@ -296,15 +305,22 @@ def _check_repository(name: str) -> None:
         raise InvalidArgument(f"repository {name!r}: this server has one model repository; leave the name empty")
 
 
-def _check_control(request: pb2.RepositoryModelLoadRequest | pb2.RepositoryModelUnloadRequest) -> None:
+def _check_control(
+    request: pb2.RepositoryModelLoadRequest | pb2.RepositoryModelUnloadRequest, accepted: tuple[str, ...]
+) -> None:
     _check_repository(request.repository_name)
     if not request.model_name:
         raise InvalidArgument("model_name is empty: name the model folder to load or unload")
-    unknown = sorted(set(request.parameters) - {"unload_dependents"})  # tritonclient's; offshelf has no ensembles
+    if any(name.startswith("file:") for name in request.parameters):
+        raise InvalidArgument(
+            "file: parameters (model files sent with the load) are not accepted: export the version into the "
+            "model repository, then load it"
+        )
+    unknown = sorted(set(request.parameters) - set(accepted))
     if unknown:
         raise InvalidArgument(
-            f"parameters {unknown} are not accepted: a model's versions and settings come from its folder and "
-            "serving.json"
+            f"parameters {unknown} are not accepted (only {', '.join(accepted)}): a model's versions and settings "
+            "come from its folder and serving.json"
         )
 
 

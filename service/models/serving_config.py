@@ -85,5 +85,9 @@ def read_serving_config(model_dir: pathlib.Path) -> ServingConfig:
     try:
         return ServingConfig.model_validate_json(text)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'the file'}: {e['msg']}" for e in err.errors())
-        raise ModelLoadError(f"{path}: {problems}; see docs/models.md for its keys") from err
+        raise ModelLoadError(f"{path}: {problems(err, 'the file')}; see docs/models.md for its keys") from err
+
+
+def problems(err: ValidationError, whole: str) -> str:
+    """Each error of a validation with the key at fault (`whole` names the document itself)."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or whole}: {e['msg']}" for e in err.errors())
