@@ -68,6 +68,13 @@ def test_own_vectors_are_added_and_searched_by_vector_or_id(client, own):
     with pytest.raises(InvalidArgument, match=f"has 5 values; the collection's vectors have {DIM}"):
         client.add(own, vectors=[[1.0] * 5])
 
+    copy = client.copy_collection(own, client, as_name=f"{own}-copy", progress=False)  # a copy has no model either
+    try:
+        assert (copy.binding, copy.count) == (index_pb2.Binding(dim=DIM), 40)
+        assert client.search(copy.name, vector=data[7], k=1)[0].id == "v07"
+    finally:
+        client.delete_collection(copy.name)
+
 
 def test_images_are_refused_naming_the_fix(client, own):
     image = skimage_photo("coffee.png")
