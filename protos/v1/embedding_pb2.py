@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"offshelf/protos/v1/embedding.proto\x12\x0boffshelf.v1\"\x80\x01\n\x0c\x45mbedRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0f\n\x07outputs\x18\x03 \x03(\t\x12\x0e\n\x06images\x18\x04 \x03(\x0c\x12/\n\x0c\x61ugmentation\x18\x05 \x01(\x0e\x32\x19.offshelf.v1.Augmentation\"%\n\x06Vector\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\"\x92\x01\n\x0fImageEmbeddings\x12:\n\x07outputs\x18\x01 \x03(\x0b\x32).offshelf.v1.ImageEmbeddings.OutputsEntry\x1a\x43\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.offshelf.v1.Vector:\x02\x38\x01\"^\n\rEmbedResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12-\n\x07results\x18\x03 \x03(\x0b\x32\x1c.offshelf.v1.ImageEmbeddings\"\x13\n\x11ListModelsRequest\"n\n\nOutputInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\x12\r\n\x05layer\x18\x03 \x01(\t\x12\x0f\n\x07pooling\x18\x04 \x01(\t\x12\x15\n\rl2_normalized\x18\x05 \x01(\x08\x12\x0e\n\x06labels\x18\x06 \x03(\t\"\xa6\x01\n\x0cModelVersion\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12(\n\x07outputs\x18\x02 \x03(\x0b\x32\x17.offshelf.v1.OutputInfo\x12\x14\n\x0cinput_height\x18\x03 \x01(\x05\x12\x13\n\x0binput_width\x18\x04 \x01(\x05\x12\x1a\n\x12\x65xecution_provider\x18\x05 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x06 \x01(\t\"F\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\x08versions\x18\x02 \x03(\x0b\x32\x19.offshelf.v1.ModelVersion\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.offshelf.v1.ModelInfo*W\n\x0c\x41ugmentation\x12\x15\n\x11\x41UGMENTATION_NONE\x10\x00\x12\x15\n\x11\x41UGMENTATION_FLIP\x10\x01\x12\x19\n\x15\x41UGMENTATION_TEN_CROP\x10\x02\x32\x9a\x01\n\tEmbedding\x12>\n\x05\x45mbed\x12\x19.offshelf.v1.EmbedRequest\x1a\x1a.offshelf.v1.EmbedResponse\x12M\n\nListModels\x12\x1e.offshelf.v1.ListModelsRequest\x1a\x1f.offshelf.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"offshelf/protos/v1/embedding.proto\x12\x0boffshelf.v1\"\x80\x01\n\x0c\x45mbedRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0f\n\x07outputs\x18\x03 \x03(\t\x12\x0e\n\x06images\x18\x04 \x03(\x0c\x12/\n\x0c\x61ugmentation\x18\x05 \x01(\x0e\x32\x19.offshelf.v1.Augmentation\"%\n\x06Vector\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\"\x92\x01\n\x0fImageEmbeddings\x12:\n\x07outputs\x18\x01 \x03(\x0b\x32).offshelf.v1.ImageEmbeddings.OutputsEntry\x1a\x43\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.offshelf.v1.Vector:\x02\x38\x01\"^\n\rEmbedResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12-\n\x07results\x18\x03 \x03(\x0b\x32\x1c.offshelf.v1.ImageEmbeddings\"\x13\n\x11ListModelsRequest\"n\n\nOutputInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\x12\r\n\x05layer\x18\x03 \x01(\t\x12\x0f\n\x07pooling\x18\x04 \x01(\t\x12\x15\n\rl2_normalized\x18\x05 \x01(\x08\x12\x0e\n\x06labels\x18\x06 \x03(\t\"\xca\x01\n\x0cModelVersion\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12(\n\x07outputs\x18\x02 \x03(\x0b\x32\x17.offshelf.v1.OutputInfo\x12\x14\n\x0cinput_height\x18\x03 \x01(\x05\x12\x13\n\x0binput_width\x18\x04 \x01(\x05\x12\x1a\n\x12\x65xecution_provider\x18\x05 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x06 \x01(\t\x12\x13\n\x0brandom_init\x18\x07 \x01(\x08\x12\r\n\x05input\x18\x08 \x01(\t\"F\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\x08versions\x18\x02 \x03(\x0b\x32\x19.offshelf.v1.ModelVersion\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.offshelf.v1.ModelInfo*W\n\x0c\x41ugmentation\x12\x15\n\x11\x41UGMENTATION_NONE\x10\x00\x12\x15\n\x11\x41UGMENTATION_FLIP\x10\x01\x12\x19\n\x15\x41UGMENTATION_TEN_CROP\x10\x02\x32\x9a\x01\n\tEmbedding\x12>\n\x05\x45mbed\x12\x19.offshelf.v1.EmbedRequest\x1a\x1a.offshelf.v1.EmbedResponse\x12M\n\nListModels\x12\x1e.offshelf.v1.ListModelsRequest\x1a\x1f.offshelf.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_IMAGEEMBEDDINGS_OUTPUTSENTRY']._loaded_options = None
   _globals['_IMAGEEMBEDDINGS_OUTPUTSENTRY']._serialized_options = b'8\001'
-  _globals['_AUGMENTATION']._serialized_start=902
-  _globals['_AUGMENTATION']._serialized_end=989
+  _globals['_AUGMENTATION']._serialized_start=938
+  _globals['_AUGMENTATION']._serialized_end=1025
   _globals['_EMBEDREQUEST']._serialized_start=52
   _globals['_EMBEDREQUEST']._serialized_end=180
   _globals['_VECTOR']._serialized_start=182
@@ -50,11 +50,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OUTPUTINFO']._serialized_start=487
   _globals['_OUTPUTINFO']._serialized_end=597
   _globals['_MODELVERSION']._serialized_start=600
-  _globals['_MODELVERSION']._serialized_end=766
-  _globals['_MODELINFO']._serialized_start=768
-  _globals['_MODELINFO']._serialized_end=838
-  _globals['_LISTMODELSRESPONSE']._serialized_start=840
-  _globals['_LISTMODELSRESPONSE']._serialized_end=900
-  _globals['_EMBEDDING']._serialized_start=992
-  _globals['_EMBEDDING']._serialized_end=1146
+  _globals['_MODELVERSION']._serialized_end=802
+  _globals['_MODELINFO']._serialized_start=804
+  _globals['_MODELINFO']._serialized_end=874
+  _globals['_LISTMODELSRESPONSE']._serialized_start=876
+  _globals['_LISTMODELSRESPONSE']._serialized_end=936
+  _globals['_EMBEDDING']._serialized_start=1028
+  _globals['_EMBEDDING']._serialized_end=1182
 # @@protoc_insertion_point(module_scope)

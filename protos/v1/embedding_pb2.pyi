@@ -82,20 +82,24 @@ class OutputInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., layer: _Optional[str] = ..., pooling: _Optional[str] = ..., l2_normalized: _Optional[bool] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModelVersion(_message.Message):
-    __slots__ = ("version", "outputs", "input_height", "input_width", "execution_provider", "architecture")
+    __slots__ = ("version", "outputs", "input_height", "input_width", "execution_provider", "architecture", "random_init", "input")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     INPUT_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     INPUT_WIDTH_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_PROVIDER_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    RANDOM_INIT_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
     version: int
     outputs: _containers.RepeatedCompositeFieldContainer[OutputInfo]
     input_height: int
     input_width: int
     execution_provider: str
     architecture: str
-    def __init__(self, version: _Optional[int] = ..., outputs: _Optional[_Iterable[_Union[OutputInfo, _Mapping]]] = ..., input_height: _Optional[int] = ..., input_width: _Optional[int] = ..., execution_provider: _Optional[str] = ..., architecture: _Optional[str] = ...) -> None: ...
+    random_init: bool
+    input: str
+    def __init__(self, version: _Optional[int] = ..., outputs: _Optional[_Iterable[_Union[OutputInfo, _Mapping]]] = ..., input_height: _Optional[int] = ..., input_width: _Optional[int] = ..., execution_provider: _Optional[str] = ..., architecture: _Optional[str] = ..., random_init: _Optional[bool] = ..., input: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("name", "versions")

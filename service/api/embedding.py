@@ -8,6 +8,7 @@ from offshelf.protos.v1 import embedding_pb2 as pb2
 from offshelf.protos.v1 import embedding_pb2_grpc as pb2_grpc
 from offshelf.service.api.checks import check_image_count
 from offshelf.service.errors import InvalidArgument
+from offshelf.service.models.card_facts import input_text, random_init
 from offshelf.service.models.registry import LoadedModel, ModelRegistry
 
 
@@ -52,6 +53,8 @@ def _version_info(model: LoadedModel) -> pb2.ModelVersion:
         execution_provider=model.runtime.provider,
         input_height=card.preprocessing.crop_height,
         input_width=card.preprocessing.crop_width,
+        input=input_text(card.preprocessing),
+        random_init=random_init(card),
         outputs=[
             pb2.OutputInfo(
                 name=o.name, dim=o.dim, layer=o.layer, pooling=o.pooling, l2_normalized=o.l2_normalized, labels=o.labels

@@ -26,6 +26,7 @@ from offshelf.service.api.oip_config import ENCODED, PLATFORM, config_override, 
 from offshelf.service.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError, Unavailable
 from offshelf.service.heads.registry import HeadRegistry, HeadVersion
 from offshelf.service.logs import fields
+from offshelf.service.models.card_facts import input_text, random_init
 from offshelf.service.models.pixels_input import PIXELS
 from offshelf.service.models.preprocess import input_rule
 from offshelf.service.models.registry import LoadedModel, ModelRegistry
@@ -107,6 +108,11 @@ class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):
             platform=PLATFORM,
             inputs=[tensor(name=name, datatype=datatype, shape=[-1, *dims]) for name, datatype, dims in inputs(pre)],
             outputs=outputs,
+            parameters={
+                "random_init": pb2.InferParameter(bool_param=random_init(model.card)),
+                "weights": pb2.InferParameter(string_param=model.card.weights.source),
+                "input": pb2.InferParameter(string_param=input_text(pre)),
+            },
         )
 
     def ModelConfig(self, request: pb2.ModelConfigRequest, context: grpc.ServicerContext) -> pb2.ModelConfigResponse:
