@@ -125,3 +125,10 @@ def test_an_own_vector_collection_comes_back_after_a_restart(tiny_repo, tmp_path
             assert client.search("mine", vector=data[123], k=1)[0].id == "123"
     finally:
         server.kill()
+
+
+def test_a_head_is_not_trained_on_own_vectors(client, own):
+    """Heads classify images: a collection without a model could train one that nothing can ever use."""
+    client.add(own, vectors=vectors(4), labels=["a", "b", "a", "b"])
+    with pytest.raises(FailedPrecondition, match="holds your own vectors, with no model to embed the images"):
+        client.train_head(f"head-{own}", "ncm", collection=own)

@@ -282,6 +282,11 @@ class HeadRegistry:
         source = request.WhichOneof("source")
         if source == "collection":
             collection = self.collections.get(request.collection)
+            if not collection.config.binding.model:
+                raise FailedPrecondition(
+                    f"collection {request.collection!r} holds your own vectors, with no model to embed the images a "
+                    "head classifies; train the head on a collection bound to a model, or on images"
+                )
             return collection.config.binding, lambda progress: collection.labelled_vectors()
         images = request.images
         model = self.models.get(images.model, images.version)
