@@ -477,7 +477,7 @@ class Client(Api):
         try:
             response = stub(request, timeout=self.timeout, metadata=self._metadata())
         except grpc.RpcError as err:
-            raise from_rpc_error(err, self.request_id or "") from err
+            raise self.connection.explained(from_rpc_error(err, self.request_id or "")) from err
         return parse(response)
 
     def add_images(
@@ -625,7 +625,8 @@ class AsyncClient(Api):
             try:
                 response = await stub(request, timeout=self.timeout, metadata=self._metadata())
             except grpc.RpcError as err:
-                raise from_rpc_error(err, self.request_id or "") from err
+                error = from_rpc_error(err, self.request_id or "")
+                raise await asyncio.to_thread(self.connection.explained, error) from err
             return parse(response)
 
         return call()

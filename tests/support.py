@@ -207,6 +207,7 @@ class ServerProcess:
             text=True,
         )
         self.logs: list[dict] = []
+        self.stray: list[str] = []  # stderr lines that are not JSON (gRPC core's, a crash's)
         self._listening = threading.Event()
         threading.Thread(target=self._read_logs, daemon=True).start()
         if not self._listening.wait(60):
@@ -223,6 +224,8 @@ class ServerProcess:
                 self.logs.append(entry)
                 if entry.get("message") == "listening":
                     self._listening.set()
+            else:
+                self.stray.append(line)
 
     def wait_serving(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout

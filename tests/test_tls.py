@@ -6,6 +6,7 @@ from __future__ import annotations
 import pathlib
 import shutil
 import subprocess
+import sys
 
 import grpc
 import pytest
@@ -132,5 +133,34 @@ def test_a_tls_key_that_others_can_write_is_refused_and_one_they_can_read_is_war
     try:
         warning = next(e for e in server.logs if e.get("message") == "others can read the TLS key")
         assert warning["level"] == "warning" and warning["fix"] == f"chmod o-r {key}"
+    finally:
+        server.kill()
+
+
+def test_a_plaintext_client_on_the_tls_port_is_told_to_add_tls_and_the_server_logs_no_handshake_line(
+    tiny_repo, tmp_path
+):
+    ca = authority(tmp_path, "ca")
+    cert, key = signed(tmp_path, "server", ca)
+    server = ServerProcess(
+        tiny_repo, tmp_path / "data", tls_cert=cert, tls_key=key, drain_seconds=0, client={"ca_cert": ca[0]}
+    )
+    try:
+        server.wait_serving()
+        assert serving(server, ca_cert=ca[0].read_bytes()) == "SERVING"  # PEM bytes, as well as a path
+        with pytest.raises(grpc.RpcError) as caught:
+            serving(server)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "speaks TLS: add --tls / ca_cert" in caught.value.details()
+        cli = subprocess.run(
+            [sys.executable, "-m", "offshelf.clients.cli", "models", "--server", server.address, "--retries", "0"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert cli.returncode != 0 and "speaks TLS: add --tls / ca_cert" in cli.stderr, cli.stderr
+        with Client(server.address, timeout=10, retries=0, ca_cert=ca[0]) as client:
+            client.health()  # a call after the refused handshakes: their log lines, if any, are written by now
+        assert [line for line in server.stray if "Handshake failed" in line] == []
     finally:
         server.kill()
