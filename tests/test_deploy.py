@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -523,3 +524,131 @@ def test_the_images_install_pinned_dependencies_on_bases_pinned_by_digest():
     assert not [name for name in locked(DEPLOY / "requirements-cpu.lock") if name.startswith("nvidia")]
     cuda13 = locked(DEPLOY / "cuda13.txt")["onnxruntime-gpu"]
     assert locked(DEPLOY / "requirements-gpu.lock")["onnxruntime-gpu"] == cuda13
+
+
+# cert-manager's Certificate (cert-manager.io/v1, from its API reference): the fields the tls component uses or might.
+CERTIFICATE_SCHEMA = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "cert-manager.io/v1"},
+        "kind": {"const": "Certificate"},
+        "metadata": METADATA,
+        "spec": {
+            "type": "object",
+            "required": ["secretName", "issuerRef"],
+            "additionalProperties": False,
+            "properties": {
+                "secretName": {"type": "string", "minLength": 1},
+                "commonName": {"type": "string"},
+                "dnsNames": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+                "issuerRef": {
+                    "type": "object",
+                    "required": ["name"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "name": {"type": "string"},
+                        "kind": {"enum": ["Issuer", "ClusterIssuer"]},
+                        "group": {"type": "string"},
+                    },
+                },
+                "privateKey": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "algorithm": {"enum": ["RSA", "ECDSA", "Ed25519"]},
+                        "size": {"type": "integer"},
+                        "rotationPolicy": {"enum": ["Never", "Always"]},
+                        "encoding": {"enum": ["PKCS1", "PKCS8"]},
+                    },
+                },
+                "duration": {"type": "string", "pattern": "^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"},
+                "renewBefore": {"type": "string", "pattern": "^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"},
+                "usages": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+    },
+}
+
+
+def render_with(tmp_path, overlay: str, *components: str) -> tuple[str, list[dict]]:
+    """An overlay with optional components from deploy/components, as a user's own overlay would include them."""
+    root = tmp_path / "mine"
+    root.mkdir()
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(DEPLOY / "overlays" / overlay, root)],
+        "components": [os.path.relpath(DEPLOY / "components" / c, root) for c in components],
+    }
+    (root / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    rendered = subprocess.run(["kubectl", "kustomize", str(root)], capture_output=True, text=True, timeout=60)
+    assert rendered.returncode == 0, rendered.stderr
+    return overlay, [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
+
+
+def validate(docs: list[dict]) -> None:
+    for doc in docs:
+        if doc["kind"] == "Certificate":
+            jsonschema.validate(doc, CERTIFICATE_SCHEMA)
+        elif doc["kind"] in CRD_SCHEMAS:
+            jsonschema.validate(doc, CRD_SCHEMAS[doc["kind"]])
+        else:
+            kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "scale/gpu"])
+def test_the_tls_component_serves_the_certificate_cert_manager_writes(tmp_path, overlay):
+    rendered = render_with(tmp_path, overlay, "tls")
+    validate(rendered[1])
+    (certificate,) = objects(rendered, "Certificate")
+    pod, server = server_container(rendered)
+    (mount,) = [m for m in server["volumeMounts"] if m["name"] == "tls"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "tls"]
+    assert volume["secret"]["secretName"] == certificate["spec"]["secretName"] and mount["readOnly"]
+    assert volume["secret"]["defaultMode"] & 0o007 == 0  # the server refuses a key other users can write
+    settings = settings_of(rendered)
+    assert settings["OFFSHELF_TLS_CERT"] == f"{mount['mountPath']}/tls.crt"
+    assert settings["OFFSHELF_TLS_KEY"] == f"{mount['mountPath']}/tls.key"
+    assert server["readinessProbe"]["grpc"]["port"] == int(settings["OFFSHELF_HEALTH_PORT"])  # plaintext, no TLS
+    assert "offshelf.offshelf.svc" in certificate["spec"]["dnsNames"]
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "scale"])
+def test_the_tracing_component_opens_egress_to_the_collector_only(tmp_path, overlay):
+    rendered = render_with(tmp_path, overlay, "tracing")
+    validate(rendered[1])
+    endpoint = urllib.parse.urlsplit(settings_of(rendered)["OTEL_EXPORTER_OTLP_ENDPOINT"])
+    namespace = endpoint.hostname.split(".")[1]  # <service>.<namespace>.svc
+    (policy,) = objects(rendered, "NetworkPolicy")
+    before = objects((overlay, render(overlay)), "NetworkPolicy")[0]["spec"]["egress"]
+    added = policy["spec"]["egress"][len(before) :]
+    assert policy["spec"]["egress"][: len(before)] == before
+    assert {"port": endpoint.port, "protocol": "TCP"} in added[-1]["ports"]
+    assert added[-1]["to"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}]
+    assert {"port": 53, "protocol": "UDP"} in added[0]["ports"]  # the collector's name is looked up
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" in (ROOT / "service" / "tracing.py").read_text()
+
+
+def test_the_docs_set_both_images_of_an_overlay():
+    deployment = yaml.safe_load((DEPLOY / "base" / "deployment.yaml").read_text())
+    pod = deployment["spec"]["template"]["spec"]
+    names = {c["image"] for c in pod["containers"] + pod["initContainers"]}
+    assert names == {"offshelf", "offshelf-export"}
+    (command,) = re.findall(r"^kustomize edit set image (.+)$", DOCS.read_text(), flags=re.M)
+    assert {pair.split("=")[0] for pair in command.split()} == names
+
+
+def test_the_base_memory_limit_is_sized_as_the_docs_say():
+    """docs/deploy.md: the limit is the process (2 GiB) plus twice the index (a save holds a second copy), from the
+    per-million figure; the base's 4 GiB holds the number of 1280-d flat vectors the docs state."""
+    text = DOCS.read_text()
+    per_million = float(re.search(r"flat (\d+\.\d) GB", text)[1]) * 1e9
+    process = int(re.search(r"limit = (\d) GiB for the process", text)[1]) << 30
+    deployment = yaml.safe_load((DEPLOY / "base" / "deployment.yaml").read_text())
+    (server,) = deployment["spec"]["template"]["spec"]["containers"]
+    limit = int(server["resources"]["limits"]["memory"].removesuffix("Gi")) << 30
+    capacity = (limit - process) / (2 * per_million) * 1e6
+    stated = int(re.search(r"base's limit of \d+ GiB holds about ([\d,]+)\s", text)[1].replace(",", ""))
+    assert abs(stated - capacity) <= 0.05 * capacity, capacity
