@@ -16,6 +16,7 @@ import onnxruntime as ort
 
 from offshelf.service.errors import ModelLoadError
 from offshelf.service.logs import fields
+from offshelf.service.models.cuda_check import driver_problem
 
 log = logging.getLogger(__name__)
 CUDA = "CUDAExecutionProvider"
@@ -62,11 +63,17 @@ class OnnxRuntime:
             if session.get_providers()[0] == CUDA:
                 self._use(session)
                 return
-            log.warning("CUDA is listed but does not work here; using the CPU", extra=fields(model_path=str(self.path)))
+            if self.execution_provider == "auto":
+                reason = driver_problem()
+                log.warning(
+                    f"CUDA is listed but does not work here{f' ({reason})' if reason else ''}; using the CPU",
+                    extra=fields(model_path=str(self.path)),
+                )
         if self.execution_provider == "cuda":
             raise ModelLoadError(
                 f"{self.path}: execution_provider=cuda but CUDA does not work on this machine "
-                "(needs an NVIDIA GPU, CUDA 13 and cuDNN 9); use auto or cpu"
+                f"({driver_problem() or 'needs an NVIDIA GPU, CUDA 13 and cuDNN 9'}); use auto (the CPU when CUDA "
+                "does not work) or cpu"
             )
         self._use(ort.InferenceSession(self.graph or str(self.path), options, providers=[CPU]))
 
