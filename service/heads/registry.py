@@ -37,6 +37,7 @@ from offshelf.service.errors import (
     InvalidArgument,
     NotFound,
     ServiceError,
+    Unavailable,
 )
 from offshelf.service.heads.fitting import FittedHead, fit, l2_normalise
 from offshelf.service.logs import fields
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 DELETED_WHILE_TRAINING = "the head was deleted while it trained"
+INTERRUPTED = "interrupted by shutdown; train it again"
+JOB_FILE = "job.json"  # in a head's folder while a job is queued or running: left behind, the job was interrupted
 
 
 class HeadVersion:
@@ -94,6 +97,7 @@ class HeadRegistry:
         self.collections = collections
         self._heads: dict[str, HeadEntry] = {}
         self._lock = threading.Lock()
+        self._download_lock = threading.Lock()
         # One daemon thread trains the queued jobs in turn: a job still running when the server stops does not keep
         # the process alive past its grace period (it stops at its next step, and dies with the process).
         self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
@@ -123,7 +127,39 @@ class HeadRegistry:
                     progress=1.0,
                     message="loaded from disk",
                 )
+            interrupted = self._interrupted_job(directory)
+            if interrupted is not None:
+                entry.job = interrupted
+            if entry.versions or interrupted is not None:
                 self._heads[entry.name] = entry
+
+    @staticmethod
+    def _interrupted_job(directory: pathlib.Path) -> pb2.HeadJob | None:
+        """The job a stop (SIGTERM, a crash) left queued or running in the head's folder, now FAILED; None if none."""
+        try:
+            job = json_format.Parse((directory / JOB_FILE).read_text(), pb2.HeadJob())
+        except FileNotFoundError:
+            return None
+        except (OSError, json_format.ParseError):  # written half when the stop came
+            job = pb2.HeadJob(head=directory.name)
+        job.state, job.message = pb2.JOB_STATE_FAILED, INTERRUPTED
+        log.info("head training was interrupted by a stop", extra=fields(head=job.head, version=job.version))
+        return job
+
+    def _record_job(self, entry: HeadEntry) -> None:
+        """Writes the entry's job into its folder (whole, or not at all): under the lock, so that a delete either
+        comes after (and removes it) or before (and the job belongs to a new entry)."""
+        directory = self.root / entry.name
+        directory.mkdir(parents=True, exist_ok=True)
+        staged = directory / f".{JOB_FILE}.{uuid.uuid4().hex}"
+        staged.write_text(json_format.MessageToJson(entry.job, preserving_proto_field_name=True))
+        staged.replace(directory / JOB_FILE)
+
+    def _job_done(self, entry: HeadEntry) -> None:
+        """The job ended here (succeeded, failed, or stopped by a delete): nothing left to report after a restart."""
+        with self._lock:
+            if self._heads.get(entry.name) is entry:
+                (self.root / entry.name / JOB_FILE).unlink(missing_ok=True)
 
     def close(self) -> None:
         self._stop.set()
@@ -147,21 +183,7 @@ class HeadRegistry:
         assert self.shared is not None
         stored = self.shared.versions()
         for name in self._download_new(stored):
-            versions = stored[name]
-            served = HeadVersion(self.root / name / str(versions[-1]))
-            with self._lock:
-                entry = self._heads.setdefault(name, HeadEntry(name))
-                if entry.job.state in (pb2.JOB_STATE_QUEUED, pb2.JOB_STATE_RUNNING):
-                    continue
-                entry.versions, entry.served = versions, served
-                entry.job = pb2.HeadJob(
-                    head=name,
-                    version=versions[-1],
-                    state=pb2.JOB_STATE_SUCCEEDED,
-                    progress=1.0,
-                    message="trained by another replica",
-                )
-            log.info("head loaded from Milvus", extra=fields(head=name, version=versions[-1]))
+            self._serve_stored(name, stored[name])
         with self._lock:
             gone = [
                 name
@@ -177,8 +199,45 @@ class HeadRegistry:
 
     def _download_new(self, stored: dict[str, list[int]]) -> list[str]:
         """Downloads the newest stored version of each head that this replica lacks; returns those heads."""
+    def _serve_stored(self, name: str, versions: list[int]) -> None:
+        """Serves the newest of a head's stored versions (downloaded), unless the head is training here."""
+        served = HeadVersion(self.root / name / str(versions[-1]))
+        with self._lock:
+            entry = self._heads.setdefault(name, HeadEntry(name))
+            if entry.job.state in (pb2.JOB_STATE_QUEUED, pb2.JOB_STATE_RUNNING):
+                return
+            entry.versions, entry.served = versions, served
+            entry.job = pb2.HeadJob(
+                head=name,
+                version=versions[-1],
+                state=pb2.JOB_STATE_SUCCEEDED,
+                progress=1.0,
+                message="trained by another replica",
+            )
+        log.info("head loaded from Milvus", extra=fields(head=name, version=versions[-1]))
+
+    def _look_up_shared(self, name: str) -> HeadEntry | None:
+        """A head unknown here that another replica trained since the last sync: fetched now, so that a call right
+        after TrainHead through another replica finds it. None when the shared store lacks it too."""
+        if self.shared is None:
+            return None
+        versions = self.shared.versions().get(name)
+        if not versions:
+            return None
+        try:
+            self._download_new({name: versions})
+            self._serve_stored(name, versions)
+        except HeadLoadError as err:  # deleted through another replica while it was fetched
+            raise Unavailable(f"head {name!r} changed in Milvus while it was fetched ({err}); retry") from err
+        with self._lock:
+            return self._heads.get(name)
+
         assert self.shared is not None
         fresh = []
+        with self._download_lock:  # the sync loop and a call's look-up may fetch the same version
+            return self._download_missing(stored)
+
+    def _download_missing(self, stored: dict[str, list[int]]) -> list[str]:
         for name, versions in stored.items():
             target = self.root / name / str(versions[-1])
             if target.exists():
@@ -199,6 +258,8 @@ class HeadRegistry:
             entry = self._heads.get(name)
         if entry is None:
             raise NotFound(f"no head named {name!r}; ListHeads lists them")
+        if entry is None:
+            entry = self._look_up_shared(name)
         return entry
 
     def serving(self, name: str) -> HeadVersion:
@@ -274,6 +335,7 @@ class HeadRegistry:
             )
             job = pb2.HeadJob()
             job.CopyFrom(entry.job)
+            self._record_job(entry)
         self._jobs.put(lambda: self._run(entry, request, binding, gather, version, lease))
         return job
 
@@ -320,6 +382,8 @@ class HeadRegistry:
             self._train(entry, request, binding, gather, version)
         finally:
             if lease is not None:
+            if not (self._stop.is_set() and entry.job.state == pb2.JOB_STATE_FAILED):
+                self._job_done(entry)  # one the stop cut short stays recorded, to be reported after the restart
                 lease.release()
 
     def _train(
@@ -329,7 +393,7 @@ class HeadRegistry:
             if entry.deleted:  # stops the training at its next step
                 raise Cancelled(DELETED_WHILE_TRAINING)
             if self._stop.is_set():
-                raise Cancelled("the server shut down while the head trained; train it again")
+                raise Cancelled(INTERRUPTED)
             entry.job.progress, entry.job.message = fraction, message
 
         entry.job.state = pb2.JOB_STATE_RUNNING
@@ -375,6 +439,14 @@ class HeadRegistry:
         except Exception as err:
             log.exception("head training failed", extra=fields(head=entry.name))
             entry.job.state, entry.job.message = pb2.JOB_STATE_FAILED, f"training failed: {err}"
+            if entry.deleted:  # its folder went while the version was written or uploaded: an expected outcome
+                log.info(
+                    "head deleted while its new version was written", extra=fields(head=entry.name, error=str(err))
+                )
+                entry.job.state, entry.job.message = pb2.JOB_STATE_FAILED, DELETED_WHILE_TRAINING
+                if self.shared is not None:
+                    self.shared.delete(entry.name)  # the files uploaded after the delete (no marker: never served)
+                return
 
     def _write(
         self,
