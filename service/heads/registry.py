@@ -197,8 +197,6 @@ class HeadRegistry:
         for name in [name for name in gone if name not in stored]:
             self._forget(name)
 
-    def _download_new(self, stored: dict[str, list[int]]) -> list[str]:
-        """Downloads the newest stored version of each head that this replica lacks; returns those heads."""
     def _serve_stored(self, name: str, versions: list[int]) -> None:
         """Serves the newest of a head's stored versions (downloaded), unless the head is training here."""
         served = HeadVersion(self.root / name / str(versions[-1]))
@@ -232,12 +230,14 @@ class HeadRegistry:
         with self._lock:
             return self._heads.get(name)
 
-        assert self.shared is not None
-        fresh = []
+    def _download_new(self, stored: dict[str, list[int]]) -> list[str]:
+        """Downloads the newest stored version of each head that this replica lacks; returns those heads."""
         with self._download_lock:  # the sync loop and a call's look-up may fetch the same version
             return self._download_missing(stored)
 
     def _download_missing(self, stored: dict[str, list[int]]) -> list[str]:
+        assert self.shared is not None
+        fresh = []
         for name, versions in stored.items():
             target = self.root / name / str(versions[-1])
             if target.exists():
@@ -257,9 +257,9 @@ class HeadRegistry:
         with self._lock:
             entry = self._heads.get(name)
         if entry is None:
-            raise NotFound(f"no head named {name!r}; ListHeads lists them")
-        if entry is None:
             entry = self._look_up_shared(name)
+        if entry is None:
+            raise NotFound(f"no head named {name!r}; ListHeads lists them")
         return entry
 
     def serving(self, name: str) -> HeadVersion:
@@ -333,9 +333,9 @@ class HeadRegistry:
             entry.job = pb2.HeadJob(
                 head=request.name, version=version, state=pb2.JOB_STATE_QUEUED, message="waiting for the trainer"
             )
+            self._record_job(entry)
             job = pb2.HeadJob()
             job.CopyFrom(entry.job)
-            self._record_job(entry)
         self._jobs.put(lambda: self._run(entry, request, binding, gather, version, lease))
         return job
 
@@ -380,10 +380,10 @@ class HeadRegistry:
     ) -> None:
         try:
             self._train(entry, request, binding, gather, version)
-        finally:
-            if lease is not None:
             if not (self._stop.is_set() and entry.job.state == pb2.JOB_STATE_FAILED):
                 self._job_done(entry)  # one the stop cut short stays recorded, to be reported after the restart
+        finally:
+            if lease is not None:
                 lease.release()
 
     def _train(
@@ -437,8 +437,6 @@ class HeadRegistry:
         except ServiceError as err:
             entry.job.state, entry.job.message = pb2.JOB_STATE_FAILED, err.message
         except Exception as err:
-            log.exception("head training failed", extra=fields(head=entry.name))
-            entry.job.state, entry.job.message = pb2.JOB_STATE_FAILED, f"training failed: {err}"
             if entry.deleted:  # its folder went while the version was written or uploaded: an expected outcome
                 log.info(
                     "head deleted while its new version was written", extra=fields(head=entry.name, error=str(err))
@@ -447,6 +445,8 @@ class HeadRegistry:
                 if self.shared is not None:
                     self.shared.delete(entry.name)  # the files uploaded after the delete (no marker: never served)
                 return
+            log.exception("head training failed", extra=fields(head=entry.name))
+            entry.job.state, entry.job.message = pb2.JOB_STATE_FAILED, f"training failed: {err}"
 
     def _write(
         self,
