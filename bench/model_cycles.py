@@ -4,7 +4,9 @@ Starts a server on the real EfficientNet-Lite0, keeps --clients threads sending 
 --cycles RepositoryModelUnload + RepositoryModelLoad cycles, each unload waited for until the old version is
 retired (its sessions closed), each load until the clients have had as many calls answered. Prints the server's
 RSS once warm, after the first --warmup cycles, at a few points after, and --settle seconds after the last cycle
-(traffic stopped), with the growth after the warm-up cycles.
+(traffic stopped), with the growth after the warm-up cycles: with the model unloaded (measured as each old version
+has been retired: what the process keeps between models) and serving (just after the load: noisier, it holds
+whatever the new sessions and the calls in flight have allocated so far).
 
 Usage: python bench/model_cycles.py [--repo DIR] [--cycles N] [--clients N] [--env NAME=VALUE ...]
 --env sets a variable of the server's environment (MALLOC_ARENA_MAX=2, say), to compare allocators' settings.
@@ -73,7 +75,8 @@ def main() -> None:
     server = ServerProcess(args.repo, pathlib.Path(tempfile.mkdtemp()), environment=environment, drain_seconds=0)
     stop = threading.Event()
     codes: collections.Counter[str] = collections.Counter()
-    rows: list[tuple[str, float]] = []
+    rows: list[tuple[str, float, float]] = []  # (point, RSS with the model unloaded, RSS serving)
+    unloaded: list[float] = []
     try:
         server.wait_serving()
         pid = server.process.pid
@@ -83,7 +86,7 @@ def main() -> None:
         for client in clients:
             client.start()
         time.sleep(2)  # a warm server: the sessions' arenas and the RPC threads allocated
-        rows.append(("serving, under traffic", rss_mb(pid)))
+        rows.append(("serving, under traffic", float("nan"), rss_mb(pid)))
         marks = {args.warmup, args.cycles // 4, args.cycles // 2, args.cycles}
         started = time.perf_counter()
         with grpc.insecure_channel(server.address) as channel:
@@ -95,29 +98,35 @@ def main() -> None:
                     if time.monotonic() > deadline:
                         sys.exit(f"cycle {cycle}: the unloaded model was not retired within 120 s")
                     time.sleep(0.05)
+                unloaded.append(rss_mb(pid))  # no model loaded: what the process keeps between cycles
                 stub.RepositoryModelLoad(oip.RepositoryModelLoadRequest(model_name=MODEL), timeout=120)
                 served = codes["OK"] + args.clients
                 while codes["OK"] < served:  # each client's calls reach the new sessions before the next unload
                     time.sleep(0.01)
                 if cycle in marks:
-                    rows.append((f"after {cycle} cycles", rss_mb(pid)))
-                    print(f"cycle {cycle}: {rss_mb(pid):,.0f} MB", file=sys.stderr, flush=True)
+                    rows.append((f"after {cycle} cycles", unloaded[-1], rss_mb(pid)))
+                if cycle % 10 == 0:
+                    print(f"cycle {cycle}: {unloaded[-1]:,.0f} / {rss_mb(pid):,.0f} MB", file=sys.stderr, flush=True)
         seconds = time.perf_counter() - started
         stop.set()
         for client in clients:
             client.join()
         time.sleep(args.settle)
-        rows.append((f"{args.settle:g} s after the last cycle, no traffic", rss_mb(pid)))
+        rows.append((f"{args.settle:g} s after the last cycle, no traffic", float("nan"), rss_mb(pid)))
     finally:
         stop.set()
         server.kill()
-    warm = dict(rows)[f"after {args.warmup} cycles"]
+    warm = next(row for row in rows if row[0] == f"after {args.warmup} cycles")
     settings = " ".join(args.env) or "default allocator settings"
     print(f"{args.cycles} cycles in {seconds:.0f} s with {args.clients} clients ({settings}); calls: {dict(codes)}")
-    print("| point | RSS MB | growth since cycle " + str(args.warmup) + " MB |")
-    print("|---|--:|--:|")
-    for name, rss in rows:
-        print(f"| {name} | {rss:,.0f} | {rss - warm:+,.0f} |")
+    print(
+        f"| point | RSS unloaded MB | growth since cycle {args.warmup} | RSS serving MB "
+        f"| growth since cycle {args.warmup} |"
+    )
+    print("|---|--:|--:|--:|--:|")
+    for name, idle, serving in rows:
+        idle_cells = "- | -" if idle != idle else f"{idle:,.0f} | {idle - warm[1]:+,.0f}"  # nan: not measured
+        print(f"| {name} | {idle_cells} | {serving:,.0f} | {serving - warm[2]:+,.0f} |")
 
 
 if __name__ == "__main__":

@@ -7,9 +7,12 @@ created, so the provider is read back from the session.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import importlib.metadata
 import logging
 import pathlib
+from collections.abc import Callable
 
 import numpy as np
 import onnxruntime as ort
@@ -93,3 +96,22 @@ class OnnxRuntime:
 
     def close(self) -> None:
         self._session = None
+        return_freed_memory()
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+    except (OSError, AttributeError, TypeError):  # not glibc (musl, macOS): nothing to trim
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def return_freed_memory() -> None:
+    """Hands the free pages of the C heap back to the system. A closed session's memory (weights, arena, the
+    buffers its threads allocated) goes back to glibc's per-thread arenas, which keep it: an unloaded
+    EfficientNet-Lite0 left about 120 MB resident without this."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
