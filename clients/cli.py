@@ -416,12 +416,21 @@ def add_collection_copy(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--to", required=True, metavar="SERVER", help="address of the server to copy to")
     parser.add_argument("--as", dest="as_name", default="", metavar="NAME", help="name there (default: the same)")
     parser.add_argument(
+        "--to-tls", action="store_true", help="connect to SERVER with TLS (system roots unless --to-ca-cert)"
+    )
+    parser.add_argument("--to-ca-cert", type=pathlib.Path, metavar="PEM", help="CA certificate of SERVER's TLS")
+    parser.add_argument(
+        "--to-token",
+        default=os.environ.get("OFFSHELF_TO_TOKEN"),
+        help="bearer token for SERVER (default: $OFFSHELF_TO_TOKEN; --token is never sent there)",
+    )
+    parser.add_argument(
         "--batch-size", type=positive_int, default=500, metavar="N", help="items per request (default: %(default)s)"
     )
 
 
 def run_collection_copy(args: argparse.Namespace, client: Client) -> None:
-    target = Connection(args.to, tls=args.tls, ca_cert=args.ca_cert, token=args.token, retries=args.retries)
+    target = Connection(args.to, tls=args.to_tls, ca_cert=args.to_ca_cert, token=args.to_token, retries=args.retries)
     with Client(target, timeout=args.timeout) as to:
         info = client.copy_collection(args.name, to, args.as_name, batch=args.batch_size, progress=not args.json)
     note = "; the source was whitened: whiten the copy too" if client.get_collection(args.name).whitening_dim else ""
@@ -898,7 +907,9 @@ COMMANDS = [
         run_collection_copy,
         "Copy a collection, with its items' ids, labels, metadata and vectors, from --server to the server --to, "
         "e.g. from a server on the embedded store (offshelf serve --data-dir DIR) to one on Milvus "
-        "(OFFSHELF_MILVUS_URI). Ids are kept, so running it again after an interruption completes the copy.",
+        "(OFFSHELF_MILVUS_URI). Ids are kept, so running it again after an interruption completes the copy (only "
+        "the items the copy lacks are sent; the counts are compared at the end). The target has its own "
+        "--to-token, --to-tls and --to-ca-cert: the source's --token is never sent to it.",
     ),
     Command(
         "collection whiten",

@@ -24,7 +24,9 @@ from tqdm import tqdm
 from offshelf.clients.connection import Connection
 from offshelf.clients.errors import (
     REQUEST_ID_HEADER,
+    AlreadyExists,
     DeadlineExceeded,
+    FailedPrecondition,
     InvalidArgument,
     TrainingFailed,
     from_rpc_error,
@@ -44,6 +46,7 @@ from offshelf.clients.image_files import (
 from offshelf.protos.v1 import embedding_pb2, embedding_pb2_grpc, heads_pb2, heads_pb2_grpc, index_pb2, index_pb2_grpc
 
 DEFAULT_MODEL = "efficientnet-lite0"
+COUNT_SECONDS = 10.0  # how long copy_collection waits for the copy's count to catch up
 
 
 METRICS = {"ip": index_pb2.METRIC_INNER_PRODUCT, "l2": index_pb2.METRIC_L2}
@@ -457,6 +460,31 @@ class Api:
         )
 
 
+def _check_resumable(source: index_pb2.Collection, there: index_pb2.Collection) -> None:
+    """FailedPrecondition unless `there` was made from `source` (the same binding and index settings)."""
+    fields = ("binding", "metric", "index_type", "hnsw", "ivfpq")
+    differ = [f for f in fields if getattr(source, f) != getattr(there, f)]
+    if differ:
+        raise FailedPrecondition(
+            f"the target already has a collection {there.name!r} with another {', '.join(differ)}: delete it "
+            "there, or copy under another name (--as)"
+        )
+
+
+def _same_count(source: index_pb2.Collection, read: Callable[[], index_pb2.Collection]) -> index_pb2.Collection:
+    """The copy, once its count equals the source's (a store on Milvus may count recent writes a few seconds late);
+    FailedPrecondition if it does not within COUNT_SECONDS."""
+    deadline = time.monotonic() + COUNT_SECONDS
+    while (copied := read()).count != source.count and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if copied.count != source.count:
+        raise FailedPrecondition(
+            f"copied, but {copied.name!r} holds {copied.count} items and the source {source.count}: items were added "
+            "to or removed from one of them meanwhile; run the copy again (it sends only what is missing)"
+        )
+    return copied
+
+
 def _finished(head: heads_pb2.Head, name: str, deadline: float, timeout: float) -> bool:
     if head.job.state == heads_pb2.JOB_STATE_FAILED:
         raise TrainingFailed(f"training head {name!r} failed: {head.job.message}")
@@ -563,30 +591,43 @@ class Client(Api):
     ) -> index_pb2.Collection:
         """Copies a collection to another server (e.g. from the embedded store to one on Milvus): the same
         binding and index settings, then every item with its id, label, metadata and stored vector, `batch` at
-        a time. Adding again replaces by id, so an interrupted copy can be run again. Returns the new collection."""
+        a time. Running it again completes an interrupted copy: a collection of that name there with the same
+        binding and index settings is kept, and only the items it lacks are sent. Returns the collection there;
+        FailedPrecondition when its count then differs from the source's (items added or removed meanwhile)."""
         source = self.get_collection(name)
         request = index_pb2.CreateCollectionRequest(
             name=as_name or name,
             model=source.binding.model,
             version=source.binding.version,
             output=source.binding.output,
-            dim=0 if source.binding.model else source.binding.dim,  # a collection of one's own vectors
             metric=source.metric,
             index_type=source.index_type,
             hnsw=source.hnsw,
             ivfpq=source.ivfpq,
         )
-        created = target._call("index", "CreateCollection", request)
+        try:
+            created = target._call("index", "CreateCollection", request)
+        except AlreadyExists:
+            created = target.get_collection(request.name)
+            _check_resumable(source, created)
         with tqdm(total=source.count, unit="item", desc=created.name, disable=not progress) as bar:
             page: list[StoredItem] = []
-            for item in self.iter_items(name, with_vectors=True, page_size=batch):
+            for item in self.iter_items(name, page_size=batch):
                 page.append(item)
                 if len(page) == batch:
-                    bar.update(len(target._add_items(created.name, page)))
+                    self._copy_missing(name, target, created.name, [i.id for i in page])
+                    bar.update(len(page))
                     page = []
-            if page:
-                bar.update(len(target._add_items(created.name, page)))
-        return target.get_collection(created.name)
+            self._copy_missing(name, target, created.name, [i.id for i in page])
+            bar.update(len(page))
+        return _same_count(source, lambda: target.get_collection(created.name))
+
+    def _copy_missing(self, name: str, target: Client, there: str, ids: list[str]) -> None:
+        """Adds to `there` the items of `ids` that it lacks, read with their vectors from collection `name`."""
+        present = {item.id for item in target.get_items(there, ids)} if ids else set()
+        missing = [i for i in ids if i not in present]
+        if missing:
+            target._add_items(there, self.get_items(name, missing, with_vectors=True))
 
     def _add_items(self, collection: str, items: Sequence[StoredItem]) -> list[str]:
         return self.add(
