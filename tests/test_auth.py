@@ -4,6 +4,7 @@ admin}, on a real server with a tokens file; zero calls get past a role they lac
 from __future__ import annotations
 
 import hashlib
+import time
 
 import grpc
 import pytest
@@ -173,6 +174,16 @@ def test_reflection_can_be_turned_off(tiny_repo, tmp_path):
         server.kill()
 
 
+def logged(server, message: str, count: int = 1, timeout: float = 30) -> list[dict]:
+    """The auth log lines so far once `count` of them say `message` (the log arrives through a pipe)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [e for e in server.logs if e.get("logger") == "offshelf.service.api.auth"]
+        if sum(e["message"] == message for e in lines) >= count or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
+
+
 def reload_errors(server) -> float:
     import urllib.request
 
@@ -207,7 +218,7 @@ def test_a_revocation_in_a_refused_tokens_file_still_takes_effect(tiny_repo, tmp
             assert call(channel, *create, TOKENS["admin"]) == grpc.StatusCode.PERMISSION_DENIED
             assert call(channel, *list_models, TOKENS["admin"]) == grpc.StatusCode.OK
             assert call(channel, *list_models, "new-t0ken") == grpc.StatusCode.UNAUTHENTICATED
-            refused = [e for e in server.logs if e.get("message") == "tokens file refused"]
+            refused = [e for e in logged(server, "tokens file refused") if e["message"] == "tokens file refused"]
             assert len(refused) == 1 and refused[0]["level"] == "error" and "line 4" in refused[0]["error"]
             assert reload_errors(server) == 1
 
@@ -220,9 +231,7 @@ def test_a_revocation_in_a_refused_tokens_file_still_takes_effect(tiny_repo, tmp
 
             tokens_file(path, TOKENS)
             assert call(channel, *create, TOKENS["admin"]) not in DENIED
-            assert [e["message"] for e in server.logs if e.get("logger") == "offshelf.service.api.auth"][-1] == (
-                "tokens file reloaded"
-            )
+            assert logged(server, "tokens file reloaded")[-1]["message"] == "tokens file reloaded"
     finally:
         server.kill()
 
@@ -246,7 +255,7 @@ def test_a_tokens_file_that_others_can_write_is_refused(tiny_repo, tmp_path):
             assert call(channel, *list_models, "sneaked-in") == grpc.StatusCode.UNAUTHENTICATED
             assert call(channel, *list_models, TOKENS["read"]) == grpc.StatusCode.OK
             assert call(channel, *list_models, TOKENS["admin"]) == grpc.StatusCode.UNAUTHENTICATED  # removed
-            refused = next(e for e in server.logs if e.get("message") == "tokens file refused")
+            refused = next(e for e in logged(server, "tokens file refused") if e["message"] == "tokens file refused")
             assert "0o646" in refused["error"]
     finally:
         server.kill()
