@@ -27,7 +27,7 @@ from offshelf.service.api.interceptor import CallSlots, RpcInterceptor
 from offshelf.service.api.oip import InferenceServicer
 from offshelf.service.api.tls import server_credentials
 from offshelf.service.data_lock import DataFolderLock
-from offshelf.service.errors import StartupError
+from offshelf.service.errors import StartupError, Unavailable
 from offshelf.service.heads.registry import HeadRegistry
 from offshelf.service.index.registry import CollectionRegistry
 from offshelf.service.logs import fields
@@ -118,6 +118,7 @@ class Server:
         self.grpc_port = 0
         self.metrics_port = 0
         self.health_port = 0
+        self._last_bound: set[tuple[str, int]] = set()
         self.data_lock = DataFolderLock(settings.data_dir)
         self.slots = CallSlots(settings.max_concurrent_calls)
         self._grpc = grpc.server(
@@ -203,6 +204,8 @@ class Server:
             self.metrics.registry.register(gpu)
         self.ready.set()
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        if self.settings.milvus_uri:  # the Index service is NOT_SERVING while Milvus does not answer
+            self.collections.watch(self._index_health)  # type: ignore[union-attr]
         log.info(
             "serving",
             extra=fields(
@@ -214,10 +217,19 @@ class Server:
         )
 
     def _bound_versions(self) -> set[tuple[str, int]]:
-        """The model versions collections and heads were built on: kept loaded whatever the version policy."""
-        bindings = [c.config.binding for c in self.collections.all()]
+        """The model versions collections and heads were built on: kept loaded whatever the version policy. While
+        Milvus does not answer, those of its last answer."""
+        try:
+            bindings = [c.config.binding for c in self.collections.all()]
+        except Unavailable:
+            return self._last_bound
         bindings += [entry.served.card.binding for entry in self.heads.all() if entry.served is not None]
-        return {(b.model, b.version) for b in bindings}
+        self._last_bound = {(b.model, b.version) for b in bindings}
+        return self._last_bound
+
+    def _index_health(self, up: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
+        self.health.set(index_pb2.DESCRIPTOR.services_by_name["Index"].full_name, status)
 
     def _set_health(self, status: int) -> None:
         for service in ["", *SERVICES]:

@@ -12,6 +12,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from offshelf.protos.v1 import heads_pb2
+from offshelf.service.errors import Unavailable
 from offshelf.service.heads.registry import HeadRegistry
 
 if TYPE_CHECKING:
@@ -56,7 +57,11 @@ class StateCollector(Collector):
             "collection holds or a head was trained on (0: no shift).",
             labels=["kind", "name"],
         )
-        for collection in self.collections.all():
+        try:
+            collections = self.collections.all()
+        except Unavailable:  # Milvus away (logged once, by its client): the other metrics are scraped still
+            collections = []
+        for collection in collections:
             name, info = self.label(collection.name), collection.info()  # one count (a query on Milvus)
             vectors.add_metric([name], info.count)
             disk.add_metric([name], info.bytes_on_disk)

@@ -175,7 +175,9 @@ class HeadRegistry:
         while not self._stop.wait(self.sync_seconds):
             try:
                 self.sync()
-            except Exception:  # Milvus away for a while: the heads served now stay served
+            except Unavailable:  # Milvus away for a while (logged once, by its client): the heads served stay served
+                pass
+            except Exception:
                 log.exception("syncing heads from Milvus failed")
 
     def sync(self) -> None:

@@ -57,7 +57,7 @@ MAX_ID_BYTES, MAX_LABEL_BYTES = 256, 65535  # the id and label fields' VARCHAR l
 MAX_RAW_DIM = 12000  # float32 values whose base64 fits in a VARCHAR of 65535
 PAGE = 4096  # items per query when reading many
 FENCE_SETTLE_SECONDS = 1.0
-COLLECTION_NOT_FOUND = 100  # Milvus's error code
+COLLECTION_NOT_FOUND, COLLECTION_NOT_LOADED = 100, 101  # Milvus's error codes
 
 
 def key(name: str) -> str:
@@ -100,16 +100,31 @@ class TableGone(NotFound):
     """The table a replica addressed is gone (renamed for whitening, replaced, or the collection deleted)."""
 
 
+def is_gone(err: MilvusException) -> bool:
+    """Whether Milvus answered that the table (or alias) does not exist."""
+    message = err.message or str(err)
+    return err.code == COLLECTION_NOT_FOUND or "collection not found" in message or "can't find collection" in message
+
+
+def unreachable(err: MilvusException) -> bool:
+    """Whether the call did not reach Milvus (refused, reset, timed out), as opposed to Milvus refusing it."""
+    message = (err.message or str(err)).lower()
+    return any(sign in message for sign in ("unavailable", "deadline", "connect", "retry timeout"))
+
+
 @contextlib.contextmanager
 def milvus_errors(name: str) -> Iterator[None]:
-    """Milvus's errors as the service's: a missing collection is NOT_FOUND, an unreachable Milvus UNAVAILABLE."""
+    """Milvus's errors as the service's: a missing collection is NOT_FOUND; an unreachable Milvus, or one still
+    loading a table after a restart, UNAVAILABLE (the client in milvus_registry.py names Milvus's address)."""
     try:
         yield
     except MilvusException as err:
         message = err.message or str(err)
-        if err.code == COLLECTION_NOT_FOUND or "collection not found" in message or "can't find collection" in message:
+        if is_gone(err):
             raise TableGone(f"no collection named {name!r}; ListCollections lists them") from err
-        if "unavailable" in message.lower() or "deadline" in message.lower() or "connect" in message.lower():
+        if err.code == COLLECTION_NOT_LOADED or "not loaded" in message:
+            raise Unavailable(f"Milvus is still loading collection {name!r} (as after its restart); retry") from err
+        if unreachable(err):
             raise Unavailable(f"Milvus does not answer ({message}); retry, and check OFFSHELF_MILVUS_URI") from err
         raise Internal(f"Milvus refused the call on collection {name!r}: {message}") from err
 

@@ -3,14 +3,23 @@
 Nothing is held that another replica could change unseen for long: a collection's configuration is read from
 Milvus and kept CONFIG_SECONDS (a replica whose table has gone meanwhile looks again at once), the list of
 collections is read on every call. A generation's whitening never changes, so it is kept as long as it is used.
+
+Every call goes through GuardedClient: while Milvus does not answer, every call is UNAVAILABLE (never NOT_FOUND: an
+outage is not data loss; pymilvus fails at once on a refused connection), a probe every PROBE_SECONDS notices an
+outage without traffic and the end of one, and each change is logged once and reported to the server (health of
+the Index service).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 import logging
 import threading
 import time
+from collections.abc import Callable
+from typing import Any, cast
 
 import numpy as np
 from google.protobuf import json_format
@@ -28,20 +37,33 @@ from offshelf.service.index.milvus import (
     milvus_errors,
     physical_name,
     table_name,
+    unreachable,
     whitening_blob,
 )
 from offshelf.service.index.milvus_blobs import Blobs
 from offshelf.service.index.vectors import Whitening
+from offshelf.service.logs import fields
 
 log = logging.getLogger(__name__)
 CONFIG_SECONDS = 5.0
+PROBE_SECONDS, PROBE_TIMEOUT = 1.0, 2.0
+# A channel of its own that reconnects within seconds (gRPC's default backoff grows to 2 minutes after an outage)
+GRPC_OPTIONS = {"grpc.use_local_subchannel_pool": 1, "grpc.max_reconnect_backoff_ms": 2000}
 logging.getLogger("pymilvus").setLevel(logging.CRITICAL)  # its errors reach the caller as statuses, once
 
 
-def connect(uri: str, token: str, ca_file: str) -> MilvusClient:
-    """A client of the Milvus at `uri`; CollectionLoadError when it does not answer."""
+def connect(uri: str, token: str, ca_file: str, timeout: float = 30) -> MilvusClient:
+    """A client of the Milvus at `uri` (calls time out after `timeout` s); CollectionLoadError when it does not
+    answer."""
     try:
-        return MilvusClient(uri=uri, token=token, timeout=30, **({"server_pem_path": ca_file} if ca_file else {}))
+        return MilvusClient(
+            uri=uri,
+            token=token,
+            timeout=timeout,
+            dedicated=True,  # not pymilvus's connection shared by every client of the process
+            grpc_options=GRPC_OPTIONS,
+            **({"server_pem_path": ca_file} if ca_file else {}),
+        )
     except (MilvusException, OSError) as err:
         raise CollectionLoadError(
             f"cannot reach Milvus at {uri} ({getattr(err, 'message', err)}); check OFFSHELF_MILVUS_URI, "
@@ -49,20 +71,105 @@ def connect(uri: str, token: str, ca_file: str) -> MilvusClient:
         ) from err
 
 
+class GuardedClient:
+    """A MilvusClient's methods, whose failures to reach Milvus are Unavailable naming the address: such a failure
+    marks Milvus down, an answer (to a call, or to probe()) up again."""
+
+    def __init__(self, connect: Callable[..., MilvusClient], uri: str):
+        self.connect, self.uri = connect, uri
+        self.client = connect()
+        self.up = True
+        self.on_change: Callable[[bool], None] = lambda up: None
+        self._down_since = 0.0
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.client, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                result = method(*args, **kwargs)
+            except MilvusException as err:
+                if not unreachable(err):
+                    raise
+                self.mark(False, err.message or str(err))
+                raise self.refusal() from err
+            if not self.up:
+                self.mark(True, "")
+            return result
+
+        return call
+
+    def refusal(self) -> Unavailable:
+        return Unavailable(f"Milvus does not answer at {self.uri}; retry (is Milvus running? OFFSHELF_MILVUS_URI)")
+
+    def probe(self) -> None:
+        if self.up:
+            try:
+                self.client.list_collections(timeout=PROBE_TIMEOUT)
+            except MilvusException as err:
+                if unreachable(err):
+                    self.mark(False, err.message or str(err))
+            return
+        try:
+            fresh = self.connect()
+        except CollectionLoadError:
+            return
+        try:
+            fresh.list_collections(timeout=PROBE_TIMEOUT)
+        except MilvusException:
+            fresh.close()
+            return
+        stale, self.client = self.client, fresh
+        with contextlib.suppress(Exception):
+            stale.close()
+        self.mark(True, "")
+
+    def mark(self, up: bool, error: str) -> None:
+        """Logs and reports a change (under the lock, so that reports arrive in order)."""
+        with self._lock:
+            if up == self.up:
+                return
+            self.up = up
+            if up:
+                down = round(time.monotonic() - self._down_since, 1)
+                log.info("Milvus answers again", extra=fields(uri=self.uri, seconds_down=down))
+            else:
+                self._down_since = time.monotonic()
+                log.warning("Milvus does not answer", extra=fields(uri=self.uri, error=error))
+            self.on_change(up)
+
+
 class MilvusCollectionRegistry:
     def __init__(self, uri: str, token: str, ca_file: str, consistency: str):
         self.uri, self.token, self.ca_file = uri, token, ca_file
         self.consistency = consistency
+        self.guard: GuardedClient | None = None
         self.client: MilvusClient | None = None
         self.blobs: Blobs | None = None
         self._cache: dict[str, tuple[float, MilvusCollection]] = {}
         self._whitenings: dict[str, Whitening] = {}  # by blob name
         self._lock = threading.Lock()
+        self._stop = threading.Event()
 
     def load_all(self) -> None:
-        self.client = connect(self.uri, self.token, self.ca_file)
+        self.guard = GuardedClient(functools.partial(connect, self.uri, self.token, self.ca_file), self.uri)
+        self.client = cast(MilvusClient, self.guard)
         self.blobs = Blobs(self.client)
         log.info("collections on Milvus", extra={"uri": self.uri, "collections": len(self._keys())})
+
+    def watch(self, on_change: Callable[[bool], None]) -> None:
+        """Reports whether Milvus answers to on_change now and at each change, probing every PROBE_SECONDS."""
+        assert self.guard is not None
+        guard = self.guard
+        guard.on_change = on_change
+        on_change(guard.up)
+
+        def probe() -> None:
+            while not self._stop.wait(PROBE_SECONDS):
+                guard.probe()
+
+        threading.Thread(target=probe, name="milvus-probe", daemon=True).start()
 
     def connected(self) -> tuple[MilvusClient, Blobs]:
         if self.client is None or self.blobs is None:
@@ -86,9 +193,10 @@ class MilvusCollectionRegistry:
         """The collection the alias points at, or None when it is gone or not one of offshelf's."""
         client, blobs = self.connected()
         try:
-            described = client.describe_collection(alias)
+            with milvus_errors(alias):
+                described = client.describe_collection(alias)
             config = json_format.Parse(described["description"], index_pb2.Collection())
-        except (MilvusException, json_format.ParseError):
+        except (TableGone, json_format.ParseError):
             return None
         table = described["collection_name"]
         whitening = None
@@ -120,6 +228,8 @@ class MilvusCollectionRegistry:
         try:
             with milvus_errors(config.name):
                 client.create_alias(table, alias)
+        except Unavailable:
+            raise
         except Exception as err:  # another replica created it meanwhile
             with milvus_errors(config.name):
                 client.drop_collection(table)
@@ -158,5 +268,6 @@ class MilvusCollectionRegistry:
         blobs.delete(whitening_blob(name, collection.generation) + "#")
 
     def close(self) -> None:
-        if self.client is not None:
-            self.client.close()
+        self._stop.set()
+        if self.guard is not None:
+            self.guard.client.close()
