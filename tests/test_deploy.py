@@ -230,6 +230,9 @@ def test_deployment_drains_probes_and_hardening(rendered):
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
         assert "memory" in container["resources"]["limits"] and "cpu" in container["resources"]["requests"]
     assert "torch" not in server["image"] and "export" in pod["initContainers"][0]["image"]
+    for volume in pod["volumes"]:  # the server warns of secret files other users can read
+        if "secret" in volume:
+            assert volume["secret"].get("defaultMode", 0o644) & 0o007 == 0, volume["name"]
     if overlay.endswith("gpu"):
         assert server["resources"]["limits"]["nvidia.com/gpu"] == 1
         assert pod["nodeSelector"] and pod["tolerations"]
