@@ -81,10 +81,6 @@ def required_role(method: str) -> str | None:
     return REQUIRED_ROLES.get(service, {}).get(name, ADMIN)
 
 
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 def parse_hash(text: str) -> bytes | None:
     """A SHA-256 digest written as 64 hex digits, or None."""
     if len(text) != 64:
