@@ -73,6 +73,15 @@ def wait_until(condition) -> None:
         time.sleep(0.005)
 
 
+def run_for(call: cancellation.Call, batcher: Batcher, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """batcher.run on behalf of a call that may go (cancellation's context, as the interceptor sets it)."""
+    token = cancellation.current.set(call)
+    try:
+        return batcher.run(batch)
+    finally:
+        cancellation.current.reset(token)
+
+
 def test_a_large_request_is_split_into_batches_and_reassembled_in_order(doubling_runtime):
     metrics = Metrics()
     batcher = Batcher("m", doubling_runtime, max_batch_size=4, max_delay_s=0, max_queue_images=100, metrics=metrics)
@@ -160,17 +169,10 @@ def test_the_chunks_of_a_caller_that_went_are_dropped_and_the_worker_goes_on(dou
     batcher = Batcher("m", gated, max_batch_size=2, max_delay_s=0, max_queue_images=100, metrics=metrics)
     call = cancellation.Call()
 
-    def run_for_the_call():
-        token = cancellation.current.set(call)
-        try:
-            return batcher.run(rows(10, 2))
-        finally:
-            cancellation.current.reset(token)
-
     with ThreadPoolExecutor(3) as pool:
         first = pool.submit(batcher.run, rows(0, 2))
         wait_until(gated.started.is_set)  # the worker holds the first batch
-        gone = pool.submit(run_for_the_call)
+        gone = pool.submit(run_for, call, batcher, rows(10, 2))
         wait_until(lambda: batcher._queued_images == 2)
         call.cancel()  # the caller goes while its chunk waits
         gated.gate.set()
@@ -295,15 +297,8 @@ def test_a_chunk_whose_caller_goes_while_its_batch_fills_is_never_inferred(doubl
     batcher = Batcher("m", doubling_runtime, 4, max_delay_s=60, max_queue_images=100, metrics=metrics, eager=False)
     call = cancellation.Call()
 
-    def run_for_the_call():
-        token = cancellation.current.set(call)
-        try:
-            return batcher.run(rows(0, 1))
-        finally:
-            cancellation.current.reset(token)
-
     with ThreadPoolExecutor(1) as pool:
-        gone = pool.submit(run_for_the_call)
+        gone = pool.submit(run_for, call, batcher, rows(0, 1))
         wait_until(lambda: batcher._queued_images == 1 and not batcher._queue)  # in the batch that fills
         call.cancel()
         with pytest.raises(Cancelled):
@@ -320,15 +315,8 @@ def test_images_inferred_for_a_caller_that_went_while_its_batch_ran_are_counted_
     batcher = Batcher("m", gated, max_batch_size=2, max_delay_s=0, max_queue_images=100, metrics=metrics)
     call = cancellation.Call()
 
-    def run_for_the_call():
-        token = cancellation.current.set(call)
-        try:
-            return batcher.run(rows(0, 2))
-        finally:
-            cancellation.current.reset(token)
-
     with ThreadPoolExecutor(1) as pool:
-        running = pool.submit(run_for_the_call)
+        running = pool.submit(run_for, call, batcher, rows(0, 2))
         wait_until(gated.started.is_set)
         call.cancel()  # too late to drop: the batch runs
         gated.gate.set()
