@@ -14,6 +14,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import grpc
 import numpy as np
@@ -249,6 +251,37 @@ class ServerProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+@contextlib.contextmanager
+def serving(repo: pathlib.Path, data_dir: pathlib.Path, **options: object) -> Iterator[ServerProcess]:
+    """A ServerProcess (same options) once it answers SERVING; killed on the way out."""
+    server = ServerProcess(repo, data_dir, **options)  # type: ignore[arg-type]
+    try:
+        server.wait_serving()
+        yield server
+    finally:
+        server.kill()
+
+
+T = TypeVar("T")
+
+
+def until(
+    check: Callable[[], T], timeout: float = 60.0, what: str = "the condition", tolerate: tuple = (grpc.RpcError,)
+) -> T:
+    """The first true value check() returns, polled every 20 ms (an exception of a `tolerate` type counts as false);
+    AssertionError naming `what` once `timeout` seconds have passed. The one polling helper of tests and benches."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+        except tolerate:
+            pass
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
+        time.sleep(0.02)
 
 
 def free_port() -> int:

@@ -7,7 +7,6 @@ import collections
 import pathlib
 import sys
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 
@@ -18,26 +17,22 @@ from prometheus_client.parser import text_string_to_metric_families
 from offshelf.clients import Client
 from offshelf.protos.v1 import embedding_pb2, embedding_pb2_grpc
 
-from support import ServerProcess, skimage_photo, write_identity_model
+from support import ServerProcess, serving, skimage_photo, until, write_identity_model
 
 MODEL = "random-projection-16"
 
 
 def tiny_server(root: pathlib.Path, **settings: object) -> Iterator[ServerProcess]:
     """A server on the 16-d tiny model whose batches wait a minute to fill."""
-    server = ServerProcess(
+    with serving(
         write_identity_model(root / "repo", 16),
         root / "data",
         max_batch_delay_ms=60_000,
         eager_batching=False,
         drain_seconds=0,
         **settings,
-    )
-    try:
-        server.wait_serving()
+    ) as server:
         yield server
-    finally:
-        server.kill()
 
 
 @pytest.fixture(scope="module")
@@ -49,13 +44,6 @@ def one_image_queue(tmp_path_factory):
 def sample(server: ServerProcess, name: str) -> float:
     text = urllib.request.urlopen(server.metrics_url).read().decode()
     return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
-
-
-def wait_for(condition, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def test_a_failed_decode_gives_its_room_back_and_an_unknown_augmentation_is_refused(one_image_queue):
@@ -78,7 +66,7 @@ def test_an_overloaded_model_refuses_before_decoding(one_image_queue):
     failures_before = sample(one_image_queue, "offshelf_decode_failures_total")
     waiting = Client(one_image_queue.address, timeout=120)
     threading.Thread(target=lambda: _ignore_errors(waiting.embed, [photo], model=MODEL), daemon=True).start()
-    wait_for(lambda: sample(one_image_queue, "offshelf_queue_depth_images") == 1)
+    until(lambda: sample(one_image_queue, "offshelf_queue_depth_images") == 1)
     with Client(one_image_queue.address, retries=0) as client, pytest.raises(grpc.RpcError) as err:
         client.embed([b"not an image"], model=MODEL)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
@@ -121,7 +109,7 @@ def test_calls_beyond_the_limit_are_refused_at_once_while_health_answers(two_cal
     with grpc.insecure_channel(two_calls.address) as channel:
         embed = embedding_pb2_grpc.EmbeddingStub(channel).Embed
         calls = [embed.future(embedding_pb2.EmbedRequest(model=MODEL, images=[photo]), timeout=120) for _ in range(4)]
-        wait_for(lambda: sum(call.done() for call in calls) == 2, timeout=30)
+        until(lambda: sum(call.done() for call in calls) == 2, timeout=30)
         for call in (call for call in calls if call.done()):
             assert call.exception().code() == grpc.StatusCode.UNAVAILABLE
             assert "limit of 2 calls" in call.exception().details()

@@ -18,6 +18,8 @@ from offshelf.service.metrics import Metrics
 from offshelf.service.models.batcher import Batcher
 from offshelf.service.models.runtime import OnnxRuntime
 
+from support import until
+
 DEADLINE = 60  # seconds; generous, so a loaded machine only makes a failure slower to report
 
 
@@ -66,13 +68,6 @@ def batch_sizes(metrics: Metrics) -> tuple[float, float]:
     )
 
 
-def wait_until(condition) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
-
-
 def run_for(call: cancellation.Call, batcher: Batcher, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """batcher.run on behalf of a call that may go (cancellation's context, as the interceptor sets it)."""
     token = cancellation.current.set(call)
@@ -97,9 +92,9 @@ def test_concurrent_requests_are_merged_and_each_gets_its_own_rows(doubling_runt
     batcher = Batcher("m", gated, max_batch_size=8, max_delay_s=0, max_queue_images=100, metrics=metrics)
     with ThreadPoolExecutor(5) as pool:
         first = pool.submit(batcher.run, rows(100, 1))
-        wait_until(gated.started.is_set)  # the worker holds request 100 alone
+        until(gated.started.is_set)  # the worker holds request 100 alone
         others = [pool.submit(batcher.run, rows(i * 2, 2)) for i in range(4)]
-        wait_until(lambda: batcher._queued_images == 8)
+        until(lambda: batcher._queued_images == 8)
         gated.gate.set()
         np.testing.assert_array_equal(first.result()["y"], 2 * rows(100, 1)["x"])
         for i, future in enumerate(others):
@@ -113,9 +108,9 @@ def test_a_full_queue_answers_unavailable_at_once(doubling_runtime):
     batcher = Batcher("m", gated, max_batch_size=2, max_delay_s=0, max_queue_images=4, metrics=Metrics())
     with ThreadPoolExecutor(3) as pool:
         running = pool.submit(batcher.run, rows(0, 2))
-        wait_until(gated.started.is_set)
+        until(gated.started.is_set)
         queued = pool.submit(batcher.run, rows(2, 4))
-        wait_until(lambda: batcher._queued_images == 4)
+        until(lambda: batcher._queued_images == 4)
         with pytest.raises(Unavailable, match="overloaded .4 images queued, limit 4.; retry with backoff"):
             batcher.run(rows(6, 1))
         assert not running.done()  # refused while the worker was still held: it did not wait for room
@@ -137,9 +132,9 @@ def test_a_dead_worker_fails_every_pending_and_later_request(doubling_runtime):
     batcher = Batcher("m", gated, max_batch_size=2, max_delay_s=0, max_queue_images=100, metrics=Metrics())
     with ThreadPoolExecutor(2) as pool:
         in_flight = pool.submit(batcher.run, rows(0, 2))
-        wait_until(gated.started.is_set)
+        until(gated.started.is_set)
         queued = pool.submit(batcher.run, rows(2, 2))
-        wait_until(lambda: batcher._queued_images == 2)
+        until(lambda: batcher._queued_images == 2)
         gated.gate.set()
         for future in (in_flight, queued):
             with pytest.raises(Unavailable, match="inference worker died"):
@@ -153,9 +148,9 @@ def test_close_finishes_queued_work_then_refuses(doubling_runtime):
     batcher = Batcher("m", gated, max_batch_size=2, max_delay_s=0, max_queue_images=100, metrics=Metrics())
     with ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(batcher.run, rows(i * 2, 2)) for i in range(3)]
-        wait_until(lambda: gated.started.is_set() and batcher._queued_images == 4)  # one running, two queued
+        until(lambda: gated.started.is_set() and batcher._queued_images == 4)  # one running, two queued
         closing = pool.submit(batcher.close)
-        wait_until(lambda: batcher._closed)
+        until(lambda: batcher._closed)
         gated.gate.set()
         closing.result(DEADLINE)
         assert all(f.result()["y"].shape == (2, 3) for f in futures)
@@ -171,9 +166,9 @@ def test_the_chunks_of_a_caller_that_went_are_dropped_and_the_worker_goes_on(dou
 
     with ThreadPoolExecutor(3) as pool:
         first = pool.submit(batcher.run, rows(0, 2))
-        wait_until(gated.started.is_set)  # the worker holds the first batch
+        until(gated.started.is_set)  # the worker holds the first batch
         gone = pool.submit(run_for, call, batcher, rows(10, 2))
-        wait_until(lambda: batcher._queued_images == 2)
+        until(lambda: batcher._queued_images == 2)
         call.cancel()  # the caller goes while its chunk waits
         gated.gate.set()
         with pytest.raises(Cancelled):
@@ -194,7 +189,7 @@ def test_a_lone_request_runs_at_once_and_one_on_the_way_is_waited_for(doubling_r
     assert time.monotonic() - started < DEADLINE / 2  # not the 60 s delay
     with ThreadPoolExecutor(1) as pool, batcher.admit(2) as decoding:  # a request on the way, still decoding
         queued = pool.submit(batcher.run, rows(1, 1))
-        wait_until(lambda: batcher._queued_images == 3)
+        until(lambda: batcher._queued_images == 3)
         assert not queued.done()  # its batch waits for the one on the way
         np.testing.assert_array_equal(decoding.run(rows(2, 2))["y"], 2 * rows(2, 2)["x"])
         np.testing.assert_array_equal(queued.result(DEADLINE)["y"], 2 * rows(1, 1)["x"])
@@ -207,7 +202,7 @@ def test_without_eager_batching_a_lone_request_waits_for_its_batch_to_fill(doubl
     batcher = Batcher("m", doubling_runtime, 8, max_delay_s=60, max_queue_images=100, metrics=metrics, eager=False)
     with ThreadPoolExecutor(1) as pool:
         lone = pool.submit(batcher.run, rows(0, 1))
-        wait_until(lambda: batcher._queued_images == 1)
+        until(lambda: batcher._queued_images == 1)
         time.sleep(0.2)
         assert not lone.done()  # waiting for company, up to 60 s
         np.testing.assert_array_equal(batcher.run(rows(1, 7))["y"], 2 * rows(1, 7)["x"])  # fills the batch
@@ -251,7 +246,7 @@ def test_a_batch_that_starts_while_another_runs_takes_the_crowded_runtime(doubli
     batcher = Batcher("m", alone, 2, 0, max_queue_images=100, metrics=metrics, instances=2, crowded_runtime=Crowded())
     with ThreadPoolExecutor(2) as pool:
         first = pool.submit(batcher.run, rows(0, 2))
-        wait_until(alone.started.is_set)  # held in the alone runtime
+        until(alone.started.is_set)  # held in the alone runtime
         np.testing.assert_array_equal(batcher.run(rows(2, 2))["y"], 2 * rows(2, 2)["x"])  # while the first runs
         assert crowded_runs == [2]
         alone.gate.set()
@@ -278,10 +273,10 @@ def test_inputs_of_different_shapes_never_share_a_batch(tmp_path):
     wide, narrow = np.ones((2, 5), np.float32), np.arange(6, dtype=np.float32).reshape(2, 3)
     with ThreadPoolExecutor(3) as pool:
         first = pool.submit(batcher.run, {"x": narrow})
-        wait_until(gated.started.is_set)  # the worker is busy: what follows queues up
+        until(gated.started.is_set)  # the worker is busy: what follows queues up
         with batcher.admit(5) as admission:
             mixed = pool.submit(admission.run_groups, [{"x": narrow}, {"x": wide[:1]}, {"x": narrow}])
-            wait_until(lambda: len(batcher._queue) == 3)
+            until(lambda: len(batcher._queue) == 3)
             gated.gate.set()
             results = mixed.result(DEADLINE)
         np.testing.assert_array_equal(first.result()["y"], 2 * narrow)
@@ -299,7 +294,7 @@ def test_a_chunk_whose_caller_goes_while_its_batch_fills_is_never_inferred(doubl
 
     with ThreadPoolExecutor(1) as pool:
         gone = pool.submit(run_for, call, batcher, rows(0, 1))
-        wait_until(lambda: batcher._queued_images == 1 and not batcher._queue)  # in the batch that fills
+        until(lambda: batcher._queued_images == 1 and not batcher._queue)  # in the batch that fills
         call.cancel()
         with pytest.raises(Cancelled):
             gone.result(DEADLINE)
@@ -317,7 +312,7 @@ def test_images_inferred_for_a_caller_that_went_while_its_batch_ran_are_counted_
 
     with ThreadPoolExecutor(1) as pool:
         running = pool.submit(run_for, call, batcher, rows(0, 2))
-        wait_until(gated.started.is_set)
+        until(gated.started.is_set)
         call.cancel()  # too late to drop: the batch runs
         gated.gate.set()
         assert running.result(DEADLINE)["y"].shape == (2, 3)

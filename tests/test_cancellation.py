@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from offshelf.protos.v1 import embedding_pb2, embedding_pb2_grpc
 
-from support import ServerProcess, shared_photos, skimage_photo, write_identity_model
+from support import serving, shared_photos, skimage_photo, write_identity_model
 
 CALLS, IMAGES = 40, 8
 
@@ -56,19 +56,15 @@ def test_a_cancel_storm_costs_little_inference_and_is_counted_as_cancelled(serve
 def filling_server(tmp_path_factory):
     """The 16-d tiny model, whose batches of 2 images wait a minute to fill."""
     root = tmp_path_factory.mktemp("filling")
-    server = ServerProcess(
+    with serving(
         write_identity_model(root / "repo", 16),
         root / "data",
         max_batch_size=2,
         max_batch_delay_ms=60_000,
         eager_batching=False,
         drain_seconds=0,
-    )
-    try:
-        server.wait_serving()
+    ) as server:
         yield server
-    finally:
-        server.kill()
 
 
 def test_a_call_whose_deadline_passes_while_its_batch_fills_is_never_inferred(filling_server):

@@ -12,7 +12,7 @@ import pytest
 from offshelf.clients import Client
 from offshelf.protos.v1 import heads_pb2
 
-from support import ServerProcess, shared_photos, skimage_photo
+from support import serving, shared_photos, skimage_photo
 
 
 def hymenoptera(split: str, per_class: int) -> tuple[list, list[str]]:
@@ -149,24 +149,15 @@ def test_bad_head_requests(client):
 
 def test_heads_survive_a_restart(tiny_repo, tmp_path):
     photos, labels = hymenoptera("train", 5)
-    proc = ServerProcess(tiny_repo, tmp_path, drain_seconds=0)  # the tiny model: what is tested is the restart
-    try:
-        proc.wait_serving()
+    with serving(tiny_repo, tmp_path, drain_seconds=0) as proc:  # the tiny model: what is tested is the restart
         with Client(proc.address) as client:
             client.train_head("heads-kept", "ncm", images=photos, labels=labels, model="random-projection-1280")
             before = client.wait_for_head("heads-kept").card
             expected = client.classify(photos[:2], "heads-kept", k=2)
         assert proc.terminate() == 0
-    finally:
-        proc.kill()
-    proc = ServerProcess(tiny_repo, tmp_path, drain_seconds=0)
-    try:
-        proc.wait_serving()
-        with Client(proc.address) as client:
-            assert client.get_head("heads-kept").card == before
-            assert client.classify(photos[:2], "heads-kept", k=2) == expected
-    finally:
-        proc.kill()
+    with serving(tiny_repo, tmp_path, drain_seconds=0) as proc, Client(proc.address) as client:
+        assert client.get_head("heads-kept").card == before
+        assert client.classify(photos[:2], "heads-kept", k=2) == expected
 
 
 def test_test_time_augmentation_for_embed_and_classify(client):

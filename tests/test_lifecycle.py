@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from offshelf.clients import Client
 from offshelf.protos.v1 import heads_pb2
 
-from support import ServerProcess, shared_photos, sigterm_under_load, skimage_photo
+from support import ServerProcess, serving, shared_photos, sigterm_under_load, skimage_photo, until
 
 TINY = "random-projection-1280"
 
@@ -144,29 +144,18 @@ def test_a_head_training_at_sigterm_comes_back_failed_after_the_restart(tiny_rep
     photos = [skimage_photo(name) for name in ("chelsea.png", "coffee.png")]
     labels = ["cat", "coffee"]
     slow = {"max_batch_size": 128, "max_batch_delay_ms": 60000, "eager_batching": False}
-    proc = ServerProcess(tiny_repo, tmp_path, drain_seconds=0, **slow)
-    try:
-        proc.wait_serving()
+    with serving(tiny_repo, tmp_path, drain_seconds=0, **slow) as proc:
         with Client(proc.address, timeout=30) as client:
             client.train_head("cut-short", "ncm", images=photos, labels=labels, model=TINY)
-            deadline = time.monotonic() + 60
-            while client.get_head("cut-short").job.state != heads_pb2.JOB_STATE_RUNNING:
-                assert time.monotonic() < deadline, "the job never started"
-                time.sleep(0.05)
+            running = heads_pb2.JOB_STATE_RUNNING
+            until(lambda: client.get_head("cut-short").job.state == running, what="the job starting")
         assert proc.terminate() == 0
-    finally:
-        proc.kill()
-    proc = ServerProcess(tiny_repo, tmp_path, drain_seconds=0)
-    try:
-        proc.wait_serving()
-        with Client(proc.address, timeout=30) as client:
-            job = client.get_head("cut-short").job
-            assert (job.state, job.message, job.version) == (
-                heads_pb2.JOB_STATE_FAILED,
-                "interrupted by shutdown; train it again",
-                1,
-            )
-            client.train_head("cut-short", "ncm", images=photos, labels=labels, model=TINY)
-            assert client.wait_for_head("cut-short").card.version == 1
-    finally:
-        proc.kill()
+    with serving(tiny_repo, tmp_path, drain_seconds=0) as proc, Client(proc.address, timeout=30) as client:
+        job = client.get_head("cut-short").job
+        assert (job.state, job.message, job.version) == (
+            heads_pb2.JOB_STATE_FAILED,
+            "interrupted by shutdown; train it again",
+            1,
+        )
+        client.train_head("cut-short", "ncm", images=photos, labels=labels, model=TINY)
+        assert client.wait_for_head("cut-short").card.version == 1

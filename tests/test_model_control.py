@@ -22,7 +22,7 @@ from offshelf.clients import Client
 from offshelf.protos.inference import grpc_predict_v2_pb2 as oip
 from offshelf.protos.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 
-from support import ROOT, ServerProcess, skimage_photo, write_identity_model
+from support import ROOT, ServerProcess, skimage_photo, until, write_identity_model
 
 DIM = 16
 MODEL = f"random-projection-{DIM}"
@@ -58,13 +58,6 @@ def wait_for(server: ServerProcess, expected: dict[int, str], timeout: float = 3
 
 def embedding(client: Client, version: int = 0) -> np.ndarray:
     return client.embed([PHOTO], model=MODEL, version=version)["embedding"][0]
-
-
-def until(condition, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def retired(server: ServerProcess) -> set[str]:

@@ -12,7 +12,7 @@ import pytest
 from offshelf.clients import Client, FailedPrecondition, InvalidArgument
 from offshelf.protos.v1 import embedding_pb2, index_pb2
 
-from support import ServerProcess, skimage_photo
+from support import serving, skimage_photo
 
 DIM = 24
 
@@ -108,23 +108,13 @@ def test_dimension_and_model_are_one_or_the_other(client):
 def test_an_own_vector_collection_comes_back_after_a_restart(tiny_repo, tmp_path):
     """The embedded store keeps the binding-less configuration; an ivfpq one trains on own vectors too."""
     data = vectors(300, seed=1)
-    server = ServerProcess(tiny_repo, tmp_path, drain_seconds=0)
-    try:
-        server.wait_serving()
-        with Client(server.address) as client:
-            client.create_collection("mine", dim=DIM, index_type="ivfpq", ivfpq={"nlist": 4, "nbits": 4, "m": 4})
-            client.add("mine", vectors=data, ids=[str(i) for i in range(300)])
-    finally:
-        server.kill()
-    server = ServerProcess(tiny_repo, tmp_path, drain_seconds=0)
-    try:
-        server.wait_serving()
-        with Client(server.address) as client:
-            info = client.get_collection("mine")
-            assert (info.binding, info.count, info.ivfpq.nlist) == (index_pb2.Binding(dim=DIM), 300, 4)
-            assert client.search("mine", vector=data[123], k=1)[0].id == "123"
-    finally:
-        server.kill()
+    with serving(tiny_repo, tmp_path, drain_seconds=0) as server, Client(server.address) as client:
+        client.create_collection("mine", dim=DIM, index_type="ivfpq", ivfpq={"nlist": 4, "nbits": 4, "m": 4})
+        client.add("mine", vectors=data, ids=[str(i) for i in range(300)])
+    with serving(tiny_repo, tmp_path, drain_seconds=0) as server, Client(server.address) as client:
+        info = client.get_collection("mine")
+        assert (info.binding, info.count, info.ivfpq.nlist) == (index_pb2.Binding(dim=DIM), 300, 4)
+        assert client.search("mine", vector=data[123], k=1)[0].id == "123"
 
 
 def test_a_head_is_not_trained_on_own_vectors(client, own):
