@@ -600,6 +600,7 @@ class Client(Api):
             model=source.binding.model,
             version=source.binding.version,
             output=source.binding.output,
+            dim=0 if source.binding.model else source.binding.dim,  # a collection of the caller's own vectors
             metric=source.metric,
             index_type=source.index_type,
             hnsw=source.hnsw,

@@ -433,7 +433,7 @@ class ModelRegistry:
             bound = None
         for name in names:
             try:
-                config, changed, stamp = self._config(name)
+                config, changed, stamp = self._config(name, log_refusal=not strict)
             except ModelLoadError:
                 if strict:
                     raise
@@ -474,9 +474,10 @@ class ModelRegistry:
             for model in gone:
                 self._retire(model)
 
-    def _config(self, name: str) -> tuple[ServingConfig, bool, str]:
+    def _config(self, name: str, log_refusal: bool) -> tuple[ServingConfig, bool, str]:
         """The model's serving config, whether it changed since it was last read, and its stamp. A refused
-        serving.json raises ModelLoadError (logged and counted once per version of the file)."""
+        serving.json raises ModelLoadError (counted once per version of the file, and logged then unless the caller
+        reports it: the start, RepositoryModelLoad)."""
         with self._lock:
             override = self._overrides.get(name)
         if override is not None:
@@ -502,7 +503,8 @@ class ModelRegistry:
             with self._lock:
                 self._config_errors[name] = (stamp, str(err))
             self.metrics.model_load_failures.labels(name).inc()
-            log.error("serving.json refused", extra=fields(model=name, error=str(err)))
+            if log_refusal:
+                log.error("serving.json refused", extra=fields(model=name, error=str(err)))
             raise
         with self._lock:
             self._configs[name] = (stamp, config)
