@@ -290,6 +290,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# milvus-server checks each configured port with a bind without SO_REUSEADDR and silently moves to the next free port
+# when it fails: right after a kill -9 the proxy port still has connections in TIME_WAIT (for 60 s), so a restarted
+# Milvus listened elsewhere and every client got "connection refused". Milvus's own (Go) listeners reuse the address.
+MILVUS_LAUNCHER = """
+import socket, sys
+import milvus
+
+def try_bind_port(self, port):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+        return sock
+    except OSError:
+        sock.close()
+        return None
+
+milvus.MilvusServerConfig.try_bind_port = try_bind_port
+sys.exit(milvus.main())
+"""
+
+
 class MilvusProcess:
     """The real Milvus standalone server (PyPI package ``milvus``) on free ports, its data under `data_dir`.
 
@@ -322,7 +345,7 @@ class MilvusProcess:
             f"advertise-client-urls: {etcd}\nlisten-peer-urls: {peer}\ninitial-advertise-peer-urls: {peer}\n"
             f"initial-cluster: offshelf-tests={peer}\n"
         )
-        command = [str(pathlib.Path(sys.executable).with_name("milvus-server")), "--data", str(data_dir)]
+        command = [sys.executable, "-c", MILVUS_LAUNCHER, "--data", str(data_dir)]
         for flag, port in ports.items():
             command += [f"--{flag}", str(port)]
         command += ["--extra-config", f"proxy.timeTickInterval={time_tick_ms}"]
@@ -350,7 +373,12 @@ class MilvusProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"milvus-server exited with {self.process.returncode}: see {self.log}")
             try:
-                MilvusClient(uri=self.uri, timeout=2).close()
+                # dedicated: a shared client would be pymilvus's cached connection to the killed server
+                client = MilvusClient(uri=self.uri, timeout=2, dedicated=True)
+                try:
+                    client.list_collections(timeout=2)
+                finally:
+                    client.close()
                 return
             except Exception:
                 time.sleep(0.5)

@@ -27,9 +27,12 @@ from pymilvus import MilvusClient, MilvusException
 
 from offshelf.protos.v1 import index_pb2
 from offshelf.service.errors import AlreadyExists, CollectionLoadError, NotFound, Unavailable
+from offshelf.service.index import milvus_whitening
 from offshelf.service.index.milvus import (
     ALIAS,
+    FENCE_SECONDS,
     MIGRATING,
+    RETIRED,
     TABLE,
     MilvusCollection,
     TableGone,
@@ -141,9 +144,10 @@ class GuardedClient:
 
 
 class MilvusCollectionRegistry:
-    def __init__(self, uri: str, token: str, ca_file: str, consistency: str):
+    def __init__(self, uri: str, token: str, ca_file: str, consistency: str, fence_seconds: float = FENCE_SECONDS):
         self.uri, self.token, self.ca_file = uri, token, ca_file
         self.consistency = consistency
+        self.fence_seconds = fence_seconds  # of a whitening: see milvus_whitening.py
         self.guard: GuardedClient | None = None
         self.client: MilvusClient | None = None
         self.blobs: Blobs | None = None
@@ -156,6 +160,7 @@ class MilvusCollectionRegistry:
         self.guard = GuardedClient(functools.partial(connect, self.uri, self.token, self.ca_file), self.uri)
         self.client = cast(MilvusClient, self.guard)
         self.blobs = Blobs(self.client)
+        milvus_whitening.recover_all(self.all())  # whitenings left by replicas that died
         log.info("collections on Milvus", extra={"uri": self.uri, "collections": len(self._keys())})
 
     def watch(self, on_change: Callable[[bool], None]) -> None:
@@ -183,9 +188,9 @@ class MilvusCollectionRegistry:
             tables = client.list_collections()
         return sorted(
             {
-                t.removeprefix(TABLE).removeprefix(MIGRATING).rsplit("_", 1)[0]
+                t.removeprefix(TABLE).removeprefix(MIGRATING).removeprefix(RETIRED).rsplit("_", 1)[0]
                 for t in tables
-                if t.startswith((TABLE, MIGRATING))
+                if t.startswith((TABLE, MIGRATING, RETIRED))
             }
         )
 
@@ -202,7 +207,9 @@ class MilvusCollectionRegistry:
         whitening = None
         if config.whitening_dim:
             whitening = self._whitening(blobs, whitening_blob(config.name, int(table.rsplit("_", 1)[1])))
-        return MilvusCollection(client, blobs, config, table, whitening, self.consistency, self.reopen)
+        return MilvusCollection(
+            client, blobs, config, table, whitening, self.consistency, self.reopen, self.fence_seconds
+        )
 
     def _whitening(self, blobs: Blobs, name: str) -> Whitening:
         with self._lock:
