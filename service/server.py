@@ -85,6 +85,7 @@ def collection_registry(settings: ServiceSettings) -> Collections:
             settings.milvus_token.get_secret_value(),
             settings.milvus_ca_file,
             settings.milvus_consistency,
+            settings.milvus_whitening_fence_seconds,
         )
     return CollectionRegistry(settings.data_dir, settings.index_save_seconds, settings.faiss_threads)
 

@@ -225,6 +225,13 @@ class ServiceSettings(BaseSettings):
         "training run on one replica. Empty: leases are not taken.",
         json_schema_extra=metavar("URI"),
     )
+    milvus_whitening_fence_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="With Milvus: a whitening renews its fence this often x3; when a replica dies whitening, writes "
+        "to the collection resume (the whitening undone) this long after its last renewal.",
+        json_schema_extra=metavar("SECONDS"),
+    )
     heads_sync_seconds: float = Field(
         5.0,
         gt=0,

@@ -13,7 +13,8 @@ GetItems, search by id and whitening again; the whitening itself is a blob (milv
 table to ``offshelf_migrating_<key>_<generation>`` first: writes from every replica then find no table of their
 generation and are answered UNAVAILABLE until the alias points at the new generation, so none is lost; searches go
 on against the renamed table meanwhile. A replica whose table has gone looks up the alias again (MilvusCollection
-methods do this once), so a replica never writes with another generation's whitening.
+methods do this once), so a replica never writes with another generation's whitening. A write that meets a renamed
+table finishes or undoes a whitening whose replica died (milvus_whitening.py).
 
 A write is acknowledged with the count afterwards, read with Strong consistency: that read waits until Milvus serves
 the write, so every later read sees it, through any replica and at any consistency level (with one in-memory
@@ -29,9 +30,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import io
 import json
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, TypeVar
@@ -44,7 +43,7 @@ from offshelf.protos.v1 import index_pb2
 from offshelf.service.drift import DriftMonitor
 from offshelf.service.errors import FailedPrecondition, Internal, InvalidArgument, NotFound, Unavailable
 from offshelf.service.index.store import Filter, Row
-from offshelf.service.index.vectors import Whitening, check_whitening, learn_whitening, prepare, to_index_space
+from offshelf.service.index.vectors import Whitening, prepare, to_index_space
 
 if TYPE_CHECKING:
     from offshelf.service.index.milvus_blobs import Blobs
@@ -52,11 +51,12 @@ if TYPE_CHECKING:
 Item = tuple[str, str, dict[str, str]]  # (id, label, metadata)
 Hit = tuple[str, float, str, dict[str, str]]  # (id, score, label, metadata)
 T = TypeVar("T")
-ALIAS, TABLE, MIGRATING = "offshelf_collection_", "offshelf_table_", "offshelf_migrating_"
+ALIAS, TABLE = "offshelf_collection_", "offshelf_table_"
+MIGRATING, RETIRED = "offshelf_migrating_", "offshelf_retired_"  # tables being whitened
 MAX_ID_BYTES, MAX_LABEL_BYTES = 256, 65535  # the id and label fields' VARCHAR lengths
 MAX_RAW_DIM = 12000  # float32 values whose base64 fits in a VARCHAR of 65535
 PAGE = 4096  # items per query when reading many
-FENCE_SETTLE_SECONDS = 1.0
+FENCE_SECONDS = 30.0  # the default of the setting milvus_whitening_fence_seconds
 COLLECTION_NOT_FOUND, COLLECTION_NOT_LOADED = 100, 101  # Milvus's error codes
 
 
@@ -192,6 +192,7 @@ class MilvusCollection:
         whitening: Whitening | None,
         consistency: str,
         reopen: Callable[[str], MilvusCollection],
+        fence_seconds: float = FENCE_SECONDS,
     ):
         self.client, self.blobs = client, blobs
         self.config = config
@@ -199,10 +200,11 @@ class MilvusCollection:
         self.dim = config.binding.dim
         self.table = table
         self.generation = int(table.rsplit("_", 1)[1])
-        self.migrating = table.startswith(MIGRATING)
+        self.migrating = table.startswith((MIGRATING, RETIRED))
         self.whitening = whitening
         self.consistency = consistency
         self.reopen = reopen
+        self.fence_seconds = fence_seconds
         self.drift = DriftMonitor()
         self._known_keys: set[str] = set()  # metadata keys seen on an item: filters on them need no check
         self.unsaved_writes = 0  # Milvus persists writes itself: no local index to save
@@ -212,6 +214,8 @@ class MilvusCollection:
         """Runs the operation on this table, or once more on the collection's table now if this one is gone."""
         collection = self
         for attempt in range(2):
+            if write and collection.migrating:
+                collection = collection._recovered()
             if write and collection.migrating:
                 raise Unavailable(
                     f"collection {self.name!r} is being re-indexed with a new whitening; writes resume when it is "
@@ -224,6 +228,13 @@ class MilvusCollection:
                     raise
                 collection = self.reopen(self.name)
         raise AssertionError("unreachable")
+
+    def _recovered(self) -> MilvusCollection:
+        """The collection after finishing or undoing a whitening whose replica died (if it did)."""
+        from offshelf.service.index import milvus_whitening  # it builds on this module
+
+        milvus_whitening.recover(self.client, self.blobs, self.name)
+        return self.reopen(self.name)
 
     def close(self) -> None:
         pass  # the client belongs to the registry
@@ -463,45 +474,10 @@ class MilvusCollection:
         (UNAVAILABLE) meanwhile, searches go on."""
         self._current(lambda c: c._train_whitening(dim, sample, source), write=True)
 
-    def _train_whitening(self, dim: int, sample: np.ndarray | None, source_name: str) -> None:
-        if sample is None:
-            dim = check_whitening(dim, self.config, self._count(""))
-        else:
-            dim = check_whitening(dim, self.config, len(sample), source_name)
-        if self.dim > MAX_RAW_DIM:
-            raise FailedPrecondition(f"Milvus collections whiten vectors of at most {MAX_RAW_DIM} values")
-        fenced = f"{MIGRATING}{key(self.name)}_{self.generation}"
-        with milvus_errors(self.name):
-            self.client.rename_collection(self.table, fenced)  # from here on, no replica writes to it
-        time.sleep(FENCE_SETTLE_SECONDS)  # a write whose proxy resolved the old name just before lands first
-        source = self._with(table=fenced)
-        config = index_pb2.Collection()
-        config.CopyFrom(self.config)
-        config.whitening_dim = dim
-        target = self._with(table=table_name(self.name, self.generation + 1), config=config)
-        try:
-            whitening = learn_whitening(np.concatenate(list(source._raw_pages())) if sample is None else sample, dim)
-            buffer = io.BytesIO()
-            np.savez(buffer, a=whitening[0], b=whitening[1])
-            self.blobs.put(whitening_blob(self.name, target.generation), buffer.getvalue())
-            create_table(self.client, config, target.table)
-            target.whitening = whitening
-            for page in source._pages("", ["label", "metadata", source._raw_field]):
-                items = [(row["id"], row["label"], row.get("metadata") or {}) for row in page]
-                target._upsert([row["id"] for row in page], items, source._raw(page))
-            target._count("")  # read Strong: the new table serves every copied item before the alias moves
-            with milvus_errors(self.name):
-                self.client.alter_alias(target.table, physical_name(self.name))
-        except BaseException:
-            with milvus_errors(self.name):
-                if self.client.has_collection(target.table):
-                    self.client.drop_collection(target.table)
-                self.client.rename_collection(fenced, self.table)
-            self.blobs.delete(whitening_blob(self.name, target.generation) + "#")
-            raise
-        with milvus_errors(self.name):
-            self.client.drop_collection(fenced)
-        self.blobs.delete(whitening_blob(self.name, self.generation) + "#")  # that file's chunks only
+    def _train_whitening(self, dim: int, sample: np.ndarray | None, source: str) -> None:
+        from offshelf.service.index import milvus_whitening  # it builds on this module
+
+        milvus_whitening.train(self, dim, sample, source, self.fence_seconds)
 
     def _raw_pages(self) -> Iterator[np.ndarray]:
         for page in self._pages("", [self._raw_field]):
@@ -509,7 +485,14 @@ class MilvusCollection:
 
     def _with(self, table: str, config: index_pb2.Collection | None = None) -> MilvusCollection:
         return MilvusCollection(
-            self.client, self.blobs, config or self.config, table, self.whitening, self.consistency, self.reopen
+            self.client,
+            self.blobs,
+            config or self.config,
+            table,
+            self.whitening,
+            self.consistency,
+            self.reopen,
+            self.fence_seconds,
         )
 
 

@@ -32,19 +32,18 @@ class Blobs:
                 client.create_collection(TABLE, schema=schema, index_params=params, consistency_level="Strong")
 
     def put(self, name: str, data: bytes) -> None:
-        """Writes the file whole (a shorter file than before leaves no stale chunks behind)."""
+        """Writes the file whole: the new chunks over the old ones, then the old ones beyond them are deleted (a
+        reader never finds the file missing, as a fence renewed by another replica must not be)."""
+        paths = [f"{name}#{n}" for n in range(max(len(data) - 1, 0) // CHUNK + 1)]
         rows = [
-            {
-                "path": f"{name}#{n}",
-                "data": base64.b64encode(data[start : start + CHUNK]).decode(),
-                "vector": [0.0, 0.0],
-            }
-            for n, start in enumerate(range(0, max(len(data), 1), CHUNK))
+            {"path": path, "data": base64.b64encode(data[n * CHUNK : (n + 1) * CHUNK]).decode(), "vector": [0.0, 0.0]}
+            for n, path in enumerate(paths)
         ]
         with milvus_errors(TABLE):
-            self.client.delete(TABLE, filter=f"path like {quoted(name + '#%')}")
             for start in range(0, len(rows), 64):
                 self.client.upsert(TABLE, rows[start : start + 64])
+            kept = ", ".join(quoted(path) for path in paths)
+            self.client.delete(TABLE, filter=f"path like {quoted(name + '#%')} and path not in [{kept}]")
 
     def get(self, name: str) -> bytes | None:
         chunks = self._rows(name + "#", ["path", "data"])
