@@ -18,15 +18,12 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from offshelf.clients import Client
+
+from common import ServerProcess
+from embed import ensure_repo
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from embed import ensure_repo  # noqa: E402
-
-from offshelf.clients import Client  # noqa: E402
-
-from support import ServerProcess  # noqa: E402
 
 
 def embed_throughput(address: str, photos: list[bytes], seconds: float, concurrency: int = 16) -> float:

@@ -25,15 +25,12 @@ import urllib.request
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from offshelf.protos.v1 import embedding_pb2, embedding_pb2_grpc
+
+from common import ServerProcess
+from embed import ensure_repo
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from embed import ensure_repo  # noqa: E402
-
-from offshelf.protos.v1 import embedding_pb2, embedding_pb2_grpc  # noqa: E402
-
-from support import ServerProcess  # noqa: E402
 
 MODEL = "efficientnet-lite0"
 

@@ -25,17 +25,16 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 
+from offshelf.clients import Client
+from offshelf.protos.inference import grpc_predict_v2_pb2 as oip_pb2
+from offshelf.protos.inference import grpc_predict_v2_pb2_grpc as oip_grpc
+from offshelf.service.api.oip import serialize_bytes
+from offshelf.service.models.preprocess import Preprocessor
+from offshelf.service.models.registry import read_card
+
+from common import ServerProcess
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from offshelf.clients import Client  # noqa: E402
-from offshelf.protos.inference import grpc_predict_v2_pb2 as oip_pb2  # noqa: E402
-from offshelf.protos.inference import grpc_predict_v2_pb2_grpc as oip_grpc  # noqa: E402
-from offshelf.service.api.oip import serialize_bytes  # noqa: E402
-from offshelf.service.models.preprocess import Preprocessor  # noqa: E402
-from offshelf.service.models.registry import read_card  # noqa: E402
-
-from support import ServerProcess  # noqa: E402
 
 MODEL = "efficientnet-lite0"
 

@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import sys
 import tempfile
 import time
 
+from offshelf.clients import Client, evaluate
+from offshelf.export.repository import ExportRequest, export_model, images_in
+from offshelf.export.taps import parse_output
+from offshelf.export.zoo import build_network
+
+from common import ServerProcess, read_card
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from offshelf.clients import Client, evaluate  # noqa: E402
-from offshelf.export.repository import ExportRequest, export_model, images_in  # noqa: E402
-from offshelf.export.taps import parse_output  # noqa: E402
-from offshelf.export.zoo import build_network  # noqa: E402
-
-from support import ServerProcess, read_card  # noqa: E402
 
 OUTPUTS = ["embedding=_head_act:avg", "gem=_head_act:gem:l2", "rmac=_head_act:rmac:l2", "logits=_fc"]
 

@@ -25,12 +25,11 @@ import grpc
 from PIL import Image
 from tqdm import tqdm
 
+from offshelf.protos.v1 import embedding_pb2, embedding_pb2_grpc
+
+from common import ServerProcess, shared_photos, write_identity_model
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from offshelf.protos.v1 import embedding_pb2, embedding_pb2_grpc  # noqa: E402
-
-from support import ServerProcess, shared_photos, write_identity_model  # noqa: E402
 
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP")
 

@@ -14,7 +14,6 @@ import asyncio
 import multiprocessing
 import os
 import pathlib
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -22,19 +21,15 @@ import faiss
 import grpc
 import numpy as np
 
+from offshelf.protos.v1 import embedding_pb2
+from offshelf.protos.v1 import index_pb2 as pb2
+from offshelf.protos.v1 import index_pb2_grpc as pb2_grpc
+from offshelf.service.index.faiss_index import new_index, search_params, with_defaults
+
+from common import clustered_vectors
+from embed import percentile, process_cpu_seconds
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-sys.path.insert(0, str(ROOT / "bench"))
-
-from embed import percentile, process_cpu_seconds  # noqa: E402
-
-from offshelf.protos.v1 import embedding_pb2  # noqa: E402
-from offshelf.protos.v1 import index_pb2 as pb2  # noqa: E402
-from offshelf.protos.v1 import index_pb2_grpc as pb2_grpc  # noqa: E402
-from offshelf.service.index.faiss_index import new_index, search_params, with_defaults  # noqa: E402
-
-from support import clustered_vectors  # noqa: E402
 
 DIM = 512
 

@@ -25,18 +25,15 @@ import time
 
 import grpc
 
+from offshelf.protos.inference import grpc_predict_v2_pb2 as oip
+from offshelf.protos.inference import grpc_predict_v2_pb2_grpc as oip_grpc
+from offshelf.protos.v1 import embedding_pb2, embedding_pb2_grpc
+
+from common import ServerProcess, skimage_photo
+from embed import ensure_repo
+from search import rss_mb
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from embed import ensure_repo  # noqa: E402
-from search import rss_mb  # noqa: E402
-
-from offshelf.protos.inference import grpc_predict_v2_pb2 as oip  # noqa: E402
-from offshelf.protos.inference import grpc_predict_v2_pb2_grpc as oip_grpc  # noqa: E402
-from offshelf.protos.v1 import embedding_pb2, embedding_pb2_grpc  # noqa: E402
-
-from support import ServerProcess, skimage_photo  # noqa: E402
 
 MODEL = "efficientnet-lite0"
 

@@ -15,15 +15,12 @@ import shutil
 import sys
 import tempfile
 
+from offshelf.clients import Client
+
+from common import ServerProcess, skimage_photo
+from search import rss_mb
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from search import rss_mb  # noqa: E402
-
-from offshelf.clients import Client  # noqa: E402
-
-from support import ServerProcess, skimage_photo  # noqa: E402
 
 MODEL = "efficientnet-lite0"
 

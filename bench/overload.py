@@ -25,15 +25,12 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from offshelf.protos.v1 import embedding_pb2, embedding_pb2_grpc
+
+from common import ServerProcess
+from embed import ensure_repo, process_cpu_seconds
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from embed import ensure_repo, process_cpu_seconds  # noqa: E402
-
-from offshelf.protos.v1 import embedding_pb2, embedding_pb2_grpc  # noqa: E402
-
-from support import ServerProcess  # noqa: E402
 
 MODEL = "efficientnet-lite0"
 

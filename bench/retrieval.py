@@ -16,19 +16,17 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import sys
 import tempfile
 import time
 
+from offshelf.clients import Client, evaluate
+from offshelf.export.repository import ExportRequest, export_model
+from offshelf.export.taps import OutputRequest
+from offshelf.export.zoo import build_network
+
+from common import SHARED_DATA, ServerProcess
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from offshelf.clients import Client, evaluate  # noqa: E402
-from offshelf.export.repository import ExportRequest, export_model  # noqa: E402
-from offshelf.export.taps import OutputRequest  # noqa: E402
-from offshelf.export.zoo import build_network  # noqa: E402
-
-from support import SHARED_DATA, ServerProcess  # noqa: E402
 
 PREPROCESSING = ("crop", "no-crop")
 WHITENING_DIM = 512

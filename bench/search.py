@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,15 +28,14 @@ from concurrent.futures import ThreadPoolExecutor
 import faiss
 import numpy as np
 
+from offshelf.clients import Client
+from offshelf.protos.v1 import index_pb2
+from offshelf.service.index.faiss_index import new_index, search_params, train_ivfpq, with_defaults
+from offshelf.service.index.milvus import physical_name
+
+from common import MilvusProcess, ServerProcess, clustered_vectors, write_identity_model
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from offshelf.clients import Client  # noqa: E402
-from offshelf.protos.v1 import index_pb2  # noqa: E402
-from offshelf.service.index.faiss_index import new_index, search_params, train_ivfpq, with_defaults  # noqa: E402
-from offshelf.service.index.milvus import physical_name  # noqa: E402
-
-from support import MilvusProcess, ServerProcess, clustered_vectors, write_identity_model  # noqa: E402
 
 DIM = 512
 BATCH = 1000

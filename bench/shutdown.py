@@ -12,16 +12,12 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import sys
 import tempfile
 
+from common import sigterm_under_load
+from embed import ensure_repo
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from embed import ensure_repo  # noqa: E402
-
-from support import sigterm_under_load  # noqa: E402
 
 DRAIN_SECONDS = 1.0
 GRACE_SECONDS = 30.0

@@ -26,16 +26,13 @@ import time
 import grpc
 import numpy as np
 
+from offshelf.clients import Client
+
+from common import ServerProcess
+from embed import ensure_repo
+from search import rss_mb
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from embed import ensure_repo  # noqa: E402
-from search import rss_mb  # noqa: E402
-
-from offshelf.clients import Client  # noqa: E402
-
-from support import ServerProcess  # noqa: E402
 
 MODEL = "efficientnet-lite0"
 COLLECTION = "soak"

@@ -15,19 +15,17 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import sys
 import tempfile
 import time
 
 import numpy as np
 from tqdm import tqdm
 
+from offshelf.clients import Client
+
+from common import ServerProcess, write_identity_model
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from offshelf.clients import Client  # noqa: E402
-
-from support import ServerProcess, write_identity_model  # noqa: E402
 
 DIM = 1280
 BATCH = 1000

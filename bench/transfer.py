@@ -15,15 +15,14 @@ import time
 
 import numpy as np
 
+from offshelf.clients import Client
+from offshelf.export.zoo import build_network
+from offshelf.train.data import load_splits
+from offshelf.train.finetune import FinetuneConfig, finetune
+
+from common import ServerProcess
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from offshelf.clients import Client  # noqa: E402
-from offshelf.export.zoo import build_network  # noqa: E402
-from offshelf.train.data import load_splits  # noqa: E402
-from offshelf.train.finetune import FinetuneConfig, finetune  # noqa: E402
-
-from support import ServerProcess  # noqa: E402
 
 
 def paths_and_labels(subset) -> tuple[list[pathlib.Path], list[str]]:

@@ -13,18 +13,16 @@ from __future__ import annotations
 import argparse
 import pathlib
 import random
-import sys
 import tempfile
 import time
 
 import numpy as np
 
+from offshelf.clients import Client
+
+from common import MilvusProcess, ServerProcess, write_identity_model
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from offshelf.clients import Client  # noqa: E402
-
-from support import MilvusProcess, ServerProcess, write_identity_model  # noqa: E402
 
 DIM = 16
 NAME = "bench-visibility"

@@ -7,20 +7,26 @@ Every class is a ``grpc.RpcError`` with ``code()`` and ``details()``, so code wr
 from __future__ import annotations
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
 
 REQUEST_ID_HEADER = "x-request-id"
+DETAILS_HEADER = "grpc-status-details-bin"  # google.rpc.Status; the server's ErrorInfo names an item at fault
 
 
 class OffshelfError(grpc.RpcError):
     """A call that failed: ``status`` (a grpc.StatusCode), ``message`` (what the server says to fix) and
-    ``request_id`` (the call's x-request-id, which the server's log lines about it carry; "" when unknown)."""
+    ``request_id`` (the call's x-request-id, which the server's log lines about it carry; "" when unknown);
+    ``item``: the index of the request's item (or image) at fault when the refusal is about one, else None."""
 
     status: grpc.StatusCode = grpc.StatusCode.UNKNOWN
 
-    def __init__(self, message: str, status: grpc.StatusCode | None = None, request_id: str = "") -> None:
+    def __init__(
+        self, message: str, status: grpc.StatusCode | None = None, request_id: str = "", item: int | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.request_id = request_id
+        self.item = item
         if status is not None:
             self.status = status
 
@@ -124,6 +130,20 @@ def from_rpc_error(err: grpc.RpcError, request_id: str = "") -> OffshelfError:
     # A bare grpc.RpcError (not raised by a call) has neither code() nor details().
     status = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     message = (err.details() if hasattr(err, "details") else None) or str(err)
-    trailing = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
-    answered = [value for key, value in trailing or () if key == REQUEST_ID_HEADER and isinstance(value, str)]
-    return BY_STATUS.get(status, UnexpectedStatus)(message, status, answered[0] if answered else request_id)
+    trailing = tuple(err.trailing_metadata() or ()) if hasattr(err, "trailing_metadata") else ()
+    answered = [value for key, value in trailing if key == REQUEST_ID_HEADER and isinstance(value, str)]
+    return BY_STATUS.get(status, UnexpectedStatus)(
+        message, status, answered[0] if answered else request_id, item_at_fault(trailing)
+    )
+
+
+def item_at_fault(trailing: tuple[tuple[str, str | bytes], ...]) -> int | None:
+    """The index of the item a refusal names, from the status details' ErrorInfo (reason BAD_ITEM)."""
+    for key, value in trailing:
+        if key != DETAILS_HEADER or not isinstance(value, bytes):
+            continue
+        for detail in status_pb2.Status.FromString(value).details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info) and info.reason == "BAD_ITEM" and info.metadata.get("index", "").isdigit():
+                return int(info.metadata["index"])
+    return None

@@ -7,7 +7,6 @@ import glob
 import itertools
 import os
 import pathlib
-import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -113,9 +112,6 @@ def read_batch(
     return items, kept, skipped
 
 
-BAD_ITEM = re.compile(r"item (\d+)\b(.*)", re.DOTALL)
-
-
 def drop_bad_item(
     err: InvalidArgument,
     items: list[index_pb2.Item],
@@ -123,13 +119,13 @@ def drop_bad_item(
     skip_bad: bool,
     skipped: list[tuple[str, str]],
 ) -> None:
-    """The server refused a batch for one item ("item <i> is not a JPEG..."): with skip_bad, drops it (to send
-    the rest again) and records it; else raises InvalidArgument naming the file. Any other refusal is re-raised."""
-    match = BAD_ITEM.match(err.message)
-    if match is None or int(match.group(1)) >= len(kept):
+    """The server refused a batch for one item (the error's item, from its status details): with skip_bad, drops
+    it (to send the rest again) and records it; else raises InvalidArgument naming the file. Any other refusal is
+    re-raised."""
+    bad = err.item
+    if bad is None or bad >= len(kept):
         raise err
-    bad = int(match.group(1))
-    message = kept[bad].name + match.group(2)
+    message = kept[bad].name + err.message.removeprefix(f"item {bad}")  # the server calls it "item <i>"
     if not skip_bad:
         raise InvalidArgument(f"{message} (skip_bad=True, or offshelf add --skip-bad, leaves such files out)") from err
     skipped.append((kept[bad].name, message))

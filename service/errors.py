@@ -1,49 +1,62 @@
-"""The service's errors. ServiceError: what a request is answered with, each carrying its gRPC status.
+"""The engine's errors, free of any wire: each subclass of ServiceError is a kind of refusal a caller can act on,
+and each door maps the kinds to its own statuses in one place (gRPC: api/statuses.py).
 StartupError: what keeps the server from becoming ready (a model, collection or head that cannot be served)."""
 
 from __future__ import annotations
 
-import grpc
-
 
 class ServiceError(Exception):
-    """An error a caller can act on; its message says what to fix."""
+    """An error a caller can act on; its message says what to fix. item: the index of the request's item at fault,
+    when one is (a client drops it and sends the rest again: `offshelf add --skip-bad`)."""
 
-    code = grpc.StatusCode.INTERNAL
-
-    def __init__(self, message: str):
+    def __init__(self, message: str, item: int | None = None):
         super().__init__(message)
         self.message = message
+        self.item = item
 
 
 class InvalidArgument(ServiceError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    """The request itself is wrong."""
 
 
 class DecodeError(InvalidArgument):
     """An image that cannot be decoded; reason (empty, too_large, unsupported_format, corrupt) labels a metric."""
 
-    def __init__(self, message: str, reason: str):
-        super().__init__(message)
+    def __init__(self, message: str, reason: str, item: int | None = None):
+        super().__init__(message, item)
         self.reason = reason
 
 
 class NotFound(ServiceError):
-    code = grpc.StatusCode.NOT_FOUND
+    """What the request names does not exist."""
+
+
+class AlreadyExists(ServiceError):
+    """What the request would create exists already."""
 
 
 class FailedPrecondition(ServiceError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    """The request is valid but the state it meets does not allow it."""
 
 
 class Unavailable(ServiceError):
     """Overloaded, loading or shutting down: the caller may retry with backoff."""
 
-    code = grpc.StatusCode.UNAVAILABLE
+
+class Unauthenticated(ServiceError):
+    """No valid token."""
+
+
+class PermissionDenied(ServiceError):
+    """A valid token whose role does not allow the call."""
+
+
+class Cancelled(ServiceError):
+    """The caller has gone: nobody reads the answer."""
 
 
 class Internal(ServiceError):
-    code = grpc.StatusCode.INTERNAL
+    """A fault of the server's; its log has the detail."""
 
 
 class StartupError(Exception):
@@ -60,21 +73,3 @@ class CollectionLoadError(StartupError):
 
 class HeadLoadError(StartupError):
     """A head version on disk cannot be loaded."""
-
-
-class AlreadyExists(ServiceError):
-    code = grpc.StatusCode.ALREADY_EXISTS
-
-
-class Unauthenticated(ServiceError):
-    code = grpc.StatusCode.UNAUTHENTICATED
-
-
-class PermissionDenied(ServiceError):
-    code = grpc.StatusCode.PERMISSION_DENIED
-
-
-class Cancelled(ServiceError):
-    """The caller has gone: nobody reads the answer."""
-
-    code = grpc.StatusCode.CANCELLED

@@ -6,9 +6,12 @@ a no-op and costs nothing."""
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-import grpc
 from opentelemetry import context, trace
+
+if TYPE_CHECKING:  # the engine's modules trace their work without importing gRPC
+    import grpc
 
 tracer = trace.get_tracer("offshelf")
 Context = context.Context

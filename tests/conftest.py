@@ -1,5 +1,5 @@
 """Shared fixtures: the default model exported once per run, real servers in subprocesses. Helpers that
-benchmarks use too live in support.py."""
+benchmarks use too live in bench/common.py."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 
 from offshelf.clients import Client
 
-from support import ROOT, MilvusProcess, ServerProcess, shared_photos, write_identity_model
+from common import ROOT, MilvusProcess, ServerProcess, shared_photos, write_identity_model
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +31,7 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    """A model repository holding one tiny ONNX model (random projection of an 8x8 crop to 1280-d, see support.py):
+    """A model repository holding one tiny ONNX model (random projection of an 8x8 crop to 1280-d, see bench/common.py):
     a server on it is ready in about a second, for tests of collections, durability and the process itself."""
     return write_identity_model(tmp_path_factory.mktemp("tiny-repo"), 1280)
 

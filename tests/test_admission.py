@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from offshelf.clients import Client
 from offshelf.protos.v1 import embedding_pb2, embedding_pb2_grpc
 
-from support import ServerProcess, serving, skimage_photo, until, write_identity_model
+from common import ServerProcess, serving, skimage_photo, until, write_identity_model
 
 MODEL = "random-projection-16"
 

@@ -16,7 +16,7 @@ from offshelf.protos.inference import grpc_predict_v2_pb2
 from offshelf.protos.v1 import embedding_pb2, heads_pb2, index_pb2
 from offshelf.service.api.auth import READ, REQUIRED_ROLES, ROLES
 
-from support import ServerProcess
+from common import ServerProcess
 
 TOKENS = {"read": "r3ad-t0ken", "write": "wr1te-t0ken", "admin": "adm1n-t0ken"}
 DENIED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)

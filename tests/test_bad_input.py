@@ -16,7 +16,7 @@ from offshelf.protos.inference import grpc_predict_v2_pb2 as oip
 from offshelf.protos.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from offshelf.protos.v1 import embedding_pb2, index_pb2
 
-from support import ServerProcess, shared_photos
+from common import ServerProcess, shared_photos
 
 TINY = "random-projection-1280"
 

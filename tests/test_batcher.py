@@ -18,7 +18,7 @@ from offshelf.service.metrics import Metrics
 from offshelf.service.models.batcher import Batcher
 from offshelf.service.models.runtime import OnnxRuntime
 
-from support import until
+from common import until
 
 DEADLINE = 60  # seconds; generous, so a loaded machine only makes a failure slower to report
 

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from offshelf.protos.v1 import embedding_pb2, embedding_pb2_grpc
 
-from support import serving, shared_photos, skimage_photo, write_identity_model
+from common import serving, shared_photos, skimage_photo, write_identity_model
 
 CALLS, IMAGES = 40, 8
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from offshelf.clients import Client
 
-from support import ServerProcess, skimage_photo, write_identity_model
+from common import ServerProcess, skimage_photo, write_identity_model
 
 
 def offshelf(*args: str) -> subprocess.CompletedProcess:
@@ -62,7 +62,7 @@ def test_exit_codes_tell_usage_server_and_unreachable_apart(server, tmp_path):
 
 
 def test_head_train_list_classify_and_delete(server, tmp_path):
-    from support import shared_photos
+    from common import shared_photos
 
     photos = tmp_path / "photos"
     for cls in ("ants", "bees"):
@@ -84,7 +84,7 @@ def test_head_train_list_classify_and_delete(server, tmp_path):
 
 
 def test_collection_add_search_as_json(server, tmp_path):
-    from support import shared_photos
+    from common import shared_photos
 
     photos = shared_photos("ukbench", 8)
 

@@ -17,7 +17,7 @@ import pytest
 
 from offshelf.clients import AsyncClient, Client, NotFound, Unavailable
 
-from support import skimage_photo
+from common import skimage_photo
 
 MODEL = "random-projection-1280"
 

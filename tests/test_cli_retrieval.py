@@ -13,7 +13,7 @@ import pytest
 
 from offshelf.clients import Client
 
-from support import shared_photos
+from common import shared_photos
 
 CORRUPT_JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00 cut short"
 

@@ -15,7 +15,7 @@ from offshelf.clients import Client
 from offshelf.clients import client as client_module
 from offshelf.clients.errors import FailedPrecondition
 
-from support import ServerProcess, clustered_vectors
+from common import ServerProcess, clustered_vectors
 
 TINY = "random-projection-1280"
 SOURCE_TOKEN, TARGET_TOKEN = "s0urce-admin", "t4rget-admin"

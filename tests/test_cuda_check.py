@@ -7,7 +7,7 @@ import time
 
 from offshelf.service.models.cuda_check import driver_problem, too_old
 
-from support import ServerProcess
+from common import ServerProcess
 
 
 def test_a_driver_older_than_cuda_13_is_named_with_the_driver_it_needs():

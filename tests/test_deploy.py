@@ -19,7 +19,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from support import ROOT
+from common import ROOT
 
 DEPLOY = ROOT / "deploy"
 KUBERNETES = kubernetes_validate.utils.latest_version()

@@ -14,7 +14,7 @@ import numpy as np
 
 from offshelf.clients import Client
 
-from support import ServerProcess
+from common import ServerProcess
 
 DIM = 1280
 MODEL = "random-projection-1280"

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from offshelf.clients import Client
 from offshelf.protos.v1 import embedding_pb2
 
-from support import shared_photos, skimage_photo
+from common import shared_photos, skimage_photo
 
 PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider")  # the server uses CUDA where it really works
 

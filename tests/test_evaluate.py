@@ -10,7 +10,7 @@ import pytest
 
 from offshelf.clients import evaluate
 
-from support import SHARED_DATA, shared_photos
+from common import SHARED_DATA, shared_photos
 
 
 def offshelf(*args: str) -> subprocess.CompletedProcess:

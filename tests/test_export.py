@@ -37,7 +37,7 @@ from offshelf.export.zoo import build_network
 from offshelf.protos.inference import grpc_predict_v2_pb2 as oip
 from offshelf.protos.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 
-from support import (
+from common import (
     SHARED_DATA,
     ServerProcess,
     read_card,

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from support import skimage_photo
+from common import skimage_photo
 
 
 def grpcurl(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:

@@ -12,7 +12,7 @@ import pytest
 from offshelf.clients import Client
 from offshelf.protos.v1 import heads_pb2
 
-from support import serving, shared_photos, skimage_photo
+from common import serving, shared_photos, skimage_photo
 
 
 def hymenoptera(split: str, per_class: int) -> tuple[list, list[str]]:

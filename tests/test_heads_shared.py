@@ -11,7 +11,7 @@ import pytest
 from offshelf.clients import Client
 from offshelf.protos.v1 import heads_pb2
 
-from support import ServerProcess, clustered_vectors, skimage_photo
+from common import ServerProcess, clustered_vectors, skimage_photo
 
 TINY = "random-projection-1280"
 

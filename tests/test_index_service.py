@@ -11,7 +11,7 @@ import pytest
 
 from offshelf.protos.v1 import embedding_pb2, index_pb2
 
-from support import shared_photos, skimage_photo
+from common import shared_photos, skimage_photo
 
 DIM = 1280
 

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from support import ServerProcess, clustered_vectors
+from common import ServerProcess, clustered_vectors
 
 DIM = 1280
 TINY = "random-projection-1280"

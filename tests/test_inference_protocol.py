@@ -19,7 +19,7 @@ from offshelf.service.api.oip import deserialize_bytes, serialize_bytes
 from offshelf.service.models.preprocess import Preprocessor
 from offshelf.service.models.registry import read_card
 
-from support import ROOT, ServerProcess, shared_photos, skimage_photo
+from common import ROOT, ServerProcess, shared_photos, skimage_photo
 
 MODEL = "efficientnet-lite0"
 PHOTOS = [skimage_photo(n) for n in ("chelsea.png", "coffee.png", "rocket.jpg")]

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 
-from support import ROOT
+from common import ROOT
 
 SOURCES = ("pyproject.toml", "README.md", "protos", "export", "train", "service", "clients")
 

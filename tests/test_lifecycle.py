@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from offshelf.clients import Client
 from offshelf.protos.v1 import heads_pb2
 
-from support import ServerProcess, serving, shared_photos, sigterm_under_load, skimage_photo, until
+from common import ServerProcess, serving, shared_photos, sigterm_under_load, skimage_photo, until
 
 TINY = "random-projection-1280"
 

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from offshelf.clients import Client
 
-from support import ServerProcess, shared_photos, skimage_photo
+from common import ServerProcess, shared_photos, skimage_photo
 
 
 def scrape(server: ServerProcess) -> dict[tuple[str, tuple], float]:

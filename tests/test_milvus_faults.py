@@ -13,7 +13,7 @@ import pytest
 
 from offshelf.clients import Client
 
-from support import MilvusProcess, ServerProcess, clustered_vectors, skimage_photo, until
+from common import MilvusProcess, ServerProcess, clustered_vectors, skimage_photo, until
 
 TINY = "random-projection-1280"
 INDEX = "offshelf.v1.Index"

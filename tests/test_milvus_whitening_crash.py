@@ -15,7 +15,7 @@ from pymilvus import MilvusClient
 from offshelf.clients import Client
 from offshelf.service.index.milvus import key
 
-from support import ServerProcess, clustered_vectors, until
+from common import ServerProcess, clustered_vectors, until
 
 TINY = "random-projection-1280"
 FENCE_SECONDS = 3.0

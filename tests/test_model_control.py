@@ -22,7 +22,7 @@ from offshelf.clients import Client
 from offshelf.protos.inference import grpc_predict_v2_pb2 as oip
 from offshelf.protos.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 
-from support import ROOT, ServerProcess, skimage_photo, until, write_identity_model
+from common import ROOT, ServerProcess, skimage_photo, until, write_identity_model
 
 DIM = 16
 MODEL = f"random-projection-{DIM}"
@@ -48,12 +48,7 @@ def states(server: ServerProcess, model: str = MODEL) -> dict[int, tuple[str, st
 
 def wait_for(server: ServerProcess, expected: dict[int, str], timeout: float = 30) -> None:
     """Until the model's versions are in these states (READY, UNAVAILABLE, ...)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if {v: state for v, (state, _) in states(server).items()} == expected:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"versions {states(server)}, expected {expected}")
+    until(lambda: {v: state for v, (state, _) in states(server).items()} == expected, timeout, f"versions {expected}")
 
 
 def embedding(client: Client, version: int = 0) -> np.ndarray:
@@ -167,9 +162,7 @@ def test_serving_json_picks_the_versions_and_the_settings(repo, tmp_path):
             until(lambda: retired(server) >= {"1", "2"})  # the copies replaced have closed
             assert loaded_versions(server) == {"1"}  # version 1 was reloaded: its gauge stays
             write_serving_config(repo, {"max_batch_size": 0, "batch": 8})  # a broken file: version 1 serves on
-            deadline = time.monotonic() + 30
-            while "serving.json" not in states(server)[2][1] and time.monotonic() < deadline:
-                time.sleep(0.1)
+            until(lambda: "serving.json" in states(server)[2][1], 30, "the broken serving.json reported")
             reason = states(server)[2][1]
             assert "max_batch_size" in reason and "batch: Extra inputs are not permitted" in reason, reason
             assert states(server)[1][0] == "READY"

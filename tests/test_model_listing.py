@@ -15,7 +15,7 @@ from offshelf.protos.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from offshelf.protos.v1 import model_card_pb2
 from offshelf.service.models.card_facts import input_text
 
-from support import ServerProcess, write_identity_model, write_whole_image_model
+from common import ServerProcess, write_identity_model, write_whole_image_model
 
 
 def offshelf_models(address: str, *options: str) -> str:

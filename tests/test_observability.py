@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from offshelf.protos.v1 import embedding_pb2, embedding_pb2_grpc
 
-from support import ServerProcess, skimage_photo
+from common import ServerProcess, skimage_photo
 
 MODEL = "random-projection-1280"  # the tiny repository's model
 

@@ -12,7 +12,7 @@ import pytest
 from offshelf.clients import Client, FailedPrecondition, InvalidArgument
 from offshelf.protos.v1 import embedding_pb2, index_pb2
 
-from support import serving, skimage_photo
+from common import serving, skimage_photo
 
 DIM = 24
 

@@ -14,7 +14,7 @@ from offshelf.protos.v1.embedding_pb2 import AUGMENTATION_FLIP, AUGMENTATION_NON
 from offshelf.service.errors import InvalidArgument
 from offshelf.service.models.preprocess import Preprocessor
 
-from support import skimage_photo
+from common import skimage_photo
 
 SPEC = model_card_pb2.Preprocessing(
     input_name="image",

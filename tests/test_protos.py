@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from offshelf.protos.generate import generate
 
-from support import ROOT
+from common import ROOT
 
 
 def test_generated_stubs_are_up_to_date(tmp_path):

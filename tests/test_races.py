@@ -14,7 +14,7 @@ import pytest
 from offshelf.clients import Client
 from offshelf.protos.v1 import heads_pb2
 
-from support import ServerProcess, clustered_vectors, write_identity_model
+from common import ServerProcess, clustered_vectors, until, write_identity_model
 
 TINY = "random-projection-1280"
 
@@ -100,17 +100,24 @@ def test_a_leftover_folder_without_a_database_does_not_block_its_name(racing):
     assert list((racing.data_dir / "collections").glob(".orphaned-orphan-*"))  # moved aside, not deleted
 
 
+def start_slow_training(client: Client, head: str) -> None:
+    """A logistic regression over 2,000 vectors of 8 classes (seconds to tens of seconds on this machine), returned
+    once the server reports it running."""
+    client.create_collection("source", model=TINY)
+    vectors = clustered_vectors(2000, 1280, seed=10)
+    client.add("source", vectors=vectors[:1000], labels=[f"c{i % 8}" for i in range(1000)])
+    client.add("source", vectors=vectors[1000:], labels=[f"c{i % 8}" for i in range(1000)])
+    client.train_head(head, "logreg", collection="source")
+    until(lambda: client.get_head(head).job.state == heads_pb2.JOB_STATE_RUNNING, 60, f"{head} training")
+
+
 def test_a_head_deleted_while_it_trains_stays_deleted_after_a_restart(tmp_path):
     repo = write_identity_model(tmp_path / "repo", 1280)
-    vectors = clustered_vectors(200, 1280, seed=9)
     server = ServerProcess(repo, tmp_path / "data", drain_seconds=0)
     try:
         server.wait_serving()
         with Client(server.address, timeout=60) as client:
-            client.create_collection("source", model=TINY)
-            client.add("source", vectors=vectors, labels=[f"c{i % 4}" for i in range(200)])
-            client.train_head("doomed", "logreg", collection="source")
-            time.sleep(0.2)
+            start_slow_training(client, "doomed")
             client.delete_head("doomed")
             assert "doomed" not in [h.job.head for h in client.list_heads()]
     finally:
@@ -130,16 +137,9 @@ def test_sigterm_while_a_head_trains_exits_within_drain_and_grace(tmp_path):
     try:
         server.wait_serving()
         with Client(server.address, timeout=60) as client:
-            client.create_collection("source", model=TINY)
-            vectors = clustered_vectors(2000, 1280, seed=10)
-            client.add("source", vectors=vectors[:1000], labels=[f"c{i % 8}" for i in range(1000)])
-            client.add("source", vectors=vectors[1000:], labels=[f"c{i % 8}" for i in range(1000)])
-            client.train_head("slow", "logreg", collection="source")  # tens of seconds on this machine
-            time.sleep(0.5)
-            running = client.get_head("slow").job.state == heads_pb2.JOB_STATE_RUNNING
+            start_slow_training(client, "slow")
         started = time.monotonic()
         assert server.terminate(timeout=120) == 0
-        if running:  # the server did not wait for the training (which takes tens of seconds on a 2-core machine)
-            assert time.monotonic() - started < 1 + 10  # grace, plus closing the stores, with room for a slow box
+        assert time.monotonic() - started < 1 + 10  # grace, plus closing the stores, with room for a slow box
     finally:
         server.kill()

@@ -13,7 +13,7 @@ import pytest
 from offshelf.clients import Client
 from offshelf.service.settings import ServiceSettings
 
-from support import ServerProcess
+from common import ServerProcess
 
 TINY = "random-projection-1280"
 

@@ -15,7 +15,7 @@ import pytest
 
 from offshelf.clients import Client
 
-from support import ServerProcess, clustered_vectors, skimage_photo
+from common import ServerProcess, clustered_vectors, skimage_photo, until
 
 TINY = "random-projection-1280"
 SYNC_SECONDS = 0.5
@@ -49,17 +49,9 @@ def replicas(replica_servers):
         yield a, b
 
 
-def eventually(check, timeout: float = 10 * SYNC_SECONDS + 10):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = check()
-            if result:
-                return result
-        except grpc.RpcError:
-            pass
-        assert time.monotonic() < deadline, "the other replica never caught up"
-        time.sleep(0.1)
+def eventually(check):
+    """check()'s first true value, within what the other replica takes to catch up."""
+    return until(check, 10 * SYNC_SECONDS + 10, "the other replica catching up")
 
 
 def test_an_add_through_one_replica_is_found_by_a_search_through_the_other(replicas):
@@ -200,5 +192,5 @@ def test_a_training_lease_is_kept_while_held_and_expires_when_its_holder_stops(m
     time.sleep(5)  # more than twice the TTL: renewed in the background
     assert leases.acquire("heads/lease-test/training", "replica-b") is None
     lease._released.set()  # the holder stops renewing, as a killed replica would
-    taken = eventually(lambda: leases.acquire("heads/lease-test/training", "replica-b"), timeout=15)
+    taken = until(lambda: leases.acquire("heads/lease-test/training", "replica-b"), 15, "the lease expiring")
     taken.release()

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from offshelf.clients import AsyncClient, Client, DeadlineExceeded, InvalidArgument, Label, Unavailable
 
-from support import shared_photos, skimage_photo
+from common import shared_photos, skimage_photo
 
 PHOTOS = [skimage_photo(n) for n in ("chelsea.png", "coffee.png", "rocket.jpg")]
 

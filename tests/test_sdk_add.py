@@ -14,7 +14,7 @@ import pytest
 
 from offshelf.clients import AsyncClient, Client, InvalidArgument
 
-from support import shared_photos
+from common import shared_photos
 
 CORRUPT_JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00 cut short"
 

@@ -20,7 +20,7 @@ from offshelf.clients import (
     Unavailable,
 )
 
-from support import skimage_photo
+from common import skimage_photo
 
 
 def test_server_statuses_raise_their_own_class_that_is_still_a_grpc_error(client):

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from support import ServerProcess, write_identity_model
+from common import ServerProcess, write_identity_model
 
 
 def serve(

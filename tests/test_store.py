@@ -13,7 +13,7 @@ import pytest
 from offshelf.clients import Client, InvalidArgument
 from offshelf.protos.v1 import index_pb2
 
-from support import ROOT, ServerProcess, write_identity_model
+from common import ROOT, ServerProcess, write_identity_model
 
 DIM = 16
 COUNT = 6000  # more than a filter may select for an exact search, so filtered HNSW searches run too

@@ -16,7 +16,7 @@ from test_startup import serve, the_error
 from offshelf.clients import Client
 from offshelf.protos.v1 import embedding_pb2, embedding_pb2_grpc
 
-from support import ServerProcess
+from common import ServerProcess
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 

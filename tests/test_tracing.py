@@ -14,7 +14,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 
 from offshelf.clients import Client
 
-from support import ServerProcess, skimage_photo
+from common import ServerProcess, skimage_photo
 
 MODEL = "random-projection-1280"
 

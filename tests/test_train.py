@@ -1,7 +1,7 @@
 """Fine-tuning, the from-scratch baseline and DANN on small image sets, and the checkpoint the export tool reads.
 
 Only the linear-probe test needs pretrained features (EfficientNet-Lite0 at 224 pixels); the others train a
-randomly initialised ResNet-18 whose checkpoint crops 32 pixels (support.random_checkpoint), which runs the same
+randomly initialised ResNet-18 whose checkpoint crops 32 pixels (common.random_checkpoint), which runs the same
 pipeline at a fraction of the cost."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from offshelf.train.device import choose
 from offshelf.train.errors import TrainError
 from offshelf.train.finetune import FinetuneConfig, _epoch, blocks, finetune, freeze, parameter_groups
 
-from support import SHARED_DATA, random_checkpoint, read_card, shared_photos, small_preprocessing
+from common import SHARED_DATA, random_checkpoint, read_card, shared_photos, small_preprocessing
 
 
 def hymenoptera(tmp_path, train_per_class: int, val_per_class: int):

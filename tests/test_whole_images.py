@@ -13,7 +13,7 @@ from offshelf.protos.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from offshelf.service.models.preprocess import Preprocessor
 from offshelf.service.models.registry import read_card
 
-from support import ServerProcess, skimage_photo, write_whole_image_model
+from common import ServerProcess, skimage_photo, write_whole_image_model
 
 MODEL = "mean-colour"
 

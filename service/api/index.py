@@ -19,7 +19,7 @@ from offshelf.protos.v1.embedding_pb2 import AUGMENTATION_FLIP, AUGMENTATION_NON
 from offshelf.service import tracing
 from offshelf.service.api.checks import check_image_limit, check_name
 from offshelf.service.api.limits import ResponseLimit, hits_bytes, items_bytes, vector_bytes
-from offshelf.service.errors import FailedPrecondition, InvalidArgument
+from offshelf.service.errors import FailedPrecondition, InvalidArgument, ServiceError
 from offshelf.service.index.collection import Item
 from offshelf.service.index.faiss_index import MAX_EF, with_defaults
 from offshelf.service.index.query_expansion import DEFAULT_ALPHA, MAX_EXPANSION, expand
@@ -155,15 +155,20 @@ class IndexServicer(pb2_grpc.IndexServicer):
         for i, item in enumerate(items):
             _check_item(i, item, collection.dim)
             if item.id and item.id in seen:
-                raise InvalidArgument(f"item {i}: id {item.id!r} appears twice in the request")
+                raise InvalidArgument(f"item {i}: id {item.id!r} appears twice in the request", item=i)
             seen.add(item.id)
         vectors = np.zeros((len(items), collection.dim), np.float32)
         image_rows = [i for i, item in enumerate(items) if item.WhichOneof("content") == "image"]
         check_image_limit(len(image_rows), self.max_images, "image items")
         if image_rows:
-            vectors[image_rows] = self._embed(
-                collection, [items[i].image for i in image_rows], names=[f"item {i}" for i in image_rows]
-            )
+            try:
+                vectors[image_rows] = self._embed(
+                    collection, [items[i].image for i in image_rows], names=[f"item {i}" for i in image_rows]
+                )
+            except ServiceError as err:
+                if err.item is not None:  # the image's position among those embedded
+                    err.item = image_rows[err.item]
+                raise
         for i, item in enumerate(items):
             if item.WhichOneof("content") == "vector":
                 vectors[i] = item.vector.values
@@ -339,26 +344,28 @@ def _describe(binding: pb2.Binding) -> str:
     return describe(binding) if binding.model else f"your own {binding.dim}-d vectors (no model)"
 
 
-def _check_vector(name: str, values, dim: int) -> None:
+def _check_vector(name: str, values, dim: int, item: int | None = None) -> None:
     if len(values) != dim:
-        raise InvalidArgument(f"{name} has {len(values)} values; the collection's vectors have {dim}")
+        raise InvalidArgument(f"{name} has {len(values)} values; the collection's vectors have {dim}", item)
 
 
 def _check_item(i: int, item: pb2.Item, dim: int) -> None:
     content = item.WhichOneof("content")
     if content is None:
-        raise InvalidArgument(f"item {i} has neither an image nor a vector")
+        raise InvalidArgument(f"item {i} has neither an image nor a vector", item=i)
     if content == "vector":
-        _check_vector(f"item {i}'s vector", item.vector.values, dim)
+        _check_vector(f"item {i}'s vector", item.vector.values, dim, i)
     if len(item.id.encode()) > MAX_ID_BYTES:
-        raise InvalidArgument(f"item {i}: id is longer than {MAX_ID_BYTES} bytes")
+        raise InvalidArgument(f"item {i}: id is longer than {MAX_ID_BYTES} bytes", item=i)
     if len(item.label.encode()) > MAX_LABEL_BYTES:
-        raise InvalidArgument(f"item {i}: label is longer than {MAX_LABEL_BYTES} bytes")
+        raise InvalidArgument(f"item {i}: label is longer than {MAX_LABEL_BYTES} bytes", item=i)
     if len(item.metadata) > MAX_METADATA_ENTRIES:
-        raise InvalidArgument(f"item {i} has {len(item.metadata)} metadata entries, more than {MAX_METADATA_ENTRIES}")
+        raise InvalidArgument(
+            f"item {i} has {len(item.metadata)} metadata entries, more than {MAX_METADATA_ENTRIES}", item=i
+        )
     for key, value in item.metadata.items():
         if len(key.encode()) + len(value.encode()) > MAX_METADATA_BYTES:
-            raise InvalidArgument(f"item {i}: metadata entry {key[:40]!r} is over {MAX_METADATA_BYTES} bytes")
+            raise InvalidArgument(f"item {i}: metadata entry {key[:40]!r} is over {MAX_METADATA_BYTES} bytes", item=i)
 
 
 def _filter(message: pb2.Filter, collection: AnyCollection) -> Filter:

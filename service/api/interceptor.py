@@ -1,6 +1,6 @@
-"""Maps ServiceError to its gRPC status; counts every RPC but health checks by method, status code and model, the
-RPCs in flight, and decode failures by reason; gives each call a request id and an access log line; refuses calls
-beyond the concurrency limit and while the server shuts down.
+"""Answers a ServiceError with its gRPC status (api/statuses.py); counts every RPC but health checks by method,
+status code and model, the RPCs in flight, and decode failures by reason; gives each call a request id and an access
+log line; refuses calls beyond the concurrency limit and while the server shuts down.
 
 Both live here because the status code is known only once the error is mapped. Anything
 that is not a ServiceError is logged and answered INTERNAL, never UNKNOWN.
@@ -19,6 +19,7 @@ import grpc
 
 from offshelf.service import cancellation, request_context
 from offshelf.service.api.auth import Tokens, required_role
+from offshelf.service.api.statuses import item_details, status_of
 from offshelf.service.errors import DecodeError, InvalidArgument, ServiceError, Unavailable
 from offshelf.service.logs import fields
 from offshelf.service.metrics import Metrics
@@ -141,7 +142,7 @@ class RpcInterceptor(grpc.ServerInterceptor):
             try:
                 return behavior(request, context)
             except ServiceError as err:
-                context.abort(err.code, shortened(err.message))
+                context.abort(status_of(err), shortened(err.message))
             except Exception:
                 log.exception("unexpected error", extra=fields(rpc=rpc))
                 context.abort(grpc.StatusCode.INTERNAL, f"{rpc} failed on an unexpected server error; see its log")
@@ -162,8 +163,8 @@ class RpcInterceptor(grpc.ServerInterceptor):
                     yield from behavior(requests, context)
                     code = grpc.StatusCode.OK
                 except ServiceError as err:  # a refused token, or a malformed message in the stream
-                    code = err.code
-                    context.abort(err.code, shortened(err.message))
+                    code = status_of(err)
+                    context.abort(code, shortened(err.message))
                 finally:
                     self.slots.give_back()
                     self._record(rpc, gone(context) or code, started, context, served)
@@ -200,12 +201,16 @@ class RpcInterceptor(grpc.ServerInterceptor):
             self._authorize(method, context)
             response = behavior(request, context)
         except ServiceError as err:
-            code, message = err.code, err.message
+            code, message, item = status_of(err), shortened(err.message), err.item
             if isinstance(err, DecodeError):
                 self.metrics.decode_failures.labels(err.reason).inc()
         except Exception:
             log.exception("unexpected error", extra=fields(rpc=rpc))
-            code, message = grpc.StatusCode.INTERNAL, f"{rpc} failed on an unexpected server error; see its log"
+            code, message, item = (
+                grpc.StatusCode.INTERNAL,
+                f"{rpc} failed on an unexpected server error; see its log",
+                None,
+            )
         else:
             self._record(rpc, gone(context) or context.code() or grpc.StatusCode.OK, started, context, served)
             return response
@@ -215,7 +220,11 @@ class RpcInterceptor(grpc.ServerInterceptor):
             self.slots.give_back()
         code = gone(context) or code
         self._record(rpc, code, started, context, served)
-        context.abort(code, shortened(message))
+        if item is not None:
+            context.set_trailing_metadata(
+                ((request_context.HEADER, served.request_id), item_details(code, message, item))
+            )
+        context.abort(code, message)
 
     def _take_slot(
         self, rpc: str, started: float, context: grpc.ServicerContext, served: request_context.RequestContext
@@ -224,8 +233,8 @@ class RpcInterceptor(grpc.ServerInterceptor):
         try:
             self.slots.take()
         except ServiceError as err:
-            self._record(rpc, err.code, started, context, served)
-            context.abort(err.code, err.message)
+            self._record(rpc, status_of(err), started, context, served)
+            context.abort(status_of(err), err.message)
 
     def _record(
         self,

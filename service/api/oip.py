@@ -23,6 +23,7 @@ from offshelf.protos.inference import grpc_predict_v2_pb2_grpc as pb2_grpc
 from offshelf.protos.v1.embedding_pb2 import AUGMENTATION_FLIP, AUGMENTATION_NONE, AUGMENTATION_TEN_CROP
 from offshelf.service.api.checks import check_image_count
 from offshelf.service.api.oip_config import ENCODED, PLATFORM, config_override, inputs, model_config
+from offshelf.service.api.statuses import status_of
 from offshelf.service.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError, Unavailable
 from offshelf.service.heads.registry import HeadRegistry, HeadVersion
 from offshelf.service.logs import fields
@@ -205,7 +206,7 @@ class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):
             try:
                 yield pb2.ModelStreamInferResponse(infer_response=self.ModelInfer(request, context))
             except ServiceError as err:
-                yield pb2.ModelStreamInferResponse(error_message=f"{err.code.name}: {err.message}")
+                yield pb2.ModelStreamInferResponse(error_message=f"{status_of(err).name}: {err.message}")
             except Exception:
                 log.exception("unexpected error", extra=fields(rpc="ModelStreamInfer"))
                 yield pb2.ModelStreamInferResponse(error_message="INTERNAL: unexpected server error; see its log")

@@ -20,7 +20,14 @@ from google.protobuf import json_format
 from offshelf.protos.v1 import index_pb2
 from offshelf.protos.v1 import model_card_pb2 as card_pb2
 from offshelf.service import cancellation, request_context, tracing
-from offshelf.service.errors import FailedPrecondition, InvalidArgument, ModelLoadError, NotFound, Unavailable
+from offshelf.service.errors import (
+    DecodeError,
+    FailedPrecondition,
+    InvalidArgument,
+    ModelLoadError,
+    NotFound,
+    Unavailable,
+)
 from offshelf.service.logs import fields
 from offshelf.service.metrics import Metrics
 from offshelf.service.models.batcher import Admission, Batcher
@@ -186,9 +193,13 @@ class LoadedModel:
             with self.batcher.admit(len(images) * per_image) as admission:  # refused before decoding if overloaded
                 views = []
                 with tracing.tracer.start_as_current_span("decode", attributes={"images": len(images)}):
-                    for data, name in zip(images, names, strict=True):
+                    for position, (data, name) in enumerate(zip(images, names, strict=True)):
                         cancellation.check()  # a caller that has gone costs no more decoding
-                        views += self.preprocessor.views_of(data, name, augmentation)
+                        try:
+                            views += self.preprocessor.views_of(data, name, augmentation)
+                        except DecodeError as err:
+                            err.item = position
+                            raise
                 timing.decoded()
                 outputs = self._run_views(admission, views)
         if per_image > 1:
