@@ -29,7 +29,7 @@ from offshelf.service.api.tls import server_credentials
 from offshelf.service.data_lock import DataFolderLock
 from offshelf.service.errors import StartupError, Unavailable
 from offshelf.service.heads.registry import HeadRegistry
-from offshelf.service.index.registry import CollectionRegistry
+from offshelf.service.index.embedded.registry import CollectionRegistry
 from offshelf.service.logs import fields
 from offshelf.service.metrics import Metrics
 from offshelf.service.models import runtime
@@ -39,7 +39,8 @@ from offshelf.service.settings import ServiceSettings
 from offshelf.service.state_metrics import GpuCollector, StateCollector
 
 if TYPE_CHECKING:
-    from offshelf.service.index.registry import Collections
+    from offshelf.service.index.contract import CollectionCatalog
+    from offshelf.service.index.milvus.registry import MilvusCollectionRegistry
 
 log = logging.getLogger(__name__)
 SERVICES = [
@@ -72,22 +73,22 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def collection_registry(settings: ServiceSettings) -> Collections:
-    """Milvus when OFFSHELF_MILVUS_URI is set, else the embedded store under the data folder."""
-    if settings.milvus_uri:
-        try:  # imported here: pymilvus takes 0.5 s to import, and is an extra
-            from offshelf.service.index.milvus_registry import MilvusCollectionRegistry
-        except ImportError as err:
-            raise StartupError(f"OFFSHELF_MILVUS_URI is set but {err}: pip install 'offshelf[milvus]'") from err
+def milvus_registry(settings: ServiceSettings) -> MilvusCollectionRegistry | None:
+    """The collections on Milvus when OFFSHELF_MILVUS_URI is set (else the embedded store serves them)."""
+    if not settings.milvus_uri:
+        return None
+    try:  # imported here: pymilvus takes 0.5 s to import, and is an extra
+        from offshelf.service.index.milvus.registry import MilvusCollectionRegistry
+    except ImportError as err:
+        raise StartupError(f"OFFSHELF_MILVUS_URI is set but {err}: pip install 'offshelf[milvus]'") from err
 
-        return MilvusCollectionRegistry(
-            settings.milvus_uri,
-            settings.milvus_token.get_secret_value(),
-            settings.milvus_ca_file,
-            settings.milvus_consistency,
-            settings.milvus_whitening_fence_seconds,
-        )
-    return CollectionRegistry(settings.data_dir, settings.index_save_seconds, settings.faiss_threads)
+    return MilvusCollectionRegistry(
+        settings.milvus_uri,
+        settings.milvus_token.get_secret_value(),
+        settings.milvus_ca_file,
+        settings.milvus_consistency,
+        settings.milvus_whitening_fence_seconds,
+    )
 
 
 def listen(server: grpc.Server, address: str, flag: str, credentials: grpc.ServerCredentials | None = None) -> int:
@@ -111,7 +112,10 @@ class Server:
         self.settings = settings
         self.metrics = Metrics()
         self.models = ModelRegistry(settings, self.metrics)
-        self.collections = collection_registry(settings)
+        self.milvus = milvus_registry(settings)
+        self.collections: CollectionCatalog = self.milvus or CollectionRegistry(
+            settings.data_dir, settings.index_save_seconds, settings.faiss_threads
+        )
         self.heads = HeadRegistry(settings.data_dir, self.models, self.collections)
         self.metrics.registry.register(StateCollector(self.collections, self.heads, settings.metrics_collection_labels))
         self.health = HealthServicer()
@@ -179,11 +183,11 @@ class Server:
             ports["health_port"] = self.health_port
         log.info("listening", extra=fields(**ports))
 
-    def _share_heads(self) -> None:
+    def _share_heads(self, milvus: MilvusCollectionRegistry) -> None:
         """Heads live in Milvus beside the collections; trained once, through a lease in Milvus's etcd."""
         from offshelf.service.heads.shared import EtcdLeases, SharedHeads
 
-        _, blobs = self.collections.connected()  # type: ignore[union-attr]  # Milvus's, connected by load_all
+        _, blobs = milvus.connected()  # connected by load_all
         leases = EtcdLeases(self.settings.milvus_etcd_uri) if self.settings.milvus_etcd_uri else None
         self.heads.share(SharedHeads(blobs), leases, self.settings.heads_sync_seconds)
 
@@ -192,8 +196,8 @@ class Server:
         started = time.perf_counter()
         self.models.load_all()
         self.collections.load_all()
-        if self.settings.milvus_uri:
-            self._share_heads()
+        if self.milvus is not None:
+            self._share_heads(self.milvus)
         self.heads.load_all()
         self.models.bound = self._bound_versions
         self.models.sync()  # versions that collections and heads are bound to, beyond the version policies
@@ -205,8 +209,8 @@ class Server:
             self.metrics.registry.register(gpu)
         self.ready.set()
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        if self.settings.milvus_uri:  # the Index service is NOT_SERVING while Milvus does not answer
-            self.collections.watch(self._index_health)  # type: ignore[union-attr]
+        if self.milvus is not None:  # the Index service is NOT_SERVING while Milvus does not answer
+            self.milvus.watch(self._index_health)
         log.info(
             "serving",
             extra=fields(

@@ -16,7 +16,7 @@ from offshelf.service.errors import Unavailable
 from offshelf.service.heads.registry import HeadRegistry
 
 if TYPE_CHECKING:
-    from offshelf.service.index.registry import Collections
+    from offshelf.service.index.contract import CollectionCatalog
 
 log = logging.getLogger(__name__)
 JOB_STATES = {
@@ -28,7 +28,7 @@ JOB_STATES = {
 
 
 class StateCollector(Collector):
-    def __init__(self, collections: Collections, heads: HeadRegistry, names: bool = False):
+    def __init__(self, collections: CollectionCatalog, heads: HeadRegistry, names: bool = False):
         self.collections = collections
         self.heads = heads
         self.names = names  # collection and head names as label values; else a hash of each (names can be tenants')

@@ -11,7 +11,7 @@ ENGINE = [
     "offshelf.service.tracing",
     "offshelf.service.models.registry",
     "offshelf.service.heads.registry",
-    "offshelf.service.index.registry",
+    "offshelf.service.index.embedded.registry",
 ]
 
 

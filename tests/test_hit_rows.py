@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from offshelf.service.index.hit_rows import HitRows
-from offshelf.service.index.store import Row
+from offshelf.service.index.contract import Row
+from offshelf.service.index.embedded.hit_rows import HitRows
 
 
 class Store:

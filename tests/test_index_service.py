@@ -261,7 +261,7 @@ def test_delete_removes_the_collection_and_its_files(server, client, on_milvus):
     if on_milvus:
         from pymilvus import MilvusClient
 
-        from offshelf.service.index.milvus import physical_name
+        from offshelf.service.index.milvus.collection import physical_name
 
         milvus = MilvusClient(uri=server.settings["milvus_uri"])
         assert not milvus.has_collection(physical_name("index-doomed"))

@@ -13,7 +13,7 @@ import pytest
 from pymilvus import MilvusClient
 
 from offshelf.clients import Client
-from offshelf.service.index.milvus import key
+from offshelf.service.index.milvus.collection import key
 
 from common import ServerProcess, clustered_vectors, until
 

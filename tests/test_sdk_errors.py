@@ -42,6 +42,27 @@ def test_server_statuses_raise_their_own_class_that_is_still_a_grpc_error(client
         client.delete_collection("errors-taken")
 
 
+def test_a_refusal_caused_by_one_item_names_it_in_the_status_details(client):
+    """The item's position comes as a google.rpc.ErrorInfo detail (what --skip-bad drops), not from the message."""
+    photo = skimage_photo("chelsea.png").read_bytes()
+    with pytest.raises(InvalidArgument) as undecodable:
+        client.embed([photo, b"not an image", photo])
+    assert undecodable.value.item == 1
+    client.create_collection("errors-items")
+    try:
+        with pytest.raises(InvalidArgument) as undecodable:
+            client.add("errors-items", images=[photo, photo, b"GIF89a broken"], ids=["a", "b", "c"])
+        assert undecodable.value.item == 2
+        with pytest.raises(InvalidArgument) as repeated:
+            client.add("errors-items", images=[photo, photo], ids=["a", "a"])
+        assert repeated.value.item == 1
+        with pytest.raises(NotFound) as missing:
+            client.get_collection("errors-missing")
+        assert missing.value.item is None
+    finally:
+        client.delete_collection("errors-items")
+
+
 def test_unreachable_and_late_calls_raise_unavailable_and_deadline_exceeded(server):
     with Client("127.0.0.1:1", timeout=2, retries=0) as nowhere, pytest.raises(Unavailable):
         nowhere.list_models()

@@ -20,16 +20,15 @@ from offshelf.service import tracing
 from offshelf.service.api.checks import check_image_limit, check_name
 from offshelf.service.api.limits import ResponseLimit, hits_bytes, items_bytes, vector_bytes
 from offshelf.service.errors import FailedPrecondition, InvalidArgument, ServiceError
-from offshelf.service.index.collection import Item
-from offshelf.service.index.faiss_index import MAX_EF, with_defaults
+from offshelf.service.index.contract import Filter, Item, Row
+from offshelf.service.index.embedded.faiss_index import MAX_EF, with_defaults
 from offshelf.service.index.query_expansion import DEFAULT_ALPHA, MAX_EXPANSION, expand
-from offshelf.service.index.store import Filter, Row
 from offshelf.service.metrics import Metrics
 from offshelf.service.models.registry import ModelRegistry, describe
 from offshelf.service.settings import ServiceSettings
 
 if TYPE_CHECKING:
-    from offshelf.service.index.registry import AnyCollection, Collections
+    from offshelf.service.index.contract import CollectionCatalog, CollectionStore
 
 MAX_METADATA_ENTRIES, MAX_METADATA_BYTES, MAX_ID_BYTES = 16, 1024, 256
 MAX_FILTER_VALUES, MAX_PAGE_SIZE = 100, 1000
@@ -39,7 +38,9 @@ MAX_DIM = 32_768  # of one's own vectors: Milvus's limit
 
 
 class IndexServicer(pb2_grpc.IndexServicer):
-    def __init__(self, collections: Collections, models: ModelRegistry, settings: ServiceSettings, metrics: Metrics):
+    def __init__(
+        self, collections: CollectionCatalog, models: ModelRegistry, settings: ServiceSettings, metrics: Metrics
+    ):
         self.collections = collections
         self.metrics = metrics
         self.models = models
@@ -322,7 +323,7 @@ class IndexServicer(pb2_grpc.IndexServicer):
 
     # --- helpers -----------------------------------------------------------------------------
 
-    def _check_claimed_binding(self, collection: AnyCollection, model: str, output: str) -> None:
+    def _check_claimed_binding(self, collection: CollectionStore, model: str, output: str) -> None:
         binding = collection.config.binding
         if (model and model != binding.model) or (output and output != binding.output):
             raise FailedPrecondition(
@@ -330,7 +331,7 @@ class IndexServicer(pb2_grpc.IndexServicer):
                 f"for model {model or binding.model!r} output {output or binding.output!r}"
             )
 
-    def _embed(self, collection: AnyCollection, images: list[bytes], names: list[str], augmentation: int = 0):
+    def _embed(self, collection: CollectionStore, images: list[bytes], names: list[str], augmentation: int = 0):
         if not collection.config.binding.model:
             raise FailedPrecondition(
                 f"collection {collection.name!r} holds {_describe(collection.config.binding)}: it has no model to "
@@ -368,7 +369,7 @@ def _check_item(i: int, item: pb2.Item, dim: int) -> None:
             raise InvalidArgument(f"item {i}: metadata entry {key[:40]!r} is over {MAX_METADATA_BYTES} bytes", item=i)
 
 
-def _filter(message: pb2.Filter, collection: AnyCollection) -> Filter:
+def _filter(message: pb2.Filter, collection: CollectionStore) -> Filter:
     """The request's filter, checked: bounded sizes, no empty value lists, known metadata keys."""
     if len(message.labels) > MAX_FILTER_VALUES:
         raise InvalidArgument(f"filter has {len(message.labels)} labels, more than {MAX_FILTER_VALUES}")
@@ -410,7 +411,7 @@ def _stored(row: Row, vector: np.ndarray | None) -> pb2.StoredItem:
     return item
 
 
-def _expansion(request, collection: AnyCollection) -> tuple[int, float]:
+def _expansion(request, collection: CollectionStore) -> tuple[int, float]:
     """(hits averaged into each query, alpha) of a search's query expansion; (0, _) for none."""
     n = request.query_expansion
     if not 0 <= n <= MAX_EXPANSION:

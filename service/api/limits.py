@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from offshelf.service.errors import InvalidArgument
-from offshelf.service.index.store import Row
+from offshelf.service.index.contract import Row
 
 FRAMING = 16  # bytes of an item's or hit's own tags and lengths (and score): a little more than protobuf uses
 

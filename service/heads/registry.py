@@ -45,7 +45,7 @@ from offshelf.service.models.registry import ModelRegistry, describe
 
 if TYPE_CHECKING:
     from offshelf.service.heads.shared import EtcdLeases, Lease, SharedHeads
-    from offshelf.service.index.registry import Collections
+    from offshelf.service.index.contract import CollectionCatalog
 
 log = logging.getLogger(__name__)
 DELETED_WHILE_TRAINING = "the head was deleted while it trained"
@@ -91,7 +91,7 @@ class HeadEntry:
 
 
 class HeadRegistry:
-    def __init__(self, data_dir: pathlib.Path, models: ModelRegistry, collections: Collections):
+    def __init__(self, data_dir: pathlib.Path, models: ModelRegistry, collections: CollectionCatalog):
         self.root = data_dir / "heads"
         self.models = models
         self.collections = collections

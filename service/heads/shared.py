@@ -1,4 +1,4 @@
-"""Heads shared by every replica on one Milvus: the version folders' files kept in Milvus (milvus_blobs.py), and a
+"""Heads shared by every replica on one Milvus: the version folders' files kept in Milvus (milvus/blobs.py), and a
 lease in the etcd of the Milvus deployment so that a head trains on one replica at a time.
 
 Why Milvus: the replicas already reach it, it is durable and replicated, and it needs no volume (a ReadWriteMany
@@ -20,7 +20,7 @@ import urllib.request
 import uuid
 
 from offshelf.service.errors import Unavailable
-from offshelf.service.index.milvus_blobs import Blobs
+from offshelf.service.index.milvus.blobs import Blobs
 
 log = logging.getLogger(__name__)
 FILES, COMPLETE = "heads", "heads-complete"

@@ -31,7 +31,7 @@ import numpy as np
 
 from offshelf.protos.v1 import index_pb2
 from offshelf.service.errors import FailedPrecondition, Unavailable
-from offshelf.service.index.milvus import (
+from offshelf.service.index.milvus.collection import (
     MAX_RAW_DIM,
     MIGRATING,
     RETIRED,
@@ -48,8 +48,8 @@ from offshelf.service.logs import fields
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
 
-    from offshelf.service.index.milvus import MilvusCollection
-    from offshelf.service.index.milvus_blobs import Blobs
+    from offshelf.service.index.milvus.blobs import Blobs
+    from offshelf.service.index.milvus.collection import MilvusCollection
 
 log = logging.getLogger(__name__)
 FENCE_SETTLE_SECONDS = 1.0

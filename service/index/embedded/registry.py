@@ -8,15 +8,14 @@ import pathlib
 import shutil
 import threading
 import uuid
-from typing import TYPE_CHECKING
 
 import faiss
 
 from offshelf.protos.v1 import index_pb2
 from offshelf.service.errors import AlreadyExists, NotFound, Unavailable
-from offshelf.service.index.collection import Collection
-from offshelf.service.index.migrate import migrate, needs_migration
-from offshelf.service.index.store import DATABASE
+from offshelf.service.index.embedded.collection import Collection
+from offshelf.service.index.embedded.migrate import migrate, needs_migration
+from offshelf.service.index.embedded.store import DATABASE
 from offshelf.service.logs import fields
 
 log = logging.getLogger(__name__)
@@ -105,11 +104,3 @@ class CollectionRegistry:
             self._saver.join()
         for collection in self.all():
             collection.close()
-
-
-if TYPE_CHECKING:
-    from offshelf.service.index.milvus import MilvusCollection
-    from offshelf.service.index.milvus_registry import MilvusCollectionRegistry
-
-    Collections = CollectionRegistry | MilvusCollectionRegistry  # the two stores behind one set of calls
-    AnyCollection = Collection | MilvusCollection

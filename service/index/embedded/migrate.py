@@ -22,7 +22,8 @@ from google.protobuf import json_format
 
 from offshelf.protos.v1 import index_pb2
 from offshelf.service.errors import CollectionLoadError
-from offshelf.service.index.store import DATABASE, ItemStore, Row
+from offshelf.service.index.contract import Row
+from offshelf.service.index.embedded.store import DATABASE, ItemStore
 from offshelf.service.logs import fields
 
 log = logging.getLogger(__name__)

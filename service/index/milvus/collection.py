@@ -9,12 +9,12 @@ IVF_PQ: the index types and parameters offshelf's own store uses. IVF_PQ tables 
 
 PCA-whitening makes a new generation: the whitened vectors are what Milvus indexes, so the table of a whitened
 generation also keeps each item's vector as added (``raw``, base64 float32: Milvus 2.3 allows one vector field) for
-GetItems, search by id and whitening again; the whitening itself is a blob (milvus_blobs.py). Training renames the
+GetItems, search by id and whitening again; the whitening itself is a blob (milvus/blobs.py). Training renames the
 table to ``offshelf_migrating_<key>_<generation>`` first: writes from every replica then find no table of their
 generation and are answered UNAVAILABLE until the alias points at the new generation, so none is lost; searches go
 on against the renamed table meanwhile. A replica whose table has gone looks up the alias again (MilvusCollection
 methods do this once), so a replica never writes with another generation's whitening. A write that meets a renamed
-table finishes or undoes a whitening whose replica died (milvus_whitening.py).
+table finishes or undoes a whitening whose replica died (whitening.py).
 
 A write is acknowledged with the count afterwards, read with Strong consistency: that read waits until Milvus serves
 the write, so every later read sees it, through any replica and at any consistency level (with one in-memory
@@ -28,28 +28,24 @@ candidates with their vectors as added.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
-import json
 import uuid
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from google.protobuf import json_format
-from pymilvus import DataType, MilvusClient, MilvusException
+from pymilvus import DataType, MilvusClient
 
 from offshelf.protos.v1 import index_pb2
-from offshelf.service.drift import DriftMonitor
-from offshelf.service.errors import FailedPrecondition, Internal, InvalidArgument, NotFound, Unavailable
-from offshelf.service.index.store import Filter, Row
-from offshelf.service.index.vectors import Whitening, prepare, to_index_space
+from offshelf.service.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from offshelf.service.index.contract import Filter, Hit, Item, Row, StoreBase
+from offshelf.service.index.milvus.calls import TableGone, milvus_errors, quoted
+from offshelf.service.index.vectors import Whitening, to_index_space
 
 if TYPE_CHECKING:
-    from offshelf.service.index.milvus_blobs import Blobs
+    from offshelf.service.index.milvus.blobs import Blobs
 
-Item = tuple[str, str, dict[str, str]]  # (id, label, metadata)
-Hit = tuple[str, float, str, dict[str, str]]  # (id, score, label, metadata)
 T = TypeVar("T")
 ALIAS, TABLE = "offshelf_collection_", "offshelf_table_"
 MIGRATING, RETIRED = "offshelf_migrating_", "offshelf_retired_"  # tables being whitened
@@ -57,7 +53,6 @@ MAX_ID_BYTES, MAX_LABEL_BYTES = 256, 65535  # the id and label fields' VARCHAR l
 MAX_RAW_DIM = 12000  # float32 values whose base64 fits in a VARCHAR of 65535
 PAGE = 4096  # items per query when reading many
 FENCE_SECONDS = 30.0  # the default of the setting milvus_whitening_fence_seconds
-COLLECTION_NOT_FOUND, COLLECTION_NOT_LOADED = 100, 101  # Milvus's error codes
 
 
 def key(name: str) -> str:
@@ -77,11 +72,6 @@ def whitening_blob(name: str, generation: int) -> str:
     return f"whitening/{key(name)}/{generation}"
 
 
-def quoted(text: str) -> str:
-    """A string literal of Milvus's expression language (its escapes are JSON's)."""
-    return json.dumps(text, ensure_ascii=False)
-
-
 def expression(where: Filter) -> str:
     """The filter as a Milvus boolean expression ("" selects everything)."""
     clauses = ['label != ""'] if where.labelled else []
@@ -94,39 +84,6 @@ def expression(where: Filter) -> str:
 
 def both(*clauses: str) -> str:
     return " and ".join(f"({c})" for c in clauses if c)
-
-
-class TableGone(NotFound):
-    """The table a replica addressed is gone (renamed for whitening, replaced, or the collection deleted)."""
-
-
-def is_gone(err: MilvusException) -> bool:
-    """Whether Milvus answered that the table (or alias) does not exist."""
-    message = err.message or str(err)
-    return err.code == COLLECTION_NOT_FOUND or "collection not found" in message or "can't find collection" in message
-
-
-def unreachable(err: MilvusException) -> bool:
-    """Whether the call did not reach Milvus (refused, reset, timed out), as opposed to Milvus refusing it."""
-    message = (err.message or str(err)).lower()
-    return any(sign in message for sign in ("unavailable", "deadline", "connect", "retry timeout"))
-
-
-@contextlib.contextmanager
-def milvus_errors(name: str) -> Iterator[None]:
-    """Milvus's errors as the service's: a missing collection is NOT_FOUND; an unreachable Milvus, or one still
-    loading a table after a restart, UNAVAILABLE (the client in milvus_registry.py names Milvus's address)."""
-    try:
-        yield
-    except MilvusException as err:
-        message = err.message or str(err)
-        if is_gone(err):
-            raise TableGone(f"no collection named {name!r}; ListCollections lists them") from err
-        if err.code == COLLECTION_NOT_LOADED or "not loaded" in message:
-            raise Unavailable(f"Milvus is still loading collection {name!r} (as after its restart); retry") from err
-        if unreachable(err):
-            raise Unavailable(f"Milvus does not answer ({message}); retry, and check OFFSHELF_MILVUS_URI") from err
-        raise Internal(f"Milvus refused the call on collection {name!r}: {message}") from err
 
 
 def index_params(client: MilvusClient, config: index_pb2.Collection):
@@ -179,8 +136,8 @@ def from_text(text: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text), "<f4").astype(np.float32)
 
 
-class MilvusCollection:
-    """The same calls as the embedded Collection (collection.py), on one generation's table of a Milvus collection.
+class MilvusCollection(StoreBase):
+    """The store contract (index/contract.py) on one generation's table of a Milvus collection.
     `reopen(name)` looks the collection up again (the registry's), for when the table is gone."""
 
     def __init__(
@@ -194,10 +151,8 @@ class MilvusCollection:
         reopen: Callable[[str], MilvusCollection],
         fence_seconds: float = FENCE_SECONDS,
     ):
+        super().__init__(config)
         self.client, self.blobs = client, blobs
-        self.config = config
-        self.name = config.name
-        self.dim = config.binding.dim
         self.table = table
         self.generation = int(table.rsplit("_", 1)[1])
         self.migrating = table.startswith((MIGRATING, RETIRED))
@@ -205,10 +160,8 @@ class MilvusCollection:
         self.consistency = consistency
         self.reopen = reopen
         self.fence_seconds = fence_seconds
-        self.drift = DriftMonitor()
         self._known_keys: set[str] = set()  # metadata keys seen on an item: filters on them need no check
         self.unsaved_writes = 0  # Milvus persists writes itself: no local index to save
-        self.last_index_save_at: float | None = None
 
     def _current(self, operation: Callable[[MilvusCollection], T], write: bool = False) -> T:
         """Runs the operation on this table, or once more on the collection's table now if this one is gone."""
@@ -231,7 +184,7 @@ class MilvusCollection:
 
     def _recovered(self) -> MilvusCollection:
         """The collection after finishing or undoing a whitening whose replica died (if it did)."""
-        from offshelf.service.index import milvus_whitening  # it builds on this module
+        from offshelf.service.index.milvus import whitening as milvus_whitening  # it builds on this module
 
         milvus_whitening.recover(self.client, self.blobs, self.name)
         return self.reopen(self.name)
@@ -345,23 +298,11 @@ class MilvusCollection:
                 raise InvalidArgument(f"filter on metadata key {name!r}, which no item of collection {self.name!r} has")
             self._known_keys.add(name)
 
-    def search(
-        self,
-        queries: np.ndarray,
-        k: int,
-        ef_search: int = 0,
-        nprobe: int = 0,
-        where: Filter | None = None,
-        min_score: float | None = None,
-    ) -> list[list[Hit]]:
-        """The k nearest items to each query vector (one Milvus search), among those `where` selects."""
-        queries = self.prepare(queries)
-        self.drift.observe(queries)
-        return self._current(lambda c: c._search(queries, k, ef_search, nprobe, where or Filter(), min_score))
+    def _nearest(self, queries: np.ndarray, k: int, ef_search: int, nprobe: int, where: Filter) -> list[list[Hit]]:
+        """One Milvus search, on the collection's current table."""
+        return self._current(lambda c: c._search(queries, k, ef_search, nprobe, where))
 
-    def _search(
-        self, queries: np.ndarray, k: int, ef_search: int, nprobe: int, where: Filter, min_score: float | None
-    ) -> list[list[Hit]]:
+    def _search(self, queries: np.ndarray, k: int, ef_search: int, nprobe: int, where: Filter) -> list[list[Hit]]:
         queries = to_index_space(queries, self.whitening, self.config)
         refine = self.config.ivfpq.refine_factor if self.config.index_type == "ivfpq" else 1
         params: dict[str, int] = {}
@@ -385,8 +326,6 @@ class MilvusCollection:
             if refine > 1 and ranked:
                 ranked = self._rerank(query, [hit for _, hit in ranked])
             ranked = ranked[:k]
-            if min_score is not None:
-                ranked = [(score, hit) for score, hit in ranked if score >= min_score]
             answers.append(
                 [(hit["id"], score, hit["entity"]["label"], hit["entity"]["metadata"]) for score, hit in ranked]
             )
@@ -404,9 +343,6 @@ class MilvusCollection:
             scores = vectors @ query
             order = np.argsort(-scores, kind="stable")
         return [(float(scores[i]), hits[i]) for i in order]
-
-    def prepare(self, vectors: np.ndarray) -> np.ndarray:
-        return prepare(vectors, self.config)
 
     # --- writes ----------------------------------------------------------------------------------
 
@@ -475,7 +411,7 @@ class MilvusCollection:
         self._current(lambda c: c._train_whitening(dim, sample, source), write=True)
 
     def _train_whitening(self, dim: int, sample: np.ndarray | None, source: str) -> None:
-        from offshelf.service.index import milvus_whitening  # it builds on this module
+        from offshelf.service.index.milvus import whitening as milvus_whitening  # it builds on this module
 
         milvus_whitening.train(self, dim, sample, source, self.fence_seconds)
 

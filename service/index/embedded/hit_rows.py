@@ -12,7 +12,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
-from offshelf.service.index.store import Row
+from offshelf.service.index.contract import Row
 
 HIT_ROWS = 50_000  # rows kept per collection, least recently hit first out: ~10-30 MB with short metadata
 

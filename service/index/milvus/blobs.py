@@ -12,7 +12,7 @@ import base64
 
 from pymilvus import DataType, MilvusClient
 
-from offshelf.service.index.milvus import milvus_errors, quoted
+from offshelf.service.index.milvus.calls import milvus_errors, quoted
 
 TABLE = "offshelf_blobs"
 CHUNK = 48000  # bytes: 64,000 characters as base64

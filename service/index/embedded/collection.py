@@ -34,19 +34,17 @@ import faiss
 import numpy as np
 
 from offshelf.protos.v1 import index_pb2
-from offshelf.service.drift import DriftMonitor
 from offshelf.service.errors import InvalidArgument, NotFound, Unavailable
-from offshelf.service.index.faiss_index import new_index, search_params, train_ivfpq
-from offshelf.service.index.hit_rows import HitRows
+from offshelf.service.index.contract import Filter, Hit, Item, Row, StoreBase
+from offshelf.service.index.embedded.faiss_index import new_index, search_params, train_ivfpq
+from offshelf.service.index.embedded.hit_rows import HitRows
+from offshelf.service.index.embedded.rwlock import ReadWriteLock
+from offshelf.service.index.embedded.store import DATABASE, ItemStore, from_blobs
 from offshelf.service.index.query_expansion import expand
-from offshelf.service.index.rwlock import ReadWriteLock
-from offshelf.service.index.store import DATABASE, Filter, ItemStore, Row, from_blobs
-from offshelf.service.index.vectors import Whitening, check_whitening, learn_whitening, prepare, to_index_space
+from offshelf.service.index.vectors import Whitening, check_whitening, learn_whitening, to_index_space
 from offshelf.service.logs import fields
 
 log = logging.getLogger(__name__)
-Item = tuple[str, str, dict[str, str]]  # (id, label, metadata)
-Hit = tuple[str, float, str, dict[str, str]]  # (id, score, label, metadata)
 EXACT_FILTER_LIMIT = 4096  # a filter selecting at most this many items is searched exactly
 
 
@@ -74,18 +72,14 @@ def folder_bytes(directory: pathlib.Path) -> int:
     return total
 
 
-class Collection:
+class Collection(StoreBase):
     def __init__(self, directory: pathlib.Path, store: ItemStore, config: index_pb2.Collection):
+        super().__init__(config)
         self.directory = directory
         self.store = store
-        self.config = config
-        self.name = config.name
-        self.dim = config.binding.dim
         self.closed = False
         self._deleted = False
         self.count = 0
-        self.drift = DriftMonitor()
-        self.last_index_save_at: float | None = None  # Unix time
         self._seq = 0  # the last committed write
         self._saved_seq = 0  # the write the index file on disk holds
         self._rebuilt_seq = 0  # index files older than this write are in another vector space
@@ -200,26 +194,14 @@ class Collection:
                 f"its keys: {known}"
             )
 
-    def search(
-        self,
-        queries: np.ndarray,
-        k: int,
-        ef_search: int = 0,
-        nprobe: int = 0,
-        where: Filter | None = None,
-        min_score: float | None = None,
-    ) -> list[list[Hit]]:
-        """The k nearest items to each query vector (one FAISS batch), among those `where` selects."""
-        queries = self.prepare(queries)
-        self.drift.observe(queries)
+    def _nearest(self, queries: np.ndarray, k: int, ef_search: int, nprobe: int, where: Filter) -> list[list[Hit]]:
+        """One FAISS batch (or an exact scan of the few items `where` selects)."""
         with self._rw.read():
             queries = self._to_index_space(queries, self._whitening)
             if where:
                 ranked = self._search_filtered(queries, k, ef_search, nprobe, where)
             else:
                 ranked = self._search_all(queries, k, ef_search, nprobe)
-        if min_score is not None:
-            ranked = [[(score, i) for score, i in row if score >= min_score] for row in ranked]
         rows = self._hit_rows.rows(sorted({i for row in ranked for _, i in row}))
         return [
             [(rows[i].id, score, rows[i].label, rows[i].metadata) for score, i in row if i in rows] for row in ranked
@@ -278,9 +260,6 @@ class Collection:
             scores = queries @ exact.T
             orders = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         return [[(float(row[j]), internals[j]) for j in order] for row, order in zip(scores, orders, strict=True)]
-
-    def prepare(self, vectors: np.ndarray) -> np.ndarray:
-        return prepare(vectors, self.config)
 
     def _to_index_space(self, vectors: np.ndarray, whitening: Whitening | None) -> np.ndarray:
         return to_index_space(vectors, whitening, self.config)

@@ -18,13 +18,13 @@ import pathlib
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from google.protobuf import json_format
 
 from offshelf.protos.v1 import index_pb2
 from offshelf.service.errors import CollectionLoadError
+from offshelf.service.index.contract import Filter, Row
 
 DATABASE = "items.sqlite3"
 SCHEMA = """
@@ -50,38 +50,18 @@ CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value);
 """
 
 
-@dataclass(frozen=True)
-class Row:
-    id: str
-    internal: int
-    label: str
-    metadata: dict[str, str]
-
-
-@dataclass(frozen=True)
-class Filter:
-    """Items whose label is one of `labels` (when given) and whose metadata[key] is one of the values for each
-    key in `metadata`. An empty filter selects every item."""
-
-    labels: tuple[str, ...] = ()
-    metadata: tuple[tuple[str, tuple[str, ...]], ...] = ()
-    labelled: bool = False  # only items with a label
-
-    def __bool__(self) -> bool:
-        return bool(self.labels or self.metadata or self.labelled)
-
-    def sql(self) -> tuple[str, list[str]]:
-        """A WHERE clause (without the keyword; "1" when empty) and its parameters."""
-        clauses = ["label != ''"] if self.labelled else []
-        parameters: list[str] = []
-        if self.labels:
-            clauses.append(f"label IN ({', '.join('?' * len(self.labels))})")
-            parameters += self.labels
-        for key, values in self.metadata:
-            marks = ", ".join("?" * len(values))
-            clauses.append(f"internal IN (SELECT internal FROM item_metadata WHERE key = ? AND value IN ({marks}))")
-            parameters += [key, *values]
-        return " AND ".join(clauses) or "1", parameters
+def where_sql(where: Filter) -> tuple[str, list[str]]:
+    """The filter as a WHERE clause (without the keyword; "1" when empty) and its parameters."""
+    clauses = ["label != ''"] if where.labelled else []
+    parameters: list[str] = []
+    if where.labels:
+        clauses.append(f"label IN ({', '.join('?' * len(where.labels))})")
+        parameters += where.labels
+    for key, values in where.metadata:
+        marks = ", ".join("?" * len(values))
+        clauses.append(f"internal IN (SELECT internal FROM item_metadata WHERE key = ? AND value IN ({marks}))")
+        parameters += [key, *values]
+    return " AND ".join(clauses) or "1", parameters
 
 
 def to_blob(vector: np.ndarray) -> bytes:
@@ -226,11 +206,11 @@ class ItemStore:
         db.executemany("DELETE FROM item_metadata WHERE internal = ?", [(internal,) for internal in internals])
 
     def count(self, where: Filter = Filter()) -> int:
-        clause, parameters = where.sql()
+        clause, parameters = where_sql(where)
         return self.read(f"SELECT count(*) FROM items WHERE {clause}", parameters)[0][0]
 
     def internals(self, where: Filter = Filter()) -> np.ndarray:
-        clause, parameters = where.sql()
+        clause, parameters = where_sql(where)
         rows = self.read(f"SELECT internal FROM items WHERE {clause}", parameters)
         return np.fromiter((r[0] for r in rows), np.int64, len(rows))
 
@@ -238,7 +218,7 @@ class ItemStore:
         return {row[0] for row in self.read("SELECT key FROM metadata_keys")}
 
     def ids(self, where: Filter) -> list[str]:
-        clause, parameters = where.sql()
+        clause, parameters = where_sql(where)
         return [row[0] for row in self.read(f"SELECT id FROM items WHERE {clause}", parameters)]
 
     def _select_in(self, columns: str, key: str, values: Sequence[object]) -> list[tuple]:
@@ -271,7 +251,7 @@ class ItemStore:
     ) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
         """(FAISS ids, vectors, labels) of the selected items written after `after_seq`, `chunk` at a time,
         so rebuilding an index never holds a second copy of every vector."""
-        clause, parameters = where.sql()
+        clause, parameters = where_sql(where)
         cursor = self._connection().execute(
             f"SELECT internal, vector, label FROM items WHERE seq > ? AND ({clause}) ORDER BY internal",
             [after_seq, *parameters],
@@ -285,7 +265,7 @@ class ItemStore:
 
     def page(self, after_id: str, size: int, where: Filter, with_vectors: bool) -> list[tuple]:
         """Items in id order after `after_id`: (id, internal, label, metadata, vector or None) rows."""
-        clause, parameters = where.sql()
+        clause, parameters = where_sql(where)
         vector = "vector" if with_vectors else "NULL"  # the blobs are most of the database: read them only if asked
         sql = (
             f"SELECT id, internal, label, metadata, {vector} FROM items WHERE id > ? AND ({clause}) ORDER BY id LIMIT ?"

@@ -27,8 +27,9 @@ from pymilvus import MilvusClient, MilvusException
 
 from offshelf.protos.v1 import index_pb2
 from offshelf.service.errors import AlreadyExists, CollectionLoadError, NotFound, Unavailable
-from offshelf.service.index import milvus_whitening
-from offshelf.service.index.milvus import (
+from offshelf.service.index.milvus import whitening as milvus_whitening
+from offshelf.service.index.milvus.blobs import Blobs
+from offshelf.service.index.milvus.collection import (
     ALIAS,
     FENCE_SECONDS,
     MIGRATING,
@@ -43,7 +44,6 @@ from offshelf.service.index.milvus import (
     unreachable,
     whitening_blob,
 )
-from offshelf.service.index.milvus_blobs import Blobs
 from offshelf.service.index.vectors import Whitening
 from offshelf.service.logs import fields
 
@@ -147,7 +147,7 @@ class MilvusCollectionRegistry:
     def __init__(self, uri: str, token: str, ca_file: str, consistency: str, fence_seconds: float = FENCE_SECONDS):
         self.uri, self.token, self.ca_file = uri, token, ca_file
         self.consistency = consistency
-        self.fence_seconds = fence_seconds  # of a whitening: see milvus_whitening.py
+        self.fence_seconds = fence_seconds  # of a whitening: see whitening.py
         self.guard: GuardedClient | None = None
         self.client: MilvusClient | None = None
         self.blobs: Blobs | None = None

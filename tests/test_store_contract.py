@@ -1,0 +1,149 @@
+"""The collection store's contract (service/index/contract.py), in process and without a gRPC server: the same
+cases against both stores, the embedded one (SQLite + FAISS) in a temporary folder and the real Milvus standalone.
+What is about the wire (validation of requests, statuses, auth, streaming) is tested through a server elsewhere."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from offshelf.protos.v1 import index_pb2
+from offshelf.service.errors import AlreadyExists, InvalidArgument, NotFound
+from offshelf.service.index.contract import CollectionCatalog, CollectionStore, Filter
+from offshelf.service.index.embedded.faiss_index import with_defaults
+from offshelf.service.index.embedded.registry import CollectionRegistry
+
+from common import clustered_vectors
+
+DIM = 16
+COUNT = 40
+
+
+@pytest.fixture(scope="module", params=["embedded", "milvus"])
+def catalog(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CollectionCatalog]:
+    store: CollectionCatalog
+    if request.param == "embedded":
+        store = CollectionRegistry(tmp_path_factory.mktemp("contract"), index_save_seconds=60, faiss_threads=0)
+    else:
+        from offshelf.service.index.milvus.registry import MilvusCollectionRegistry
+
+        store = MilvusCollectionRegistry(request.getfixturevalue("milvus").uri, "", "", "Strong")
+    store.load_all()
+    yield store
+    store.close()
+
+
+def configured(name: str, metric: int = index_pb2.METRIC_L2) -> index_pb2.Collection:
+    config = index_pb2.Collection(name=name, binding=index_pb2.Binding(dim=DIM), metric=metric)
+    with_defaults(config)
+    return config
+
+
+@pytest.fixture
+def collection(catalog: CollectionCatalog) -> Iterator[CollectionStore]:
+    name = f"contract-{uuid.uuid4().hex[:8]}"
+    yield catalog.create(configured(name))
+    with contextlib.suppress(NotFound):
+        catalog.delete(name)
+
+
+def filled(collection: CollectionStore) -> tuple[list[str], np.ndarray]:
+    """COUNT items id-00.., labels c0/c1 alternating, metadata shard 0-2; returns their ids and vectors."""
+    vectors = clustered_vectors(COUNT, DIM, seed=1)
+    items = [(f"id-{i:02d}", f"c{i % 2}", {"shard": str(i % 3)}) for i in range(COUNT)]
+    ids, count = collection.add(items, collection.prepare(vectors))
+    assert count == COUNT
+    return ids, vectors
+
+
+def test_added_items_are_read_back_counted_and_paged_in_id_order(collection):
+    ids, vectors = filled(collection)
+    assert ids == [f"id-{i:02d}" for i in range(COUNT)]
+    found = collection.get(["id-03", "absent"])
+    assert list(found) == ["id-03"]
+    row, vector = found["id-03"]
+    assert (row.id, row.label, row.metadata) == ("id-03", "c1", {"shard": "0"})
+    np.testing.assert_allclose(vector, vectors[3], rtol=1e-6)
+    assert collection.info().count == COUNT
+    pages, after = [], ""
+    while page := collection.page(after, 16, Filter(), with_vectors=False):
+        pages.append([r.id for r, v in page if v is None])
+        after = page[-1][0].id
+    assert [len(p) for p in pages] == [16, 16, 8] and sum(pages, []) == ids
+    selected = collection.page("", 100, Filter(labels=("c0",), metadata=(("shard", ("1",)),)), with_vectors=True)
+    assert [r.id for r, _ in selected] == [f"id-{i:02d}" for i in range(COUNT) if i % 2 == 0 and i % 3 == 1]
+
+
+def test_an_add_with_an_existing_id_replaces_the_item(collection):
+    ids, vectors = filled(collection)
+    _, count = collection.add([("id-05", "new", {"k": "v"})], collection.prepare(vectors[:1]))
+    assert count == COUNT
+    row, vector = collection.get(["id-05"])["id-05"]
+    assert (row.label, row.metadata) == ("new", {"k": "v"})
+    np.testing.assert_allclose(vector, vectors[0], rtol=1e-6)
+
+
+def test_items_are_removed_by_id_and_by_filter(collection):
+    filled(collection)
+    assert collection.remove(["id-00", "absent"]) == (1, ["absent"], COUNT - 1)
+    removed, count = collection.remove_where(Filter(labels=("c1",)))
+    assert (removed, count) == (COUNT // 2, COUNT // 2 - 1)
+    assert not collection.get(["id-00", "id-01"])
+    assert collection.search(collection.stored_vectors()[:1], k=COUNT)[0][0][2] == "c0"
+
+
+def test_each_vector_finds_its_item_first_and_a_filter_selects_among_them(collection):
+    ids, vectors = filled(collection)
+    hits = collection.search(vectors, k=3)
+    assert [row[0][0] for row in hits] == ids
+    assert all(len(row) == 3 for row in hits)
+    shard_one = collection.search(vectors[:2], k=COUNT, where=Filter(metadata=(("shard", ("1",)),)))
+    assert all(meta == {"shard": "1"} for row in shard_one for _, _, _, meta in row)
+    assert [len(row) for row in shard_one] == [len([i for i in range(COUNT) if i % 3 == 1])] * 2
+    assert collection.search(vectors[:1], k=5, min_score=0.0)[0] == hits[0][:1]  # L2: only itself scores 0
+
+
+def test_search_by_an_items_own_vector(collection):
+    filled(collection)
+    assert collection.search(collection.vector_of("id-07")[None], k=1)[0][0][0] == "id-07"
+    with pytest.raises(NotFound):
+        collection.vector_of("absent")
+
+
+def test_a_filter_on_a_metadata_key_no_item_has_is_refused(collection):
+    filled(collection)
+    collection.check_filter(Filter(metadata=(("shard", ("0",)),)))
+    with pytest.raises(InvalidArgument, match="shrad"):
+        collection.check_filter(Filter(metadata=(("shrad", ("0",)),)))
+
+
+def test_labelled_vectors_are_what_heads_train_on(collection):
+    ids, vectors = filled(collection)
+    collection.add([("unlabelled", "", {})], collection.prepare(vectors[:1]))
+    found, labels = collection.labelled_vectors()
+    assert sorted(labels) == sorted(f"c{i % 2}" for i in range(COUNT)) and found.shape == (COUNT, DIM)
+
+
+def test_whitening_keeps_every_item_findable(collection):
+    ids, vectors = filled(collection)
+    collection.train_whitening(8)
+    assert collection.info().whitening_dim == 8
+    assert [row[0][0] for row in collection.search(vectors, k=1)] == ids
+    np.testing.assert_allclose(collection.get(["id-09"])["id-09"][1], vectors[9], rtol=1e-5)  # as added
+
+
+def test_a_name_is_created_once_and_a_deleted_collection_is_gone(catalog):
+    name = f"contract-{uuid.uuid4().hex[:8]}"
+    catalog.create(configured(name))
+    with pytest.raises(AlreadyExists):
+        catalog.create(configured(name))
+    assert name in [c.name for c in catalog.all()]
+    catalog.delete(name)
+    with pytest.raises(NotFound):
+        catalog.get(name)
+    assert catalog.create(configured(name)).info().count == 0
+    catalog.delete(name)
