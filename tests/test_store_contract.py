@@ -147,3 +147,16 @@ def test_a_name_is_created_once_and_a_deleted_collection_is_gone(catalog):
         catalog.get(name)
     assert catalog.create(configured(name)).info().count == 0
     catalog.delete(name)
+
+
+def test_query_expansion_searches_again_with_the_first_hits(catalog):
+    name = f"contract-{uuid.uuid4().hex[:8]}"
+    collection = catalog.create(configured(name, index_pb2.METRIC_INNER_PRODUCT))
+    try:
+        ids, vectors = filled(collection)
+        plain = collection.search(vectors[:4], k=5)
+        expanded = collection.search(vectors[:4], k=5, expansion=3, alpha=3.0, own_ids=ids[:4])
+        assert [row[0][0] for row in expanded] == ids[:4]  # each still finds itself first
+        assert all(e[0][1] < p[0][1] for e, p in zip(expanded, plain, strict=True))  # an expanded query is not itself
+    finally:
+        catalog.delete(name)

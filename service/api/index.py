@@ -22,7 +22,7 @@ from offshelf.service.api.limits import ResponseLimit, hits_bytes, items_bytes, 
 from offshelf.service.errors import FailedPrecondition, InvalidArgument, ServiceError
 from offshelf.service.index.contract import Filter, Item, Row
 from offshelf.service.index.embedded.faiss_index import MAX_EF, with_defaults
-from offshelf.service.index.query_expansion import DEFAULT_ALPHA, MAX_EXPANSION, expand
+from offshelf.service.index.query_expansion import DEFAULT_ALPHA, MAX_EXPANSION
 from offshelf.service.metrics import Metrics
 from offshelf.service.models.registry import ModelRegistry, describe
 from offshelf.service.settings import ServiceSettings
@@ -296,18 +296,10 @@ class IndexServicer(pb2_grpc.IndexServicer):
             )
         started = time.perf_counter()
         with tracing.tracer.start_as_current_span("search", attributes={"queries": len(queries), "k": request.k}):
-            if expansion:
-                first = collection.search(vectors, expansion + 1, request.ef_search, request.nprobe, where)
-                own_ids = [q.id if q.WhichOneof("query") == "id" else None for q in queries]
-                vectors = expand(
-                    vectors,
-                    [[(item_id, score) for item_id, score, _, _ in row] for row in first],
-                    own_ids,
-                    expansion,
-                    alpha,
-                    lambda ids: {item_id: vector for item_id, (_, vector) in collection.get(ids).items()},
-                )
-            hits = collection.search(vectors, request.k, request.ef_search, request.nprobe, where, min_score)
+            own_ids = [q.id if q.WhichOneof("query") == "id" else None for q in queries]
+            hits = collection.search(
+                vectors, request.k, request.ef_search, request.nprobe, where, min_score, expansion, alpha, own_ids
+            )
         self.metrics.search_seconds.labels(collection.config.index_type).observe(time.perf_counter() - started)
         self.response.check(
             hits_bytes(hits),

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from google.protobuf import json_format
 
 from offshelf.protos.v1 import heads_pb2 as pb2
@@ -35,6 +34,7 @@ from offshelf.service.errors import (
     FailedPrecondition,
     HeadLoadError,
     InvalidArgument,
+    ModelLoadError,
     NotFound,
     ServiceError,
     Unavailable,
@@ -42,6 +42,7 @@ from offshelf.service.errors import (
 from offshelf.service.heads.fitting import FittedHead, fit, l2_normalise
 from offshelf.service.logs import fields
 from offshelf.service.models.registry import ModelRegistry, describe
+from offshelf.service.models.runtime import OnnxRuntime
 
 if TYPE_CHECKING:
     from offshelf.service.heads.shared import EtcdLeases, Lease, SharedHeads
@@ -54,12 +55,14 @@ JOB_FILE = "job.json"  # in a head's folder while a job is queued or running: le
 
 
 class HeadVersion:
-    """One loaded version: card, onnxruntime session, and (ncm) the class sums for adding classes."""
+    """One loaded version: card, its graph behind the Runtime seam (on the CPU, one thread that sleeps when idle:
+    a head's graph is one small matrix product), and (ncm) the class sums for adding classes."""
 
     def __init__(self, directory: pathlib.Path):
         try:
             self.card = json_format.Parse((directory / "card.json").read_text(), pb2.HeadCard())
-            self.session = ort.InferenceSession(str(directory / "head.onnx"), providers=["CPUExecutionProvider"])
+            self.runtime = OnnxRuntime(directory / "head.onnx", "cpu", intra_op_threads=1, spinning=False)
+            self.runtime.load()
             reference = directory / "training_mean.npy"
             self.training_mean = np.load(reference) if reference.exists() else None  # the domain-shift reference
             ncm = directory / "ncm.npz"
@@ -69,7 +72,7 @@ class HeadVersion:
                     self.fitted = FittedHead(
                         onnx.ModelProto(), list(self.card.labels), self.card.metrics, data["sums"], data["counts"]
                     )
-        except (OSError, ValueError, KeyError, RuntimeError, json_format.ParseError) as err:
+        except (OSError, ValueError, KeyError, RuntimeError, json_format.ParseError, ModelLoadError) as err:
             raise HeadLoadError(
                 f"head version {directory} cannot be loaded ({err}); delete that folder to serve the head's "
                 "previous version, or train the head again"
@@ -78,7 +81,7 @@ class HeadVersion:
 
     def probabilities(self, vectors: np.ndarray) -> np.ndarray:
         self.drift.observe(vectors)
-        return self.session.run(["probabilities"], {"embedding": vectors.astype(np.float32)})[0]
+        return self.runtime.run({"embedding": vectors.astype(np.float32)})["probabilities"]
 
 
 class HeadEntry:

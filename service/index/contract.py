@@ -8,12 +8,14 @@ metrics) see only this module's names; tests/test_store_contract.py runs the sam
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from offshelf.service.drift import DriftMonitor
+from offshelf.service.index.query_expansion import DEFAULT_ALPHA, expand
 from offshelf.service.index.vectors import prepare
 
 if TYPE_CHECKING:
@@ -79,6 +81,9 @@ class CollectionStore(Protocol):
         nprobe: int = 0,
         where: Filter | None = None,
         min_score: float | None = None,
+        expansion: int = 0,
+        alpha: float = DEFAULT_ALPHA,
+        own_ids: Sequence[str | None] = (),
     ) -> list[list[Hit]]: ...
     def prepare(self, vectors: np.ndarray) -> np.ndarray: ...
     def add(self, items: list[Item], vectors: np.ndarray) -> tuple[list[str], int]: ...
@@ -101,8 +106,9 @@ class CollectionCatalog(Protocol):
 
 
 class StoreBase(ABC):
-    """What both stores do alike: their configuration, drift monitor, vector preparation, and the start and end
-    of a search (vectors prepared and observed for drift; hits under min_score dropped)."""
+    """What both stores do alike: their configuration, drift monitor, vector preparation, and a search around
+    each store's nearest-neighbour lookup (vectors prepared and observed for drift, query expansion, hits under
+    min_score dropped)."""
 
     def __init__(self, config: index_pb2.Collection):
         self.config = config
@@ -122,14 +128,34 @@ class StoreBase(ABC):
         nprobe: int = 0,
         where: Filter | None = None,
         min_score: float | None = None,
+        expansion: int = 0,
+        alpha: float = DEFAULT_ALPHA,
+        own_ids: Sequence[str | None] = (),
     ) -> list[list[Hit]]:
-        """The k nearest items to each query vector, among those `where` selects, best first."""
+        """The k nearest items to each query vector, among those `where` selects, best first. With `expansion`,
+        each query is searched again expanded by its first `expansion` hits (alpha query expansion); own_ids: the
+        item each query is (a search by id), left out of its expansion."""
         queries = self.prepare(queries)
         self.drift.observe(queries)
-        answers = self._nearest(queries, k, ef_search, nprobe, where or Filter())
+        where = where or Filter()
+        if expansion:
+            first = self._nearest(queries, expansion + 1, ef_search, nprobe, where)
+            queries = expand(
+                queries,
+                [[(item_id, score) for item_id, score, _, _ in row] for row in first],
+                own_ids or [None] * len(queries),
+                expansion,
+                alpha,
+                lambda ids: {item_id: vector for item_id, (_, vector) in self.get(ids).items()},
+            )
+        answers = self._nearest(queries, k, ef_search, nprobe, where)
         if min_score is None:
             return answers
         return [[hit for hit in row if hit[1] >= min_score] for row in answers]
+
+    @abstractmethod
+    def get(self, item_ids: list[str]) -> dict[str, tuple[Row, np.ndarray]]:
+        """The stored rows and vectors (as added) of the ids found."""
 
     @abstractmethod
     def _nearest(self, queries: np.ndarray, k: int, ef_search: int, nprobe: int, where: Filter) -> list[list[Hit]]:
