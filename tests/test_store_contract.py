@@ -104,7 +104,6 @@ def test_each_vector_finds_its_item_first_and_a_filter_selects_among_them(collec
     shard_one = collection.search(vectors[:2], k=COUNT, where=Filter(metadata=(("shard", ("1",)),)))
     assert all(meta == {"shard": "1"} for row in shard_one for _, _, _, meta in row)
     assert [len(row) for row in shard_one] == [len([i for i in range(COUNT) if i % 3 == 1])] * 2
-    assert collection.search(vectors[:1], k=5, min_score=0.0)[0] == hits[0][:1]  # L2: only itself scores 0
 
 
 def test_search_by_an_items_own_vector(collection):
@@ -149,7 +148,7 @@ def test_a_name_is_created_once_and_a_deleted_collection_is_gone(catalog):
     catalog.delete(name)
 
 
-def test_query_expansion_searches_again_with_the_first_hits(catalog):
+def test_query_expansion_and_min_score_on_similarities(catalog):
     name = f"contract-{uuid.uuid4().hex[:8]}"
     collection = catalog.create(configured(name, index_pb2.METRIC_INNER_PRODUCT))
     try:
@@ -158,5 +157,7 @@ def test_query_expansion_searches_again_with_the_first_hits(catalog):
         expanded = collection.search(vectors[:4], k=5, expansion=3, alpha=3.0, own_ids=ids[:4])
         assert [row[0][0] for row in expanded] == ids[:4]  # each still finds itself first
         assert all(e[0][1] < p[0][1] for e, p in zip(expanded, plain, strict=True))  # an expanded query is not itself
+        between = (plain[0][0][1] + plain[0][1][1]) / 2  # similarities: the best hit's and the second's
+        assert collection.search(vectors[:1], k=5, min_score=between) == [plain[0][:1]]
     finally:
         catalog.delete(name)

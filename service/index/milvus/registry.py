@@ -29,6 +29,7 @@ from offshelf.protos.v1 import index_pb2
 from offshelf.service.errors import AlreadyExists, CollectionLoadError, NotFound, Unavailable
 from offshelf.service.index.milvus import whitening as milvus_whitening
 from offshelf.service.index.milvus.blobs import Blobs
+from offshelf.service.index.milvus.calls import TableGone, milvus_errors, unreachable
 from offshelf.service.index.milvus.collection import (
     ALIAS,
     FENCE_SECONDS,
@@ -36,12 +37,9 @@ from offshelf.service.index.milvus.collection import (
     RETIRED,
     TABLE,
     MilvusCollection,
-    TableGone,
     create_table,
-    milvus_errors,
     physical_name,
     table_name,
-    unreachable,
     whitening_blob,
 )
 from offshelf.service.index.vectors import Whitening

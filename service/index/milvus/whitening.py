@@ -31,13 +31,13 @@ import numpy as np
 
 from offshelf.protos.v1 import index_pb2
 from offshelf.service.errors import FailedPrecondition, Unavailable
+from offshelf.service.index.milvus.calls import milvus_errors
 from offshelf.service.index.milvus.collection import (
     MAX_RAW_DIM,
     MIGRATING,
     RETIRED,
     create_table,
     key,
-    milvus_errors,
     physical_name,
     table_name,
     whitening_blob,
