@@ -36,16 +36,15 @@ import numpy as np
 from offshelf.protos.v1 import index_pb2
 from offshelf.service.errors import InvalidArgument, NotFound, Unavailable
 from offshelf.service.index.contract import Filter, Hit, Item, Row, StoreBase
-from offshelf.service.index.embedded.faiss_index import new_index, search_params, train_ivfpq
+from offshelf.service.index.embedded.derived_index import DerivedIndex
 from offshelf.service.index.embedded.hit_rows import HitRows
 from offshelf.service.index.embedded.rwlock import ReadWriteLock
 from offshelf.service.index.embedded.store import DATABASE, ItemStore, from_blobs
 from offshelf.service.index.query_expansion import expand
-from offshelf.service.index.vectors import Whitening, check_whitening, learn_whitening, to_index_space
+from offshelf.service.index.vectors import Whitening, check_whitening, learn_whitening
 from offshelf.service.logs import fields
 
 log = logging.getLogger(__name__)
-EXACT_FILTER_LIMIT = 4096  # a filter selecting at most this many items is searched exactly
 
 
 def fsync_dir(path: pathlib.Path) -> None:
@@ -85,12 +84,8 @@ class Collection(StoreBase):
         self._rebuilt_seq = 0  # index files older than this write are in another vector space
         self._next_internal = 0
         self._sum = np.zeros(self.dim, np.float64)  # of the stored vectors: their mean is the drift reference
-        self._whitening: Whitening | None = None
-        self._trained = False
         self._training = False
-        self._dead: set[int] = set()  # hnsw only: FAISS ids of gone items, filtered from searches
-        self._dead_selector: tuple[faiss.IDSelector, ...] | None = None
-        self._index = new_index(config, self.dim)
+        self._derived = DerivedIndex(config, store)  # replaced whole by a rebuild
         self._hit_rows = HitRows(store.rows)
         self._write_lock = threading.Lock()
         self._save_lock = threading.Lock()
@@ -152,8 +147,8 @@ class Collection(StoreBase):
         info.CopyFrom(self.config)
         info.count = self.count
         info.bytes_on_disk = folder_bytes(self.directory)
-        info.trained = self._trained
-        info.whitening_dim = 0 if self._whitening is None else len(self._whitening[1])
+        info.trained = self._derived.trained
+        info.whitening_dim = 0 if self._derived.whitening is None else self._derived.space_dim
         return info
 
     def labelled_vectors(self) -> tuple[np.ndarray, list[str]]:
@@ -197,72 +192,16 @@ class Collection(StoreBase):
     def _nearest(self, queries: np.ndarray, k: int, ef_search: int, nprobe: int, where: Filter) -> list[list[Hit]]:
         """One FAISS batch (or an exact scan of the few items `where` selects)."""
         with self._rw.read():
-            queries = self._to_index_space(queries, self._whitening)
+            derived = self._derived
+            queries = derived.space(queries)
             if where:
-                ranked = self._search_filtered(queries, k, ef_search, nprobe, where)
+                ranked = derived.search_filtered(queries, k, ef_search, nprobe, where, self.count)
             else:
-                ranked = self._search_all(queries, k, ef_search, nprobe)
+                ranked = derived.search_all(queries, k, ef_search, nprobe, self.count)
         rows = self._hit_rows.rows(sorted({i for row in ranked for _, i in row}))
         return [
             [(rows[i].id, score, rows[i].label, rows[i].metadata) for score, i in row if i in rows] for row in ranked
         ]
-
-    def _search_all(self, queries: np.ndarray, k: int, ef_search: int, nprobe: int) -> list[list[tuple[float, int]]]:
-        if not self.count:
-            return [[] for _ in queries]
-        selector = self._dead_selector[-1] if self._dead_selector else None
-        params = search_params(self.config, self._trained, ef_search, nprobe, selector)
-        refine = self.config.ivfpq.refine_factor if self._trained else 1
-        scores, internals = self._index.search(queries, min(k * refine, self.count), params=params)
-        ranked = [
-            [(float(s), i) for s, i in zip(row_scores, row_internals, strict=True) if i >= 0]
-            for row_scores, row_internals in zip(scores, internals.tolist(), strict=True)
-        ]
-        if refine > 1:
-            return [
-                self._exact(query[None], [i for _, i in row], k)[0] for query, row in zip(queries, ranked, strict=True)
-            ]
-        return [row[:k] for row in ranked]
-
-    def _search_filtered(
-        self, queries: np.ndarray, k: int, ef_search: int, nprobe: int, where: Filter
-    ) -> list[list[tuple[float, int]]]:
-        """Exact over the selected items when they are few; else FAISS restricted to them, falling back to
-        exact for a query that gets fewer than k hits while k are selected (a filtered HNSW graph can)."""
-        allowed = self.store.internals(where)
-        if len(allowed) == self.count:
-            return self._search_all(queries, k, ef_search, nprobe)
-        if len(allowed) <= EXACT_FILTER_LIMIT or self.config.index_type == "ivfpq":
-            return self._exact(queries, allowed.tolist(), k)
-        selector = faiss.IDSelectorBatch(allowed)
-        params = search_params(self.config, self._trained, max(ef_search, k), nprobe, selector)
-        scores, internals = self._index.search(queries, k, params=params)
-        results = []
-        for query, row_scores, row_internals in zip(queries, scores, internals.tolist(), strict=True):
-            row = [(float(s), i) for s, i in zip(row_scores, row_internals, strict=True) if i >= 0]
-            results.append(
-                row if len(row) >= min(k, len(allowed)) else self._exact(query[None], allowed.tolist(), k)[0]
-            )
-        return results
-
-    def _exact(self, queries: np.ndarray, candidates: list[int], k: int) -> list[list[tuple[float, int]]]:
-        """The k best candidates for each query by exact score, their vectors read from SQLite once (IVF-PQ holds
-        only codes)."""
-        found = self.store.vectors(candidates, self.dim)
-        if not found:
-            return [[] for _ in queries]
-        internals = list(found)
-        exact = self._to_index_space(np.stack([found[i] for i in internals]), self._whitening)
-        if self.config.metric == index_pb2.METRIC_L2:
-            scores = (queries**2).sum(axis=1)[:, None] - 2 * queries @ exact.T + (exact**2).sum(axis=1)[None]
-            orders = np.argsort(scores, axis=1, kind="stable")[:, :k]
-        else:
-            scores = queries @ exact.T
-            orders = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        return [[(float(row[j]), internals[j]) for j in order] for row, order in zip(scores, orders, strict=True)]
-
-    def _to_index_space(self, vectors: np.ndarray, whitening: Whitening | None) -> np.ndarray:
-        return to_index_space(vectors, whitening, self.config)
 
     # --- writes ----------------------------------------------------------------------------------
 
@@ -290,7 +229,7 @@ class Collection(StoreBase):
             self._commit_state(db, seq, int(internals[-1]) + 1, total)
         with self._rw.write():
             self._drop([row.internal for row, _ in replaced.values()])
-            self._index.add_with_ids(self._to_index_space(vectors, self._whitening), internals)
+            self._derived.add(vectors, internals)
             self._seq, self._next_internal, self._sum = seq, int(internals[-1]) + 1, total
             self.count += len(items) - len(replaced)
             count = self.count
@@ -310,7 +249,7 @@ class Collection(StoreBase):
             ids = [item_id for item_id, _, _, _, _ in rows]
             vectors = np.stack([vector for _, _, _, _, vector in rows]).astype(np.float32)
             id_of = {internal: item_id for item_id, internal, _, _, _ in rows}
-            ranked = self._search_all(self._to_index_space(vectors, self._whitening), neighbours + 1, 0, 0)
+            ranked = self._derived.search_all(self._derived.space(vectors), neighbours + 1, 0, 0, self.count)
             hits = [[(id_of[i], score) for score, i in row if i in id_of] for row in ranked]
             stored = dict(zip(ids, vectors, strict=True))
             # each item's own vector expanded with its neighbours': query expansion's arithmetic, on the database
@@ -391,33 +330,23 @@ class Collection(StoreBase):
             raise Unavailable(f"collection {self.name!r} is closing or deleted")
 
     def _drop(self, internals: list[int]) -> None:
-        if not internals:
-            return
         self._hit_rows.forget(internals)
-        if self.config.index_type == "hnsw":
-            self._dead.update(internals)
-            batch = faiss.IDSelectorBatch(np.fromiter(self._dead, np.int64, len(self._dead)))
-            self._dead_selector = (batch, faiss.IDSelectorNot(batch))
-        else:
-            self._index.remove_ids(np.asarray(internals, np.int64))  # type: ignore[arg-type]  # faiss wraps arrays
+        self._derived.drop(internals)
 
     def _after_write(self) -> None:
-        if self._dead and len(self._dead) > max(1000, self.count // 4):
-            self._rebuild(self._whitening, None)
+        dead = self._derived.dead  # hnsw: FAISS ids of gone items, filtered from searches
+        if dead and len(dead) > max(1000, self.count // 4):
+            self._rebuild(self._derived.whitening, None)
         self._maybe_train()
 
     # --- the derived index -----------------------------------------------------------------------
 
     def _rebuild(self, whitening: Whitening | None, trained_ivfpq: faiss.Index | None) -> None:
-        """Builds a fresh index from SQLite, a chunk at a time, then swaps it in (searches go on meanwhile).
-        Called with the write lock held, so SQLite does not change underneath."""
-        dim = self.dim if whitening is None else len(whitening[1])
-        index = new_index(self.config, dim, trained_ivfpq)
-        for internals, vectors, _ in self.store.scan(self.dim):
-            index.add_with_ids(self._to_index_space(vectors, whitening), internals)
+        """Builds a fresh index from SQLite, then swaps it in (searches go on meanwhile). Called with the write
+        lock held, so SQLite does not change underneath."""
+        derived = DerivedIndex.built(self.config, self.store, whitening, trained_ivfpq)
         with self._rw.write():
-            self._index, self._whitening, self._trained = index, whitening, trained_ivfpq is not None
-            self._dead, self._dead_selector = set(), None
+            self._derived = derived
 
     def _restore(self) -> None:
         """Reads the state from SQLite, then loads and catches up the index file (or rebuilds the index)."""
@@ -427,55 +356,23 @@ class Collection(StoreBase):
         total = self.store.get_state("vector_sum")
         if isinstance(total, bytes):
             self._sum = np.frombuffer(total, "<f8").astype(np.float64)
-        whitening = self.store.arrays("whitening")
-        self._whitening = (whitening["a"], whitening["b"]) if whitening else None
+        arrays = self.store.arrays("whitening")
+        whitening = (arrays["a"], arrays["b"]) if arrays else None
         self.count = self.store.count()
-        loaded = self._read_index_file()
+        files = sorted(self.directory.glob("index-*.faiss"), key=lambda p: int(p.stem.split("-")[1]))
+        valid = range(self._rebuilt_seq, self._seq + 1)  # writes since the vector space last changed
+        loaded = DerivedIndex.read(self.config, self.store, whitening, files[-1], valid) if files else None
         if loaded is None:
-            self._rebuild(self._whitening, None)
+            self._rebuild(whitening, None)
             replayed = self.count
         else:
-            self._index, self._saved_seq = loaded
-            self._trained = isinstance(self._index, faiss.IndexIVF)
-            replayed = self._catch_up()
+            self._derived, self._saved_seq = loaded, int(files[-1].stem.split("-")[1])
+            self.last_index_save_at = files[-1].stat().st_mtime
+            replayed = loaded.catch_up(self._saved_seq)
         log.info(
             "collection restored",
             extra=fields(collection=self.name, items=self.count, seq=self._seq, replayed=replayed),
         )
-
-    def _read_index_file(self) -> tuple[faiss.Index, int] | None:
-        """The newest index file and its write, when it is readable and in today's vector space."""
-        files = sorted(self.directory.glob("index-*.faiss"), key=lambda p: int(p.stem.split("-")[1]))
-        if not files:
-            return None
-        path = files[-1]
-        seq = int(path.stem.split("-")[1])
-        expected_dim = self.dim if self._whitening is None else len(self._whitening[1])
-        try:
-            index = faiss.read_index(str(path))
-        except RuntimeError as err:
-            log.warning("unreadable index file: rebuilding it", extra=fields(path=str(path), error=str(err)))
-            return None
-        if not self._rebuilt_seq <= seq <= self._seq or index.d != expected_dim:
-            log.warning("stale index file: rebuilding it", extra=fields(path=str(path)))
-            return None
-        self.last_index_save_at = path.stat().st_mtime
-        return index, seq
-
-    def _catch_up(self) -> int:
-        """Adds the items written after the index file's write and drops the ones gone since; returns how many
-        items were added."""
-        live = self.store.internals()
-        if self.config.index_type == "hnsw":
-            held = faiss.vector_to_array(self._index.id_map)  # type: ignore[attr-defined]  # an IndexIDMap2
-            self._drop(np.setdiff1d(held, live, assume_unique=True).tolist())
-        else:
-            self._index.remove_ids(faiss.IDSelectorNot(faiss.IDSelectorBatch(live)))
-        added = 0
-        for internals, vectors, _ in self.store.scan(self.dim, after_seq=self._saved_seq):
-            self._index.add_with_ids(self._to_index_space(vectors, self._whitening), internals)
-            added += len(internals)
-        return added
 
     def save_index(self) -> None:
         """Writes the index as it is now to index-<seq>.faiss. Writers wait only for the in-memory copy."""
@@ -484,7 +381,7 @@ class Collection(StoreBase):
                 seq = self._seq
                 if self._deleted or (seq == self._saved_seq and self.last_index_save_at is not None):
                     return
-                data = faiss.serialize_index(self._index)
+                data = faiss.serialize_index(self._derived.index)
             path = self.directory / f"index-{seq}.faiss"
             temporary = path.with_name(path.name + ".tmp")
             with open(temporary, "wb") as f:
@@ -502,7 +399,7 @@ class Collection(StoreBase):
         """Starts ivfpq training in the background once the collection holds train_size vectors."""
         if (
             self.config.index_type != "ivfpq"
-            or self._trained
+            or self._derived.trained
             or self._training
             or self.count < self.config.ivfpq.train_size
         ):
@@ -512,17 +409,14 @@ class Collection(StoreBase):
 
     def _train_ivfpq(self) -> None:
         try:
-            whitening = self._whitening
-            sample = np.concatenate(
-                [self._to_index_space(vectors, whitening) for _, vectors, _ in self.store.scan(self.dim)]
-            )
-            trained = train_ivfpq(self.config, sample)
+            derived = self._derived
+            trained = derived.trained_ivfpq()
             with self._write_lock:
-                if self.closed or whitening is not self._whitening:
+                if self.closed or derived.whitening is not self._derived.whitening:  # whitened meanwhile
                     return
-                self._rebuild(whitening, trained)
+                self._rebuild(derived.whitening, trained)
             self.save_index()
-            log.info("ivfpq index trained", extra=fields(collection=self.name, vectors=len(sample)))
+            log.info("ivfpq index trained", extra=fields(collection=self.name, vectors=self.count))
         except Exception:
             log.exception(
                 "ivfpq training failed; the collection keeps answering exactly", extra=fields(collection=self.name)

@@ -1,0 +1,178 @@
+"""A collection's FAISS index, derived from its SQLite store: built from it, read back from an index file and caught
+up with it, and searched (all items, the items a filter selects, exactly when they are few, and IVF-PQ's candidates
+re-ranked by their exact scores from SQLite).
+
+It holds the vectors in the collection's index space (whitened when the collection is) and, for HNSW, which cannot
+delete, the FAISS ids of gone items, filtered from searches. It takes no lock: its collection holds a
+readers-writer lock, shared to search it and alone to change or replace it."""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+
+import faiss
+import numpy as np
+
+from offshelf.protos.v1 import index_pb2
+from offshelf.service.index.contract import Filter
+from offshelf.service.index.embedded.faiss_index import new_index, search_params, train_ivfpq
+from offshelf.service.index.embedded.store import ItemStore
+from offshelf.service.index.vectors import Whitening, to_index_space
+from offshelf.service.logs import fields
+
+log = logging.getLogger(__name__)
+EXACT_FILTER_LIMIT = 4096  # a filter selecting at most this many items is searched exactly
+Ranked = list[list[tuple[float, int]]]  # per query, (score, FAISS id) best first
+
+
+class DerivedIndex:
+    def __init__(
+        self,
+        config: index_pb2.Collection,
+        store: ItemStore,
+        index: faiss.Index | None = None,
+        whitening: Whitening | None = None,
+    ):
+        self.config, self.store, self.dim = config, store, config.binding.dim
+        self.whitening = whitening
+        self.index = index if index is not None else new_index(config, self.space_dim)
+        self.trained = isinstance(self.index, faiss.IndexIVF)  # an IVF-PQ index is only ever saved trained
+        self.dead: set[int] = set()
+        self._dead_selector: tuple[faiss.IDSelector, ...] | None = None
+
+    @property
+    def space_dim(self) -> int:
+        return self.dim if self.whitening is None else len(self.whitening[1])
+
+    @classmethod
+    def built(
+        cls,
+        config: index_pb2.Collection,
+        store: ItemStore,
+        whitening: Whitening | None,
+        trained_ivfpq: faiss.Index | None = None,
+    ) -> DerivedIndex:
+        """A fresh index of every item in the store, added a chunk at a time."""
+        derived = cls(config, store, whitening=whitening)
+        derived.index = new_index(config, derived.space_dim, trained_ivfpq)
+        derived.trained = trained_ivfpq is not None
+        for internals, vectors, _ in store.scan(derived.dim):
+            derived.add(vectors, internals)
+        return derived
+
+    @classmethod
+    def read(
+        cls,
+        config: index_pb2.Collection,
+        store: ItemStore,
+        whitening: Whitening | None,
+        path: pathlib.Path,
+        valid: range,
+    ) -> DerivedIndex | None:
+        """The index saved in `path` (index-<seq>.faiss), if it is readable, of a write in `valid` and in today's
+        vector space; None (logged) when it must be rebuilt."""
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as err:
+            log.warning("unreadable index file: rebuilding it", extra=fields(path=str(path), error=str(err)))
+            return None
+        derived = cls(config, store, index, whitening)
+        if int(path.stem.split("-")[1]) not in valid or index.d != derived.space_dim:
+            log.warning("stale index file: rebuilding it", extra=fields(path=str(path)))
+            return None
+        return derived
+
+    def catch_up(self, after_seq: int) -> int:
+        """Drops the items gone from the store and adds those written after write `after_seq`; returns how many
+        were added."""
+        live = self.store.internals()
+        if self.config.index_type == "hnsw":
+            held = faiss.vector_to_array(self.index.id_map)  # type: ignore[attr-defined]  # an IndexIDMap2
+            self.drop(np.setdiff1d(held, live, assume_unique=True).tolist())
+        else:
+            self.index.remove_ids(faiss.IDSelectorNot(faiss.IDSelectorBatch(live)))
+        added = 0
+        for internals, vectors, _ in self.store.scan(self.dim, after_seq=after_seq):
+            self.add(vectors, internals)
+            added += len(internals)
+        return added
+
+    def trained_ivfpq(self) -> faiss.Index:
+        """An IVF-PQ index trained on every stored vector in this index's space (slow: run off the write path)."""
+        sample = np.concatenate([self.space(vectors) for _, vectors, _ in self.store.scan(self.dim)])
+        return train_ivfpq(self.config, sample)
+
+    # --- changes (the collection's write lock held, and its readers-writer lock alone) ----------------
+
+    def space(self, vectors: np.ndarray) -> np.ndarray:
+        """Stored vectors as this index holds them."""
+        return to_index_space(vectors, self.whitening, self.config)
+
+    def add(self, vectors: np.ndarray, internals: np.ndarray) -> None:
+        self.index.add_with_ids(self.space(vectors), internals)
+
+    def drop(self, internals: list[int]) -> None:
+        if not internals:
+            return
+        if self.config.index_type == "hnsw":
+            self.dead.update(internals)
+            batch = faiss.IDSelectorBatch(np.fromiter(self.dead, np.int64, len(self.dead)))
+            self._dead_selector = (batch, faiss.IDSelectorNot(batch))
+        else:
+            self.index.remove_ids(np.asarray(internals, np.int64))  # type: ignore[arg-type]  # faiss wraps arrays
+
+    # --- searches (the readers-writer lock shared) ------------------------------------------------------
+
+    def search_all(self, queries: np.ndarray, k: int, ef_search: int, nprobe: int, count: int) -> Ranked:
+        """The k best of the `count` items for each query (in this index's space)."""
+        if not count:
+            return [[] for _ in queries]
+        selector = self._dead_selector[-1] if self._dead_selector else None
+        params = search_params(self.config, self.trained, ef_search, nprobe, selector)
+        refine = self.config.ivfpq.refine_factor if self.trained else 1
+        scores, internals = self.index.search(queries, min(k * refine, count), params=params)
+        ranked = [
+            [(float(s), i) for s, i in zip(row_scores, row_internals, strict=True) if i >= 0]
+            for row_scores, row_internals in zip(scores, internals.tolist(), strict=True)
+        ]
+        if refine > 1:
+            return [
+                self.exact(query[None], [i for _, i in row], k)[0] for query, row in zip(queries, ranked, strict=True)
+            ]
+        return [row[:k] for row in ranked]
+
+    def search_filtered(
+        self, queries: np.ndarray, k: int, ef_search: int, nprobe: int, where: Filter, count: int
+    ) -> Ranked:
+        """Exact over the selected items when they are few; else FAISS restricted to them, falling back to
+        exact for a query that gets fewer than k hits while k are selected (a filtered HNSW graph can)."""
+        allowed = self.store.internals(where)
+        if len(allowed) == count:
+            return self.search_all(queries, k, ef_search, nprobe, count)
+        if len(allowed) <= EXACT_FILTER_LIMIT or self.config.index_type == "ivfpq":
+            return self.exact(queries, allowed.tolist(), k)
+        selector = faiss.IDSelectorBatch(allowed)
+        params = search_params(self.config, self.trained, max(ef_search, k), nprobe, selector)
+        scores, internals = self.index.search(queries, k, params=params)
+        results = []
+        for query, row_scores, row_internals in zip(queries, scores, internals.tolist(), strict=True):
+            row = [(float(s), i) for s, i in zip(row_scores, row_internals, strict=True) if i >= 0]
+            results.append(row if len(row) >= min(k, len(allowed)) else self.exact(query[None], allowed.tolist(), k)[0])
+        return results
+
+    def exact(self, queries: np.ndarray, candidates: list[int], k: int) -> Ranked:
+        """The k best candidates for each query by exact score, their vectors read from SQLite once (IVF-PQ holds
+        only codes)."""
+        found = self.store.vectors(candidates, self.dim)
+        if not found:
+            return [[] for _ in queries]
+        internals = list(found)
+        exact = self.space(np.stack([found[i] for i in internals]))
+        if self.config.metric == index_pb2.METRIC_L2:
+            scores = (queries**2).sum(axis=1)[:, None] - 2 * queries @ exact.T + (exact**2).sum(axis=1)[None]
+            orders = np.argsort(scores, axis=1, kind="stable")[:, :k]
+        else:
+            scores = queries @ exact.T
+            orders = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return [[(float(row[j]), internals[j]) for j in order] for row, order in zip(scores, orders, strict=True)]
