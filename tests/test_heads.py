@@ -186,7 +186,7 @@ def test_merge_writes_backbone_and_head_as_one_onnx_that_matches_classify(client
     import onnxruntime as ort
 
     from offshelf.export.repository import load_batch
-    from offshelf.service.models.registry import read_card
+    from offshelf.service.models.loaded_model import read_card
 
     photos, labels = hymenoptera("train", 10)
     client.train_head("heads-merged", "linear-svm", images=photos, labels=labels)

@@ -16,8 +16,8 @@ from offshelf.clients import Client
 from offshelf.protos.inference import grpc_predict_v2_pb2 as oip
 from offshelf.protos.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from offshelf.service.api.oip import deserialize_bytes, serialize_bytes
+from offshelf.service.models.loaded_model import read_card
 from offshelf.service.models.preprocess import Preprocessor
-from offshelf.service.models.registry import read_card
 
 from common import ROOT, ServerProcess, shared_photos, skimage_photo
 

@@ -10,8 +10,8 @@ import pytest
 from offshelf.clients import Client, InvalidArgument
 from offshelf.protos.inference import grpc_predict_v2_pb2 as oip
 from offshelf.protos.inference import grpc_predict_v2_pb2_grpc as oip_grpc
+from offshelf.service.models.loaded_model import read_card
 from offshelf.service.models.preprocess import Preprocessor
-from offshelf.service.models.registry import read_card
 
 from common import ServerProcess, skimage_photo, write_whole_image_model
 

@@ -9,7 +9,8 @@ from offshelf.protos.v1 import embedding_pb2_grpc as pb2_grpc
 from offshelf.service.api.checks import check_image_count
 from offshelf.service.errors import InvalidArgument
 from offshelf.service.models.card_facts import input_text, random_init
-from offshelf.service.models.registry import LoadedModel, ModelRegistry
+from offshelf.service.models.loaded_model import LoadedModel
+from offshelf.service.models.registry import ModelRegistry
 
 
 class EmbeddingServicer(pb2_grpc.EmbeddingServicer):

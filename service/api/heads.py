@@ -11,7 +11,8 @@ from offshelf.service.api.checks import check_image_count, check_name
 from offshelf.service.errors import FailedPrecondition, InvalidArgument
 from offshelf.service.heads.fitting import KINDS
 from offshelf.service.heads.registry import HeadEntry, HeadRegistry
-from offshelf.service.models.registry import ModelRegistry, describe
+from offshelf.service.models.loaded_model import describe
+from offshelf.service.models.registry import ModelRegistry
 
 
 def _head_message(entry: HeadEntry) -> pb2.Head:

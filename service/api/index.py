@@ -24,7 +24,8 @@ from offshelf.service.index.contract import Filter, Item, Row
 from offshelf.service.index.embedded.faiss_index import MAX_EF, with_defaults
 from offshelf.service.index.query_expansion import DEFAULT_ALPHA, MAX_EXPANSION
 from offshelf.service.metrics import Metrics
-from offshelf.service.models.registry import ModelRegistry, describe
+from offshelf.service.models.loaded_model import describe
+from offshelf.service.models.registry import ModelRegistry
 from offshelf.service.settings import ServiceSettings
 
 if TYPE_CHECKING:

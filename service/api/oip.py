@@ -25,12 +25,14 @@ from offshelf.service.api.checks import check_image_count
 from offshelf.service.api.oip_config import ENCODED, PLATFORM, config_override, inputs, model_config
 from offshelf.service.api.statuses import status_of
 from offshelf.service.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError, Unavailable
-from offshelf.service.heads.registry import HeadRegistry, HeadVersion
+from offshelf.service.heads.registry import HeadRegistry
+from offshelf.service.heads.storage import HeadVersion
 from offshelf.service.logs import fields
 from offshelf.service.models.card_facts import input_text, random_init
+from offshelf.service.models.loaded_model import LoadedModel
 from offshelf.service.models.pixels_input import PIXELS
 from offshelf.service.models.preprocess import input_rule
-from offshelf.service.models.registry import LoadedModel, ModelRegistry
+from offshelf.service.models.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 EXTENSIONS = ("model_repository", "model_configuration", "statistics")
@@ -119,7 +121,7 @@ class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):
     def ModelConfig(self, request: pb2.ModelConfigRequest, context: grpc.ServicerContext) -> pb2.ModelConfigResponse:
         model = self._model(request.name, request.version)
         return pb2.ModelConfigResponse(
-            config=model_config(model, self.models.serving_config(model.name).version_policy)
+            config=model_config(model, self.models.repository.serving_config(model.name).version_policy)
         )
 
     def ModelStatistics(

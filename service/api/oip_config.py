@@ -12,9 +12,9 @@ from pydantic import ValidationError
 from offshelf.protos.inference import model_config_pb2 as config_pb2
 from offshelf.protos.v1 import model_card_pb2 as card_pb2
 from offshelf.service.errors import InvalidArgument
+from offshelf.service.models.loaded_model import LoadedModel
 from offshelf.service.models.pixels_input import PIXELS
 from offshelf.service.models.preprocess import input_size
-from offshelf.service.models.registry import LoadedModel
 from offshelf.service.models.runtime import CPU
 from offshelf.service.models.serving_config import ServingConfig, VersionPolicy, problems
 

@@ -1,282 +1,33 @@
-"""The model registry: the versions of the repository's models that are served, loaded, warmed up and batched."""
+"""The model registry: the versions of the repository's models that are served (the version policies, the versions
+collections and heads are bound to), loaded in parallel, warmed up, swapped in and retired."""
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
-import os
 import pathlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import numpy as np
-import onnx
-from google.protobuf import json_format
-
 from offshelf.protos.v1 import index_pb2
-from offshelf.protos.v1 import model_card_pb2 as card_pb2
-from offshelf.service import cancellation, request_context, tracing
 from offshelf.service.errors import (
-    DecodeError,
     FailedPrecondition,
-    InvalidArgument,
     ModelLoadError,
     NotFound,
     Unavailable,
 )
 from offshelf.service.logs import fields
 from offshelf.service.metrics import Metrics
-from offshelf.service.models.batcher import Admission, Batcher
-from offshelf.service.models.pixels_input import PIXELS, with_pixels_input
-from offshelf.service.models.preprocess import PixelBudget, Preprocessor, input_size
+from offshelf.service.models.loaded_model import LoadedModel, describe
+from offshelf.service.models.preprocess import PixelBudget
 from offshelf.service.models.priority import lower_this_thread
-from offshelf.service.models.runtime import CPU, OnnxRuntime
-from offshelf.service.models.serving_config import SERVING_CONFIG, ServingConfig, read_serving_config
-from offshelf.service.models.statistics import InferenceStatistics
+from offshelf.service.models.repository import ModelRepository
+from offshelf.service.models.serving_config import SERVING_CONFIG, ServingConfig
 from offshelf.service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
-RETIRE_SETTLE_SECONDS = 0.5
-
-
-def describe(binding: index_pb2.Binding) -> str:
-    return (
-        f"{binding.model} v{binding.version} output {binding.output!r} ({binding.dim}-d, {binding.pooling} "
-        f"pooling, preprocessing {binding.preprocessing_hash[:12]})"
-    )
-
-
-def read_card(version_dir: pathlib.Path) -> card_pb2.ModelCard:
-    try:
-        return json_format.Parse((version_dir / "card.json").read_text(), card_pb2.ModelCard())
-    except (OSError, json_format.ParseError) as err:
-        raise ModelLoadError(f"{version_dir}: unreadable card.json ({err}); re-export the model") from err
-
-
-def incomplete(version_dir: pathlib.Path) -> str:
-    """Why a version folder is not complete yet, "" when it is: model.onnx and card.json readable, card.json
-    parsed. A folder being copied in file by file is left alone until then."""
-    missing = [name for name in ("model.onnx", "card.json") if not os.access(version_dir / name, os.R_OK)]
-    if missing:
-        return (
-            f"incomplete: no {' and no '.join(missing)} yet (a version is considered once model.onnx and card.json "
-            "are both in place)"
-        )
-    try:
-        read_card(version_dir)
-    except ModelLoadError as err:
-        return f"incomplete: {err}"
-    return ""
-
-
-class RequestTiming:
-    """When a request to a model started, and how long it decoded."""
-
-    def __init__(self) -> None:
-        self.started = time.perf_counter()
-        self.decoding = 0.0
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
-
-    def decoded(self) -> None:
-        self.decoding = self.elapsed()
-
-
-class LoadedModel:
-    """One model version: its card, preprocessor, and two graphs with their batchers: the exported one, whose FP32
-    input takes preprocessed tensors (OIP FP32; a batch at a time), and the same with uint8 pixels in (Embed, OIP
-    BYTES and UINT8, heads; `instances` batches at once, on a second session with a share of the cores for a batch
-    that starts while another runs)."""
-
-    def __init__(
-        self, version_dir: pathlib.Path, settings: ServiceSettings, metrics: Metrics, budget: PixelBudget | None = None
-    ):
-        self.card = read_card(version_dir)
-        self.name = version_dir.parent.name
-        self.version = int(version_dir.name)
-        self.settings = settings  # the server's, with the model's serving.json applied
-        self.statistics = InferenceStatistics()
-        self._metrics = metrics
-        self.output_names = [o.name for o in self.card.outputs]
-        try:
-            self.preprocessor = Preprocessor(self.card.preprocessing, settings.max_image_pixels, budget)
-        except ValueError as err:
-            raise ModelLoadError(f"{version_dir}: bad preprocessing in card.json: {err}") from err
-        path = version_dir / "model.onnx"
-
-        def runtime(threads: int, graph: bytes | None = None) -> OnnxRuntime:
-            loaded = OnnxRuntime(path, settings.execution_provider, threads, graph, settings.intra_op_spinning)
-            loaded.load()
-            return loaded
-
-        self.runtime = runtime(settings.intra_op_threads)
-        self._check_outputs()
-        try:
-            pixels_graph = with_pixels_input(path, self.card.preprocessing)
-        except (ValueError, onnx.checker.ValidationError) as err:
-            raise ModelLoadError(f"{path}: cannot put a uint8 pixels input in front of its graph: {err}") from err
-        self.pixels_runtime = runtime(settings.intra_op_threads, pixels_graph)
-        # With several instances, a batch that starts while another runs gets its share of the cores, not all.
-        cores = settings.intra_op_threads or os.cpu_count() or 1
-        share = max(1, cores // settings.instances)
-        # FP32 tensors (OIP clients that preprocess) are the rarer path: one session, one batch at a time (each
-        # session costs ~170 MB for Lite0).
-        on_cpu = self.pixels_runtime.provider == CPU  # CUDA runs do not share the CPU's cores
-        crowded_pixels_runtime = runtime(share, pixels_graph) if on_cpu and share < cores else self.pixels_runtime
-        self._runtimes = list(dict.fromkeys([self.runtime, self.pixels_runtime, crowded_pixels_runtime]))
-        self._warm_up(settings.max_batch_size)
-
-        def batcher(name: str, alone: OnnxRuntime, crowded: OnnxRuntime, instances: int) -> Batcher:
-            return Batcher(
-                name,
-                alone,
-                settings.max_batch_size,
-                settings.max_batch_delay_ms / 1000,
-                settings.max_queue_images,
-                metrics,
-                settings.eager_batching,
-                instances,
-                crowded,
-                self.statistics,
-            )
-
-        name = f"{self.name}/{self.version}"
-        self.batcher = batcher(name, self.pixels_runtime, crowded_pixels_runtime, settings.instances)
-        self.tensor_batcher = batcher(f"{name}/fp32", self.runtime, self.runtime, 1)
-        metrics.models.labels(self.name, str(self.version), self.runtime.provider).set(1)
-
-    def _check_outputs(self) -> None:
-        graph_outputs = {o.name for o in self.runtime.session.get_outputs()}
-        missing = [name for name in self.output_names if name not in graph_outputs]
-        if missing:
-            raise ModelLoadError(f"{self.runtime.path}: card.json lists outputs {missing} that the ONNX graph lacks")
-
-    def _warm_up(self, max_batch_size: int) -> None:
-        """Runs batch sizes 1 and max once through every runtime, so the first requests do not pay for allocations."""
-        pre = self.card.preprocessing
-        height, width = input_size(pre)
-        if height < 0:  # an image kept whole: warm up at S x S
-            height = width = pre.resize_shorter
-        for size in sorted({1, max_batch_size}):
-            for runtime in self._runtimes:
-                if runtime.graph is None:  # the exported graph: FP32 in
-                    runtime.run({pre.input_name: np.zeros((size, 3, height, width), np.float32)})
-                else:
-                    runtime.run({PIXELS: np.zeros((size, height, width, 3), np.uint8)})
-
-    def check_outputs(self, requested: list[str]) -> list[str]:
-        """The requested outputs (all when none are named); InvalidArgument names unknown ones."""
-        unknown = [name for name in requested if name not in self.output_names]
-        if unknown:
-            raise InvalidArgument(
-                f"model {self.name} version {self.version} has no output {unknown[0]!r}; "
-                f"its outputs are: {', '.join(self.output_names)}"
-            )
-        return list(dict.fromkeys(requested)) or self.output_names
-
-    def embed(
-        self, images: list[bytes], augmentation: int = 0, names: list[str] | None = None
-    ) -> dict[str, np.ndarray]:
-        """Every output of the model for each image, as (len(images), dim) arrays.
-
-        augmentation: an Augmentation; each output is then the mean over the image's views.
-        names: what error messages call each image (default "image <i>").
-        """
-        names = names or [f"image {i}" for i in range(len(images))]
-        per_image = self.preprocessor.views_per_image(augmentation)
-        with self._request(len(images)) as timing:
-            with self.batcher.admit(len(images) * per_image) as admission:  # refused before decoding if overloaded
-                views = []
-                with tracing.tracer.start_as_current_span("decode", attributes={"images": len(images)}):
-                    for position, (data, name) in enumerate(zip(images, names, strict=True)):
-                        cancellation.check()  # a caller that has gone costs no more decoding
-                        try:
-                            views += self.preprocessor.views_of(data, name, augmentation)
-                        except DecodeError as err:
-                            err.item = position
-                            raise
-                timing.decoded()
-                outputs = self._run_views(admission, views)
-        if per_image > 1:
-            outputs = {name: a.reshape(len(images), per_image, -1).mean(axis=1) for name, a in outputs.items()}
-        return outputs
-
-    @staticmethod
-    def _run_views(admission: Admission, views: list[np.ndarray]) -> dict[str, np.ndarray]:
-        """Every output for each view, in order; views of one shape go as one group (images kept whole differ)."""
-        by_shape: dict[tuple[int, ...], list[int]] = {}
-        for i, view in enumerate(views):
-            by_shape.setdefault(view.shape, []).append(i)
-        if len(by_shape) == 1:
-            return admission.run({PIXELS: np.stack(views)})
-        groups = admission.run_groups([{PIXELS: np.stack([views[i] for i in group])} for group in by_shape.values()])
-        outputs = {name: np.empty((len(views), *a.shape[1:]), a.dtype) for name, a in groups[0].items()}
-        for positions, result in zip(by_shape.values(), groups, strict=True):
-            for name, array in result.items():
-                outputs[name][positions] = array
-        return outputs
-
-    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Every output for a preprocessed (images, 3, H, W) FP32 batch (OIP tensors; batched with each other, while
-        encoded images from Embed and OIP are batched together through embed())."""
-        return self._counted(self.tensor_batcher, {self.card.preprocessing.input_name: batch})
-
-    def infer_pixels(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Every output for a (images, H, W, 3) uint8 batch of decoded crops, batched with Embed's images."""
-        return self._counted(self.batcher, {PIXELS: batch})
-
-    def _counted(self, batcher: Batcher, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        with self._request(len(next(iter(inputs.values())))):
-            return batcher.run(inputs)
-
-    @contextlib.contextmanager
-    def _request(self, images: int) -> Iterator[RequestTiming]:
-        """One request to this model version: noted for the call's access log, counted in its statistics (success
-        or failure, its time, and the decoding part of it)."""
-        request_context.note_model(self.name, images)
-        timing = RequestTiming()
-        try:
-            yield timing
-        except BaseException:
-            self.statistics.request(False, timing.elapsed(), timing.decoding)
-            raise
-        self.statistics.request(True, timing.elapsed(), timing.decoding)
-
-    def binding(self, output: str) -> index_pb2.Binding:
-        """What vectors of this output are: the binding a collection records and checks."""
-        spec = next(o for o in self.card.outputs if o.name == output)
-        digest = hashlib.sha256(self.card.preprocessing.SerializeToString(deterministic=True)).hexdigest()
-        return index_pb2.Binding(
-            model=self.name,
-            version=self.version,
-            output=output,
-            pooling=spec.pooling,
-            preprocessing_hash=digest,
-            dim=spec.dim,
-        )
-
-    def close(self, forget_metrics: bool = True) -> None:
-        """Finishes the queued work and frees the sessions. forget_metrics: drop this version's gauges (not when a
-        reloaded copy of it serves on under the same labels)."""
-        self.batcher.close(forget_metrics)
-        self.tensor_batcher.close(forget_metrics)
-        for runtime in self._runtimes:
-            runtime.close()
-        if forget_metrics:
-            self._metrics.models.remove(self.name, str(self.version), self.runtime.provider)
-
-    def drain(self, grace_seconds: float) -> None:
-        """Returns once no request is admitted, queued or running, or after grace_seconds: for a version just taken
-        out of the registry, so that the requests it has already accepted finish before it closes."""
-        deadline = time.monotonic() + grace_seconds
-        time.sleep(min(RETIRE_SETTLE_SECONDS, grace_seconds))  # a request that got the model just before is admitted
-        while time.monotonic() < deadline and not (self.batcher.idle() and self.tensor_batcher.idle()):
-            time.sleep(0.05)
 
 
 @dataclass(frozen=True)
@@ -303,9 +54,7 @@ class ModelRegistry:
         self.decode_budget = PixelBudget(max(settings.max_decode_pixels, settings.max_image_pixels))
         self.bound: Callable[[], set[tuple[str, int]]] = set  # (model, version) pairs to keep: set by the server
         self._models: dict[str, dict[int, LoadedModel]] = {}
-        self._configs: dict[str, tuple[str, ServingConfig]] = {}  # by model: (serving.json stamp, config)
-        self._config_errors: dict[str, tuple[str, str]] = {}  # by model: (serving.json stamp, why it is refused)
-        self._overrides: dict[str, ServingConfig] = {}  # by model: a config given with RepositoryModelLoad
+        self.repository = ModelRepository(settings.repo, settings.allow_links_outside_repo, metrics)
         self._failed: dict[tuple[str, int], tuple[tuple[int, str], str]] = {}  # (folder, config stamps), error
         self._changing: dict[tuple[str, int], str] = {}  # LOADING or UNLOADING
         self._unloaded: set[str] = set()
@@ -314,47 +63,13 @@ class ModelRegistry:
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
 
-    # --- the repository --------------------------------------------------------------------------
-
-    def repository(self) -> dict[str, dict[int, str]]:
-        """Every model folder of the repository with its version folders, each with "" when it can be loaded, else
-        why it is left aside (incomplete, or a link out of the repository)."""
-        repo = self.settings.repo
-        if not repo.is_dir():
-            raise ModelLoadError(
-                f"model repository {repo} does not exist; export a model into it first "
-                f"(offshelf export efficientnet-lite0 --repo {repo})"
-            )
-        models = {}
-        for model in sorted(repo.iterdir()):
-            if not model.is_dir() or model.name.startswith("."):
-                continue
-            versions = [v for v in model.iterdir() if v.is_dir() and v.name.isascii() and v.name.isdigit()]
-            models[model.name] = {
-                int(v.name): self.outside(model) or self.outside(v, v / "model.onnx", v / "card.json") or incomplete(v)
-                for v in sorted(versions, key=lambda v: int(v.name))
-            }
-        return models
-
-    def outside(self, *paths: pathlib.Path) -> str:
-        """Why these paths of the repository are refused: one links outside it (unless that is allowed); else ""."""
-        if self.settings.allow_links_outside_repo:
-            return ""
-        root = self.settings.repo.resolve()
-        for path in paths:
-            target = path.resolve()
-            if not target.is_relative_to(root):
-                return (
-                    f"{path.relative_to(self.settings.repo)} links outside the repository (to {target}); move it "
-                    "into the repository, or serve with --allow-links-outside-repo"
-                )
-        return ""
+    # --- keeping in step with the repository ------------------------------------------------------
 
     def load_all(self) -> None:
         """The first load: raises ModelLoadError if any version the policies pick cannot be served. Folders left
         aside (incomplete, links out of the repository) are logged."""
         with self._control:
-            repository = self.repository()
+            repository = self.repository.versions()
             aside = [f"{m}/{v}: {why}" for m, versions in repository.items() for v, why in versions.items() if why]
             for folder in aside:
                 log.warning("model version left aside", extra=fields(folder=folder))
@@ -371,7 +86,7 @@ class ModelRegistry:
         reported UNAVAILABLE by the index (tried again when its folder or the model's config changes), the versions
         served before serving on."""
         with self._control:
-            repository = self.repository()
+            repository = self.repository.versions()
             with self._lock:
                 names = sorted((set(repository) | set(self._models)) - self._unloaded)
             self._sync(repository, names, strict=False)
@@ -393,24 +108,17 @@ class ModelRegistry:
         """Loads a model, or reloads it (its serving.json read again): RepositoryModelLoad. override: a config
         that replaces serving.json until the model is loaded again without one (Triton's config override)."""
         with self._control:
-            repository = self.repository()
+            repository = self.repository.versions()
             if name not in repository:
                 raise NotFound(f"no model folder {name!r} in the repository; models there: {', '.join(repository)}")
+            previous = self.repository.reread(name, override)
             with self._lock:
                 self._unloaded.discard(name)
-                self._configs.pop(name, None)
-                self._config_errors.pop(name, None)
-                previous = self._overrides.pop(name, None)
-                if override is not None:
-                    self._overrides[name] = override
                 self._failed = {key: failure for key, failure in self._failed.items() if key[0] != name}
             try:
                 self._sync(repository, [name], strict=True, reload=True)
             except ModelLoadError as err:
-                with self._lock:  # the model serves on as before
-                    self._overrides.pop(name, None)
-                    if previous is not None:
-                        self._overrides[name] = previous
+                self.repository.set_override(name, previous)  # the model serves on as before
                 raise FailedPrecondition(f"model {name!r} did not load: {err}") from err
             with self._lock:
                 loaded = bool(self._models.get(name))
@@ -424,7 +132,7 @@ class ModelRegistry:
     def unload(self, name: str) -> None:
         """Unloads every version of a model; each closes once its requests in flight finish."""
         with self._control:
-            in_repository = name in self.repository()
+            in_repository = name in self.repository.versions()
             with self._lock:
                 if name not in self._models and not in_repository:
                     raise NotFound(f"no model named {name!r}")
@@ -444,7 +152,7 @@ class ModelRegistry:
             bound = None
         for name in names:
             try:
-                config, changed, stamp = self._config(name, log_refusal=not strict)
+                config, changed, stamp = self.repository.config(name, log_refusal=not strict)
             except ModelLoadError:
                 if strict:
                     raise
@@ -484,43 +192,6 @@ class ModelRegistry:
                     del self._models[name]
             for model in gone:
                 self._retire(model)
-
-    def _config(self, name: str, log_refusal: bool) -> tuple[ServingConfig, bool, str]:
-        """The model's serving config, whether it changed since it was last read, and its stamp. A refused
-        serving.json raises ModelLoadError (counted once per version of the file, and logged then unless the caller
-        reports it: the start, RepositoryModelLoad)."""
-        with self._lock:
-            override = self._overrides.get(name)
-        if override is not None:
-            return override, False, f"override {override.model_dump_json()}"
-        path = self.settings.repo / name / SERVING_CONFIG
-        try:
-            info = path.stat()
-            stamp = f"{info.st_mtime_ns}:{info.st_size}:{info.st_ino}"
-        except FileNotFoundError:
-            stamp = ""
-        with self._lock:
-            known = self._configs.get(name)
-            refused = self._config_errors.get(name)
-        if known is not None and known[0] == stamp:
-            return known[1], False, stamp
-        if refused is not None and refused[0] == stamp:
-            raise ModelLoadError(refused[1])
-        try:
-            if stamp and self.outside(path):
-                raise ModelLoadError(f"{path}: {self.outside(path)}")
-            config = read_serving_config(path.parent)
-        except ModelLoadError as err:
-            with self._lock:
-                self._config_errors[name] = (stamp, str(err))
-            self.metrics.model_load_failures.labels(name).inc()
-            if log_refusal:
-                log.error("serving.json refused", extra=fields(model=name, error=str(err)))
-            raise
-        with self._lock:
-            self._configs[name] = (stamp, config)
-            self._config_errors.pop(name, None)
-        return config, known is not None, stamp
 
     def _load_versions(
         self, name: str, versions: list[int], config: ServingConfig, stamp: str, strict: bool
@@ -579,7 +250,7 @@ class ModelRegistry:
     def _fail(self, name: str, version: int, error: str, config_stamp: str) -> None:
         """Remembers why a version did not load (tried again when its folder or the model's config changes); logs
         it unless it is what was logged last for it."""
-        stamps = (self._folder_stamp(name, version), config_stamp)
+        stamps = (self.repository.folder_stamp(name, version), config_stamp)
         with self._lock:
             known = self._failed.get((name, version), ((0, ""), ""))[1] == error
             self._failed[(name, version)] = (stamps, error)
@@ -590,14 +261,7 @@ class ModelRegistry:
     def _failed_before(self, name: str, version: int, config_stamp: str) -> bool:
         with self._lock:
             failure = self._failed.get((name, version))
-        return failure is not None and failure[0] == (self._folder_stamp(name, version), config_stamp)
-
-    def _folder_stamp(self, name: str, version: int) -> int:
-        folder = self.settings.repo / name / str(version)
-        try:
-            return max(p.stat().st_mtime_ns for p in [folder, *folder.iterdir()])
-        except OSError:
-            return 0
+        return failure is not None and failure[0] == (self.repository.folder_stamp(name, version), config_stamp)
 
     def _retire(self, model: LoadedModel) -> None:
         """Closes a model taken out of the registry once its requests in flight finish, in the background."""
@@ -622,7 +286,7 @@ class ModelRegistry:
     def index(self, ready_only: bool = False) -> list[tuple[str, int, VersionState]]:
         """Every version in the repository or served, with its state (RepositoryIndex)."""
         try:
-            repository = self.repository()
+            repository = self.repository.versions()
         except ModelLoadError:
             repository = {}
         with self._lock:
@@ -631,7 +295,7 @@ class ModelRegistry:
             rows = []
             for name, version in sorted(keys):
                 why = repository.get(name, {}).get(version, "")
-                refused = self._config_errors.get(name, ("", ""))[1]
+                refused = self.repository.refusal(name)
                 if version in self._models.get(name, {}):
                     state = VersionState("READY", refused)  # serving, with the settings of before if refused
                 elif (name, version) in self._changing:
@@ -649,14 +313,6 @@ class ModelRegistry:
                 if state.state == "READY" or not ready_only:
                     rows.append((name, version, state))
         return rows
-
-    def serving_config(self, name: str) -> ServingConfig:
-        with self._lock:
-            override = self._overrides.get(name)
-            known = self._configs.get(name)
-        if override is not None:
-            return override
-        return known[1] if known is not None else ServingConfig()
 
     # --- serving ---------------------------------------------------------------------------------
 
