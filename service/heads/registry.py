@@ -1,7 +1,5 @@
-"""Heads: classifiers over one embedding output, trained in the background, versioned on disk, hot-swapped.
-
-Layout: ``<data_dir>/heads/<name>/<version>/{head.onnx, card.json, training_mean.npy[, ncm.npz]}``; a version
-folder appears whole (staged, then renamed). The served version is one object reference:
+"""Heads: classifiers over one embedding output, trained in the background, versioned on disk (storage.py),
+hot-swapped. The served version is one object reference:
 a new version replaces it atomically, and requests already holding the old one finish on it.
 
 With collections on Milvus (shared.py), that folder is a replica's copy: each trained version is uploaded to
@@ -11,7 +9,6 @@ heads others deleted. A lease in etcd makes a head train on one replica at a tim
 
 from __future__ import annotations
 
-import datetime
 import logging
 import pathlib
 import queue
@@ -23,26 +20,30 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
-from google.protobuf import json_format
 
 from offshelf.protos.v1 import heads_pb2 as pb2
 from offshelf.protos.v1 import index_pb2
-from offshelf.service.drift import DriftMonitor
 from offshelf.service.errors import (
     Cancelled,
     FailedPrecondition,
     HeadLoadError,
     InvalidArgument,
-    ModelLoadError,
     NotFound,
     ServiceError,
     Unavailable,
 )
-from offshelf.service.heads.fitting import FittedHead, fit, l2_normalise
+from offshelf.service.heads.fitting import fit, l2_normalise
+from offshelf.service.heads.storage import (
+    INTERRUPTED,
+    JOB_FILE,
+    HeadVersion,
+    interrupted_job,
+    record_job,
+    write_version,
+)
 from offshelf.service.logs import fields
-from offshelf.service.models.registry import ModelRegistry, describe
-from offshelf.service.models.runtime import OnnxRuntime
+from offshelf.service.models.loaded_model import describe
+from offshelf.service.models.registry import ModelRegistry
 
 if TYPE_CHECKING:
     from offshelf.service.heads.shared import EtcdLeases, Lease, SharedHeads
@@ -50,38 +51,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 DELETED_WHILE_TRAINING = "the head was deleted while it trained"
-INTERRUPTED = "interrupted by shutdown; train it again"
-JOB_FILE = "job.json"  # in a head's folder while a job is queued or running: left behind, the job was interrupted
-
-
-class HeadVersion:
-    """One loaded version: card, its graph behind the Runtime seam (on the CPU, one thread that sleeps when idle:
-    a head's graph is one small matrix product), and (ncm) the class sums for adding classes."""
-
-    def __init__(self, directory: pathlib.Path):
-        try:
-            self.card = json_format.Parse((directory / "card.json").read_text(), pb2.HeadCard())
-            self.runtime = OnnxRuntime(directory / "head.onnx", "cpu", intra_op_threads=1, spinning=False)
-            self.runtime.load()
-            reference = directory / "training_mean.npy"
-            self.training_mean = np.load(reference) if reference.exists() else None  # the domain-shift reference
-            ncm = directory / "ncm.npz"
-            self.fitted = None
-            if ncm.exists():
-                with np.load(ncm) as data:
-                    self.fitted = FittedHead(
-                        onnx.ModelProto(), list(self.card.labels), self.card.metrics, data["sums"], data["counts"]
-                    )
-        except (OSError, ValueError, KeyError, RuntimeError, json_format.ParseError, ModelLoadError) as err:
-            raise HeadLoadError(
-                f"head version {directory} cannot be loaded ({err}); delete that folder to serve the head's "
-                "previous version, or train the head again"
-            ) from err
-        self.drift = DriftMonitor()
-
-    def probabilities(self, vectors: np.ndarray) -> np.ndarray:
-        self.drift.observe(vectors)
-        return self.runtime.run({"embedding": vectors.astype(np.float32)})["probabilities"]
 
 
 class HeadEntry:
@@ -130,33 +99,11 @@ class HeadRegistry:
                     progress=1.0,
                     message="loaded from disk",
                 )
-            interrupted = self._interrupted_job(directory)
+            interrupted = interrupted_job(directory)
             if interrupted is not None:
                 entry.job = interrupted
             if entry.versions or interrupted is not None:
                 self._heads[entry.name] = entry
-
-    @staticmethod
-    def _interrupted_job(directory: pathlib.Path) -> pb2.HeadJob | None:
-        """The job a stop (SIGTERM, a crash) left queued or running in the head's folder, now FAILED; None if none."""
-        try:
-            job = json_format.Parse((directory / JOB_FILE).read_text(), pb2.HeadJob())
-        except FileNotFoundError:
-            return None
-        except (OSError, json_format.ParseError):  # written half when the stop came
-            job = pb2.HeadJob(head=directory.name)
-        job.state, job.message = pb2.JOB_STATE_FAILED, INTERRUPTED
-        log.info("head training was interrupted by a stop", extra=fields(head=job.head, version=job.version))
-        return job
-
-    def _record_job(self, entry: HeadEntry) -> None:
-        """Writes the entry's job into its folder (whole, or not at all): under the lock, so that a delete either
-        comes after (and removes it) or before (and the job belongs to a new entry)."""
-        directory = self.root / entry.name
-        directory.mkdir(parents=True, exist_ok=True)
-        staged = directory / f".{JOB_FILE}.{uuid.uuid4().hex}"
-        staged.write_text(json_format.MessageToJson(entry.job, preserving_proto_field_name=True))
-        staged.replace(directory / JOB_FILE)
 
     def _job_done(self, entry: HeadEntry) -> None:
         """The job ended here (succeeded, failed, or stopped by a delete): nothing left to report after a restart."""
@@ -338,7 +285,8 @@ class HeadRegistry:
             entry.job = pb2.HeadJob(
                 head=request.name, version=version, state=pb2.JOB_STATE_QUEUED, message="waiting for the trainer"
             )
-            self._record_job(entry)
+            # under the lock: a delete either comes after (and removes it) or before (the job is a new entry's)
+            record_job(self.root / entry.name, entry.job)
             job = pb2.HeadJob()
             job.CopyFrom(entry.job)
         self._jobs.put(lambda: self._run(entry, request, binding, gather, version, lease))
@@ -416,7 +364,10 @@ class HeadRegistry:
                 return
             progress(0.95, "writing and loading the new version")
             training_mean = l2_normalise(np.asarray(vectors, np.float32)).mean(axis=0)
-            served = self._write(entry.name, version, request.kind, binding, fitted, training_mean)
+            folder = write_version(self.root / entry.name, version, request.kind, binding, fitted, training_mean)
+            if self.shared is not None:
+                self.shared.upload(entry.name, version, folder)
+            served = HeadVersion(folder)
             with self._lock:
                 deleted = entry.deleted
                 if not deleted:
@@ -452,38 +403,3 @@ class HeadRegistry:
                 return
             log.exception("head training failed", extra=fields(head=entry.name))
             entry.job.state, entry.job.message = pb2.JOB_STATE_FAILED, f"training failed: {err}"
-
-    def _write(
-        self,
-        name: str,
-        version: int,
-        kind: str,
-        binding: index_pb2.Binding,
-        fitted: FittedHead,
-        training_mean: np.ndarray,
-    ) -> HeadVersion:
-        head_dir = self.root / name
-        head_dir.mkdir(parents=True, exist_ok=True)
-        staged = pathlib.Path(tempfile.mkdtemp(dir=head_dir, prefix=".incoming-"))
-        try:
-            onnx.save(fitted.graph, staged / "head.onnx")
-            card = pb2.HeadCard(
-                name=name,
-                version=version,
-                kind=kind,
-                binding=binding,
-                labels=fitted.labels,
-                metrics=fitted.metrics,
-                created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            )
-            (staged / "card.json").write_text(json_format.MessageToJson(card, preserving_proto_field_name=True))
-            np.save(staged / "training_mean.npy", training_mean.astype(np.float32))
-            if fitted.class_sums is not None and fitted.class_counts is not None:
-                np.savez(staged / "ncm.npz", sums=fitted.class_sums, counts=fitted.class_counts)
-            staged.chmod(0o755)
-            staged.rename(head_dir / str(version))
-        finally:
-            shutil.rmtree(staged, ignore_errors=True)
-        if self.shared is not None:
-            self.shared.upload(name, version, head_dir / str(version))
-        return HeadVersion(head_dir / str(version))
