@@ -24,3 +24,11 @@ def test_the_engine_imports_no_grpc_door():
     )
     loaded = json.loads(subprocess.run([sys.executable, "-c", program], capture_output=True, check=True).stdout)
     assert loaded == []
+
+
+def test_the_engines_augmentations_are_the_wires():
+    from offshelf.protos.v1 import embedding_pb2
+    from offshelf.service.models.preprocess import Augmentation
+
+    wire = {name.removeprefix("AUGMENTATION_"): value for name, value in embedding_pb2.Augmentation.items()}
+    assert {a.name: a.value for a in Augmentation} == wire

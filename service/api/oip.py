@@ -20,7 +20,6 @@ import numpy as np
 
 from offshelf.protos.inference import grpc_predict_v2_pb2 as pb2
 from offshelf.protos.inference import grpc_predict_v2_pb2_grpc as pb2_grpc
-from offshelf.protos.v1.embedding_pb2 import AUGMENTATION_FLIP, AUGMENTATION_NONE, AUGMENTATION_TEN_CROP
 from offshelf.service.api.checks import check_image_count
 from offshelf.service.api.oip_config import ENCODED, PLATFORM, config_override, inputs, model_config
 from offshelf.service.api.statuses import status_of
@@ -31,12 +30,13 @@ from offshelf.service.logs import fields
 from offshelf.service.models.card_facts import input_text, random_init
 from offshelf.service.models.loaded_model import LoadedModel
 from offshelf.service.models.pixels_input import PIXELS
-from offshelf.service.models.preprocess import input_rule
+from offshelf.service.models.preprocess import Augmentation, input_rule
 from offshelf.service.models.registry import ModelRegistry
+from offshelf.service.models.statistics import Duration
 
 log = logging.getLogger(__name__)
 EXTENSIONS = ("model_repository", "model_configuration", "statistics")
-AUGMENTATIONS = {"none": AUGMENTATION_NONE, "flip": AUGMENTATION_FLIP, "10crop": AUGMENTATION_TEN_CROP}
+AUGMENTATIONS = {"none": Augmentation.NONE, "flip": Augmentation.FLIP, "10crop": Augmentation.TEN_CROP}
 PARAMETERS = ("augmentation", "top_k")
 UNLOAD_PARAMETERS = ("unload_dependents",)  # tritonclient's; offshelf has no ensembles
 LOAD_PARAMETERS = ("config", *UNLOAD_PARAMETERS)  # config: Triton's config override, as JSON
@@ -137,7 +137,7 @@ class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):
             raise InvalidArgument("a version needs a model name; leave both empty for every model")
         else:
             models = [m for versions in self.models.all().values() for m in versions]
-        return pb2.ModelStatisticsResponse(model_stats=[m.statistics.proto(m.name, m.version) for m in models])
+        return pb2.ModelStatisticsResponse(model_stats=[statistics_message(m) for m in models])
 
     def RepositoryIndex(
         self, request: pb2.RepositoryIndexRequest, context: grpc.ServicerContext
@@ -281,7 +281,7 @@ class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):
                 raise InvalidArgument(f"input shape {shape} says {shape[0]} images; the contents hold {len(images)}")
             check_image_count(len(images), self.max_images)
             return model.embed(images, augmentation, [f"{tensor.name}[{i}]" for i in range(len(images))])
-        if augmentation != AUGMENTATION_NONE:
+        if augmentation != Augmentation.NONE:
             raise InvalidArgument("augmentation applies to BYTES (encoded image) input only; preprocess it yourself")
         rule = input_rule(pre)
         if tensor.datatype == "FP32":
@@ -361,3 +361,27 @@ def _parameters(request: pb2.ModelInferRequest) -> dict:
     if k < 1:
         raise InvalidArgument(f"top_k={k}: ask for 1 or more labels per image (an int64 parameter)")
     return {"augmentation": AUGMENTATIONS[name], "top_k": k}
+
+
+def statistics_message(model: LoadedModel) -> pb2.ModelStatistics:
+    """A version's statistics as Triton's ModelStatistics."""
+    stats = model.statistics.snapshot()
+
+    def duration(d: Duration) -> pb2.StatisticDuration:
+        return pb2.StatisticDuration(count=d.count, ns=d.ns)
+
+    return pb2.ModelStatistics(
+        name=model.name,
+        version=str(model.version),
+        last_inference=stats.last_inference_ms,
+        inference_count=stats.inference_count,
+        execution_count=stats.execution_count,
+        inference_stats=pb2.InferStatistics(
+            success=duration(stats.success),
+            fail=duration(stats.fail),
+            queue=duration(stats.queue),
+            compute_input=duration(stats.compute_input),
+            compute_infer=duration(stats.compute_infer),
+        ),
+        batch_stats=[pb2.InferBatchStatistics(batch_size=size, compute_infer=duration(d)) for size, d in stats.batches],
+    )

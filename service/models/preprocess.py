@@ -8,6 +8,7 @@ reduced DCT scale (PIL draft mode), which is several times faster.
 from __future__ import annotations
 
 import contextlib
+import enum
 import io
 import struct
 import threading
@@ -20,7 +21,6 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from offshelf.protos.v1 import model_card_pb2 as card_pb2
-from offshelf.protos.v1.embedding_pb2 import AUGMENTATION_FLIP, AUGMENTATION_NONE, AUGMENTATION_TEN_CROP
 from offshelf.service.errors import DecodeError, InvalidArgument, Unavailable
 
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
@@ -29,7 +29,17 @@ MAX_ASPECT = 20  # longer side over shorter side: resizing the shorter side mult
 # cannot be decoded at a reduced size: libwebp keeps its whole ARGB plane): a 7000x7000 lossless WebP of 2 KB took
 # +940 MB, three times a PNG of that size. A WebP's pixels count four times against the limits.
 WEBP_COST = 4
-VIEWS_PER_IMAGE: dict[int, int] = {AUGMENTATION_NONE: 1, AUGMENTATION_FLIP: 2, AUGMENTATION_TEN_CROP: 10}
+
+
+class Augmentation(enum.IntEnum):
+    """Views of each image whose embeddings are averaged (the wire's Augmentation enum has the same values)."""
+
+    NONE = 0
+    FLIP = 1  # the image and its mirror
+    TEN_CROP = 2  # the corners and centre of the image and of its mirror
+
+
+VIEWS_PER_IMAGE: dict[int, int] = {Augmentation.NONE: 1, Augmentation.FLIP: 2, Augmentation.TEN_CROP: 10}
 MODES = ("crop", "no-crop", "fit")  # the card's preprocessing modes
 MIN_SIDE = 32  # pixels of a side kept whole, at least
 _RESAMPLING = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
@@ -255,14 +265,14 @@ class Preprocessor:
     def to_tensor(self, image: Image.Image) -> np.ndarray:
         """(3, height, width) float32, normalised: the centre crop (or whole image), as the graph's FP32 input takes
         it."""
-        return self.normalise(self.views(image, AUGMENTATION_NONE)[0])
+        return self.normalise(self.views(image, Augmentation.NONE)[0])
 
     def views_per_image(self, augmentation: int) -> int:
         """How many views views() makes of one image; InvalidArgument for an augmentation it does not know, or ten
         crops of a model that keeps images whole."""
         if augmentation not in VIEWS_PER_IMAGE:
             raise InvalidArgument(f"augmentation {augmentation} is unknown; use NONE, FLIP or TEN_CROP")
-        if augmentation == AUGMENTATION_TEN_CROP and not self.cropped:
+        if augmentation == Augmentation.TEN_CROP and not self.cropped:
             raise InvalidArgument(
                 f"ten crops need a model that crops its input; this one keeps images whole "
                 f"({mode_of(self.spec)}): use no augmentation or flip"
@@ -275,17 +285,17 @@ class Preprocessor:
         pixels (height, width, 3): what the graph's pixels input takes (pixels_input.py)."""
         image = image.resize(self._resized_size(image.width, image.height), self._resample)
         if not self.cropped:
-            whole = [image, ImageOps.mirror(image)] if augmentation == AUGMENTATION_FLIP else [image]
+            whole = [image, ImageOps.mirror(image)] if augmentation == Augmentation.FLIP else [image]
             return [np.asarray(view) for view in whole]
         crop_h, crop_w = self.spec.crop_height, self.spec.crop_width
         top = int(round((image.height - crop_h) / 2.0))
         left = int(round((image.width - crop_w) / 2.0))
         boxes = [(left, top)]
-        if augmentation == AUGMENTATION_TEN_CROP:
+        if augmentation == Augmentation.TEN_CROP:
             right, bottom = image.width - crop_w, image.height - crop_h
             boxes = [(0, 0), (right, 0), (0, bottom), (right, bottom), (left, top)]
         crops = [image.crop((x, y, x + crop_w, y + crop_h)) for x, y in boxes]
-        if augmentation != AUGMENTATION_NONE:
+        if augmentation != Augmentation.NONE:
             crops += [ImageOps.mirror(crop) for crop in crops]
         return [np.asarray(crop) for crop in crops]
 

@@ -11,8 +11,28 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 
-from offshelf.protos.inference import grpc_predict_v2_pb2 as pb2
+
+@dataclass(frozen=True)
+class Duration:
+    count: int
+    ns: int
+
+
+@dataclass(frozen=True)
+class Statistics:
+    """What Triton's ModelStatistics holds for one version (the OIP door converts it)."""
+
+    last_inference_ms: int
+    inference_count: int  # images
+    execution_count: int  # batches
+    success: Duration
+    fail: Duration
+    queue: Duration
+    compute_input: Duration
+    compute_infer: Duration
+    batches: list[tuple[int, Duration]]  # (batch size, its runs), by size
 
 
 class _Duration:
@@ -26,8 +46,8 @@ class _Duration:
         self.count += count
         self.ns += int(seconds * 1e9)
 
-    def proto(self) -> pb2.StatisticDuration:
-        return pb2.StatisticDuration(count=self.count, ns=self.ns)
+    def frozen(self) -> Duration:
+        return Duration(self.count, self.ns)
 
 
 class InferenceStatistics:
@@ -58,23 +78,16 @@ class InferenceStatistics:
                 self._queue.add(wait)
             self._infer.add(seconds * len(queue_waits), len(queue_waits))
 
-    def proto(self, name: str, version: int) -> pb2.ModelStatistics:
+    def snapshot(self) -> Statistics:
         with self._lock:
-            return pb2.ModelStatistics(
-                name=name,
-                version=str(version),
-                last_inference=self._last_inference_ms,
+            return Statistics(
+                last_inference_ms=self._last_inference_ms,
                 inference_count=self._images,
                 execution_count=sum(d.count for d in self._batches.values()),
-                inference_stats=pb2.InferStatistics(
-                    success=self._success.proto(),
-                    fail=self._fail.proto(),
-                    queue=self._queue.proto(),
-                    compute_input=self._input.proto(),
-                    compute_infer=self._infer.proto(),
-                ),
-                batch_stats=[
-                    pb2.InferBatchStatistics(batch_size=size, compute_infer=d.proto())
-                    for size, d in sorted(self._batches.items())
-                ],
+                success=self._success.frozen(),
+                fail=self._fail.frozen(),
+                queue=self._queue.frozen(),
+                compute_input=self._input.frozen(),
+                compute_infer=self._infer.frozen(),
+                batches=[(size, d.frozen()) for size, d in sorted(self._batches.items())],
             )
