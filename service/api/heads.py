@@ -10,7 +10,7 @@ from offshelf.protos.v1 import heads_pb2_grpc as pb2_grpc
 from offshelf.service.api.checks import check_image_count, check_name
 from offshelf.service.errors import FailedPrecondition, InvalidArgument
 from offshelf.service.heads.fitting import KINDS
-from offshelf.service.heads.registry import HeadEntry, HeadRegistry
+from offshelf.service.heads.registry import HeadEntry, HeadRegistry, LabelledImages, TrainSpec
 from offshelf.service.models.loaded_model import describe
 from offshelf.service.models.registry import ModelRegistry
 
@@ -30,7 +30,18 @@ class HeadsServicer(pb2_grpc.HeadsServicer):
 
     def TrainHead(self, request: pb2.TrainHeadRequest, context: grpc.ServicerContext) -> pb2.HeadJob:
         _check_train_request(request)
-        return self.heads.train(request)
+        images = None
+        if request.WhichOneof("source") == "images":
+            source = request.images
+            images = LabelledImages(
+                source.model,
+                source.version,
+                source.output,
+                [i.image for i in source.images],
+                [i.label for i in source.images],
+            )
+        spec = TrainSpec(request.name, request.kind, request.collection, images, request.add_classes)
+        return self.heads.train(spec)
 
     def GetHead(self, request: pb2.GetHeadRequest, context: grpc.ServicerContext) -> pb2.Head:
         return _head_message(self.heads.get(request.name))

@@ -17,6 +17,7 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -51,6 +52,29 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 DELETED_WHILE_TRAINING = "the head was deleted while it trained"
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    """Training images embedded with a served model's output (version 0: the latest; output "": "embedding")."""
+
+    model: str
+    version: int
+    output: str
+    images: list[bytes]
+    labels: list[str]
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """A head to train: its name and kind (fitting.KINDS), from a collection's labelled items or from images;
+    add_classes (ncm): keep the served version's classes and add or replace the given ones."""
+
+    name: str
+    kind: str
+    collection: str = ""
+    images: LabelledImages | None = None
+    add_classes: bool = False
 
 
 class HeadEntry:
@@ -248,62 +272,61 @@ class HeadRegistry:
             shutil.rmtree(doomed, ignore_errors=True)
         return True
 
-    def train(self, request: pb2.TrainHeadRequest) -> pb2.HeadJob:
-        """Queues a training job for a validated request (api/heads.py validates it)."""
-        binding, gather = self._source(request)
+    def train(self, spec: TrainSpec) -> pb2.HeadJob:
+        """Queues a training job for a validated spec (api/heads.py validates it)."""
+        binding, gather = self._source(spec)
         lease = None
         if self.leases is not None:
-            lease = self.leases.acquire(f"heads/{request.name}/training", self.leases.owner)
+            lease = self.leases.acquire(f"heads/{spec.name}/training", self.leases.owner)
             if lease is None:
                 raise FailedPrecondition(
-                    f"head {request.name!r} is already training on another replica; wait for it (GetHead on any "
+                    f"head {spec.name!r} is already training on another replica; wait for it (GetHead on any "
                     "replica shows it once it is done) before starting another"
                 )
         try:
-            job = self._queue(request, binding, gather, lease)
+            job = self._queue(spec, binding, gather, lease)
         except BaseException:
             if lease is not None:
                 lease.release()
             raise
         return job
 
-    def _queue(self, request: pb2.TrainHeadRequest, binding, gather, lease: Lease | None) -> pb2.HeadJob:
-        stored = self.shared.versions().get(request.name, []) if self.shared is not None else []
+    def _queue(self, spec: TrainSpec, binding, gather, lease: Lease | None) -> pb2.HeadJob:
+        stored = self.shared.versions().get(spec.name, []) if self.shared is not None else []
         with self._lock:
-            entry = self._heads.setdefault(request.name, HeadEntry(request.name))
+            entry = self._heads.setdefault(spec.name, HeadEntry(spec.name))
             if entry.job.state in (pb2.JOB_STATE_QUEUED, pb2.JOB_STATE_RUNNING):
                 raise FailedPrecondition(  # not UNAVAILABLE: an immediate retry cannot succeed
-                    f"head {request.name!r} is already training (version {entry.job.version}); "
+                    f"head {spec.name!r} is already training (version {entry.job.version}); "
                     "wait for it (GetHead) before starting another"
                 )
             if entry.served is not None and entry.served.card.binding != binding:
                 raise FailedPrecondition(
-                    f"head {request.name!r} is bound to {describe(entry.served.card.binding)}; "
+                    f"head {spec.name!r} is bound to {describe(entry.served.card.binding)}; "
                     f"the source holds {describe(binding)}: delete the head or use another name"
                 )
             version = max([*entry.versions, *stored], default=0) + 1
             entry.job = pb2.HeadJob(
-                head=request.name, version=version, state=pb2.JOB_STATE_QUEUED, message="waiting for the trainer"
+                head=spec.name, version=version, state=pb2.JOB_STATE_QUEUED, message="waiting for the trainer"
             )
             # under the lock: a delete either comes after (and removes it) or before (the job is a new entry's)
             record_job(self.root / entry.name, entry.job)
             job = pb2.HeadJob()
             job.CopyFrom(entry.job)
-        self._jobs.put(lambda: self._run(entry, request, binding, gather, version, lease))
+        self._jobs.put(lambda: self._run(entry, spec, binding, gather, version, lease))
         return job
 
-    def _source(self, request: pb2.TrainHeadRequest):
+    def _source(self, spec: TrainSpec):
         """The binding of the training data and a function that gathers (vectors, labels) in the job."""
-        source = request.WhichOneof("source")
-        if source == "collection":
-            collection = self.collections.get(request.collection)
+        if spec.images is None:
+            collection = self.collections.get(spec.collection)
             if not collection.config.binding.model:
                 raise FailedPrecondition(
-                    f"collection {request.collection!r} holds your own vectors, with no model to embed the images a "
+                    f"collection {spec.collection!r} holds your own vectors, with no model to embed the images a "
                     "head classifies; train the head on a collection bound to a model, or on images"
                 )
             return collection.config.binding, lambda progress: collection.labelled_vectors()
-        images = request.images
+        images = spec.images
         model = self.models.get(images.model, images.version)
         (output,) = model.check_outputs([images.output or "embedding"])
         binding = model.binding(output)
@@ -313,35 +336,30 @@ class HeadRegistry:
             for start in range(0, len(images.images), 32):
                 batch = images.images[start : start + 32]
                 progress(0.3 * start / len(images.images), f"embedding images {start}/{len(images.images)}")
-                vectors.append(
-                    model.embed([i.image for i in batch], names=[f"image {start + j}" for j in range(len(batch))])[
-                        output
-                    ]
-                )
-            return np.concatenate(vectors), [i.label for i in images.images]
+                names = [f"image {start + j}" for j in range(len(batch))]
+                vectors.append(model.embed(batch, names=names)[output])
+            return np.concatenate(vectors), images.labels
 
         return binding, gather
 
     def _run(
         self,
         entry: HeadEntry,
-        request: pb2.TrainHeadRequest,
+        spec: TrainSpec,
         binding: index_pb2.Binding,
         gather,
         version: int,
         lease: Lease | None,
     ) -> None:
         try:
-            self._train(entry, request, binding, gather, version)
+            self._train(entry, spec, binding, gather, version)
             if not (self._stop.is_set() and entry.job.state == pb2.JOB_STATE_FAILED):
                 self._job_done(entry)  # one the stop cut short stays recorded, to be reported after the restart
         finally:
             if lease is not None:
                 lease.release()
 
-    def _train(
-        self, entry: HeadEntry, request: pb2.TrainHeadRequest, binding: index_pb2.Binding, gather, version: int
-    ) -> None:
+    def _train(self, entry: HeadEntry, spec: TrainSpec, binding: index_pb2.Binding, gather, version: int) -> None:
         def progress(fraction: float, message: str) -> None:
             if entry.deleted:  # stops the training at its next step
                 raise Cancelled(DELETED_WHILE_TRAINING)
@@ -354,17 +372,17 @@ class HeadRegistry:
             vectors, labels = gather(progress)
             if len(vectors) == 0:
                 raise InvalidArgument("the source has no labelled items")
-            offset = 0.3 if request.WhichOneof("source") == "images" else 0.0
-            previous = entry.served.fitted if request.add_classes and entry.served else None
+            offset = 0.0 if spec.images is None else 0.3
+            previous = entry.served.fitted if spec.add_classes and entry.served else None
             fitted = fit(
-                request.kind, vectors, labels, lambda f, m: progress(offset + (1 - offset) * 0.9 * f, m), previous
+                spec.kind, vectors, labels, lambda f, m: progress(offset + (1 - offset) * 0.9 * f, m), previous
             )
             if entry.deleted:  # deleted while it trained: nothing to write
                 entry.job.state, entry.job.message = pb2.JOB_STATE_FAILED, DELETED_WHILE_TRAINING
                 return
             progress(0.95, "writing and loading the new version")
             training_mean = l2_normalise(np.asarray(vectors, np.float32)).mean(axis=0)
-            folder = write_version(self.root / entry.name, version, request.kind, binding, fitted, training_mean)
+            folder = write_version(self.root / entry.name, version, spec.kind, binding, fitted, training_mean)
             if self.shared is not None:
                 self.shared.upload(entry.name, version, folder)
             served = HeadVersion(folder)
@@ -386,9 +404,7 @@ class HeadRegistry:
             )
             log.info(
                 "head trained",
-                extra=fields(
-                    head=entry.name, version=version, kind=request.kind, cv_accuracy=fitted.metrics.cv_accuracy
-                ),
+                extra=fields(head=entry.name, version=version, kind=spec.kind, cv_accuracy=fitted.metrics.cv_accuracy),
             )
         except ServiceError as err:
             entry.job.state, entry.job.message = pb2.JOB_STATE_FAILED, err.message
