@@ -104,6 +104,8 @@ def test_each_vector_finds_its_item_first_and_a_filter_selects_among_them(collec
     shard_one = collection.search(vectors[:2], k=COUNT, where=Filter(metadata=(("shard", ("1",)),)))
     assert all(meta == {"shard": "1"} for row in shard_one for _, _, _, meta in row)
     assert [len(row) for row in shard_one] == [len([i for i in range(COUNT) if i % 3 == 1])] * 2
+    with pytest.raises(InvalidArgument, match="inner-product"):  # L2 scores are distances
+        collection.search(vectors[:1], k=1, min_score=0.5)
 
 
 def test_search_by_an_items_own_vector(collection):

@@ -271,8 +271,6 @@ class IndexServicer(pb2_grpc.IndexServicer):
         self._check_claimed_binding(collection, request.model, request.output)
         where = _filter(request.filter, collection)
         min_score = request.min_score if request.HasField("min_score") else None
-        if min_score is not None and collection.config.metric != pb2.METRIC_INNER_PRODUCT:
-            raise InvalidArgument("min_score applies to inner-product collections (scores are similarities)")
         expansion, alpha = _expansion(request, collection)
         vectors = np.zeros((len(queries), collection.dim), np.float32)
         images = []

@@ -10,16 +10,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 
+from offshelf.protos.v1 import index_pb2
 from offshelf.service.drift import DriftMonitor
+from offshelf.service.errors import InvalidArgument
 from offshelf.service.index.query_expansion import DEFAULT_ALPHA, expand
 from offshelf.service.index.vectors import prepare
-
-if TYPE_CHECKING:
-    from offshelf.protos.v1 import index_pb2
 
 Item = tuple[str, str, dict[str, str]]  # (id, label, metadata) of an item to add
 Hit = tuple[str, float, str, dict[str, str]]  # (id, score, label, metadata) of a search hit
@@ -135,6 +134,8 @@ class StoreBase(ABC):
         """The k nearest items to each query vector, among those `where` selects, best first. With `expansion`,
         each query is searched again expanded by its first `expansion` hits (alpha query expansion); own_ids: the
         item each query is (a search by id), left out of its expansion."""
+        if min_score is not None and self.config.metric != index_pb2.METRIC_INNER_PRODUCT:
+            raise InvalidArgument("min_score applies to inner-product collections (scores are similarities)")
         queries = self.prepare(queries)
         self.drift.observe(queries)
         where = where or Filter()
