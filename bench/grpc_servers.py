@@ -24,7 +24,8 @@ import numpy as np
 from offshelf.protos.v1 import embedding_pb2
 from offshelf.protos.v1 import index_pb2 as pb2
 from offshelf.protos.v1 import index_pb2_grpc as pb2_grpc
-from offshelf.service.index.embedded.faiss_index import new_index, search_params, with_defaults
+from offshelf.service.index.embedded.faiss_index import new_index, search_params
+from offshelf.service.index.parameters import with_defaults
 
 from common import clustered_vectors
 from embed import percentile, process_cpu_seconds

@@ -30,8 +30,9 @@ import numpy as np
 
 from offshelf.clients import Client
 from offshelf.protos.v1 import index_pb2
-from offshelf.service.index.embedded.faiss_index import new_index, search_params, train_ivfpq, with_defaults
+from offshelf.service.index.embedded.faiss_index import new_index, search_params, train_ivfpq
 from offshelf.service.index.milvus.collection import physical_name
+from offshelf.service.index.parameters import with_defaults
 
 from common import MilvusProcess, ServerProcess, clustered_vectors, write_identity_model
 

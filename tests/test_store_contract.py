@@ -14,8 +14,8 @@ import pytest
 from offshelf.protos.v1 import index_pb2
 from offshelf.service.errors import AlreadyExists, InvalidArgument, NotFound
 from offshelf.service.index.contract import CollectionCatalog, CollectionStore, Filter
-from offshelf.service.index.embedded.faiss_index import with_defaults
 from offshelf.service.index.embedded.registry import CollectionRegistry
+from offshelf.service.index.parameters import with_defaults
 
 from common import clustered_vectors
 

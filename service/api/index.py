@@ -21,7 +21,7 @@ from offshelf.service.api.checks import check_image_limit, check_name
 from offshelf.service.api.limits import ResponseLimit, hits_bytes, items_bytes, vector_bytes
 from offshelf.service.errors import FailedPrecondition, InvalidArgument, ServiceError
 from offshelf.service.index.contract import Filter, Item, Row
-from offshelf.service.index.embedded.faiss_index import MAX_EF, with_defaults
+from offshelf.service.index.parameters import MAX_EF, with_defaults
 from offshelf.service.index.query_expansion import DEFAULT_ALPHA, MAX_EXPANSION
 from offshelf.service.metrics import Metrics
 from offshelf.service.models.loaded_model import describe
