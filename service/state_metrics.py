@@ -11,19 +11,19 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from offshelf.protos.v1 import heads_pb2
 from offshelf.service.errors import Unavailable
 from offshelf.service.heads.registry import HeadRegistry
+from offshelf.service.heads.storage import JobState
 
 if TYPE_CHECKING:
     from offshelf.service.index.contract import CollectionCatalog
 
 log = logging.getLogger(__name__)
 JOB_STATES = {
-    heads_pb2.JOB_STATE_QUEUED: "queued",
-    heads_pb2.JOB_STATE_RUNNING: "running",
-    heads_pb2.JOB_STATE_SUCCEEDED: "succeeded",
-    heads_pb2.JOB_STATE_FAILED: "failed",
+    JobState.QUEUED: "queued",
+    JobState.RUNNING: "running",
+    JobState.SUCCEEDED: "succeeded",
+    JobState.FAILED: "failed",
 }
 
 

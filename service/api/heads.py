@@ -11,12 +11,19 @@ from offshelf.service.api.checks import check_image_count, check_name
 from offshelf.service.errors import FailedPrecondition, InvalidArgument
 from offshelf.service.heads.fitting import KINDS
 from offshelf.service.heads.registry import HeadEntry, HeadRegistry, LabelledImages, TrainSpec
+from offshelf.service.heads.storage import HeadJob
 from offshelf.service.models.loaded_model import describe
 from offshelf.service.models.registry import ModelRegistry
 
 
+def _job_message(job: HeadJob) -> pb2.HeadJob:
+    return pb2.HeadJob(
+        head=job.head, version=job.version, state=int(job.state), progress=job.progress, message=job.message
+    )
+
+
 def _head_message(entry: HeadEntry) -> pb2.Head:
-    head = pb2.Head(job=entry.job, versions=entry.versions)
+    head = pb2.Head(job=_job_message(entry.job), versions=entry.versions)
     if entry.served is not None:
         head.card.CopyFrom(entry.served.card)
     return head
@@ -41,7 +48,7 @@ class HeadsServicer(pb2_grpc.HeadsServicer):
                 [i.label for i in source.images],
             )
         spec = TrainSpec(request.name, request.kind, request.collection, images, request.add_classes)
-        return self.heads.train(spec)
+        return _job_message(self.heads.train(spec))
 
     def GetHead(self, request: pb2.GetHeadRequest, context: grpc.ServicerContext) -> pb2.Head:
         return _head_message(self.heads.get(request.name))

@@ -9,6 +9,7 @@ heads others deleted. A lease in etcd makes a head train on one replica at a tim
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import pathlib
 import queue
@@ -22,7 +23,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from offshelf.protos.v1 import heads_pb2 as pb2
 from offshelf.protos.v1 import index_pb2
 from offshelf.service.errors import (
     Cancelled,
@@ -37,7 +37,9 @@ from offshelf.service.heads.fitting import fit, l2_normalise
 from offshelf.service.heads.storage import (
     INTERRUPTED,
     JOB_FILE,
+    HeadJob,
     HeadVersion,
+    JobState,
     interrupted_job,
     record_job,
     write_version,
@@ -82,7 +84,7 @@ class HeadEntry:
         self.name = name
         self.served: HeadVersion | None = None
         self.versions: list[int] = []
-        self.job = pb2.HeadJob(head=name)
+        self.job = HeadJob(head=name)
         self.deleted = False
 
 
@@ -116,10 +118,10 @@ class HeadRegistry:
             entry.versions = sorted(int(v.name) for v in directory.iterdir() if v.name.isdigit())
             if entry.versions:
                 entry.served = HeadVersion(directory / str(entry.versions[-1]))
-                entry.job = pb2.HeadJob(
+                entry.job = HeadJob(
                     head=entry.name,
                     version=entry.versions[-1],
-                    state=pb2.JOB_STATE_SUCCEEDED,
+                    state=JobState.SUCCEEDED,
                     progress=1.0,
                     message="loaded from disk",
                 )
@@ -164,9 +166,7 @@ class HeadRegistry:
             gone = [
                 name
                 for name, entry in self._heads.items()
-                if name not in stored
-                and entry.versions
-                and entry.job.state not in (pb2.JOB_STATE_QUEUED, pb2.JOB_STATE_RUNNING)
+                if name not in stored and entry.versions and not entry.job.active
             ]
         if gone:  # look again: a version trained here meanwhile is stored before it is served
             stored = self.shared.versions()
@@ -178,13 +178,13 @@ class HeadRegistry:
         served = HeadVersion(self.root / name / str(versions[-1]))
         with self._lock:
             entry = self._heads.setdefault(name, HeadEntry(name))
-            if entry.job.state in (pb2.JOB_STATE_QUEUED, pb2.JOB_STATE_RUNNING):
+            if entry.job.active:
                 return
             entry.versions, entry.served = versions, served
-            entry.job = pb2.HeadJob(
+            entry.job = HeadJob(
                 head=name,
                 version=versions[-1],
-                state=pb2.JOB_STATE_SUCCEEDED,
+                state=JobState.SUCCEEDED,
                 progress=1.0,
                 message="trained by another replica",
             )
@@ -272,7 +272,7 @@ class HeadRegistry:
             shutil.rmtree(doomed, ignore_errors=True)
         return True
 
-    def train(self, spec: TrainSpec) -> pb2.HeadJob:
+    def train(self, spec: TrainSpec) -> HeadJob:
         """Queues a training job for a validated spec (api/heads.py validates it)."""
         binding, gather = self._source(spec)
         lease = None
@@ -291,11 +291,11 @@ class HeadRegistry:
             raise
         return job
 
-    def _queue(self, spec: TrainSpec, binding, gather, lease: Lease | None) -> pb2.HeadJob:
+    def _queue(self, spec: TrainSpec, binding, gather, lease: Lease | None) -> HeadJob:
         stored = self.shared.versions().get(spec.name, []) if self.shared is not None else []
         with self._lock:
             entry = self._heads.setdefault(spec.name, HeadEntry(spec.name))
-            if entry.job.state in (pb2.JOB_STATE_QUEUED, pb2.JOB_STATE_RUNNING):
+            if entry.job.active:
                 raise FailedPrecondition(  # not UNAVAILABLE: an immediate retry cannot succeed
                     f"head {spec.name!r} is already training (version {entry.job.version}); "
                     "wait for it (GetHead) before starting another"
@@ -306,13 +306,12 @@ class HeadRegistry:
                     f"the source holds {describe(binding)}: delete the head or use another name"
                 )
             version = max([*entry.versions, *stored], default=0) + 1
-            entry.job = pb2.HeadJob(
-                head=spec.name, version=version, state=pb2.JOB_STATE_QUEUED, message="waiting for the trainer"
+            entry.job = HeadJob(
+                head=spec.name, version=version, state=JobState.QUEUED, message="waiting for the trainer"
             )
             # under the lock: a delete either comes after (and removes it) or before (the job is a new entry's)
             record_job(self.root / entry.name, entry.job)
-            job = pb2.HeadJob()
-            job.CopyFrom(entry.job)
+            job = dataclasses.replace(entry.job)
         self._jobs.put(lambda: self._run(entry, spec, binding, gather, version, lease))
         return job
 
@@ -353,7 +352,7 @@ class HeadRegistry:
     ) -> None:
         try:
             self._train(entry, spec, binding, gather, version)
-            if not (self._stop.is_set() and entry.job.state == pb2.JOB_STATE_FAILED):
+            if not (self._stop.is_set() and entry.job.state == JobState.FAILED):
                 self._job_done(entry)  # one the stop cut short stays recorded, to be reported after the restart
         finally:
             if lease is not None:
@@ -367,7 +366,7 @@ class HeadRegistry:
                 raise Cancelled(INTERRUPTED)
             entry.job.progress, entry.job.message = fraction, message
 
-        entry.job.state = pb2.JOB_STATE_RUNNING
+        entry.job.state = JobState.RUNNING
         try:
             vectors, labels = gather(progress)
             if len(vectors) == 0:
@@ -378,7 +377,7 @@ class HeadRegistry:
                 spec.kind, vectors, labels, lambda f, m: progress(offset + (1 - offset) * 0.9 * f, m), previous
             )
             if entry.deleted:  # deleted while it trained: nothing to write
-                entry.job.state, entry.job.message = pb2.JOB_STATE_FAILED, DELETED_WHILE_TRAINING
+                entry.job.state, entry.job.message = JobState.FAILED, DELETED_WHILE_TRAINING
                 return
             progress(0.95, "writing and loading the new version")
             training_mean = l2_normalise(np.asarray(vectors, np.float32)).mean(axis=0)
@@ -395,9 +394,9 @@ class HeadRegistry:
                 shutil.rmtree(self.root / entry.name / str(version), ignore_errors=True)
                 if self.shared is not None:
                     self.shared.delete(entry.name)
-                entry.job.state, entry.job.message = pb2.JOB_STATE_FAILED, DELETED_WHILE_TRAINING
+                entry.job.state, entry.job.message = JobState.FAILED, DELETED_WHILE_TRAINING
                 return
-            entry.job.state, entry.job.progress = pb2.JOB_STATE_SUCCEEDED, 1.0
+            entry.job.state, entry.job.progress = JobState.SUCCEEDED, 1.0
             entry.job.message = (
                 f"serving version {version}: {len(fitted.labels)} classes, cross-validated accuracy "
                 f"{fitted.metrics.cv_accuracy:.3f} over {fitted.metrics.folds} folds"
@@ -407,15 +406,15 @@ class HeadRegistry:
                 extra=fields(head=entry.name, version=version, kind=spec.kind, cv_accuracy=fitted.metrics.cv_accuracy),
             )
         except ServiceError as err:
-            entry.job.state, entry.job.message = pb2.JOB_STATE_FAILED, err.message
+            entry.job.state, entry.job.message = JobState.FAILED, err.message
         except Exception as err:
             if entry.deleted:  # its folder went while the version was written or uploaded: an expected outcome
                 log.info(
                     "head deleted while its new version was written", extra=fields(head=entry.name, error=str(err))
                 )
-                entry.job.state, entry.job.message = pb2.JOB_STATE_FAILED, DELETED_WHILE_TRAINING
+                entry.job.state, entry.job.message = JobState.FAILED, DELETED_WHILE_TRAINING
                 if self.shared is not None:
                     self.shared.delete(entry.name)  # the files uploaded after the delete (no marker: never served)
                 return
             log.exception("head training failed", extra=fields(head=entry.name))
-            entry.job.state, entry.job.message = pb2.JOB_STATE_FAILED, f"training failed: {err}"
+            entry.job.state, entry.job.message = JobState.FAILED, f"training failed: {err}"

@@ -5,11 +5,14 @@ head's folder while a job is queued or running, so that a job a stop cut short i
 from __future__ import annotations
 
 import datetime
+import enum
+import json
 import logging
 import pathlib
 import shutil
 import tempfile
 import uuid
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -26,6 +29,54 @@ from offshelf.service.models.runtime import OnnxRuntime
 log = logging.getLogger(__name__)
 INTERRUPTED = "interrupted by shutdown; train it again"
 JOB_FILE = "job.json"  # in a head's folder while a job is queued or running: left behind, the job was interrupted
+
+
+class JobState(enum.IntEnum):
+    """A training job's state (the wire's JobState has the same values)."""
+
+    UNSPECIFIED = 0
+    QUEUED = 1
+    RUNNING = 2
+    SUCCEEDED = 3
+    FAILED = 4
+
+
+@dataclass
+class HeadJob:
+    """A head's latest training job: the version it writes, its state and progress (0..1), and what it is doing
+    or why it failed. Stored as job.json in the layout protobuf's JSON gave it (version a string, state by name)."""
+
+    head: str
+    version: int = 0
+    state: JobState = JobState.UNSPECIFIED
+    progress: float = 0.0
+    message: str = ""
+
+    @property
+    def active(self) -> bool:
+        return self.state in (JobState.QUEUED, JobState.RUNNING)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "head": self.head,
+                "version": str(self.version),
+                "state": f"JOB_STATE_{self.state.name}",
+                "progress": self.progress,
+                "message": self.message,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> HeadJob:
+        stored = json.loads(text)
+        return cls(
+            head=str(stored.get("head", "")),
+            version=int(stored.get("version", 0)),
+            state=JobState[str(stored.get("state", "JOB_STATE_UNSPECIFIED")).removeprefix("JOB_STATE_")],
+            progress=float(stored.get("progress", 0.0)),
+            message=str(stored.get("message", "")),
+        )
 
 
 class HeadVersion:
@@ -91,22 +142,22 @@ def write_version(
     return head_dir / str(version)
 
 
-def interrupted_job(directory: pathlib.Path) -> pb2.HeadJob | None:
+def interrupted_job(directory: pathlib.Path) -> HeadJob | None:
     """The job a stop (SIGTERM, a crash) left queued or running in the head's folder, now FAILED; None if none."""
     try:
-        job = json_format.Parse((directory / JOB_FILE).read_text(), pb2.HeadJob())
+        job = HeadJob.from_json((directory / JOB_FILE).read_text())
     except FileNotFoundError:
         return None
-    except (OSError, json_format.ParseError):  # written half when the stop came
-        job = pb2.HeadJob(head=directory.name)
-    job.state, job.message = pb2.JOB_STATE_FAILED, INTERRUPTED
+    except (OSError, ValueError, KeyError, TypeError):  # written half when the stop came
+        job = HeadJob(head=directory.name)
+    job.state, job.message = JobState.FAILED, INTERRUPTED
     log.info("head training was interrupted by a stop", extra=fields(head=job.head, version=job.version))
     return job
 
 
-def record_job(directory: pathlib.Path, job: pb2.HeadJob) -> None:
+def record_job(directory: pathlib.Path, job: HeadJob) -> None:
     """Writes a head's job into its folder, whole or not at all."""
     directory.mkdir(parents=True, exist_ok=True)
     staged = directory / f".{JOB_FILE}.{uuid.uuid4().hex}"
-    staged.write_text(json_format.MessageToJson(job, preserving_proto_field_name=True))
+    staged.write_text(job.to_json())
     staged.replace(directory / JOB_FILE)
