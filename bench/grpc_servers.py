@@ -24,8 +24,10 @@ import numpy as np
 from offshelf.protos.v1 import embedding_pb2
 from offshelf.protos.v1 import index_pb2 as pb2
 from offshelf.protos.v1 import index_pb2_grpc as pb2_grpc
+from offshelf.service.index.config import CollectionConfig
 from offshelf.service.index.embedded.faiss_index import new_index, search_params
 from offshelf.service.index.parameters import with_defaults
+from offshelf.service.models.binding import Binding
 
 from common import clustered_vectors
 from embed import percentile, process_cpu_seconds
@@ -36,7 +38,7 @@ DIM = 512
 
 
 def build_index(count: int) -> tuple[faiss.Index, object, np.ndarray]:
-    config = pb2.Collection(index_type="hnsw", binding=pb2.Binding(dim=DIM))
+    config = CollectionConfig("bench", Binding(dim=DIM), index_type="hnsw")
     with_defaults(config)
     data = clustered_vectors(count, DIM, seed=0)
     faiss.normalize_L2(data)

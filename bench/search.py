@@ -29,10 +29,11 @@ import faiss
 import numpy as np
 
 from offshelf.clients import Client
-from offshelf.protos.v1 import index_pb2
+from offshelf.service.index.config import CollectionConfig
 from offshelf.service.index.embedded.faiss_index import new_index, search_params, train_ivfpq
 from offshelf.service.index.milvus.collection import physical_name
 from offshelf.service.index.parameters import with_defaults
+from offshelf.service.models.binding import Binding
 
 from common import MilvusProcess, ServerProcess, clustered_vectors, write_identity_model
 
@@ -97,7 +98,7 @@ def latencies(durations: list[float]) -> tuple[float, float]:
 
 def raw_faiss(index_type: str, data: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> dict:
     """The service's index classes and parameters, called directly in this process."""
-    config = index_pb2.Collection(index_type=index_type, binding=index_pb2.Binding(dim=DIM))
+    config = CollectionConfig("bench", Binding(dim=DIM), index_type=index_type)
     with_defaults(config)
     started = time.perf_counter()
     trained = train_ivfpq(config, data[: config.ivfpq.train_size]) if index_type == "ivfpq" else None

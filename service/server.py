@@ -228,7 +228,7 @@ class Server:
             bindings = [c.config.binding for c in self.collections.all()]
         except Unavailable:
             return self._last_bound
-        bindings += [entry.served.card.binding for entry in self.heads.all() if entry.served is not None]
+        bindings += [entry.served.binding for entry in self.heads.all() if entry.served is not None]
         self._last_bound = {(b.model, b.version) for b in bindings}
         return self._last_bound
 

@@ -2,9 +2,12 @@
 neither grpc nor the servicers nor the generated service stubs, so that another door (HTTP) or a test drives it
 directly. The Milvus store is left out: pymilvus is a gRPC client of Milvus, not our wire."""
 
+import ast
 import json
 import subprocess
 import sys
+
+from common import ROOT
 
 ENGINE = [
     "offshelf.service.errors",
@@ -32,3 +35,22 @@ def test_the_engines_augmentations_are_the_wires():
 
     wire = {name.removeprefix("AUGMENTATION_"): value for name, value in embedding_pb2.Augmentation.items()}
     assert {a.name: a.value for a in Augmentation} == wire
+
+
+FILE_FORMATS = {"offshelf.protos.v1.model_card_pb2", "offshelf.protos.v1.heads_pb2"}  # the model and head cards
+
+
+def test_the_engine_imports_no_wire_message_but_the_cards():
+    """models/, index/, heads/ and the shared modules speak their own types; generated messages appear only as the
+    file formats of the model and head cards (the doors convert the rest)."""
+    service = ROOT / "service"
+    engine = [*service.glob("*.py"), *(p for d in ("models", "index", "heads") for p in (service / d).rglob("*.py"))]
+    found = {}
+    for path in engine:
+        if path.name in ("server.py", "cli.py"):  # the process's wiring, above the doors
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("offshelf.protos"):
+                names = {f"{node.module}.{alias.name}" for alias in node.names}
+                found[str(path.relative_to(ROOT))] = sorted(names - FILE_FORMATS)
+    assert {path: names for path, names in found.items() if names} == {}

@@ -11,11 +11,12 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from offshelf.protos.v1 import index_pb2
 from offshelf.service.errors import AlreadyExists, InvalidArgument, NotFound
+from offshelf.service.index.config import CollectionConfig, Metric
 from offshelf.service.index.contract import CollectionCatalog, CollectionStore, Filter
 from offshelf.service.index.embedded.registry import CollectionRegistry
 from offshelf.service.index.parameters import with_defaults
+from offshelf.service.models.binding import Binding
 
 from common import clustered_vectors
 
@@ -37,8 +38,8 @@ def catalog(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     store.close()
 
 
-def configured(name: str, metric: int = index_pb2.METRIC_L2) -> index_pb2.Collection:
-    config = index_pb2.Collection(name=name, binding=index_pb2.Binding(dim=DIM), metric=metric)
+def configured(name: str, metric: Metric = Metric.L2) -> CollectionConfig:
+    config = CollectionConfig(name, Binding(dim=DIM), metric)
     with_defaults(config)
     return config
 
@@ -132,7 +133,7 @@ def test_labelled_vectors_are_what_heads_train_on(collection):
 def test_whitening_keeps_every_item_findable(collection):
     ids, vectors = filled(collection)
     collection.train_whitening(8)
-    assert collection.info().whitening_dim == 8
+    assert collection.info().config.whitening_dim == 8
     assert [row[0][0] for row in collection.search(vectors, k=1)] == ids
     np.testing.assert_allclose(collection.get(["id-09"])["id-09"][1], vectors[9], rtol=1e-5)  # as added
 
@@ -152,7 +153,7 @@ def test_a_name_is_created_once_and_a_deleted_collection_is_gone(catalog):
 
 def test_query_expansion_and_min_score_on_similarities(catalog):
     name = f"contract-{uuid.uuid4().hex[:8]}"
-    collection = catalog.create(configured(name, index_pb2.METRIC_INNER_PRODUCT))
+    collection = catalog.create(configured(name, Metric.INNER_PRODUCT))
     try:
         ids, vectors = filled(collection)
         plain = collection.search(vectors[:4], k=5)

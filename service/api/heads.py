@@ -12,7 +12,7 @@ from offshelf.service.errors import FailedPrecondition, InvalidArgument
 from offshelf.service.heads.fitting import KINDS
 from offshelf.service.heads.registry import HeadEntry, HeadRegistry, LabelledImages, TrainSpec
 from offshelf.service.heads.storage import HeadJob
-from offshelf.service.models.loaded_model import describe
+from offshelf.service.models.binding import describe
 from offshelf.service.models.registry import ModelRegistry
 
 
@@ -62,7 +62,7 @@ class HeadsServicer(pb2_grpc.HeadsServicer):
 
     def Classify(self, request: pb2.ClassifyRequest, context: grpc.ServicerContext) -> pb2.ClassifyResponse:
         served = self.heads.serving(request.head)
-        binding = served.card.binding
+        binding = served.binding
         if request.model and request.model != binding.model:
             raise FailedPrecondition(
                 f"head {request.head!r} is bound to {describe(binding)}; the request is for model {request.model!r}"

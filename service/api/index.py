@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import math
@@ -20,11 +21,12 @@ from offshelf.service import tracing
 from offshelf.service.api.checks import check_image_limit, check_name
 from offshelf.service.api.limits import ResponseLimit, hits_bytes, items_bytes, vector_bytes
 from offshelf.service.errors import FailedPrecondition, InvalidArgument, ServiceError
+from offshelf.service.index.config import CollectionConfig, CollectionInfo, HnswParams, IvfPqParams, Metric
 from offshelf.service.index.contract import Filter, Item, Row
 from offshelf.service.index.parameters import MAX_EF, with_defaults
 from offshelf.service.index.query_expansion import DEFAULT_ALPHA, MAX_EXPANSION
 from offshelf.service.metrics import Metrics
-from offshelf.service.models.loaded_model import describe
+from offshelf.service.models.binding import Binding, describe
 from offshelf.service.models.registry import ModelRegistry
 from offshelf.service.settings import ServiceSettings
 
@@ -56,18 +58,25 @@ class IndexServicer(pb2_grpc.IndexServicer):
         check_name("collection", request.name)
         if request.metric not in pb2.Metric.values():
             raise InvalidArgument(f"metric {request.metric} is unknown; use METRIC_INNER_PRODUCT or METRIC_L2")
-        config = pb2.Collection(
+        config = CollectionConfig(
             name=request.name,
             binding=self._binding(request),
-            metric=request.metric,
+            metric=Metric(request.metric),
             index_type=request.index_type,
-            hnsw=request.hnsw,
-            ivfpq=request.ivfpq,
+            hnsw=HnswParams(request.hnsw.m, request.hnsw.ef_construction, request.hnsw.ef_search),
+            ivfpq=IvfPqParams(
+                request.ivfpq.nlist,
+                request.ivfpq.m,
+                request.ivfpq.nbits,
+                request.ivfpq.nprobe,
+                request.ivfpq.train_size,
+                request.ivfpq.refine_factor,
+            ),
         )
         with_defaults(config)
-        return self.collections.create(config).info()
+        return _collection_message(self.collections.create(config).info())
 
-    def _binding(self, request: pb2.CreateCollectionRequest) -> pb2.Binding:
+    def _binding(self, request: pb2.CreateCollectionRequest) -> Binding:
         """A served model's output, or (dim alone) the caller's own vectors."""
         if request.dim:
             if request.model or request.version or request.output:
@@ -76,7 +85,7 @@ class IndexServicer(pb2_grpc.IndexServicer):
                 )
             if not 1 <= request.dim <= MAX_DIM:
                 raise InvalidArgument(f"dim={request.dim}: 1 to {MAX_DIM} values")
-            return pb2.Binding(dim=request.dim)
+            return Binding(dim=request.dim)
         if not request.model:
             raise InvalidArgument(
                 "model is empty: name the served model whose embeddings the collection holds, or set dim for a "
@@ -87,10 +96,10 @@ class IndexServicer(pb2_grpc.IndexServicer):
         return model.binding(output)
 
     def ListCollections(self, request: pb2.ListCollectionsRequest, context: grpc.ServicerContext):
-        return pb2.ListCollectionsResponse(collections=[c.info() for c in self.collections.all()])
+        return pb2.ListCollectionsResponse(collections=[_collection_message(c.info()) for c in self.collections.all()])
 
     def GetCollection(self, request: pb2.GetCollectionRequest, context: grpc.ServicerContext) -> pb2.Collection:
-        return self.collections.get(request.name).info()
+        return _collection_message(self.collections.get(request.name).info())
 
     def DeleteCollection(self, request: pb2.DeleteCollectionRequest, context: grpc.ServicerContext):
         self.collections.delete(request.name)
@@ -102,7 +111,7 @@ class IndexServicer(pb2_grpc.IndexServicer):
             raise InvalidArgument("dim must be 0 (full) or positive")
         if not request.learn_from:
             collection.train_whitening(request.dim)
-            return collection.info()
+            return _collection_message(collection.info())
         if request.learn_from == request.collection:
             raise InvalidArgument("learn_from names the collection itself; leave it empty for its own vectors")
         source = self.collections.get(request.learn_from)
@@ -113,17 +122,17 @@ class IndexServicer(pb2_grpc.IndexServicer):
                 "the same model output"
             )
         collection.train_whitening(request.dim, source.stored_vectors(), source.name)
-        return collection.info()
+        return _collection_message(collection.info())
 
     def AugmentDatabase(self, request: pb2.AugmentDatabaseRequest, context: grpc.ServicerContext) -> pb2.Collection:
         collection = self.collections.get(request.collection)
         if not 1 <= request.neighbours <= MAX_EXPANSION:
             raise InvalidArgument(f"neighbours={request.neighbours}: 1 to {MAX_EXPANSION}")
         alpha = _alpha(request.alpha, "alpha")
-        if collection.config.metric != pb2.METRIC_INNER_PRODUCT:
+        if collection.config.metric != Metric.INNER_PRODUCT:
             raise InvalidArgument("augmentation weights neighbours by similarity: it needs an inner-product collection")
         collection.augment(request.neighbours, alpha)
-        return collection.info()
+        return _collection_message(collection.info())
 
     # --- writes ------------------------------------------------------------------------------
 
@@ -332,7 +341,23 @@ class IndexServicer(pb2_grpc.IndexServicer):
         return model.embed(images, augmentation, names)[collection.config.binding.output]
 
 
-def _describe(binding: pb2.Binding) -> str:
+def _collection_message(info: CollectionInfo) -> pb2.Collection:
+    config = info.config
+    return pb2.Collection(
+        name=config.name,
+        binding=dataclasses.asdict(config.binding),
+        metric=int(config.metric),
+        index_type=config.index_type,
+        hnsw=dataclasses.asdict(config.hnsw),
+        ivfpq=dataclasses.asdict(config.ivfpq),
+        count=info.count,
+        bytes_on_disk=info.bytes_on_disk,
+        trained=info.trained,
+        whitening_dim=config.whitening_dim,
+    )
+
+
+def _describe(binding: Binding) -> str:
     return describe(binding) if binding.model else f"your own {binding.dim}-d vectors (no model)"
 
 
@@ -408,7 +433,7 @@ def _expansion(request, collection: CollectionStore) -> tuple[int, float]:
     if not 0 <= n <= MAX_EXPANSION:
         raise InvalidArgument(f"query_expansion={n}: 0 (none) to {MAX_EXPANSION} hits")
     alpha = _alpha(request.qe_alpha, "qe_alpha")
-    if n and collection.config.metric != pb2.METRIC_INNER_PRODUCT:
+    if n and collection.config.metric != Metric.INNER_PRODUCT:
         raise InvalidArgument("query expansion weights hits by similarity: it needs an inner-product collection")
     return n, alpha
 

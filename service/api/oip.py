@@ -183,7 +183,7 @@ class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):
         }
         for head_name, kinds in head_outputs.items():
             head = self.heads.serving(head_name)
-            probabilities = head.probabilities(arrays[head.card.binding.output])
+            probabilities = head.probabilities(arrays[head.binding.output])
             if "probabilities" in kinds:
                 tensors[f"{head_name}/probabilities"] = (
                     "FP32",
@@ -226,8 +226,7 @@ class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):
         return [
             head
             for head in served
-            if head.card.binding.output in model.output_names
-            and model.binding(head.card.binding.output) == head.card.binding
+            if head.binding.output in model.output_names and model.binding(head.binding.output) == head.binding
         ]
 
     def _split_outputs(self, model: LoadedModel, requested: list[str]) -> tuple[list[str], dict[str, set[str]]]:
@@ -246,7 +245,7 @@ class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):
                     f"model {model.name} version {model.version} has no output {name!r}; its outputs are "
                     f"{', '.join(model.output_names)}, and <head>/probabilities or <head>/labels for its heads"
                 )
-            binding = self.heads.serving(head_name).card.binding
+            binding = self.heads.serving(head_name).binding
             if self.models.for_binding(binding, f"head {head_name!r}") is not model:
                 raise FailedPrecondition(
                     f"head {head_name!r} was trained on {binding.model} version {binding.version}; "

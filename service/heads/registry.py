@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from offshelf.protos.v1 import index_pb2
 from offshelf.service.errors import (
     Cancelled,
     FailedPrecondition,
@@ -45,7 +44,7 @@ from offshelf.service.heads.storage import (
     write_version,
 )
 from offshelf.service.logs import fields
-from offshelf.service.models.loaded_model import describe
+from offshelf.service.models.binding import Binding, describe
 from offshelf.service.models.registry import ModelRegistry
 
 if TYPE_CHECKING:
@@ -300,9 +299,9 @@ class HeadRegistry:
                     f"head {spec.name!r} is already training (version {entry.job.version}); "
                     "wait for it (GetHead) before starting another"
                 )
-            if entry.served is not None and entry.served.card.binding != binding:
+            if entry.served is not None and entry.served.binding != binding:
                 raise FailedPrecondition(
-                    f"head {spec.name!r} is bound to {describe(entry.served.card.binding)}; "
+                    f"head {spec.name!r} is bound to {describe(entry.served.binding)}; "
                     f"the source holds {describe(binding)}: delete the head or use another name"
                 )
             version = max([*entry.versions, *stored], default=0) + 1
@@ -345,7 +344,7 @@ class HeadRegistry:
         self,
         entry: HeadEntry,
         spec: TrainSpec,
-        binding: index_pb2.Binding,
+        binding: Binding,
         gather,
         version: int,
         lease: Lease | None,
@@ -358,7 +357,7 @@ class HeadRegistry:
             if lease is not None:
                 lease.release()
 
-    def _train(self, entry: HeadEntry, spec: TrainSpec, binding: index_pb2.Binding, gather, version: int) -> None:
+    def _train(self, entry: HeadEntry, spec: TrainSpec, binding: Binding, gather, version: int) -> None:
         def progress(fraction: float, message: str) -> None:
             if entry.deleted:  # stops the training at its next step
                 raise Cancelled(DELETED_WHILE_TRAINING)

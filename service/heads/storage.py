@@ -4,6 +4,7 @@ head's folder while a job is queued or running, so that a job a stop cut short i
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import enum
 import json
@@ -19,11 +20,11 @@ import onnx
 from google.protobuf import json_format
 
 from offshelf.protos.v1 import heads_pb2 as pb2
-from offshelf.protos.v1 import index_pb2
 from offshelf.service.drift import DriftMonitor
 from offshelf.service.errors import HeadLoadError, ModelLoadError
 from offshelf.service.heads.fitting import FittedHead
 from offshelf.service.logs import fields
+from offshelf.service.models.binding import Binding
 from offshelf.service.models.runtime import OnnxRuntime
 
 log = logging.getLogger(__name__)
@@ -80,12 +81,14 @@ class HeadJob:
 
 
 class HeadVersion:
-    """One loaded version: card, its graph behind the Runtime seam (on the CPU, one thread that sleeps when idle:
-    a head's graph is one small matrix product), and (ncm) the class sums for adding classes."""
+    """One loaded version: its card (a file format: the generated HeadCard) and binding, its graph behind the
+    Runtime seam (on the CPU, one thread that sleeps when idle: a head's graph is one small matrix product), and
+    (ncm) the class sums for adding classes."""
 
     def __init__(self, directory: pathlib.Path):
         try:
             self.card = json_format.Parse((directory / "card.json").read_text(), pb2.HeadCard())
+            self.binding = Binding(**{f.name: getattr(self.card.binding, f.name) for f in dataclasses.fields(Binding)})
             self.runtime = OnnxRuntime(directory / "head.onnx", "cpu", intra_op_threads=1, spinning=False)
             self.runtime.load()
             reference = directory / "training_mean.npy"
@@ -113,7 +116,7 @@ def write_version(
     head_dir: pathlib.Path,
     version: int,
     kind: str,
-    binding: index_pb2.Binding,
+    binding: Binding,
     fitted: FittedHead,
     training_mean: np.ndarray,
 ) -> pathlib.Path:
@@ -126,7 +129,7 @@ def write_version(
             name=head_dir.name,
             version=version,
             kind=kind,
-            binding=binding,
+            binding=dataclasses.asdict(binding),
             labels=fitted.labels,
             metrics=fitted.metrics,
             created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

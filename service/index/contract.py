@@ -14,9 +14,9 @@ from typing import Protocol
 
 import numpy as np
 
-from offshelf.protos.v1 import index_pb2
 from offshelf.service.drift import DriftMonitor
 from offshelf.service.errors import InvalidArgument
+from offshelf.service.index.config import CollectionConfig, CollectionInfo, Metric
 from offshelf.service.index.query_expansion import DEFAULT_ALPHA, expand
 from offshelf.service.index.vectors import prepare
 
@@ -53,7 +53,7 @@ class CollectionStore(Protocol):
 
     name: str
     dim: int
-    config: index_pb2.Collection
+    config: CollectionConfig
     drift: DriftMonitor
     last_index_save_at: float | None
 
@@ -62,7 +62,7 @@ class CollectionStore(Protocol):
         """Writes the store holds that its derived index file does not yet (0 on Milvus)."""
 
     def close(self) -> None: ...
-    def info(self) -> index_pb2.Collection: ...
+    def info(self) -> CollectionInfo: ...
     def mean(self) -> np.ndarray | None: ...
     def labelled_vectors(self) -> tuple[np.ndarray, list[str]]: ...
     def stored_vectors(self) -> np.ndarray: ...
@@ -97,7 +97,7 @@ class CollectionCatalog(Protocol):
     watch: on_change(reachable) when the store stops or starts answering (the embedded store always answers)."""
 
     def load_all(self) -> None: ...
-    def create(self, config: index_pb2.Collection) -> CollectionStore: ...
+    def create(self, config: CollectionConfig) -> CollectionStore: ...
     def get(self, name: str) -> CollectionStore: ...
     def all(self) -> Sequence[CollectionStore]: ...
     def delete(self, name: str) -> None: ...
@@ -109,7 +109,7 @@ class StoreBase(ABC):
     each store's nearest-neighbour lookup (vectors prepared and observed for drift, query expansion, hits under
     min_score dropped)."""
 
-    def __init__(self, config: index_pb2.Collection):
+    def __init__(self, config: CollectionConfig):
         self.config = config
         self.name = config.name
         self.dim = config.binding.dim
@@ -134,7 +134,7 @@ class StoreBase(ABC):
         """The k nearest items to each query vector, among those `where` selects, best first. With `expansion`,
         each query is searched again expanded by its first `expansion` hits (alpha query expansion); own_ids: the
         item each query is (a search by id), left out of its expansion."""
-        if min_score is not None and self.config.metric != index_pb2.METRIC_INNER_PRODUCT:
+        if min_score is not None and self.config.metric != Metric.INNER_PRODUCT:
             raise InvalidArgument("min_score applies to inner-product collections (scores are similarities)")
         queries = self.prepare(queries)
         self.drift.observe(queries)

@@ -3,8 +3,8 @@ defaults filled in and bounds checked once, when the collection is created."""
 
 from __future__ import annotations
 
-from offshelf.protos.v1 import index_pb2
 from offshelf.service.errors import InvalidArgument
+from offshelf.service.index.config import CollectionConfig
 
 INDEX_TYPES = ("flat", "hnsw", "ivfpq")
 # Upper bounds of index parameters: beyond them a request costs memory or time no collection needs (Milvus's own
@@ -12,7 +12,7 @@ INDEX_TYPES = ("flat", "hnsw", "ivfpq")
 MAX_EF, MAX_NLIST, MAX_REFINE, MAX_TRAIN_SIZE = 10_000, 65_536, 100, 1_000_000
 
 
-def with_defaults(config: index_pb2.Collection) -> None:
+def with_defaults(config: CollectionConfig) -> None:
     """Fills unset index parameters in place and checks them against the dimension."""
     dim = config.binding.dim
     config.index_type = config.index_type or "flat"

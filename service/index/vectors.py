@@ -5,13 +5,13 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-from offshelf.protos.v1 import index_pb2
 from offshelf.service.errors import FailedPrecondition, InvalidArgument
+from offshelf.service.index.config import CollectionConfig, Metric
 
 MAX_NORM = 1e18  # its square, and sums of such squares, stay within float32
 
 
-def prepare(vectors: np.ndarray, config: index_pb2.Collection) -> np.ndarray:
+def prepare(vectors: np.ndarray, config: CollectionConfig) -> np.ndarray:
     """Checks vectors against the collection and L2-normalises them for an inner-product collection."""
     dim = config.binding.dim
     vectors = np.asarray(vectors, np.float32)
@@ -25,7 +25,7 @@ def prepare(vectors: np.ndarray, config: index_pb2.Collection) -> np.ndarray:
             f"vector {int(np.argmax(norms))} is too large (norm over {MAX_NORM:g}: its distances overflow float32); "
             "scale it down"
         )
-    if config.metric == index_pb2.METRIC_INNER_PRODUCT:
+    if config.metric == Metric.INNER_PRODUCT:
         if (norms == 0).any():
             raise InvalidArgument(f"vector {int(np.argmin(norms))} is all zeros and cannot be normalised")
         vectors = (vectors / norms).astype(np.float32)
@@ -35,7 +35,7 @@ def prepare(vectors: np.ndarray, config: index_pb2.Collection) -> np.ndarray:
 Whitening = tuple[np.ndarray, np.ndarray]  # x -> x @ A.T + b
 
 
-def check_whitening(dim: int, config: index_pb2.Collection, count: int, source: str = "") -> int:
+def check_whitening(dim: int, config: CollectionConfig, count: int, source: str = "") -> int:
     """The whitening's output dimension (0: the full one), checked against the collection and the `count` vectors it
     is learned from (those of collection `source` when given)."""
     full = config.binding.dim
@@ -57,11 +57,11 @@ def learn_whitening(vectors: np.ndarray, dim: int) -> Whitening:
     return faiss.vector_to_array(pca.A).reshape(dim, vectors.shape[1]), faiss.vector_to_array(pca.b)
 
 
-def to_index_space(vectors: np.ndarray, whitening: Whitening | None, config: index_pb2.Collection) -> np.ndarray:
+def to_index_space(vectors: np.ndarray, whitening: Whitening | None, config: CollectionConfig) -> np.ndarray:
     """What the index holds for these vectors: whitened (and L2-normalised again for inner product) or as given."""
     if whitening is not None:
         a, b = whitening
         vectors = vectors @ a.T + b
-        if config.metric == index_pb2.METRIC_INNER_PRODUCT:
+        if config.metric == Metric.INNER_PRODUCT:
             vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     return np.ascontiguousarray(vectors, np.float32)

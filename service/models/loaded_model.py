@@ -15,7 +15,6 @@ import numpy as np
 import onnx
 from google.protobuf import json_format
 
-from offshelf.protos.v1 import index_pb2
 from offshelf.protos.v1 import model_card_pb2 as card_pb2
 from offshelf.service import cancellation, request_context, tracing
 from offshelf.service.errors import (
@@ -25,6 +24,7 @@ from offshelf.service.errors import (
 )
 from offshelf.service.metrics import Metrics
 from offshelf.service.models.batcher import Admission, Batcher
+from offshelf.service.models.binding import Binding
 from offshelf.service.models.pixels_input import PIXELS, with_pixels_input
 from offshelf.service.models.preprocess import PixelBudget, Preprocessor, input_size
 from offshelf.service.models.runtime import CPU, OnnxRuntime
@@ -33,13 +33,6 @@ from offshelf.service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 RETIRE_SETTLE_SECONDS = 0.5
-
-
-def describe(binding: index_pb2.Binding) -> str:
-    return (
-        f"{binding.model} v{binding.version} output {binding.output!r} ({binding.dim}-d, {binding.pooling} "
-        f"pooling, preprocessing {binding.preprocessing_hash[:12]})"
-    )
 
 
 def read_card(version_dir: pathlib.Path) -> card_pb2.ModelCard:
@@ -223,11 +216,11 @@ class LoadedModel:
             raise
         self.statistics.request(True, timing.elapsed(), timing.decoding)
 
-    def binding(self, output: str) -> index_pb2.Binding:
+    def binding(self, output: str) -> Binding:
         """What vectors of this output are: the binding a collection records and checks."""
         spec = next(o for o in self.card.outputs if o.name == output)
         digest = hashlib.sha256(self.card.preprocessing.SerializeToString(deterministic=True)).hexdigest()
-        return index_pb2.Binding(
+        return Binding(
             model=self.name,
             version=self.version,
             output=output,

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from offshelf.protos.v1 import index_pb2
 from offshelf.service.errors import (
     FailedPrecondition,
     ModelLoadError,
@@ -20,7 +19,8 @@ from offshelf.service.errors import (
 )
 from offshelf.service.logs import fields
 from offshelf.service.metrics import Metrics
-from offshelf.service.models.loaded_model import LoadedModel, describe
+from offshelf.service.models.binding import Binding, describe
+from offshelf.service.models.loaded_model import LoadedModel
 from offshelf.service.models.preprocess import PixelBudget
 from offshelf.service.models.priority import lower_this_thread
 from offshelf.service.models.repository import ModelRepository
@@ -337,7 +337,7 @@ class ModelRegistry:
             )
         return versions[version]
 
-    def for_binding(self, binding: index_pb2.Binding, owner: str) -> LoadedModel:
+    def for_binding(self, binding: Binding, owner: str) -> LoadedModel:
         """The served model whose output is exactly what `owner` (a collection or head) was built on."""
         try:
             model = self.get(binding.model, binding.version)

@@ -21,6 +21,7 @@ so they are not held up by embedding, commits or index training.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -33,8 +34,8 @@ from collections.abc import Iterator
 import faiss
 import numpy as np
 
-from offshelf.protos.v1 import index_pb2
 from offshelf.service.errors import InvalidArgument, NotFound, Unavailable
+from offshelf.service.index.config import CollectionConfig, CollectionInfo
 from offshelf.service.index.contract import Filter, Hit, Item, Row, StoreBase
 from offshelf.service.index.embedded.derived_index import DerivedIndex
 from offshelf.service.index.embedded.hit_rows import HitRows
@@ -72,7 +73,7 @@ def folder_bytes(directory: pathlib.Path) -> int:
 
 
 class Collection(StoreBase):
-    def __init__(self, directory: pathlib.Path, store: ItemStore, config: index_pb2.Collection):
+    def __init__(self, directory: pathlib.Path, store: ItemStore, config: CollectionConfig):
         super().__init__(config)
         self.directory = directory
         self.store = store
@@ -94,7 +95,7 @@ class Collection(StoreBase):
     # --- lifecycle -------------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, directory: pathlib.Path, config: index_pb2.Collection) -> Collection:
+    def create(cls, directory: pathlib.Path, config: CollectionConfig) -> Collection:
         """Creates the folder whole: built under a hidden name, then renamed."""
         staged = directory.with_name(f".creating-{uuid.uuid4().hex}")
         staged.mkdir(parents=True)
@@ -142,14 +143,14 @@ class Collection(StoreBase):
         count = self.count
         return self._sum / count if count else None
 
-    def info(self) -> index_pb2.Collection:
-        info = index_pb2.Collection()
-        info.CopyFrom(self.config)
-        info.count = self.count
-        info.bytes_on_disk = folder_bytes(self.directory)
-        info.trained = self._derived.trained
-        info.whitening_dim = 0 if self._derived.whitening is None else self._derived.space_dim
-        return info
+    def info(self) -> CollectionInfo:
+        whitening_dim = 0 if self._derived.whitening is None else self._derived.space_dim
+        return CollectionInfo(
+            dataclasses.replace(self.config, whitening_dim=whitening_dim),
+            self.count,
+            folder_bytes(self.directory),
+            self._derived.trained,
+        )
 
     def labelled_vectors(self) -> tuple[np.ndarray, list[str]]:
         """The vectors and labels of every labelled item (for training heads)."""

@@ -14,7 +14,7 @@ import pathlib
 import faiss
 import numpy as np
 
-from offshelf.protos.v1 import index_pb2
+from offshelf.service.index.config import CollectionConfig, Metric
 from offshelf.service.index.contract import Filter
 from offshelf.service.index.embedded.faiss_index import new_index, search_params, train_ivfpq
 from offshelf.service.index.embedded.store import ItemStore
@@ -29,7 +29,7 @@ Ranked = list[list[tuple[float, int]]]  # per query, (score, FAISS id) best firs
 class DerivedIndex:
     def __init__(
         self,
-        config: index_pb2.Collection,
+        config: CollectionConfig,
         store: ItemStore,
         index: faiss.Index | None = None,
         whitening: Whitening | None = None,
@@ -48,7 +48,7 @@ class DerivedIndex:
     @classmethod
     def built(
         cls,
-        config: index_pb2.Collection,
+        config: CollectionConfig,
         store: ItemStore,
         whitening: Whitening | None,
         trained_ivfpq: faiss.Index | None = None,
@@ -64,7 +64,7 @@ class DerivedIndex:
     @classmethod
     def read(
         cls,
-        config: index_pb2.Collection,
+        config: CollectionConfig,
         store: ItemStore,
         whitening: Whitening | None,
         path: pathlib.Path,
@@ -169,7 +169,7 @@ class DerivedIndex:
             return [[] for _ in queries]
         internals = list(found)
         exact = self.space(np.stack([found[i] for i in internals]))
-        if self.config.metric == index_pb2.METRIC_L2:
+        if self.config.metric == Metric.L2:
             scores = (queries**2).sum(axis=1)[:, None] - 2 * queries @ exact.T + (exact**2).sum(axis=1)[None]
             orders = np.argsort(scores, axis=1, kind="stable")[:, :k]
         else:

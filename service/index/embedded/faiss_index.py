@@ -5,14 +5,14 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-from offshelf.protos.v1 import index_pb2
+from offshelf.service.index.config import CollectionConfig, Metric
 
 
-def faiss_metric(config: index_pb2.Collection) -> int:
-    return faiss.METRIC_L2 if config.metric == index_pb2.METRIC_L2 else faiss.METRIC_INNER_PRODUCT
+def faiss_metric(config: CollectionConfig) -> int:
+    return faiss.METRIC_L2 if config.metric == Metric.L2 else faiss.METRIC_INNER_PRODUCT
 
 
-def new_index(config: index_pb2.Collection, dim: int, trained_ivfpq: faiss.Index | None = None) -> faiss.Index:
+def new_index(config: CollectionConfig, dim: int, trained_ivfpq: faiss.Index | None = None) -> faiss.Index:
     """An empty index taking caller ids. An ivfpq collection is exact (flat) until it is trained."""
     metric = faiss_metric(config)
     if config.index_type == "hnsw":
@@ -24,7 +24,7 @@ def new_index(config: index_pb2.Collection, dim: int, trained_ivfpq: faiss.Index
     return faiss.IndexIDMap2(faiss.IndexFlat(dim, metric))
 
 
-def train_ivfpq(config: index_pb2.Collection, vectors: np.ndarray) -> faiss.Index:
+def train_ivfpq(config: CollectionConfig, vectors: np.ndarray) -> faiss.Index:
     """An empty, trained IndexIVFPQ (slow: k-means over the vectors)."""
     ivf = config.ivfpq
     quantizer = faiss.IndexFlat(vectors.shape[1], faiss_metric(config))
@@ -35,7 +35,7 @@ def train_ivfpq(config: index_pb2.Collection, vectors: np.ndarray) -> faiss.Inde
 
 
 def search_params(
-    config: index_pb2.Collection, trained: bool, ef_search: int, nprobe: int, removed: faiss.IDSelector | None
+    config: CollectionConfig, trained: bool, ef_search: int, nprobe: int, removed: faiss.IDSelector | None
 ) -> faiss.SearchParameters | None:
     if config.index_type == "hnsw":
         params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # not in faiss's stubs

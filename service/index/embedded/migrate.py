@@ -18,10 +18,9 @@ import zlib
 from collections.abc import Iterator
 
 import numpy as np
-from google.protobuf import json_format
 
-from offshelf.protos.v1 import index_pb2
 from offshelf.service.errors import CollectionLoadError
+from offshelf.service.index.config import CollectionConfig
 from offshelf.service.index.contract import Row
 from offshelf.service.index.embedded.store import DATABASE, ItemStore
 from offshelf.service.logs import fields
@@ -38,7 +37,7 @@ def needs_migration(directory: pathlib.Path) -> bool:
 
 def migrate(directory: pathlib.Path) -> None:
     try:
-        config = json_format.Parse((directory / "collection.json").read_text(), index_pb2.Collection())
+        config = CollectionConfig.from_json((directory / "collection.json").read_text())
         items, whitening = _snapshot(directory / "snapshot.npz", config.binding.dim)
         for header, vectors in _log_records(directory / "wal.log", config.binding.dim):
             if header["op"] == "add":
@@ -48,7 +47,7 @@ def migrate(directory: pathlib.Path) -> None:
             else:
                 for item_id in header["ids"]:
                     items.pop(item_id, None)
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json_format.ParseError) as err:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, TypeError) as err:
         raise CollectionLoadError(
             f"{directory} is in the previous format and cannot be read to migrate it ({err}); restore it from a "
             "backup or delete it"

@@ -11,8 +11,8 @@ import uuid
 
 import faiss
 
-from offshelf.protos.v1 import index_pb2
 from offshelf.service.errors import AlreadyExists, NotFound, Unavailable
+from offshelf.service.index.config import CollectionConfig
 from offshelf.service.index.embedded.collection import Collection
 from offshelf.service.index.embedded.migrate import migrate, needs_migration
 from offshelf.service.index.embedded.store import DATABASE
@@ -57,7 +57,7 @@ class CollectionRegistry:
                     except Exception:  # the database holds every write; the next try or the next start catches up
                         log.exception("saving an index failed", extra=fields(collection=collection.name))
 
-    def create(self, config: index_pb2.Collection) -> Collection:
+    def create(self, config: CollectionConfig) -> Collection:
         self._check_loaded()
         with self._lock:
             if config.name in self._collections:

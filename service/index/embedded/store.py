@@ -20,10 +20,9 @@ import threading
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-from google.protobuf import json_format
 
-from offshelf.protos.v1 import index_pb2
 from offshelf.service.errors import CollectionLoadError
+from offshelf.service.index.config import CollectionConfig
 from offshelf.service.index.contract import Filter, Row
 
 DATABASE = "items.sqlite3"
@@ -144,15 +143,15 @@ class ItemStore:
     def set_state(db: sqlite3.Connection, key: str, value: object) -> None:
         db.execute("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", (key, value))
 
-    def config(self) -> index_pb2.Collection:
+    def config(self) -> CollectionConfig:
         text = self.get_state("config")
         if not isinstance(text, str):
             raise CollectionLoadError(f"{self.path} holds no collection configuration; delete the collection folder")
-        return json_format.Parse(text, index_pb2.Collection())
+        return CollectionConfig.from_json(text)
 
     @staticmethod
-    def set_config(db: sqlite3.Connection, config: index_pb2.Collection) -> None:
-        ItemStore.set_state(db, "config", json_format.MessageToJson(config, preserving_proto_field_name=True))
+    def set_config(db: sqlite3.Connection, config: CollectionConfig) -> None:
+        ItemStore.set_state(db, "config", config.to_json())
 
     def arrays(self, key: str) -> dict[str, np.ndarray] | None:
         blob = self.get_state(key)

@@ -34,11 +34,10 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-from google.protobuf import json_format
 from pymilvus import DataType, MilvusClient
 
-from offshelf.protos.v1 import index_pb2
 from offshelf.service.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from offshelf.service.index.config import CollectionConfig, CollectionInfo, Metric
 from offshelf.service.index.contract import Filter, Hit, Item, Row, StoreBase
 from offshelf.service.index.milvus.calls import TableGone, milvus_errors, quoted
 from offshelf.service.index.vectors import Whitening, to_index_space
@@ -86,8 +85,8 @@ def both(*clauses: str) -> str:
     return " and ".join(f"({c})" for c in clauses if c)
 
 
-def index_params(client: MilvusClient, config: index_pb2.Collection):
-    metric = "L2" if config.metric == index_pb2.METRIC_L2 else "IP"
+def index_params(client: MilvusClient, config: CollectionConfig):
+    metric = "L2" if config.metric == Metric.L2 else "IP"
     params = client.prepare_index_params()
     if config.index_type == "hnsw":
         hnsw = config.hnsw
@@ -100,21 +99,21 @@ def index_params(client: MilvusClient, config: index_pb2.Collection):
     return params
 
 
-def keeps_raw(config: index_pb2.Collection) -> bool:
+def keeps_raw(config: CollectionConfig) -> bool:
     """Whether the table keeps each vector as added in the field ``raw``: when what Milvus indexes is whitened, and
     for IVF_PQ, whose candidates are re-ranked from it (base64 decodes far faster than the float lists pymilvus
     returns for a vector field, and needs no raw data from a PQ index)."""
     return bool(config.whitening_dim) or config.index_type == "ivfpq"
 
 
-def create_table(client: MilvusClient, config: index_pb2.Collection, table: str) -> None:
+def create_table(client: MilvusClient, config: CollectionConfig, table: str) -> None:
     """An empty, loaded table for the configuration (whitened when config.whitening_dim is set)."""
     if keeps_raw(config) and config.binding.dim > MAX_RAW_DIM:
         raise InvalidArgument(f"on Milvus, ivfpq collections hold vectors of at most {MAX_RAW_DIM} values")
     schema = MilvusClient.create_schema(
         auto_id=False,
         enable_dynamic_field=False,
-        description=json_format.MessageToJson(config, preserving_proto_field_name=True, indent=0),
+        description=config.to_json(),
     )
     schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=MAX_ID_BYTES)
     schema.add_field("label", DataType.VARCHAR, max_length=MAX_LABEL_BYTES)
@@ -144,7 +143,7 @@ class MilvusCollection(StoreBase):
         self,
         client: MilvusClient,
         blobs: Blobs,
-        config: index_pb2.Collection,
+        config: CollectionConfig,
         table: str,
         whitening: Whitening | None,
         consistency: str,
@@ -204,17 +203,16 @@ class MilvusCollection(StoreBase):
     def mean(self) -> np.ndarray | None:
         return None  # the drift reference would need every vector read back from Milvus: not measured here
 
-    def info(self) -> index_pb2.Collection:
+    def info(self) -> CollectionInfo:
         return self._current(MilvusCollection._info)
 
-    def _info(self) -> index_pb2.Collection:
-        info = index_pb2.Collection()
-        info.CopyFrom(self.config)
-        info.count = self._count("", self.consistency)  # read as searches are: listings need not wait
+    def _info(self) -> CollectionInfo:
+        count = self._count("", self.consistency)  # read as searches are: listings need not wait
+        trained = False
         if self.config.index_type == "ivfpq":
             with milvus_errors(self.name):
-                info.trained = int(self.client.describe_index(self.table, "vector").get("indexed_rows", 0)) > 0
-        return info
+                trained = int(self.client.describe_index(self.table, "vector").get("indexed_rows", 0)) > 0
+        return CollectionInfo(self.config, count, trained=trained)
 
     def _query(
         self, where: str, fields: list[str], limit: int | None = None, consistency: str = "Strong"
@@ -336,7 +334,7 @@ class MilvusCollection(StoreBase):
         first)."""
         added = np.stack([from_text(hit["entity"]["raw"]) for hit in hits])
         vectors = to_index_space(added, self.whitening, self.config)
-        if self.config.metric == index_pb2.METRIC_L2:
+        if self.config.metric == Metric.L2:
             scores = ((vectors - query) ** 2).sum(axis=1)
             order = np.argsort(scores, kind="stable")
         else:
@@ -419,7 +417,7 @@ class MilvusCollection(StoreBase):
         for page in self._pages("", [self._raw_field]):
             yield self._raw(page)
 
-    def _with(self, table: str, config: index_pb2.Collection | None = None) -> MilvusCollection:
+    def _with(self, table: str, config: CollectionConfig | None = None) -> MilvusCollection:
         return MilvusCollection(
             self.client,
             self.blobs,

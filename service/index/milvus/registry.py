@@ -22,11 +22,10 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import numpy as np
-from google.protobuf import json_format
 from pymilvus import MilvusClient, MilvusException
 
-from offshelf.protos.v1 import index_pb2
 from offshelf.service.errors import AlreadyExists, CollectionLoadError, NotFound, Unavailable
+from offshelf.service.index.config import CollectionConfig
 from offshelf.service.index.milvus import whitening as milvus_whitening
 from offshelf.service.index.milvus.blobs import Blobs
 from offshelf.service.index.milvus.calls import TableGone, milvus_errors, unreachable
@@ -198,8 +197,8 @@ class MilvusCollectionRegistry:
         try:
             with milvus_errors(alias):
                 described = client.describe_collection(alias)
-            config = json_format.Parse(described["description"], index_pb2.Collection())
-        except (TableGone, json_format.ParseError):
+            config = CollectionConfig.from_json(described["description"])
+        except (TableGone, ValueError, KeyError, TypeError):  # not one of offshelf's tables
             return None
         table = described["collection_name"]
         whitening = None
@@ -223,7 +222,7 @@ class MilvusCollectionRegistry:
             self._whitenings[name] = whitening
         return whitening
 
-    def create(self, config: index_pb2.Collection) -> MilvusCollection:
+    def create(self, config: CollectionConfig) -> MilvusCollection:
         client, _ = self.connected()
         alias = physical_name(config.name)
         if self._open(alias) is not None:

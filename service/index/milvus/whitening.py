@@ -18,6 +18,7 @@ drops late is never another whitening's.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -29,7 +30,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from offshelf.protos.v1 import index_pb2
 from offshelf.service.errors import FailedPrecondition, Unavailable
 from offshelf.service.index.milvus.calls import milvus_errors
 from offshelf.service.index.milvus.collection import (
@@ -114,9 +114,7 @@ def train(collection: MilvusCollection, dim: int, sample: np.ndarray | None, sou
         with milvus_errors(c.name):
             c.client.rename_collection(c.table, migrating)  # from here on, no replica writes to it
         time.sleep(FENCE_SETTLE_SECONDS)  # a write whose proxy resolved the old name just before lands first
-        config = index_pb2.Collection()
-        config.CopyFrom(c.config)
-        config.whitening_dim = dim
+        config = dataclasses.replace(c.config, whitening_dim=dim)
         source = c._with(table=migrating)
         target = c._with(table=table_name(c.name, target_generation), config=config)
         try:
