@@ -10,9 +10,8 @@ from PIL import Image
 
 from offshelf.export.repository import card_transform
 from offshelf.protos.v1 import model_card_pb2
-from offshelf.protos.v1.embedding_pb2 import AUGMENTATION_FLIP, AUGMENTATION_NONE, AUGMENTATION_TEN_CROP
 from offshelf.service.errors import InvalidArgument
-from offshelf.service.models.preprocess import Preprocessor
+from offshelf.service.models.preprocess import Augmentation, Preprocessor
 
 from common import skimage_photo
 
@@ -115,11 +114,11 @@ def test_an_image_kept_whole_matches_torchvision(mode, size, image, shape):
     preprocessor = whole(mode, size)
     photo = Image.open(skimage_photo("chelsea.png")).convert("RGB").resize(image)
     data = encode(photo, "PNG")
-    (view,) = preprocessor.views_of(data, "image 0", AUGMENTATION_NONE)
+    (view,) = preprocessor.views_of(data, "image 0", Augmentation.NONE)
     assert view.shape == (*shape, 3)
     theirs = card_transform(preprocessor.spec, whole=True)(Image.open(io.BytesIO(data)).convert("RGB")).numpy()
     np.testing.assert_allclose(preprocessor.normalise(view), theirs, atol=0.02)  # Pillow vs torchvision rounding
-    flipped = preprocessor.views_of(data, "image 0", AUGMENTATION_FLIP)
+    flipped = preprocessor.views_of(data, "image 0", Augmentation.FLIP)
     np.testing.assert_array_equal(flipped[1], flipped[0][:, ::-1])
     with pytest.raises(InvalidArgument, match="ten crops need a model that crops its input"):
-        preprocessor.views_per_image(AUGMENTATION_TEN_CROP)
+        preprocessor.views_per_image(Augmentation.TEN_CROP)
