@@ -18,7 +18,11 @@ from offshelf.service.models.registry import ModelRegistry
 
 def _job_message(job: HeadJob) -> pb2.HeadJob:
     return pb2.HeadJob(
-        head=job.head, version=job.version, state=int(job.state), progress=job.progress, message=job.message
+        head=job.head,
+        version=job.version,
+        state=f"JOB_STATE_{job.state.name}",
+        progress=job.progress,
+        message=job.message,
     )
 
 

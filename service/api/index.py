@@ -346,7 +346,7 @@ def _collection_message(info: CollectionInfo) -> pb2.Collection:
     return pb2.Collection(
         name=config.name,
         binding=dataclasses.asdict(config.binding),
-        metric=int(config.metric),
+        metric=f"METRIC_{config.metric.name}",
         index_type=config.index_type,
         hnsw=dataclasses.asdict(config.hnsw),
         ivfpq=dataclasses.asdict(config.ivfpq),
