@@ -58,21 +58,7 @@ class IndexServicer(pb2_grpc.IndexServicer):
         check_name("collection", request.name)
         if request.metric not in pb2.Metric.values():
             raise InvalidArgument(f"metric {request.metric} is unknown; use METRIC_INNER_PRODUCT or METRIC_L2")
-        config = CollectionConfig(
-            name=request.name,
-            binding=self._binding(request),
-            metric=Metric(request.metric),
-            index_type=request.index_type,
-            hnsw=HnswParams(request.hnsw.m, request.hnsw.ef_construction, request.hnsw.ef_search),
-            ivfpq=IvfPqParams(
-                request.ivfpq.nlist,
-                request.ivfpq.m,
-                request.ivfpq.nbits,
-                request.ivfpq.nprobe,
-                request.ivfpq.train_size,
-                request.ivfpq.refine_factor,
-            ),
-        )
+        config = _config(request, self._binding(request))
         with_defaults(config)
         return _collection_message(self.collections.create(config).info())
 
@@ -339,6 +325,18 @@ class IndexServicer(pb2_grpc.IndexServicer):
             )
         model = self.models.for_binding(collection.config.binding, f"collection {collection.name!r}")
         return model.embed(images, augmentation, names)[collection.config.binding.output]
+
+
+def _config(request: pb2.CreateCollectionRequest, binding: Binding) -> CollectionConfig:
+    hnsw, ivfpq = request.hnsw, request.ivfpq
+    return CollectionConfig(
+        name=request.name,
+        binding=binding,
+        metric=Metric(request.metric),
+        index_type=request.index_type,
+        hnsw=HnswParams(hnsw.m, hnsw.ef_construction, hnsw.ef_search),
+        ivfpq=IvfPqParams(ivfpq.nlist, ivfpq.m, ivfpq.nbits, ivfpq.nprobe, ivfpq.train_size, ivfpq.refine_factor),
+    )
 
 
 def _collection_message(info: CollectionInfo) -> pb2.Collection:

@@ -14,7 +14,6 @@ import logging
 import pathlib
 import queue
 import shutil
-import tempfile
 import threading
 import uuid
 from collections.abc import Callable
@@ -207,26 +206,9 @@ class HeadRegistry:
 
     def _download_new(self, stored: dict[str, list[int]]) -> list[str]:
         """Downloads the newest stored version of each head that this replica lacks; returns those heads."""
-        with self._download_lock:  # the sync loop and a call's look-up may fetch the same version
-            return self._download_missing(stored)
-
-    def _download_missing(self, stored: dict[str, list[int]]) -> list[str]:
         assert self.shared is not None
-        fresh = []
-        for name, versions in stored.items():
-            target = self.root / name / str(versions[-1])
-            if target.exists():
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            staged = pathlib.Path(tempfile.mkdtemp(dir=target.parent, prefix=".incoming-"))
-            try:
-                self.shared.download(name, versions[-1], staged)
-                staged.chmod(0o755)
-                staged.rename(target)
-            finally:
-                shutil.rmtree(staged, ignore_errors=True)
-            fresh.append(name)
-        return fresh
+        with self._download_lock:  # the sync loop and a call's look-up may fetch the same version
+            return self.shared.download_missing(self.root, stored)
 
     def get(self, name: str) -> HeadEntry:
         with self._lock:

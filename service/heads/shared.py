@@ -14,6 +14,8 @@ import base64
 import json
 import logging
 import pathlib
+import shutil
+import tempfile
 import threading
 import urllib.error
 import urllib.request
@@ -50,6 +52,25 @@ class SharedHeads:
             data = self.blobs.get(name)
             if data is not None:
                 (directory / name.removeprefix(prefix)).write_bytes(data)
+
+    def download_missing(self, root: pathlib.Path, stored: dict[str, list[int]]) -> list[str]:
+        """Downloads into `root` the newest stored version of each head it lacks (each folder whole: staged, then
+        renamed); returns those heads."""
+        fresh = []
+        for name, versions in stored.items():
+            target = root / name / str(versions[-1])
+            if target.exists():
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staged = pathlib.Path(tempfile.mkdtemp(dir=target.parent, prefix=".incoming-"))
+            try:
+                self.download(name, versions[-1], staged)
+                staged.chmod(0o755)
+                staged.rename(target)
+            finally:
+                shutil.rmtree(staged, ignore_errors=True)
+            fresh.append(name)
+        return fresh
 
     def delete(self, head: str) -> None:
         """Removes the markers first: a half-deleted head is no longer seen."""
