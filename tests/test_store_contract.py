@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 
 from offshelf.service.errors import AlreadyExists, InvalidArgument, NotFound
-from offshelf.service.index.config import CollectionConfig, Metric
+from offshelf.service.index.config import CollectionConfig, HnswParams, IvfPqParams, Metric
 from offshelf.service.index.contract import CollectionCatalog, CollectionStore, Filter
+from offshelf.service.index.embedded.collection import Collection as EmbeddedCollection
 from offshelf.service.index.embedded.registry import CollectionRegistry
 from offshelf.service.index.parameters import with_defaults
 from offshelf.service.models.binding import Binding
 
-from common import clustered_vectors
+from common import clustered_vectors, until
 
 DIM = 16
 COUNT = 40
@@ -164,3 +165,95 @@ def test_query_expansion_and_min_score_on_similarities(catalog):
         assert collection.search(vectors[:1], k=5, min_score=between) == [plain[0][:1]]
     finally:
         catalog.delete(name)
+
+
+# --- index types: hnsw and ivfpq against exact flat search, on clustered vectors like embeddings ------------------
+
+TYPES_DIM = 1280
+
+
+def recall_at_10(collection: CollectionStore, truth: list[list[str]], queries: np.ndarray, **search) -> float:
+    found = [[hit[0] for hit in row] for row in collection.search(queries, k=10, **search)]
+    return float(np.mean([len(set(t) & set(f)) / 10 for t, f in zip(truth, found, strict=True)]))
+
+
+@pytest.fixture(scope="module")
+def typed(catalog: CollectionCatalog) -> Iterator[tuple[dict[str, CollectionStore], np.ndarray, np.ndarray]]:
+    """Collections flat, hnsw and ivfpq (trained from 2,000 vectors) holding the first 1,500 of 3,000 vectors."""
+    vectors = clustered_vectors(3000, TYPES_DIM, seed=0)
+    queries = vectors[::60] + 0.05 * clustered_vectors(50, TYPES_DIM, seed=1)
+    suffix = uuid.uuid4().hex[:8]
+    configs = {
+        "flat": CollectionConfig(f"types-flat-{suffix}", Binding(dim=TYPES_DIM)),
+        "hnsw": CollectionConfig(
+            f"types-hnsw-{suffix}", Binding(dim=TYPES_DIM), index_type="hnsw", hnsw=HnswParams(16, 100)
+        ),
+        "ivfpq": CollectionConfig(
+            f"types-ivfpq-{suffix}",
+            Binding(dim=TYPES_DIM),
+            index_type="ivfpq",
+            ivfpq=IvfPqParams(nlist=32, train_size=2000),
+        ),
+    }
+    collections = {}
+    for kind, config in configs.items():
+        with_defaults(config)
+        collections[kind] = catalog.create(config)
+        for start in range(0, 1500, 500):
+            add_range(collections[kind], vectors, start, start + 500)
+    yield collections, vectors, queries
+    for config in configs.values():
+        catalog.delete(config.name)
+
+
+def add_range(collection: CollectionStore, vectors: np.ndarray, start: int, stop: int) -> None:
+    collection.add([(str(i), "", {}) for i in range(start, stop)], collection.prepare(vectors[start:stop]))
+
+
+def fill_and_train(collections: dict[str, CollectionStore], vectors: np.ndarray, queries: np.ndarray) -> None:
+    """Adds the second 1,500 vectors (once) and waits until ivfpq has trained (embedded), searching meanwhile."""
+    if collections["ivfpq"].info().count == 3000:
+        return
+    for collection in collections.values():
+        for start in range(1500, 3000, 500):
+            add_range(collection, vectors, start, start + 500)
+    if isinstance(collections["ivfpq"], EmbeddedCollection):
+
+        def trained() -> bool:
+            collections["ivfpq"].search(queries[:1], k=10)  # searches go on while it trains
+            return collections["ivfpq"].info().trained
+
+        until(trained, 120, "ivfpq training")
+
+
+def test_ivfpq_answers_exactly_until_trained_then_trains_in_the_background(typed):
+    collections, vectors, queries = typed
+    if not isinstance(collections["ivfpq"], EmbeddedCollection):
+        pytest.skip("Milvus builds IVF_PQ per sealed segment on its own schedule; until then it searches exactly")
+    if collections["ivfpq"].info().count < 2000:
+        assert not collections["ivfpq"].info().trained  # below train_size
+        assert collections["ivfpq"].search(queries[:10], k=10) == collections["flat"].search(queries[:10], k=10)
+    fill_and_train(collections, vectors, queries)
+    assert collections["ivfpq"].info().trained and collections["ivfpq"].info().count == 3000
+
+
+def test_hnsw_and_ivfpq_reach_recall_at_10_of_0_9_against_flat(typed):
+    collections, vectors, queries = typed
+    fill_and_train(collections, vectors, queries)
+    truth = [[hit[0] for hit in row] for row in collections["flat"].search(queries, k=10)]
+    assert recall_at_10(collections["hnsw"], truth, queries) >= 0.9
+    assert recall_at_10(collections["hnsw"], truth, queries, ef_search=256) >= 0.9
+    assert recall_at_10(collections["ivfpq"], truth, queries) >= 0.9
+    assert recall_at_10(collections["ivfpq"], truth, queries, nprobe=32) >= 0.9
+
+
+def test_removed_items_never_come_back_from_hnsw_or_ivfpq(typed):
+    collections, vectors, queries = typed
+    fill_and_train(collections, vectors, queries)
+    for kind in ("hnsw", "ivfpq"):
+        collection = collections[kind]
+        assert collection.search(vectors[7:8], k=1)[0][0][0] == "7"
+        collection.remove(["7", "8"])
+        assert {"7", "8"}.isdisjoint(hit[0] for hit in collection.search(vectors[7:8], k=50)[0])
+        add_range(collection, vectors, 7, 9)
+        assert collection.search(vectors[7:8], k=1)[0][0][0] == "7"
