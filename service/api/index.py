@@ -290,7 +290,7 @@ class IndexServicer(pb2_grpc.IndexServicer):
             )
         started = time.perf_counter()
         with tracing.tracer.start_as_current_span("search", attributes={"queries": len(queries), "k": request.k}):
-            own_ids = [q.id if q.WhichOneof("query") == "id" else None for q in queries]
+            own_ids = [q.id if q.WhichOneof("query") == "id" else None for q in queries] if expansion else []
             hits = collection.search(
                 vectors, request.k, request.ef_search, request.nprobe, where, min_score, expansion, alpha, own_ids
             )

@@ -9,7 +9,6 @@ heads others deleted. A lease in etcd makes a head train on one replica at a tim
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import pathlib
 import queue
@@ -17,7 +16,7 @@ import shutil
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -292,7 +291,7 @@ class HeadRegistry:
             )
             # under the lock: a delete either comes after (and removes it) or before (the job is a new entry's)
             record_job(self.root / entry.name, entry.job)
-            job = dataclasses.replace(entry.job)
+            job = replace(entry.job)
         self._jobs.put(lambda: self._run(entry, spec, binding, gather, version, lease))
         return job
 

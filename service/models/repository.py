@@ -142,9 +142,8 @@ class ModelRepository:
         with self._lock:
             self._configs.pop(name, None)
             self._config_errors.pop(name, None)
-            previous = self._overrides.pop(name, None)
-            if override is not None:
-                self._overrides[name] = override
+            previous = self._overrides.get(name)
+        self.set_override(name, override)
         return previous
 
     def set_override(self, name: str, override: ServingConfig | None) -> None:

@@ -331,6 +331,8 @@ class Collection(StoreBase):
             raise Unavailable(f"collection {self.name!r} is closing or deleted")
 
     def _drop(self, internals: list[int]) -> None:
+        if not internals:  # most writes replace nothing
+            return
         self._hit_rows.forget(internals)
         self._derived.drop(internals)
 

@@ -26,6 +26,11 @@ EXACT_FILTER_LIMIT = 4096  # a filter selecting at most this many items is searc
 Ranked = list[list[tuple[float, int]]]  # per query, (score, FAISS id) best first
 
 
+def space_dim(config: CollectionConfig, whitening: Whitening | None) -> int:
+    """The dimension of the index's vectors: the whitening's output, else the binding's."""
+    return config.binding.dim if whitening is None else len(whitening[1])
+
+
 class DerivedIndex:
     def __init__(
         self,
@@ -37,13 +42,17 @@ class DerivedIndex:
         self.config, self.store, self.dim = config, store, config.binding.dim
         self.whitening = whitening
         self.index = index if index is not None else new_index(config, self.space_dim)
-        self.trained = isinstance(self.index, faiss.IndexIVF)  # an IVF-PQ index is only ever saved trained
         self.dead: set[int] = set()
         self._dead_selector: tuple[faiss.IDSelector, ...] | None = None
 
     @property
+    def trained(self) -> bool:
+        """Whether it is a trained IVF-PQ index (untrained, an ivfpq collection is flat and exact)."""
+        return isinstance(self.index, faiss.IndexIVF)
+
+    @property
     def space_dim(self) -> int:
-        return self.dim if self.whitening is None else len(self.whitening[1])
+        return space_dim(self.config, self.whitening)
 
     @classmethod
     def built(
@@ -54,9 +63,7 @@ class DerivedIndex:
         trained_ivfpq: faiss.Index | None = None,
     ) -> DerivedIndex:
         """A fresh index of every item in the store, added a chunk at a time."""
-        derived = cls(config, store, whitening=whitening)
-        derived.index = new_index(config, derived.space_dim, trained_ivfpq)
-        derived.trained = trained_ivfpq is not None
+        derived = cls(config, store, new_index(config, space_dim(config, whitening), trained_ivfpq), whitening)
         for internals, vectors, _ in store.scan(derived.dim):
             derived.add(vectors, internals)
         return derived
