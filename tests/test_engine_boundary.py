@@ -14,6 +14,7 @@ ENGINE = [
     "offshelf.service.tracing",
     "offshelf.service.models.registry",
     "offshelf.service.heads.registry",
+    "offshelf.service.heads.training",
     "offshelf.service.index.embedded.registry",
 ]
 

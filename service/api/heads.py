@@ -10,8 +10,9 @@ from offshelf.protos.v1 import heads_pb2_grpc as pb2_grpc
 from offshelf.service.api.checks import check_image_count, check_name
 from offshelf.service.errors import FailedPrecondition, InvalidArgument
 from offshelf.service.heads.fitting import KINDS
-from offshelf.service.heads.registry import HeadEntry, HeadRegistry, LabelledImages, TrainSpec
+from offshelf.service.heads.registry import HeadRegistry
 from offshelf.service.heads.storage import HeadJob
+from offshelf.service.heads.training import HeadEntry, LabelledImages, TrainSpec
 from offshelf.service.models.binding import describe
 from offshelf.service.models.registry import ModelRegistry
 

@@ -58,28 +58,9 @@ class IndexServicer(pb2_grpc.IndexServicer):
         check_name("collection", request.name)
         if request.metric not in pb2.Metric.values():
             raise InvalidArgument(f"metric {request.metric} is unknown; use METRIC_INNER_PRODUCT or METRIC_L2")
-        config = _config(request, self._binding(request))
+        config = _config(request, _binding(request, self.models))
         with_defaults(config)
         return _collection_message(self.collections.create(config).info())
-
-    def _binding(self, request: pb2.CreateCollectionRequest) -> Binding:
-        """A served model's output, or (dim alone) the caller's own vectors."""
-        if request.dim:
-            if request.model or request.version or request.output:
-                raise InvalidArgument(
-                    "give a model (its output fixes the dimension) or dim (a collection of your own vectors), not both"
-                )
-            if not 1 <= request.dim <= MAX_DIM:
-                raise InvalidArgument(f"dim={request.dim}: 1 to {MAX_DIM} values")
-            return Binding(dim=request.dim)
-        if not request.model:
-            raise InvalidArgument(
-                "model is empty: name the served model whose embeddings the collection holds, or set dim for a "
-                "collection of your own vectors"
-            )
-        model = self.models.get(request.model, request.version)
-        (output,) = model.check_outputs([request.output or "embedding"])
-        return model.binding(output)
 
     def ListCollections(self, request: pb2.ListCollectionsRequest, context: grpc.ServicerContext):
         return pb2.ListCollectionsResponse(collections=[_collection_message(c.info()) for c in self.collections.all()])
@@ -147,7 +128,7 @@ class IndexServicer(pb2_grpc.IndexServicer):
                 f"{len(items)} items in one request, more than the limit of {self.max_items}; "
                 "split them over several requests (or use AddStream)"
             )
-        self._check_claimed_binding(collection, request.model, request.output)
+        _check_claimed_binding(collection, request.model, request.output)
         seen: set[str] = set()
         for i, item in enumerate(items):
             _check_item(i, item, collection.dim)
@@ -250,44 +231,12 @@ class IndexServicer(pb2_grpc.IndexServicer):
     def _search(self, request, queries: list[pb2.Query], names: list[str]) -> list[pb2.SearchResponse]:
         """Search and SearchBatch: the request's common fields, then one vector per query, then one FAISS batch."""
         collection = self.collections.get(request.collection)
-        if not 1 <= request.k <= self.max_k:
-            raise InvalidArgument(f"k={request.k}: ask for 1 to {self.max_k} results")
-        if request.ef_search < 0 or request.nprobe < 0:
-            raise InvalidArgument("ef_search and nprobe must be 0 (the collection's setting) or positive")
-        if request.ef_search > MAX_EF:
-            raise InvalidArgument(f"ef_search={request.ef_search}: at most {MAX_EF}")
-        if request.nprobe > max(collection.config.ivfpq.nlist, 1):
-            raise InvalidArgument(f"nprobe={request.nprobe}: at most the collection's nlist")
-        if len(queries) * request.k > MAX_HITS:
-            raise InvalidArgument(
-                f"{len(queries)} queries x k={request.k} is more than {MAX_HITS} hits in one response; "
-                "send fewer queries per call or ask for fewer results"
-            )
-        self._check_claimed_binding(collection, request.model, request.output)
+        _check_search(request, collection, len(queries), self.max_k)
+        _check_claimed_binding(collection, request.model, request.output)
         where = _filter(request.filter, collection)
         min_score = request.min_score if request.HasField("min_score") else None
         expansion, alpha = _expansion(request, collection)
-        vectors = np.zeros((len(queries), collection.dim), np.float32)
-        images = []
-        for i, (query, name) in enumerate(zip(queries, names, strict=True)):
-            kind = query.WhichOneof("query")
-            if kind is None:
-                raise InvalidArgument(f"{name} is empty: set image, vector or id")
-            if kind == "vector":
-                _check_vector(f"{name} vector", query.vector.values, collection.dim)
-                vectors[i] = query.vector.values
-            elif kind == "id":
-                vectors[i] = collection.vector_of(query.id)
-            else:
-                images.append(i)
-        check_image_limit(len(images), self.max_images, "image queries")
-        if images:
-            vectors[images] = self._embed(
-                collection,
-                [queries[i].image for i in images],
-                names=[f"{names[i]} image" for i in images],
-                augmentation=AUGMENTATION_FLIP if request.flip else AUGMENTATION_NONE,
-            )
+        vectors = self._query_vectors(collection, queries, names, request.flip)
         started = time.perf_counter()
         with tracing.tracer.start_as_current_span("search", attributes={"queries": len(queries), "k": request.k}):
             own_ids = [q.id if q.WhichOneof("query") == "id" else None for q in queries] if expansion else []
@@ -307,15 +256,29 @@ class IndexServicer(pb2_grpc.IndexServicer):
             for row in hits
         ]
 
-    # --- helpers -----------------------------------------------------------------------------
-
-    def _check_claimed_binding(self, collection: CollectionStore, model: str, output: str) -> None:
-        binding = collection.config.binding
-        if (model and model != binding.model) or (output and output != binding.output):
-            raise FailedPrecondition(
-                f"collection {collection.name!r} holds {_describe(binding)}; the request is "
-                f"for model {model or binding.model!r} output {output or binding.output!r}"
-            )
+    def _query_vectors(
+        self, collection: CollectionStore, queries: list[pb2.Query], names: list[str], flip: bool
+    ) -> np.ndarray:
+        """One vector per query: its own, the stored vector of an id, or an image's embedding."""
+        vectors = np.zeros((len(queries), collection.dim), np.float32)
+        images = []
+        for i, (query, name) in enumerate(zip(queries, names, strict=True)):
+            kind = query.WhichOneof("query")
+            if kind is None:
+                raise InvalidArgument(f"{name} is empty: set image, vector or id")
+            if kind == "vector":
+                _check_vector(f"{name} vector", query.vector.values, collection.dim)
+                vectors[i] = query.vector.values
+            elif kind == "id":
+                vectors[i] = collection.vector_of(query.id)
+            else:
+                images.append(i)
+        check_image_limit(len(images), self.max_images, "image queries")
+        if images:
+            augmentation = AUGMENTATION_FLIP if flip else AUGMENTATION_NONE
+            embedded = [queries[i].image for i in images]
+            vectors[images] = self._embed(collection, embedded, [f"{names[i]} image" for i in images], augmentation)
+        return vectors
 
     def _embed(self, collection: CollectionStore, images: list[bytes], names: list[str], augmentation: int = 0):
         if not collection.config.binding.model:
@@ -325,6 +288,52 @@ class IndexServicer(pb2_grpc.IndexServicer):
             )
         model = self.models.for_binding(collection.config.binding, f"collection {collection.name!r}")
         return model.embed(images, augmentation, names)[collection.config.binding.output]
+
+
+def _check_search(request, collection: CollectionStore, queries: int, max_k: int) -> None:
+    """The limits of Search and SearchBatch requests."""
+    if not 1 <= request.k <= max_k:
+        raise InvalidArgument(f"k={request.k}: ask for 1 to {max_k} results")
+    if request.ef_search < 0 or request.nprobe < 0:
+        raise InvalidArgument("ef_search and nprobe must be 0 (the collection's setting) or positive")
+    if request.ef_search > MAX_EF:
+        raise InvalidArgument(f"ef_search={request.ef_search}: at most {MAX_EF}")
+    if request.nprobe > max(collection.config.ivfpq.nlist, 1):
+        raise InvalidArgument(f"nprobe={request.nprobe}: at most the collection's nlist")
+    if queries * request.k > MAX_HITS:
+        raise InvalidArgument(
+            f"{queries} queries x k={request.k} is more than {MAX_HITS} hits in one response; "
+            "send fewer queries per call or ask for fewer results"
+        )
+
+
+def _check_claimed_binding(collection: CollectionStore, model: str, output: str) -> None:
+    binding = collection.config.binding
+    if (model and model != binding.model) or (output and output != binding.output):
+        raise FailedPrecondition(
+            f"collection {collection.name!r} holds {_describe(binding)}; the request is "
+            f"for model {model or binding.model!r} output {output or binding.output!r}"
+        )
+
+
+def _binding(request: pb2.CreateCollectionRequest, models: ModelRegistry) -> Binding:
+    """A served model's output, or (dim alone) the caller's own vectors."""
+    if request.dim:
+        if request.model or request.version or request.output:
+            raise InvalidArgument(
+                "give a model (its output fixes the dimension) or dim (a collection of your own vectors), not both"
+            )
+        if not 1 <= request.dim <= MAX_DIM:
+            raise InvalidArgument(f"dim={request.dim}: 1 to {MAX_DIM} values")
+        return Binding(dim=request.dim)
+    if not request.model:
+        raise InvalidArgument(
+            "model is empty: name the served model whose embeddings the collection holds, or set dim for a "
+            "collection of your own vectors"
+        )
+    model = models.get(request.model, request.version)
+    (output,) = model.check_outputs([request.output or "embedding"])
+    return model.binding(output)
 
 
 def _config(request: pb2.CreateCollectionRequest, binding: Binding) -> CollectionConfig:

@@ -16,73 +16,29 @@ import shutil
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
-import numpy as np
-
-from offshelf.service.errors import (
-    Cancelled,
-    FailedPrecondition,
-    HeadLoadError,
-    InvalidArgument,
-    NotFound,
-    ServiceError,
-    Unavailable,
-)
-from offshelf.service.heads.fitting import fit, l2_normalise
+from offshelf.service.errors import FailedPrecondition, HeadLoadError, NotFound, Unavailable
 from offshelf.service.heads.storage import (
-    INTERRUPTED,
     JOB_FILE,
     HeadJob,
     HeadVersion,
     JobState,
     interrupted_job,
     record_job,
-    write_version,
 )
+from offshelf.service.heads.training import Gather, HeadEntry, TrainingJob, TrainSpec, source
 from offshelf.service.logs import fields
 from offshelf.service.models.binding import Binding, describe
 from offshelf.service.models.registry import ModelRegistry
+from offshelf.service.periodic import every
 
 if TYPE_CHECKING:
     from offshelf.service.heads.shared import EtcdLeases, Lease, SharedHeads
     from offshelf.service.index.contract import CollectionCatalog
 
 log = logging.getLogger(__name__)
-DELETED_WHILE_TRAINING = "the head was deleted while it trained"
-
-
-@dataclass(frozen=True)
-class LabelledImages:
-    """Training images embedded with a served model's output (version 0: the latest; output "": "embedding")."""
-
-    model: str
-    version: int
-    output: str
-    images: list[bytes]
-    labels: list[str]
-
-
-@dataclass(frozen=True)
-class TrainSpec:
-    """A head to train: its name and kind (fitting.KINDS), from a collection's labelled items or from images;
-    add_classes (ncm): keep the served version's classes and add or replace the given ones."""
-
-    name: str
-    kind: str
-    collection: str = ""
-    images: LabelledImages | None = None
-    add_classes: bool = False
-
-
-class HeadEntry:
-    def __init__(self, name: str):
-        self.name = name
-        self.served: HeadVersion | None = None
-        self.versions: list[int] = []
-        self.job = HeadJob(head=name)
-        self.deleted = False
 
 
 class HeadRegistry:
@@ -109,7 +65,8 @@ class HeadRegistry:
         self.root.mkdir(parents=True, exist_ok=True)
         if self.shared is not None:
             self._download_new(self.shared.versions())
-            threading.Thread(target=self._sync_loop, name="heads-sync", daemon=True).start()
+            # Milvus away for a while is logged once, by its client: the heads served stay served
+            every(self.sync_seconds, self.sync, self._stop, "heads-sync", quiet=(Unavailable,))
         for directory in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             entry = HeadEntry(directory.name)
             entry.versions = sorted(int(v.name) for v in directory.iterdir() if v.name.isdigit())
@@ -143,15 +100,6 @@ class HeadRegistry:
             self._jobs.get()()
 
     # --- sharing through Milvus ------------------------------------------------------------------
-
-    def _sync_loop(self) -> None:
-        while not self._stop.wait(self.sync_seconds):
-            try:
-                self.sync()
-            except Unavailable:  # Milvus away for a while (logged once, by its client): the heads served stay served
-                pass
-            except Exception:
-                log.exception("syncing heads from Milvus failed")
 
     def sync(self) -> None:
         """Serves the newest version of every head in the shared store, and forgets heads deleted from it."""
@@ -254,7 +202,7 @@ class HeadRegistry:
 
     def train(self, spec: TrainSpec) -> HeadJob:
         """Queues a training job for a validated spec (api/heads.py validates it)."""
-        binding, gather = self._source(spec)
+        binding, gather = source(spec, self.models, self.collections)
         lease = None
         if self.leases is not None:
             lease = self.leases.acquire(f"heads/{spec.name}/training", self.leases.owner)
@@ -271,7 +219,7 @@ class HeadRegistry:
             raise
         return job
 
-    def _queue(self, spec: TrainSpec, binding, gather, lease: Lease | None) -> HeadJob:
+    def _queue(self, spec: TrainSpec, binding: Binding, gather: Gather, lease: Lease | None) -> HeadJob:
         stored = self.shared.versions().get(spec.name, []) if self.shared is not None else []
         with self._lock:
             entry = self._heads.setdefault(spec.name, HeadEntry(spec.name))
@@ -292,109 +240,22 @@ class HeadRegistry:
             # under the lock: a delete either comes after (and removes it) or before (the job is a new entry's)
             record_job(self.root / entry.name, entry.job)
             job = replace(entry.job)
-        self._jobs.put(lambda: self._run(entry, spec, binding, gather, version, lease))
+        self._jobs.put(lambda: self._run(TrainingJob(entry, spec, binding, gather, version), lease))
         return job
 
-    def _source(self, spec: TrainSpec):
-        """The binding of the training data and a function that gathers (vectors, labels) in the job."""
-        if spec.images is None:
-            collection = self.collections.get(spec.collection)
-            if not collection.config.binding.model:
-                raise FailedPrecondition(
-                    f"collection {spec.collection!r} holds your own vectors, with no model to embed the images a "
-                    "head classifies; train the head on a collection bound to a model, or on images"
-                )
-            return collection.config.binding, lambda progress: collection.labelled_vectors()
-        images = spec.images
-        model = self.models.get(images.model, images.version)
-        (output,) = model.check_outputs([images.output or "embedding"])
-        binding = model.binding(output)
-
-        def gather(progress):
-            vectors = []
-            for start in range(0, len(images.images), 32):
-                batch = images.images[start : start + 32]
-                progress(0.3 * start / len(images.images), f"embedding images {start}/{len(images.images)}")
-                names = [f"image {start + j}" for j in range(len(batch))]
-                vectors.append(model.embed(batch, names=names)[output])
-            return np.concatenate(vectors), images.labels
-
-        return binding, gather
-
-    def _run(
-        self,
-        entry: HeadEntry,
-        spec: TrainSpec,
-        binding: Binding,
-        gather,
-        version: int,
-        lease: Lease | None,
-    ) -> None:
+    def _run(self, job: TrainingJob, lease: Lease | None) -> None:
         try:
-            self._train(entry, spec, binding, gather, version)
-            if not (self._stop.is_set() and entry.job.state == JobState.FAILED):
-                self._job_done(entry)  # one the stop cut short stays recorded, to be reported after the restart
+            job.run(self._stop, self.root, self.shared, self._install)
+            if not (self._stop.is_set() and job.entry.job.state == JobState.FAILED):
+                self._job_done(job.entry)  # one the stop cut short stays recorded, to be reported after the restart
         finally:
             if lease is not None:
                 lease.release()
 
-    def _train(self, entry: HeadEntry, spec: TrainSpec, binding: Binding, gather, version: int) -> None:
-        def progress(fraction: float, message: str) -> None:
-            if entry.deleted:  # stops the training at its next step
-                raise Cancelled(DELETED_WHILE_TRAINING)
-            if self._stop.is_set():
-                raise Cancelled(INTERRUPTED)
-            entry.job.progress, entry.job.message = fraction, message
-
-        entry.job.state = JobState.RUNNING
-        try:
-            vectors, labels = gather(progress)
-            if len(vectors) == 0:
-                raise InvalidArgument("the source has no labelled items")
-            offset = 0.0 if spec.images is None else 0.3
-            previous = entry.served.fitted if spec.add_classes and entry.served else None
-            fitted = fit(
-                spec.kind, vectors, labels, lambda f, m: progress(offset + (1 - offset) * 0.9 * f, m), previous
-            )
-            if entry.deleted:  # deleted while it trained: nothing to write
-                entry.job.state, entry.job.message = JobState.FAILED, DELETED_WHILE_TRAINING
-                return
-            progress(0.95, "writing and loading the new version")
-            training_mean = l2_normalise(np.asarray(vectors, np.float32)).mean(axis=0)
-            folder = write_version(self.root / entry.name, version, spec.kind, binding, fitted, training_mean)
-            if self.shared is not None:
-                self.shared.upload(entry.name, version, folder)
-            served = HeadVersion(folder)
-            with self._lock:
-                deleted = entry.deleted
-                if not deleted:
-                    entry.served = served
-                    entry.versions.append(version)
-            if deleted:  # deleted while it was written: remove what was written, so no restart serves it again
-                shutil.rmtree(self.root / entry.name / str(version), ignore_errors=True)
-                if self.shared is not None:
-                    self.shared.delete(entry.name)
-                entry.job.state, entry.job.message = JobState.FAILED, DELETED_WHILE_TRAINING
-                return
-            entry.job.state, entry.job.progress = JobState.SUCCEEDED, 1.0
-            entry.job.message = (
-                f"serving version {version}: {len(fitted.labels)} classes, cross-validated accuracy "
-                f"{fitted.metrics.cv_accuracy:.3f} over {fitted.metrics.folds} folds"
-            )
-            log.info(
-                "head trained",
-                extra=fields(head=entry.name, version=version, kind=spec.kind, cv_accuracy=fitted.metrics.cv_accuracy),
-            )
-        except ServiceError as err:
-            entry.job.state, entry.job.message = JobState.FAILED, err.message
-        except Exception as err:
-            if entry.deleted:  # its folder went while the version was written or uploaded: an expected outcome
-                log.info(
-                    "head deleted while its new version was written", extra=fields(head=entry.name, error=str(err))
-                )
-                entry.job.state, entry.job.message = JobState.FAILED, DELETED_WHILE_TRAINING
-                if self.shared is not None:
-                    self.shared.delete(entry.name)  # the files uploaded after the delete (no marker: never served)
-                return
-            log.exception("head training failed", extra=fields(head=entry.name))
-            entry.job.state, entry.job.message = JobState.FAILED, f"training failed: {err}"
+    def _install(self, entry: HeadEntry, version: int, served: HeadVersion) -> bool:
+        """Serves a new version of the head, unless it was deleted."""
+        with self._lock:
+            if not entry.deleted:
+                entry.served = served
+                entry.versions.append(version)
+            return not entry.deleted

@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from offshelf.service.drift import DriftMonitor
-from offshelf.service.errors import InvalidArgument
+from offshelf.service.errors import InvalidArgument, NotFound
 from offshelf.service.index.config import CollectionConfig, CollectionInfo, Metric
 from offshelf.service.index.query_expansion import DEFAULT_ALPHA, expand
 from offshelf.service.index.vectors import prepare
@@ -153,6 +153,12 @@ class StoreBase(ABC):
         if min_score is None:
             return answers
         return [[hit for hit in row if hit[1] >= min_score] for row in answers]
+
+    def vector_of(self, item_id: str) -> np.ndarray:
+        found = self.get([item_id])
+        if item_id not in found:
+            raise NotFound(f"collection {self.name!r} has no item {item_id!r}")
+        return found[item_id][1]
 
     @abstractmethod
     def get(self, item_ids: list[str]) -> dict[str, tuple[Row, np.ndarray]]:

@@ -4,12 +4,8 @@ collections and heads are bound to), loaded in parallel, warmed up, swapped in a
 from __future__ import annotations
 
 import logging
-import pathlib
 import threading
-import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 from offshelf.service.errors import (
     FailedPrecondition,
@@ -21,21 +17,15 @@ from offshelf.service.logs import fields
 from offshelf.service.metrics import Metrics
 from offshelf.service.models.binding import Binding, describe
 from offshelf.service.models.loaded_model import LoadedModel
+from offshelf.service.models.loader import load_versions
 from offshelf.service.models.preprocess import PixelBudget
-from offshelf.service.models.priority import lower_this_thread
 from offshelf.service.models.repository import ModelRepository
 from offshelf.service.models.serving_config import SERVING_CONFIG, ServingConfig
+from offshelf.service.models.version_states import VersionState, VersionStates
+from offshelf.service.periodic import every
 from offshelf.service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class VersionState:
-    """A version's state as Triton's repository index reports it: READY, LOADING, UNLOADING or UNAVAILABLE."""
-
-    state: str
-    reason: str = ""
 
 
 class ModelRegistry:
@@ -55,10 +45,8 @@ class ModelRegistry:
         self.bound: Callable[[], set[tuple[str, int]]] = set  # (model, version) pairs to keep: set by the server
         self._models: dict[str, dict[int, LoadedModel]] = {}
         self.repository = ModelRepository(settings.repo, settings.allow_links_outside_repo, metrics)
-        self._failed: dict[tuple[str, int], tuple[tuple[int, str], str]] = {}  # (folder, config stamps), error
-        self._changing: dict[tuple[str, int], str] = {}  # LOADING or UNLOADING
-        self._unloaded: set[str] = set()
-        self._lock = threading.Lock()  # the dicts above
+        self.states = VersionStates(self.repository, metrics)
+        self._lock = threading.Lock()  # _models
         self._control = threading.Lock()  # one sync, load or unload at a time
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
@@ -88,21 +76,12 @@ class ModelRegistry:
         with self._control:
             repository = self.repository.versions()
             with self._lock:
-                names = sorted((set(repository) | set(self._models)) - self._unloaded)
+                names = sorted((set(repository) | set(self._models)) - self.states.unloaded)
             self._sync(repository, names, strict=False)
 
     def poll(self, seconds: float) -> None:
         """Syncs every `seconds` in a thread of its own until close()."""
-
-        def loop() -> None:
-            while not self._stop.wait(seconds):
-                try:
-                    self.sync()
-                except Exception:
-                    log.exception("syncing with the model repository failed")
-
-        self._poller = threading.Thread(target=loop, name="repository-poll", daemon=True)
-        self._poller.start()
+        self._poller = every(seconds, self.sync, self._stop, "repository-poll")
 
     def load(self, name: str, override: ServingConfig | None = None) -> None:
         """Loads a model, or reloads it (its serving.json read again): RepositoryModelLoad. override: a config
@@ -112,9 +91,7 @@ class ModelRegistry:
             if name not in repository:
                 raise NotFound(f"no model folder {name!r} in the repository; models there: {', '.join(repository)}")
             previous = self.repository.reread(name, override)
-            with self._lock:
-                self._unloaded.discard(name)
-                self._failed = {key: failure for key, failure in self._failed.items() if key[0] != name}
+            self.states.load_requested(name)
             try:
                 self._sync(repository, [name], strict=True, reload=True)
             except ModelLoadError as err:
@@ -136,7 +113,7 @@ class ModelRegistry:
             with self._lock:
                 if name not in self._models and not in_repository:
                     raise NotFound(f"no model named {name!r}")
-                self._unloaded.add(name)
+                self.states.unloaded.add(name)
                 versions = self._models.pop(name, {})
             for model in versions.values():
                 self._retire(model)
@@ -164,7 +141,7 @@ class ModelRegistry:
             present = {v for v, why in folders.items() if not why or (v in loaded and why.startswith("incomplete"))}
             kept = set(loaded) if bound is None else {v for m, v in bound if m == name}
             fresh = reload or changed
-            failed = set() if strict else {v for v in present if self._failed_before(name, v, stamp)}
+            failed = set() if strict else {v for v in present if self.states.failed_before(name, v, stamp)}
             picked = set(config.version_policy.choose(sorted(present)))
             tried: set[int] = set()
             while True:  # the policy picks among the versions that load: a version that fails makes it pick again
@@ -198,74 +175,30 @@ class ModelRegistry:
     ) -> tuple[list[LoadedModel], set[int]]:
         """Loads versions in parallel: (those loaded, those that failed). A failure is remembered, logged and
         counted; when strict, it raises once every load has ended."""
-        settings = config.applied_to(self.settings)
         for version in versions:
-            with self._lock:
-                self._changing[(name, version)] = "LOADING"
-        loaded, failed, errors = [], set(), []
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            futures = {v: pool.submit(self._load, self.settings.repo / name / str(v), settings) for v in versions}
-            for version, future in futures.items():
-                try:
-                    loaded.append(future.result())
-                    with self._lock:
-                        self._failed.pop((name, version), None)
-                except ModelLoadError as err:
-                    self._fail(name, version, str(err), stamp)
-                    failed.add(version)
-                    errors.append(err)
-                finally:
-                    with self._lock:
-                        self._changing.pop((name, version), None)
+            self.states.begin(name, version, "LOADING")
+        try:
+            settings = config.applied_to(self.settings)
+            loaded, errors = load_versions(
+                self.settings.repo / name, versions, settings, self.metrics, self.decode_budget
+            )
+        finally:
+            for version in versions:
+                self.states.end(name, version, "LOADING")
+        for model in loaded:
+            self.states.loaded(name, model.version)
+        for version, err in errors.items():
+            self.states.failed(name, version, str(err), stamp)
         if strict and errors:
             with self._lock:
                 served = set(self._models.get(name, {}))
             for model in loaded:  # a version served before serves on, under the same gauges
                 model.close(forget_metrics=model.version not in served)
-            raise errors[0]
-        return loaded, failed
-
-    def _load(self, version_dir: pathlib.Path, settings: ServiceSettings) -> LoadedModel:
-        """Runs on a loading thread of its own: its priority, lowered here, passes to the model's inference
-        threads."""
-        lower_this_thread(self.settings.inference_niceness)
-        started = time.perf_counter()
-        try:
-            model = LoadedModel(version_dir, settings, self.metrics, self.decode_budget)
-        except ModelLoadError:
-            raise
-        except Exception as err:  # a corrupt or unusual graph: onnx and onnxruntime raise many kinds
-            raise ModelLoadError(f"{version_dir}: {type(err).__name__}: {err}") from err
-        log.info(
-            "model loaded",
-            extra=fields(
-                model=model.name,
-                version=model.version,
-                provider=model.runtime.provider,
-                seconds=round(time.perf_counter() - started, 2),
-            ),
-        )
-        return model
-
-    def _fail(self, name: str, version: int, error: str, config_stamp: str) -> None:
-        """Remembers why a version did not load (tried again when its folder or the model's config changes); logs
-        it unless it is what was logged last for it."""
-        stamps = (self.repository.folder_stamp(name, version), config_stamp)
-        with self._lock:
-            known = self._failed.get((name, version), ((0, ""), ""))[1] == error
-            self._failed[(name, version)] = (stamps, error)
-        self.metrics.model_load_failures.labels(name).inc()
-        if not known:
-            log.error("model version not loaded", extra=fields(model=name, versions=[version], error=error))
-
-    def _failed_before(self, name: str, version: int, config_stamp: str) -> bool:
-        with self._lock:
-            failure = self._failed.get((name, version))
-        return failure is not None and failure[0] == (self.repository.folder_stamp(name, version), config_stamp)
+            raise next(iter(errors.values()))
+        return loaded, set(errors)
 
     def _retire(self, model: LoadedModel) -> None:
         """Closes a model taken out of the registry once its requests in flight finish, in the background."""
-        key = (model.name, model.version)
 
         def retire() -> None:
             try:
@@ -274,13 +207,10 @@ class ModelRegistry:
                     reloaded = model.version in self._models.get(model.name, {})
                 model.close(forget_metrics=not reloaded)
             finally:
-                with self._lock:
-                    if self._changing.get(key) == "UNLOADING":
-                        del self._changing[key]
+                self.states.end(model.name, model.version, "UNLOADING")
                 log.info("model version retired", extra=fields(model=model.name, version=model.version))
 
-        with self._lock:
-            self._changing[key] = "UNLOADING"
+        self.states.begin(model.name, model.version, "UNLOADING")
         threading.Thread(target=retire, name=f"retire-{model.name}/{model.version}", daemon=True).start()
 
     def index(self, ready_only: bool = False) -> list[tuple[str, int, VersionState]]:
@@ -290,29 +220,10 @@ class ModelRegistry:
         except ModelLoadError:
             repository = {}
         with self._lock:
-            keys = {(m, v) for m, versions in repository.items() for v in versions}
-            keys |= {(m, v) for m, versions in self._models.items() for v in versions}
-            rows = []
-            for name, version in sorted(keys):
-                why = repository.get(name, {}).get(version, "")
-                refused = self.repository.refusal(name)
-                if version in self._models.get(name, {}):
-                    state = VersionState("READY", refused)  # serving, with the settings of before if refused
-                elif (name, version) in self._changing:
-                    state = VersionState(self._changing[(name, version)])
-                elif why:
-                    state = VersionState("UNAVAILABLE", why)
-                elif (name, version) in self._failed:
-                    state = VersionState("UNAVAILABLE", f"failed to load: {self._failed[(name, version)][1]}")
-                elif refused:
-                    state = VersionState("UNAVAILABLE", refused)
-                elif name in self._unloaded:
-                    state = VersionState("UNAVAILABLE", "unloaded")
-                else:
-                    state = VersionState("UNAVAILABLE", "not picked by the model's version policy")
-                if state.state == "READY" or not ready_only:
-                    rows.append((name, version, state))
-        return rows
+            served = {(m, v) for m, versions in self._models.items() for v in versions}
+        keys = sorted({(m, v) for m, versions in repository.items() for v in versions} | served)
+        states = [(m, v, self.states.of(m, v, (m, v) in served, repository.get(m, {}).get(v, ""))) for m, v in keys]
+        return [row for row in states if row[2].state == "READY" or not ready_only]
 
     # --- serving ---------------------------------------------------------------------------------
 
@@ -320,7 +231,7 @@ class ModelRegistry:
         with self._lock:
             versions = dict(self._models.get(name, {}))
             loaded = sorted(self._models)
-            unloaded = name in self._unloaded
+            unloaded = name in self.states.unloaded
         if not versions and unloaded:
             raise Unavailable(f"model {name!r} is unloaded; load it (RepositoryModelLoad) to serve it again")
         if not versions and not loaded:

@@ -24,55 +24,33 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import pathlib
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 
 import faiss
 import numpy as np
 
-from offshelf.service.errors import InvalidArgument, NotFound, Unavailable
+from offshelf.service.errors import Unavailable
 from offshelf.service.index.config import CollectionConfig, CollectionInfo
-from offshelf.service.index.contract import Filter, Hit, Item, Row, StoreBase
-from offshelf.service.index.embedded.derived_index import DerivedIndex
+from offshelf.service.index.contract import Filter, Hit, Item, Row
+from offshelf.service.index.embedded.derived_index import DerivedIndex, IvfpqTraining
 from offshelf.service.index.embedded.hit_rows import HitRows
+from offshelf.service.index.embedded.index_files import (
+    folder_bytes,
+    fsync_dir,
+    write_index_file,
+)
+from offshelf.service.index.embedded.reads import StoredReads
 from offshelf.service.index.embedded.rwlock import ReadWriteLock
-from offshelf.service.index.embedded.store import DATABASE, ItemStore, from_blobs
-from offshelf.service.index.query_expansion import expand
+from offshelf.service.index.embedded.store import DATABASE, ItemStore, WriteState
 from offshelf.service.index.vectors import Whitening, check_whitening, learn_whitening
-from offshelf.service.logs import fields
 
 log = logging.getLogger(__name__)
 
 
-def fsync_dir(path: pathlib.Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def folder_bytes(directory: pathlib.Path) -> int:
-    """Bytes of the files in the folder; a file the index saver replaces meanwhile counts as absent, and a folder
-    deleted meanwhile (the collection with it) holds nothing."""
-    try:
-        paths = list(directory.iterdir())
-    except FileNotFoundError:
-        return 0
-    total = 0
-    for path in paths:
-        try:
-            total += path.stat().st_size if path.is_file() else 0
-        except FileNotFoundError:
-            pass
-    return total
-
-
-class Collection(StoreBase):
+class Collection(StoredReads):
     def __init__(self, directory: pathlib.Path, store: ItemStore, config: CollectionConfig):
         super().__init__(config)
         self.directory = directory
@@ -80,12 +58,9 @@ class Collection(StoreBase):
         self.closed = False
         self._deleted = False
         self.count = 0
-        self._seq = 0  # the last committed write
+        self._state = WriteState(np.zeros(self.dim, np.float64))
         self._saved_seq = 0  # the write the index file on disk holds
-        self._rebuilt_seq = 0  # index files older than this write are in another vector space
-        self._next_internal = 0
-        self._sum = np.zeros(self.dim, np.float64)  # of the stored vectors: their mean is the drift reference
-        self._training = False
+        self._training = IvfpqTraining(config, self._install_trained)
         self._derived = DerivedIndex(config, store)  # replaced whole by a rebuild
         self._hit_rows = HitRows(store.rows)
         self._write_lock = threading.Lock()
@@ -113,7 +88,7 @@ class Collection(StoreBase):
         with store.unreadable_is_a_load_error():
             collection = cls(directory, store, store.config())
             collection._restore()
-        collection._maybe_train()
+        collection._training.maybe_start(collection._derived, collection.count)
         return collection
 
     def close(self) -> None:
@@ -137,11 +112,11 @@ class Collection(StoreBase):
     @property
     def unsaved_writes(self) -> int:
         """Writes committed to SQLite that the index file does not hold yet (replayed at start)."""
-        return self._seq - self._saved_seq
+        return self._state.seq - self._saved_seq
 
     def mean(self) -> np.ndarray | None:
         count = self.count
-        return self._sum / count if count else None
+        return self._state.vector_sum / count if count else None
 
     def info(self) -> CollectionInfo:
         whitening_dim = 0 if self._derived.whitening is None else self._derived.space_dim
@@ -151,44 +126,6 @@ class Collection(StoreBase):
             folder_bytes(self.directory),
             self._derived.trained,
         )
-
-    def labelled_vectors(self) -> tuple[np.ndarray, list[str]]:
-        """The vectors and labels of every labelled item (for training heads)."""
-        chunks = list(self.store.scan(self.dim, Filter(labelled=True)))
-        if not chunks:
-            return np.zeros((0, self.dim), np.float32), []
-        return np.concatenate([c[1] for c in chunks]), [label for c in chunks for label in c[2]]
-
-    def stored_vectors(self) -> np.ndarray:
-        """Every item's vector as stored, (count, dim)."""
-        return np.concatenate([vectors for _, vectors, _ in self.store.scan(self.dim)] or [np.zeros((0, self.dim))])
-
-    def vector_of(self, item_id: str) -> np.ndarray:
-        found = self.store.by_ids([item_id], self.dim)
-        if item_id not in found:
-            raise NotFound(f"collection {self.name!r} has no item {item_id!r}")
-        return found[item_id][1]
-
-    def get(self, item_ids: list[str]) -> dict[str, tuple[Row, np.ndarray]]:
-        return self.store.by_ids(item_ids, self.dim)
-
-    def page(self, after_id: str, size: int, where: Filter, with_vectors: bool) -> list[tuple[Row, np.ndarray | None]]:
-        """Up to `size` items in id order after `after_id`, with their vectors when asked."""
-        rows = self.store.page(after_id, size, where, with_vectors)
-        vectors = from_blobs([r[4] for r in rows], self.dim) if with_vectors else [None] * len(rows)
-        return [(Row(r[0], r[1], r[2], json.loads(r[3])), vector) for r, vector in zip(rows, vectors, strict=True)]
-
-    def check_filter(self, where: Filter) -> None:
-        """InvalidArgument for a metadata key that no item of the collection has ever had (a typo, most likely)."""
-        if not where.metadata:  # most searches: no query of the keys
-            return
-        unknown = sorted({key for key, _ in where.metadata} - self.store.metadata_keys())
-        if unknown:
-            known = ", ".join(sorted(self.store.metadata_keys())) or "none"
-            raise InvalidArgument(
-                f"filter on metadata key {unknown[0]!r}, which no item of collection {self.name!r} has; "
-                f"its keys: {known}"
-            )
 
     def _nearest(self, queries: np.ndarray, k: int, ef_search: int, nprobe: int, where: Filter) -> list[list[Hit]]:
         """One FAISS batch (or an exact scan of the few items `where` selects)."""
@@ -217,21 +154,22 @@ class Collection(StoreBase):
         """add() with the write lock held."""
         ids = [item_id or uuid.uuid4().hex for item_id, _, _ in items]
         replaced = self.store.by_ids(ids, self.dim)
-        internals = np.arange(self._next_internal, self._next_internal + len(items), dtype=np.int64)
-        seq = self._seq + 1
-        total = self._sum + vectors.sum(axis=0, dtype=np.float64)
+        first = self._state.next_internal
+        internals = np.arange(first, first + len(items), dtype=np.int64)
+        total = self._state.vector_sum + vectors.sum(axis=0, dtype=np.float64)
         total -= sum((vector for _, vector in replaced.values()), np.zeros(self.dim))
+        state = self._next_state(total, next_internal=first + len(items))
         rows = [
             (Row(item_id, int(internal), label, meta), vector)
             for item_id, internal, (_, label, meta), vector in zip(ids, internals, items, vectors, strict=True)
         ]
         with self.store.transaction() as db:
-            ItemStore.put_items(db, rows, seq, [row.internal for row, _ in replaced.values()])
-            self._commit_state(db, seq, int(internals[-1]) + 1, total)
+            ItemStore.put_items(db, rows, state.seq, [row.internal for row, _ in replaced.values()])
+            state.commit(db)
         with self._rw.write():
             self._drop([row.internal for row, _ in replaced.values()])
             self._derived.add(vectors, internals)
-            self._seq, self._next_internal, self._sum = seq, int(internals[-1]) + 1, total
+            self._state = state
             self.count += len(items) - len(replaced)
             count = self.count
         self._after_write()
@@ -244,27 +182,12 @@ class Collection(StoreBase):
         are not augmented until it runs again. Returns how many items it rewrote."""
         with self._write_lock:
             self._check_open()
-            rows = [row for page in self._all_rows() for row in page]
+            rows = [row for page in self.all_rows() for row in page]
             if not rows:
                 return 0
-            ids = [item_id for item_id, _, _, _, _ in rows]
-            vectors = np.stack([vector for _, _, _, _, vector in rows]).astype(np.float32)
-            id_of = {internal: item_id for item_id, internal, _, _, _ in rows}
-            ranked = self._derived.search_all(self._derived.space(vectors), neighbours + 1, 0, 0, self.count)
-            hits = [[(id_of[i], score) for score, i in row if i in id_of] for row in ranked]
-            stored = dict(zip(ids, vectors, strict=True))
-            # each item's own vector expanded with its neighbours': query expansion's arithmetic, on the database
-            augmented = expand(vectors, hits, ids, neighbours, alpha, lambda _: stored)
-            items = [(item_id, label, json.loads(meta)) for item_id, _, label, meta, _ in rows]
-            self._write(items, augmented)
+            augmented = self._derived.augmented(rows, neighbours, alpha, self.count)
+            self._write([(item_id, label, json.loads(meta)) for item_id, _, label, meta, _ in rows], augmented)
             return len(rows)
-
-    def _all_rows(self, size: int = 4096) -> Iterator[list[tuple]]:
-        """Every item, (id, internal, label, metadata JSON, vector) rows, a page at a time."""
-        after = ""
-        while page := self.store.page(after, size, Filter(), with_vectors=True):
-            yield [(r[0], r[1], r[2], r[3], from_blobs([r[4]], self.dim)[0]) for r in page]
-            after = page[-1][0]
 
     def remove(self, item_ids: list[str]) -> tuple[int, list[str], int]:
         """Removes items by id; returns how many were removed, the ids that were not there and the count
@@ -289,21 +212,20 @@ class Collection(StoreBase):
     def _remove(self, present: dict[str, tuple[Row, np.ndarray]]) -> None:
         if not present:
             return
-        seq = self._seq + 1
-        total = self._sum - sum((vector for _, vector in present.values()), np.zeros(self.dim))
+        state = self._next_state(
+            self._state.vector_sum - sum((vector for _, vector in present.values()), np.zeros(self.dim))
+        )
         with self.store.transaction() as db:
             ItemStore.delete_items(db, [row for row, _ in present.values()])
-            self._commit_state(db, seq, self._next_internal, total)
+            state.commit(db)
         with self._rw.write():
             self._drop([row.internal for row, _ in present.values()])
-            self._seq, self._sum = seq, total
+            self._state = state
             self.count -= len(present)
         self._after_write()
 
-    def _commit_state(self, db, seq: int, next_internal: int, total: np.ndarray) -> None:
-        ItemStore.set_state(db, "seq", seq)
-        ItemStore.set_state(db, "next_internal", next_internal)
-        ItemStore.set_state(db, "vector_sum", total.astype("<f8").tobytes())
+    def _next_state(self, vector_sum: np.ndarray, **changes: int) -> WriteState:
+        return dataclasses.replace(self._state, vector_sum=vector_sum, seq=self._state.seq + 1, **changes)
 
     def train_whitening(self, dim: int, sample: np.ndarray | None = None, source: str = "") -> None:
         """Learns PCA-whitening from the collection's vectors (or from `sample`, the vectors of collection
@@ -316,15 +238,14 @@ class Collection(StoreBase):
             else:
                 dim = check_whitening(dim, self.config, len(sample), source)
             whitening = learn_whitening(sample, dim)
-            seq = self._seq + 1
+            state = self._next_state(self._state.vector_sum, rebuilt_seq=self._state.seq + 1)
             with self.store.transaction() as db:
                 ItemStore.set_arrays(db, "whitening", {"a": whitening[0], "b": whitening[1]})
-                ItemStore.set_state(db, "rebuilt_seq", seq)
-                self._commit_state(db, seq, self._next_internal, self._sum)
+                state.commit(db)
             self._rebuild(whitening, trained_ivfpq=None)
-            self._seq = self._rebuilt_seq = seq
+            self._state = state
         self.save_index()
-        self._maybe_train()
+        self._training.maybe_start(self._derived, self.count)
 
     def _check_open(self) -> None:
         if self.closed:
@@ -340,7 +261,7 @@ class Collection(StoreBase):
         dead = self._derived.dead  # hnsw: FAISS ids of gone items, filtered from searches
         if dead and len(dead) > max(1000, self.count // 4):
             self._rebuild(self._derived.whitening, None)
-        self._maybe_train()
+        self._training.maybe_start(self._derived, self.count)
 
     # --- the derived index -----------------------------------------------------------------------
 
@@ -353,76 +274,27 @@ class Collection(StoreBase):
 
     def _restore(self) -> None:
         """Reads the state from SQLite, then loads and catches up the index file (or rebuilds the index)."""
-        self._seq = int(self.store.get_state("seq", 0))  # type: ignore[call-overload]
-        self._next_internal = int(self.store.get_state("next_internal", 0))  # type: ignore[call-overload]
-        self._rebuilt_seq = int(self.store.get_state("rebuilt_seq", 0))  # type: ignore[call-overload]
-        total = self.store.get_state("vector_sum")
-        if isinstance(total, bytes):
-            self._sum = np.frombuffer(total, "<f8").astype(np.float64)
-        arrays = self.store.arrays("whitening")
-        whitening = (arrays["a"], arrays["b"]) if arrays else None
+        self._state = state = WriteState.read(self.store, self.dim)
         self.count = self.store.count()
-        files = sorted(self.directory.glob("index-*.faiss"), key=lambda p: int(p.stem.split("-")[1]))
-        valid = range(self._rebuilt_seq, self._seq + 1)  # writes since the vector space last changed
-        loaded = DerivedIndex.read(self.config, self.store, whitening, files[-1], valid) if files else None
-        if loaded is None:
-            self._rebuild(whitening, None)
-            replayed = self.count
-        else:
-            self._derived, self._saved_seq = loaded, int(files[-1].stem.split("-")[1])
-            self.last_index_save_at = files[-1].stat().st_mtime
-            replayed = loaded.catch_up(self._saved_seq)
-        log.info(
-            "collection restored",
-            extra=fields(collection=self.name, items=self.count, seq=self._seq, replayed=replayed),
-        )
+        valid = range(state.rebuilt_seq, state.seq + 1)  # writes since the vector space last changed
+        restored = DerivedIndex.restored(self.config, self.store, self.directory, valid)
+        self._derived, self._saved_seq, self.last_index_save_at = restored
 
     def save_index(self) -> None:
         """Writes the index as it is now to index-<seq>.faiss. Writers wait only for the in-memory copy."""
         with self._save_lock:
             with self._rw.read():
-                seq = self._seq
+                seq = self._state.seq
                 if self._deleted or (seq == self._saved_seq and self.last_index_save_at is not None):
                     return
                 data = faiss.serialize_index(self._derived.index)
-            path = self.directory / f"index-{seq}.faiss"
-            temporary = path.with_name(path.name + ".tmp")
-            with open(temporary, "wb") as f:
-                data.tofile(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(temporary, path)
-            fsync_dir(self.directory)
-            for older in self.directory.glob("index-*.faiss"):
-                if older != path:
-                    older.unlink(missing_ok=True)
+            write_index_file(self.directory, seq, data)
             self._saved_seq, self.last_index_save_at = seq, time.time()
 
-    def _maybe_train(self) -> None:
-        """Starts ivfpq training in the background once the collection holds train_size vectors."""
-        if (
-            self.config.index_type != "ivfpq"
-            or self._derived.trained
-            or self._training
-            or self.count < self.config.ivfpq.train_size
-        ):
-            return
-        self._training = True
-        threading.Thread(target=self._train_ivfpq, name=f"train-{self.name}", daemon=True).start()
-
-    def _train_ivfpq(self) -> None:
-        try:
-            derived = self._derived
-            trained = derived.trained_ivfpq()
-            with self._write_lock:
-                if self.closed or derived.whitening is not self._derived.whitening:  # whitened meanwhile
-                    return
-                self._rebuild(derived.whitening, trained)
-            self.save_index()
-            log.info("ivfpq index trained", extra=fields(collection=self.name, vectors=self.count))
-        except Exception:
-            log.exception(
-                "ivfpq training failed; the collection keeps answering exactly", extra=fields(collection=self.name)
-            )
-        finally:
-            self._training = False
+    def _install_trained(self, derived: DerivedIndex, trained: faiss.Index) -> bool:
+        with self._write_lock:
+            if self.closed or derived.whitening is not self._derived.whitening:  # whitened meanwhile
+                return False
+            self._rebuild(derived.whitening, trained)
+        self.save_index()
+        return True

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import pathlib
+import threading
+from collections.abc import Callable
 
 import faiss
 import numpy as np
@@ -17,7 +19,9 @@ import numpy as np
 from offshelf.service.index.config import CollectionConfig, Metric
 from offshelf.service.index.contract import Filter
 from offshelf.service.index.embedded.faiss_index import new_index, search_params, train_ivfpq
+from offshelf.service.index.embedded.index_files import file_seq, newest_index_file
 from offshelf.service.index.embedded.store import ItemStore
+from offshelf.service.index.query_expansion import expand
 from offshelf.service.index.vectors import Whitening, to_index_space
 from offshelf.service.logs import fields
 
@@ -69,6 +73,27 @@ class DerivedIndex:
         return derived
 
     @classmethod
+    def restored(
+        cls, config: CollectionConfig, store: ItemStore, directory: pathlib.Path, valid: range
+    ) -> tuple[DerivedIndex, int, float | None]:
+        """The index of the newest index file in `directory` caught up with the store, or, without a usable one,
+        rebuilt from the store; with the write that file held and its time (0 and None when rebuilt)."""
+        arrays = store.arrays("whitening")
+        whitening = (arrays["a"], arrays["b"]) if arrays else None
+        newest = newest_index_file(directory)
+        derived = cls.read(config, store, whitening, newest, valid) if newest else None
+        items = store.count()
+        if newest is None or derived is None:
+            derived, saved_seq, saved_at, replayed = cls.built(config, store, whitening), 0, None, items
+        else:
+            saved_seq, saved_at = file_seq(newest), newest.stat().st_mtime
+            replayed = derived.catch_up(saved_seq)
+        log.info(
+            "collection restored", extra=fields(collection=config.name, items=items, seq=valid[-1], replayed=replayed)
+        )
+        return derived, saved_seq, saved_at
+
+    @classmethod
     def read(
         cls,
         config: CollectionConfig,
@@ -85,7 +110,7 @@ class DerivedIndex:
             log.warning("unreadable index file: rebuilding it", extra=fields(path=str(path), error=str(err)))
             return None
         derived = cls(config, store, index, whitening)
-        if int(path.stem.split("-")[1]) not in valid or index.d != derived.space_dim:
+        if file_seq(path) not in valid or index.d != derived.space_dim:
             log.warning("stale index file: rebuilding it", extra=fields(path=str(path)))
             return None
         return derived
@@ -183,3 +208,44 @@ class DerivedIndex:
             scores = queries @ exact.T
             orders = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         return [[(float(row[j]), internals[j]) for j in order] for row, order in zip(scores, orders, strict=True)]
+
+    def augmented(self, rows: list[tuple], neighbours: int, alpha: float, count: int) -> np.ndarray:
+        """Database-side augmentation's vectors for (id, internal, label, metadata, vector) rows: each item's own
+        vector expanded with its neighbours' in this index (query expansion's arithmetic, on the database)."""
+        ids = [item_id for item_id, _, _, _, _ in rows]
+        vectors = np.stack([vector for _, _, _, _, vector in rows]).astype(np.float32)
+        id_of = {internal: item_id for item_id, internal, _, _, _ in rows}
+        ranked = self.search_all(self.space(vectors), neighbours + 1, 0, 0, count)
+        hits = [[(id_of[i], score) for score, i in row if i in id_of] for row in ranked]
+        stored = dict(zip(ids, vectors, strict=True))
+        return expand(vectors, hits, ids, neighbours, alpha, lambda _: stored)
+
+
+class IvfpqTraining:
+    """Trains an ivfpq collection's IVF-PQ index in a background thread once the collection holds train_size vectors
+    (until then it is flat and exact). `install` swaps the trained index in, or refuses it (False) when the
+    collection closed or changed vector space meanwhile."""
+
+    def __init__(self, config: CollectionConfig, install: Callable[[DerivedIndex, faiss.Index], bool]):
+        self.config, self.install = config, install
+        self.running = False
+
+    def maybe_start(self, derived: DerivedIndex, count: int) -> None:
+        ivfpq = self.config.ivfpq
+        if self.config.index_type != "ivfpq" or derived.trained or self.running or count < ivfpq.train_size:
+            return
+        self.running = True
+        name = f"train-{self.config.name}"
+        threading.Thread(target=self._train, args=(derived, count), name=name, daemon=True).start()
+
+    def _train(self, derived: DerivedIndex, count: int) -> None:
+        try:
+            if self.install(derived, derived.trained_ivfpq()):
+                log.info("ivfpq index trained", extra=fields(collection=self.config.name, vectors=count))
+        except Exception:
+            log.exception(
+                "ivfpq training failed; the collection keeps answering exactly",
+                extra=fields(collection=self.config.name),
+            )
+        finally:
+            self.running = False

@@ -22,7 +22,7 @@ import numpy as np
 from offshelf.service.errors import CollectionLoadError
 from offshelf.service.index.config import CollectionConfig
 from offshelf.service.index.contract import Row
-from offshelf.service.index.embedded.store import DATABASE, ItemStore
+from offshelf.service.index.embedded.store import DATABASE, ItemStore, WriteState
 from offshelf.service.logs import fields
 
 log = logging.getLogger(__name__)
@@ -63,12 +63,9 @@ def migrate(directory: pathlib.Path) -> None:
         ]
         ItemStore.put_items(db, rows, seq=1, replaced=[])
         total = sum((vector.astype(np.float64) for _, _, vector in items.values()), np.zeros(config.binding.dim))
-        ItemStore.set_state(db, "seq", 1)
-        ItemStore.set_state(db, "next_internal", len(items))
-        ItemStore.set_state(db, "vector_sum", total.astype("<f8").tobytes())
+        WriteState(total, seq=1, next_internal=len(items), rebuilt_seq=int(whitening is not None)).commit(db)
         if whitening is not None:
             ItemStore.set_arrays(db, "whitening", {"a": whitening[0], "b": whitening[1]})
-            ItemStore.set_state(db, "rebuilt_seq", 1)
     store.read("PRAGMA wal_checkpoint(TRUNCATE)")
     store.close()
     staged.rename(directory / DATABASE)

@@ -17,6 +17,7 @@ from offshelf.service.index.embedded.collection import Collection
 from offshelf.service.index.embedded.migrate import migrate, needs_migration
 from offshelf.service.index.embedded.store import DATABASE
 from offshelf.service.logs import fields
+from offshelf.service.periodic import every
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ class CollectionRegistry:
         self._lock = threading.Lock()
         self._loaded = False
         self._stop = threading.Event()
-        self._saver = threading.Thread(target=self._save_indexes, name="index-saver", daemon=True)
+        self._saver: threading.Thread | None = None
 
     def load_all(self) -> None:
         """Restores every collection; raises CollectionLoadError if one cannot be restored consistently."""
@@ -45,17 +46,16 @@ class CollectionRegistry:
                 collection = Collection.open(directory)
                 self._collections[collection.name] = collection
         self._loaded = True
-        self._saver.start()
+        self._saver = every(self.index_save_seconds, self._save_indexes, self._stop, "index-saver")
 
     def _save_indexes(self) -> None:
-        """Every index_save_seconds, saves the index of each collection with writes its index file lacks."""
-        while not self._stop.wait(self.index_save_seconds):
-            for collection in self.all():
-                if collection.unsaved_writes and not collection.closed:
-                    try:
-                        collection.save_index()
-                    except Exception:  # the database holds every write; the next try or the next start catches up
-                        log.exception("saving an index failed", extra=fields(collection=collection.name))
+        """Saves the index of each collection with writes its index file lacks."""
+        for collection in self.all():
+            if collection.unsaved_writes and not collection.closed:
+                try:
+                    collection.save_index()
+                except Exception:  # the database holds every write; the next try or the next start catches up
+                    log.exception("saving an index failed", extra=fields(collection=collection.name))
 
     def create(self, config: CollectionConfig) -> Collection:
         self._check_loaded()
@@ -100,7 +100,7 @@ class CollectionRegistry:
 
     def close(self) -> None:
         self._stop.set()
-        if self._saver.is_alive():
+        if self._saver is not None:
             self._saver.join()
         for collection in self.all():
             collection.close()

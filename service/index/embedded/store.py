@@ -12,6 +12,7 @@ fsync per write is the same one the previous write-ahead log paid). Readers neve
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import pathlib
@@ -26,6 +27,34 @@ from offshelf.service.index.config import CollectionConfig
 from offshelf.service.index.contract import Filter, Row
 
 DATABASE = "items.sqlite3"
+
+
+@dataclasses.dataclass(frozen=True)
+class WriteState:
+    """A collection's counters, committed with every write: the last write, the next FAISS id, the sum of the
+    stored vectors (their mean is the drift reference) and the write since which the vector space holds (index files
+    older than it were whitened otherwise)."""
+
+    vector_sum: np.ndarray  # float64
+    seq: int = 0
+    next_internal: int = 0
+    rebuilt_seq: int = 0
+
+    @classmethod
+    def read(cls, store: ItemStore, dim: int) -> WriteState:
+        total = store.get_state("vector_sum")
+        return cls(
+            np.frombuffer(total, "<f8").astype(np.float64) if isinstance(total, bytes) else np.zeros(dim, np.float64),
+            *(int(store.get_state(key, 0)) for key in ("seq", "next_internal", "rebuilt_seq")),  # type: ignore[call-overload]
+        )
+
+    def commit(self, db: sqlite3.Connection) -> None:
+        ItemStore.set_state(db, "seq", self.seq)
+        ItemStore.set_state(db, "next_internal", self.next_internal)
+        ItemStore.set_state(db, "rebuilt_seq", self.rebuilt_seq)
+        ItemStore.set_state(db, "vector_sum", self.vector_sum.astype("<f8").tobytes())
+
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
     id TEXT PRIMARY KEY,

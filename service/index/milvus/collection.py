@@ -21,13 +21,12 @@ the write, so every later read sees it, through any replica and at any consisten
 replica of the collection, Milvus's default). Item lookups (GetItems, search by id, the lookups behind Remove) are
 Strong too; searches and collection counts use the server's setting (Bounded by default, see settings.py) and do
 not wait. IVF_PQ candidates are
-re-ranked here by their exact scores (Milvus's IVF_PQ has no refine step): Milvus returns refine_factor x k
+re-ranked by their exact scores (search.py) (Milvus's IVF_PQ has no refine step): Milvus returns refine_factor x k
 candidates with their vectors as added.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import uuid
 from collections.abc import Callable, Iterator
@@ -36,10 +35,11 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 from pymilvus import DataType, MilvusClient
 
-from offshelf.service.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from offshelf.service.errors import FailedPrecondition, InvalidArgument, Unavailable
 from offshelf.service.index.config import CollectionConfig, CollectionInfo, Metric
 from offshelf.service.index.contract import Filter, Hit, Item, Row, StoreBase
 from offshelf.service.index.milvus.calls import TableGone, milvus_errors, quoted
+from offshelf.service.index.milvus.search import both, expression, from_text, search, to_text
 from offshelf.service.index.vectors import Whitening, to_index_space
 
 if TYPE_CHECKING:
@@ -69,20 +69,6 @@ def table_name(name: str, generation: int) -> str:
 
 def whitening_blob(name: str, generation: int) -> str:
     return f"whitening/{key(name)}/{generation}"
-
-
-def expression(where: Filter) -> str:
-    """The filter as a Milvus boolean expression ("" selects everything)."""
-    clauses = ['label != ""'] if where.labelled else []
-    if where.labels:
-        clauses.append(f"label in [{', '.join(map(quoted, where.labels))}]")
-    for name, values in where.metadata:
-        clauses.append(f"metadata[{quoted(name)}] in [{', '.join(map(quoted, values))}]")
-    return both(*clauses)
-
-
-def both(*clauses: str) -> str:
-    return " and ".join(f"({c})" for c in clauses if c)
 
 
 def index_params(client: MilvusClient, config: CollectionConfig):
@@ -125,14 +111,6 @@ def create_table(client: MilvusClient, config: CollectionConfig, table: str) -> 
         client.create_collection(
             table, schema=schema, index_params=index_params(client, config), consistency_level="Strong"
         )
-
-
-def to_text(vector: np.ndarray) -> str:
-    return base64.b64encode(np.ascontiguousarray(vector, "<f4").tobytes()).decode()
-
-
-def from_text(text: str) -> np.ndarray:
-    return np.frombuffer(base64.b64decode(text), "<f4").astype(np.float32)
 
 
 class MilvusCollection(StoreBase):
@@ -255,12 +233,6 @@ class MilvusCollection(StoreBase):
         """Every item's vector as added (before any whitening), (count, dim)."""
         return self._current(lambda c: np.concatenate([*c._raw_pages(), np.zeros((0, c.dim), np.float32)]))
 
-    def vector_of(self, item_id: str) -> np.ndarray:
-        found = self.get([item_id])
-        if item_id not in found:
-            raise NotFound(f"collection {self.name!r} has no item {item_id!r}")
-        return found[item_id][1]
-
     def get(self, item_ids: list[str]) -> dict[str, tuple[Row, np.ndarray]]:
         return self._current(lambda c: c._get(item_ids))
 
@@ -298,49 +270,11 @@ class MilvusCollection(StoreBase):
 
     def _nearest(self, queries: np.ndarray, k: int, ef_search: int, nprobe: int, where: Filter) -> list[list[Hit]]:
         """One Milvus search, on the collection's current table."""
-        return self._current(lambda c: c._search(queries, k, ef_search, nprobe, where))
 
-    def _search(self, queries: np.ndarray, k: int, ef_search: int, nprobe: int, where: Filter) -> list[list[Hit]]:
-        queries = to_index_space(queries, self.whitening, self.config)
-        refine = self.config.ivfpq.refine_factor if self.config.index_type == "ivfpq" else 1
-        params: dict[str, int] = {}
-        if self.config.index_type == "hnsw":
-            params["ef"] = max(ef_search or self.config.hnsw.ef_search, k)
-        elif self.config.index_type == "ivfpq":
-            params["nprobe"] = nprobe or self.config.ivfpq.nprobe
-        with milvus_errors(self.name):
-            results = self.client.search(
-                self.table,
-                data=queries.tolist(),
-                limit=min(k * refine, 16384),
-                filter=expression(where),
-                output_fields=["label", "metadata", *(["raw"] if refine > 1 else [])],
-                search_params={"params": params},
-                consistency_level=self.consistency,
-            )
-        answers = []
-        for query, hits in zip(queries, results, strict=True):
-            ranked = [(float(hit["distance"]), hit) for hit in hits]
-            if refine > 1 and ranked:
-                ranked = self._rerank(query, [hit for _, hit in ranked])
-            ranked = ranked[:k]
-            answers.append(
-                [(hit["id"], score, hit["entity"]["label"], hit["entity"]["metadata"]) for score, hit in ranked]
-            )
-        return answers
+        def nearest(c: MilvusCollection) -> list[list[Hit]]:
+            return search(c.client, c.table, c.config, c.whitening, c.consistency, queries, k, ef_search, nprobe, where)
 
-    def _rerank(self, query: np.ndarray, hits: list[dict]) -> list[tuple[float, dict]]:
-        """The candidates by exact score in the index's space: inner product, or squared L2 distance (lower
-        first)."""
-        added = np.stack([from_text(hit["entity"]["raw"]) for hit in hits])
-        vectors = to_index_space(added, self.whitening, self.config)
-        if self.config.metric == Metric.L2:
-            scores = ((vectors - query) ** 2).sum(axis=1)
-            order = np.argsort(scores, kind="stable")
-        else:
-            scores = vectors @ query
-            order = np.argsort(-scores, kind="stable")
-        return [(float(scores[i]), hits[i]) for i in order]
+        return self._current(nearest)
 
     # --- writes ----------------------------------------------------------------------------------
 

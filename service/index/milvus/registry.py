@@ -43,6 +43,7 @@ from offshelf.service.index.milvus.collection import (
 )
 from offshelf.service.index.vectors import Whitening
 from offshelf.service.logs import fields
+from offshelf.service.periodic import every
 
 log = logging.getLogger(__name__)
 CONFIG_SECONDS = 5.0
@@ -166,12 +167,7 @@ class MilvusCollectionRegistry:
         guard = self.guard
         guard.on_change = on_change
         on_change(guard.up)
-
-        def probe() -> None:
-            while not self._stop.wait(PROBE_SECONDS):
-                guard.probe()
-
-        threading.Thread(target=probe, name="milvus-probe", daemon=True).start()
+        every(PROBE_SECONDS, guard.probe, self._stop, "milvus-probe")
 
     def connected(self) -> tuple[MilvusClient, Blobs]:
         if self.client is None or self.blobs is None:
