@@ -26,7 +26,7 @@ class VersionState:
 class VersionStates:
     def __init__(self, repository: ModelRepository, metrics: Metrics):
         self.repository, self.metrics = repository, metrics
-        self._failed: dict[tuple[str, int], tuple[tuple[tuple[int, str], str], str]] = {}  # (stamps), error
+        self._failed: dict[tuple[str, int], tuple[tuple[int, str], str]] = {}  # (folder, config stamps), error
         self._changing: dict[tuple[str, int], str] = {}  # LOADING or UNLOADING
         self.unloaded: set[str] = set()  # models unloaded by request: they stay unloaded until loaded again
         self._lock = threading.Lock()
