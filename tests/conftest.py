@@ -1,5 +1,9 @@
 """Shared fixtures: the default model exported once per run, real servers in subprocesses. Helpers that
-benchmarks use too live in bench/common.py."""
+benchmarks use too live in bench/common.py.
+
+`make test` runs the suite in pytest-xdist workers: what is made once per run (the export, the tritonclient venv,
+Debian's prometheus) is made under a file lock in the run's shared temp folder, and every test that uses the shared
+Milvus standalone runs in one worker (the `milvus` xdist group), so one Milvus serves them all."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import shutil
 import subprocess
 import sys
 
+import filelock
 import grpc
 import numpy as np
 import pytest
@@ -18,14 +23,34 @@ from offshelf.clients import Client
 from common import ROOT, MilvusProcess, ServerProcess, shared_photos, write_identity_model
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests on the shared Milvus standalone go to one xdist worker (with --dist loadgroup), which starts it once."""
+    for item in items:
+        if "milvus" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("milvus"))
+
+
 @pytest.fixture(scope="session")
-def model_repo(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    """A model repository holding the embedded default, exported by the real export tool."""
+def run_folder(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> pathlib.Path:
+    """A folder every xdist worker of this run shares (the worker's own temp folder when not distributed)."""
+    base = tmp_path_factory.getbasetemp()
+    return base if worker_id == "master" else base.parent
+
+
+@pytest.fixture(scope="session")
+def model_repo(run_folder: pathlib.Path) -> pathlib.Path:
+    """A model repository holding the embedded default, exported by the real export tool once per run."""
     from offshelf.export.repository import ExportRequest, export_model
     from offshelf.export.zoo import build_network
 
-    repo = tmp_path_factory.mktemp("repo")
-    export_model(ExportRequest(build_network("efficientnet-lite0"), repo, "efficientnet-lite0"), log=lambda _: None)
+    repo = run_folder / "repo"
+    with filelock.FileLock(run_folder / "repo.lock"):
+        if not (run_folder / "repo.done").exists():
+            shutil.rmtree(repo, ignore_errors=True)
+            repo.mkdir()
+            network = build_network("efficientnet-lite0")
+            export_model(ExportRequest(network, repo, "efficientnet-lite0"), log=lambda _: None)
+            (run_folder / "repo.done").touch()
     return repo
 
 
@@ -128,8 +153,13 @@ def traffic(model_repo, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def prometheus_tools() -> tuple[str, str]:
+def prometheus_tools(run_folder: pathlib.Path) -> tuple[str, str]:
     """(prometheus, promtool) from Debian's package, installed here when missing."""
+    with filelock.FileLock(run_folder / "apt.lock"):
+        return install_prometheus()
+
+
+def install_prometheus() -> tuple[str, str]:
     if not (shutil.which("prometheus") and shutil.which("promtool")):
         if os.geteuid() != 0 or not shutil.which("apt-get"):
             pytest.skip("Prometheus is not installed and apt-get cannot install it here (needs root and apt)")
@@ -148,12 +178,17 @@ def tritonclient_python() -> str:
     """A virtualenv of its own with the stock tritonclient[grpc] (it pins protobuf < 7; offshelf needs 7)."""
     venv = ROOT / "build" / "tritonclient-venv"
     python = venv / "bin" / "python"
-    if not (venv / ".installed").exists():
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "-q", "tritonclient[grpc]>=2.50", "numpy"],
-            check=True,
-            timeout=600,
-        )
-        (venv / ".installed").touch()
+    venv.parent.mkdir(exist_ok=True)
+    with filelock.FileLock(venv.parent / "tritonclient-venv.lock"):
+        if not (venv / ".installed").exists():
+            make_tritonclient_venv(venv)
     return str(python)
+
+
+def make_tritonclient_venv(venv: pathlib.Path) -> None:
+    python = venv / "bin" / "python"
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "tritonclient[grpc]>=2.50", "numpy"], check=True, timeout=600
+    )
+    (venv / ".installed").touch()
