@@ -1,5 +1,6 @@
-"""offshelf installs with the onnxruntime that fits the machine (issue 16): `pip install offshelf[cpu]` in a fresh
-virtualenv brings no CUDA library, and without either extra `offshelf serve` says what to install."""
+"""offshelf installs with the onnxruntime that fits the machine (issue 16): pip resolves `offshelf[cpu]` to
+onnxruntime and no CUDA library, `offshelf` alone to no onnxruntime at all, and without one `offshelf serve` says what
+to install. pip resolves against the same index a real install uses (--dry-run: nothing is unpacked)."""
 
 from __future__ import annotations
 
@@ -8,42 +9,53 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from common import ROOT
 
 SOURCES = ("pyproject.toml", "README.md", "protos", "export", "train", "service", "clients")
 
 
-def test_the_cpu_extra_installs_no_cuda_library_and_serve_names_the_missing_runtime(tmp_path):
-    source = tmp_path / "src"
-    source.mkdir()
-    for name in SOURCES:  # what the images copy; the checkout's build/ and venvs stay out
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory):
+    """What the images copy; the checkout's build/ and venvs stay out."""
+    source = tmp_path_factory.mktemp("src")
+    for name in SOURCES:
         copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy
         copy(ROOT / name, source / name)
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
-    subprocess.run([*pip, str(source)], check=True, timeout=900)
-    serve = [str(venv / "bin" / "python"), "-m", "offshelf.service.cli", "--repo", str(tmp_path / "repo")]
-    bare = subprocess.run(serve, capture_output=True, text=True, timeout=120)
-    assert bare.returncode == 1 and "pip install 'offshelf[cpu]'" in bare.stderr, bare.stderr
-    subprocess.run([*pip, f"{source}[cpu]"], check=True, timeout=900)
-    listed = subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "list", "--format", "json"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    packages = {p["name"].lower() for p in json.loads(listed.stdout)}
+    return source
+
+
+def resolved(requirement: str, tmp_path) -> set[str]:
+    """The packages pip would install for the requirement into an empty environment."""
+    report = tmp_path / "report.json"
+    install = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--dry-run",
+        "--ignore-installed",
+        "--no-build-isolation",
+        "--report",
+    ]
+    subprocess.run([*install, str(report), requirement], check=True, timeout=600)
+    return {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
+
+
+def test_the_cpu_extra_brings_onnxruntime_and_no_cuda_library(source, tmp_path):
+    packages = resolved(f"{source}[cpu]", tmp_path)
     assert "onnxruntime" in packages and "onnxruntime-gpu" not in packages
     assert not [p for p in packages if p.startswith("nvidia")], sorted(packages)
-    found = subprocess.run(  # what the server's "serving" log line reports
-        [
-            str(venv / "bin" / "python"),
-            "-c",
-            "from offshelf.service.models.runtime import installed; print(installed())",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
+
+
+def test_without_an_extra_no_onnxruntime_comes_and_serve_names_the_extra_to_install(source, tmp_path):
+    packages = resolved(str(source), tmp_path)
+    assert "offshelf" in packages and not [p for p in packages if p.startswith("onnxruntime")], sorted(packages)
+    program = (  # this environment as one without onnxruntime: its import fails as a missing module's does
+        "import sys; sys.modules['onnxruntime'] = None; from offshelf.service.cli import main; "
+        f"sys.exit(main(['--repo', {str(tmp_path / 'repo')!r}]))"
     )
-    assert found.stdout.startswith("onnxruntime ")
+    bare = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert bare.returncode == 1 and "pip install 'offshelf[cpu]'" in bare.stderr, bare.stderr
