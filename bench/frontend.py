@@ -48,7 +48,7 @@ PHOTOS = 256  # photos cycled through, read by each process
 CALL_SIZES = (1, 32)  # images per Embed call, one row each
 GPU_HOST_CORES = 16
 SERVER_PROCESSES = 1  # serving processes today; --workers is issue 25's
-SAMPLE_RATE = 100  # py-spy samples per second
+SAMPLE_RATE = 200  # py-spy samples per second
 TOP_HOLDERS = 10
 
 
@@ -187,10 +187,11 @@ def load_row(name: str, outcomes: list[dict], started: float, cpu: float) -> dic
     images = sum(o["images"] for o in outcomes)
     wall = max(o["end"] for o in outcomes) - started
     failures = sum((o.get("failures", collections.Counter()) for o in outcomes), collections.Counter())
-    return {**row(name, images, durations, wall, cpu), "images": images, "wall": wall, "failures": failures}
+    return {**row(name, images, durations, wall, cpu), "images": images, "failures": failures}
 
 
 def floor_row(paths: list[pathlib.Path], geometry: tuple, seconds: float) -> dict:
+    """What the service's own decode and resize would cost with nothing around them, a process per core."""
     processes = os.cpu_count() or 1
     started: list[float] = []
     outcomes = released_together(
@@ -219,24 +220,26 @@ class GilSampler:
         """Returns once py-spy samples (attaching takes a moment), so that the load starts inside its span."""
         command = [self.executable(), "record", "--pid", str(self.pid), "--gil", "--idle", "--nonblocking"]
         command += ["--nolineno", "--rate", str(SAMPLE_RATE), "--format", "raw", "--output", str(self.raw)]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        for line in self.process.stderr:
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        said = []
+        for line in self.process.stdout:  # py-spy's messages go to stdout
             if "Sampling process" in line:
                 self.started = time.monotonic()
                 return
-        raise RuntimeError(f"py-spy did not start sampling (exit {self.process.wait()}): {line.strip()}")
+            said.append(line.strip())
+        raise RuntimeError(f"py-spy did not start sampling (exit {self.process.wait()}): {' '.join(said)}")
 
     def stop(self) -> tuple[float, float, collections.Counter[str], bool]:
         """GIL-held seconds (samples / rate), the span sampled, GIL samples per innermost Python function, and
         whether py-spy said it fell behind (fewer samples than the rate, so fewer GIL seconds than held)."""
         self.process.send_signal(signal.SIGINT)
-        _, errors = self.process.communicate(timeout=60)
+        messages, _ = self.process.communicate(timeout=60)
         span = time.monotonic() - self.started
         holders: collections.Counter[str] = collections.Counter()
         for line in self.raw.read_text().splitlines():
             stack, count = line.rsplit(" ", 1)
             holders[stack.rsplit(";", 1)[-1]] += int(count)
-        return sum(holders.values()) / SAMPLE_RATE, span, holders, "behind in sampling" in errors
+        return sum(holders.values()) / SAMPLE_RATE, span, holders, "behind in sampling" in messages
 
     def close(self) -> None:
         """Ends py-spy if a failure left it sampling."""
@@ -307,7 +310,7 @@ def gil_of(args: argparse.Namespace, server: ServerProcess, per_call: int, folde
     }
 
 
-def print_table(args: argparse.Namespace, rows: list[dict], problems: list[str], load_before: tuple) -> None:
+def print_table(args: argparse.Namespace, rows: list[dict]) -> None:
     floor_cpu = rows[0]["cpu_ms"]
     print(
         f"\nNull model (channel means) behind the default card of {args.card_dir}: resize {args.pre.resize_shorter}, "
@@ -325,6 +328,10 @@ def print_table(args: argparse.Namespace, rows: list[dict], problems: list[str],
             f"| {r['name']:<52} | {r['ips']:9.1f} | {r['p50']:8.2f} | {r['p99']:8.2f} | {r['cpu_ms']:12.3f} "
             f"| {floor_cpu / r['cpu_ms']:10.0%} | {gil:>12} |"
         )
+
+
+def print_notes(rows: list[dict], problems: list[str], load_before: tuple) -> None:
+    """How each column was measured, the projected ceiling, the GIL's holders, the machine's load."""
     print(
         "\nCPU ms/image: user + system CPU of the server process (/proc/<pid>/stat) over the run; the floor's: its "
         "processes' own. efficiency: floor CPU ms/image / this row's. p50/p99: per call (floor: per image)."
@@ -335,7 +342,7 @@ def print_table(args: argparse.Namespace, rows: list[dict], problems: list[str],
         print(
             f"GIL ms/image: a second run of the same load under `py-spy record --gil --idle --nonblocking --rate "
             f"{SAMPLE_RATE}` on the server: samples in which a thread of it held the GIL / {SAMPLE_RATE} Hz / images "
-            "that run served."
+            "that run served (wall time: on a busy machine it includes a holder's waits for a core)."
         )
     print(
         f"Ceiling of a {GPU_HOST_CORES}-core GPU host = min({GPU_HOST_CORES} / server CPU s per image, "
@@ -346,11 +353,12 @@ def print_table(args: argparse.Namespace, rows: list[dict], problems: list[str],
         if "gil_ms" in r:
             gil_term = SERVER_PROCESSES / (r["gil_ms"] / 1000)
             gil_text, ceiling = f"{SERVER_PROCESSES} / {r['gil_ms']:.3f} ms = {gil_term:.0f}", min(cpu_term, gil_term)
+            ceiling_text = f"{ceiling:.0f}"
         else:
-            gil_text, ceiling = "n/a", cpu_term
+            gil_text, ceiling_text = "n/a", f"at most {cpu_term:.0f}"
         print(
             f"  {r['name']}: min({GPU_HOST_CORES} / {r['cpu_ms']:.3f} ms = {cpu_term:.0f}, {gil_text}) "
-            f"= {ceiling:.0f} images/s"
+            f"= {ceiling_text} images/s"
         )
     for r in rows[1:]:
         if r["failures"]:
@@ -387,13 +395,16 @@ def main() -> None:
     print("default card ...", file=sys.stderr)
     args.card_dir = ensure_repo(args.repo)
     args.pre = read_card(args.card_dir).preprocessing
+    if args.pre.mode not in ("", "crop"):
+        sys.exit(f"{args.card_dir}: the card keeps images whole ({args.pre.mode}); the floor and null model crop")
     print("floor ...", file=sys.stderr)
     geometry = (args.pre.resize_shorter, args.pre.crop_height, args.pre.crop_width)
     rows = [floor_row(args.paths, geometry, args.seconds)]
     with tempfile.TemporaryDirectory(prefix="offshelf-frontend-") as folder:
         repo = write_null_model(args.card_dir, pathlib.Path(folder) / "repo")
         served, problems = service_rows(args, repo, pathlib.Path(folder))
-    print_table(args, rows + served, problems, load_before)
+    print_table(args, rows + served)
+    print_notes(rows + served, problems, load_before)
 
 
 if __name__ == "__main__":
