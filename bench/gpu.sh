@@ -13,7 +13,10 @@
 # Environment: GPU_BENCH_SECONDS (seconds per bench row, default 5, shortened to fit the budget), GPU_BENCH_SET
 # (server settings, default "execution_provider=cuda max_batch_size=32"), GPU_BUDGET_SECONDS (default 465),
 # GPU_ALLOW_CPU=1 (go on when CUDA does not work: to try the kit on a machine without a GPU), GPU_SITE, GPU_ORT_PARTS.
-# Usage: bash bench/gpu.sh [install|check|tests|bench] (no argument: all four, in order)
+# Usage: bash bench/gpu.sh [install|check|tests|bench] (no argument: all four, in order, logged). Exit codes: 0 all
+# passed; 1 a test or the bench failed (or CUDA's check, without GPU_ALLOW_CPU); 2 .gpu/repo or .gpu/photos not
+# carried; 3 onnxruntime-gpu parts or wheels missing; 4 the joined wheel's sha256 differs; 8 a step timed out.
+# bench/gpu_kit.sh builds .gpu/ (wheels, onnxruntime-gpu parts, repo, photos, stash.sh, PLAN.md) in one command.
 set -euo pipefail
 
 SELF=$(readlink -f "${BASH_SOURCE[0]}")
@@ -414,14 +417,19 @@ step() {
     STEP_RC=0
     if ((limit < 10)); then
         echo "== $name: skipped: the ${BUDGET} s budget is spent"
-        STEP_RC=124
+        STEP_RC=8
         return 0
     fi
     echo
     echo "== $name (limit ${limit} s; ${SECONDS} s since the start)"
     begun=$SECONDS
     timeout -k 5 "$limit" bash "$SELF" "$@" || STEP_RC=$?
-    echo "-- $name: exit $STEP_RC$( ((STEP_RC == 124)) && echo ' (timed out)'), $((SECONDS - begun)) s"
+    if ((STEP_RC == 124 || STEP_RC == 137)); then
+        echo "-- $name: TIMED OUT after $((SECONDS - begun)) s (exit $STEP_RC; the kit exits 8 for it)"
+        STEP_RC=8 # not 124: the device tool reads 124 as its own limit
+    else
+        echo "-- $name: exit $STEP_RC, $((SECONDS - begun)) s"
+    fi
 }
 
 main() {
