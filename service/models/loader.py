@@ -16,6 +16,8 @@ from offshelf.service.models.preprocess import PixelBudget
 from offshelf.service.models.priority import lower_this_thread
 from offshelf.service.settings import ServiceSettings
 
+log = logging.getLogger(__name__)
+
 
 def load_versions(
     model_dir: pathlib.Path, versions: list[int], settings: ServiceSettings, metrics: Metrics, budget: PixelBudget
@@ -44,7 +46,7 @@ def load_version(
         raise
     except Exception as err:  # a corrupt or unusual graph: onnx and onnxruntime raise many kinds
         raise ModelLoadError(f"{version_dir}: {type(err).__name__}: {err}") from err
-    logging.getLogger(__name__).info(
+    log.info(
         "model loaded",
         extra=fields(
             model=model.name,

@@ -76,7 +76,7 @@ class ModelRegistry:
         with self._control:
             repository = self.repository.versions()
             with self._lock:
-                names = sorted((set(repository) | set(self._models)) - self.states.unloaded)
+                names = sorted((set(repository) | set(self._models)) - self.states.unloaded())
             self._sync(repository, names, strict=False)
 
     def poll(self, seconds: float) -> None:
@@ -113,7 +113,7 @@ class ModelRegistry:
             with self._lock:
                 if name not in self._models and not in_repository:
                     raise NotFound(f"no model named {name!r}")
-                self.states.unloaded.add(name)
+                self.states.unload_requested(name)
                 versions = self._models.pop(name, {})
             for model in versions.values():
                 self._retire(model)
@@ -231,7 +231,7 @@ class ModelRegistry:
         with self._lock:
             versions = dict(self._models.get(name, {}))
             loaded = sorted(self._models)
-            unloaded = name in self.states.unloaded
+            unloaded = self.states.is_unloaded(name)
         if not versions and unloaded:
             raise Unavailable(f"model {name!r} is unloaded; load it (RepositoryModelLoad) to serve it again")
         if not versions and not loaded:

@@ -28,7 +28,7 @@ class VersionStates:
         self.repository, self.metrics = repository, metrics
         self._failed: dict[tuple[str, int], tuple[tuple[int, str], str]] = {}  # (folder, config stamps), error
         self._changing: dict[tuple[str, int], str] = {}  # LOADING or UNLOADING
-        self.unloaded: set[str] = set()  # models unloaded by request: they stay unloaded until loaded again
+        self._unloaded: set[str] = set()  # models unloaded by request: they stay unloaded until loaded again
         self._lock = threading.Lock()
 
     def begin(self, name: str, version: int, change: str) -> None:
@@ -60,10 +60,21 @@ class VersionStates:
             failure = self._failed.get((name, version))
         return failure is not None and failure[0] == (self.repository.folder_stamp(name, version), config_stamp)
 
+    def unload_requested(self, name: str) -> None:
+        with self._lock:
+            self._unloaded.add(name)
+
+    def unloaded(self) -> set[str]:
+        with self._lock:
+            return set(self._unloaded)
+
+    def is_unloaded(self, name: str) -> bool:
+        return name in self._unloaded  # one lookup: atomic under the GIL, and on every call's path
+
     def load_requested(self, name: str) -> None:
         """A load by request: the model is no longer unloaded, and its versions that failed are tried again."""
         with self._lock:
-            self.unloaded.discard(name)
+            self._unloaded.discard(name)
             self._failed = {key: failure for key, failure in self._failed.items() if key[0] != name}
 
     def of(self, name: str, version: int, serving: bool, aside: str) -> VersionState:
@@ -80,6 +91,6 @@ class VersionStates:
                 return VersionState("UNAVAILABLE", f"failed to load: {self._failed[(name, version)][1]}")
             if refused:
                 return VersionState("UNAVAILABLE", refused)
-            if name in self.unloaded:
+            if name in self._unloaded:
                 return VersionState("UNAVAILABLE", "unloaded")
         return VersionState("UNAVAILABLE", "not picked by the model's version policy")
