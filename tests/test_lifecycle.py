@@ -57,6 +57,7 @@ def test_sigterm_turns_health_not_serving_finishes_in_flight_calls_and_exits(tin
             assert client.health() == "SERVING"
             proc.process.send_signal(15)
             statuses = []
+            deadline = time.monotonic() + 30  # its own window: the wait above must not use up the drain's
             while time.monotonic() < deadline:  # until the server refuses new calls
                 try:
                     statuses.append(client.health())
