@@ -60,8 +60,9 @@ demo: $(STAMP)
 		$(BIN)/offshelf eval ukbench --server $(SERVER) $(UKBENCH) --output gem --dba 1 --qe 1 \
 			--plot build/ukbench-ns.png; fi
 
+# One pytest-xdist worker per core; the tests on the shared Milvus standalone run in one of them (tests/conftest.py).
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadgroup
 
 # Regenerate protos/v1/*_pb2*.py from protos/v1/*.proto (a test fails when they are stale).
 protos: $(STAMP)

@@ -98,6 +98,8 @@ def test_milvus_down_is_unavailable_on_every_call_and_index_health_not_serving_u
         client.create_collection(name, model=TINY)
         client.add(name, vectors=vectors, ids=[f"o{i}" for i in range(20)])
         assert client.search(name, vector=vectors[0], k=1)[0].id == "o0"
+        # The server logs the line before its health turns SERVING; the test's log reader may read it later.
+        until(lambda: any(e["message"] == "Milvus answers again" for e in replica.logs[killed_at:]), what="the log")
         after = replica.logs[killed_at:]
         assert [e["message"] for e in after if e["message"].startswith("Milvus")] == [
             "Milvus does not answer",
