@@ -29,8 +29,12 @@ def status_of(call) -> tuple[grpc.StatusCode, str]:
 
 @pytest.fixture(scope="module", params=["embedded", "milvus"])
 def server(request, server):
-    """The shared server, or its twin with collections on Milvus."""
+    """The shared server, or its twin with collections on Milvus. What the stores do alike is tested in process over
+    both (test_store_contract.py); tests marked WIRE_ONLY are about the servicer and run on the embedded store."""
     return server if request.param == "embedded" else request.getfixturevalue("milvus_server")
+
+
+WIRE_ONLY = pytest.mark.parametrize("server", ["embedded"], indirect=True)
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +103,7 @@ def test_vector_round_trip_with_labels_metadata_replace_and_remove(client, colle
     assert client.get_collection(collection).bytes_on_disk > 10 * DIM * 4 or on_milvus  # Milvus keeps the files
 
 
+@WIRE_ONLY
 def test_search_by_image_finds_the_same_object_and_flip_works(client, collection):
     photos = shared_photos("ukbench", 16)
     client.add_images(collection, photos, ids=[p.stem for p in photos], progress=False)
@@ -110,6 +115,7 @@ def test_search_by_image_finds_the_same_object_and_flip_works(client, collection
     assert flipped[0].score < 0.9999  # the mirrored view changes the query
 
 
+@WIRE_ONLY
 def test_search_batch_answers_each_query_as_search_would(client, collection):
     vectors = unit_vectors(40, seed=9)
     client.add(collection, vectors=vectors, ids=[str(i) for i in range(40)])
@@ -130,6 +136,7 @@ def test_search_batch_answers_each_query_as_search_would(client, collection):
     assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("query 1 vector has 2 values")
 
 
+@WIRE_ONLY
 def test_client_streaming_add(client, collection):
     vectors = unit_vectors(30, seed=2)
     requests = [
@@ -146,6 +153,7 @@ def test_client_streaming_add(client, collection):
     assert list(response.ids) == [f"s{i}" for i in range(30)] and response.count == 30
 
 
+@WIRE_ONLY
 def test_whitening_is_learned_and_applied_to_adds_and_queries(client, collection):
     vectors = unit_vectors(300, seed=3)
     client.add(collection, vectors=vectors[:200], ids=[str(i) for i in range(200)])
@@ -162,6 +170,7 @@ def test_whitening_is_learned_and_applied_to_adds_and_queries(client, collection
     assert client.search(collection, vector=vectors[250], k=1)[0].id == "250"
 
 
+@WIRE_ONLY
 def test_whitening_can_be_learned_from_another_collection_of_the_same_output(client, collection):
     """PCA-whitening learned on an independent set of photos, as the papers do (issue 17)."""
     independent = f"test-independent-{uuid.uuid4().hex[:8]}"

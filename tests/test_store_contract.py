@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from offshelf.service.errors import AlreadyExists, InvalidArgument, NotFound
+from offshelf.service.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from offshelf.service.index.config import CollectionConfig, HnswParams, IvfPqParams, Metric
 from offshelf.service.index.contract import CollectionCatalog, CollectionStore, Filter
 from offshelf.service.index.embedded.collection import Collection as EmbeddedCollection
@@ -137,6 +137,22 @@ def test_whitening_keeps_every_item_findable(collection):
     assert collection.info().config.whitening_dim == 8
     assert [row[0][0] for row in collection.search(vectors, k=1)] == ids
     np.testing.assert_allclose(collection.get(["id-09"])["id-09"][1], vectors[9], rtol=1e-5)  # as added
+
+
+def test_whitening_is_learned_from_another_collections_stored_vectors(catalog, collection):
+    """TrainWhitening's learn_from: the sample is the other collection's vectors as added (issue 17)."""
+    source = catalog.create(configured(f"contract-{uuid.uuid4().hex[:8]}"))
+    try:
+        filled(source)
+        vectors = clustered_vectors(6, DIM, seed=2)
+        ids, _ = collection.add([(f"own-{i}", "", {}) for i in range(6)], collection.prepare(vectors))
+        with pytest.raises(FailedPrecondition, match="needs more than 12 vectors; collection 'x' has 6"):
+            collection.train_whitening(12, vectors, "x")  # the check counts the sample, and names where it came from
+        collection.train_whitening(12, source.stored_vectors(), source.name)  # its own 6 are too few for 12
+        assert (collection.info().config.whitening_dim, collection.info().count) == (12, 6)
+        assert [row[0][0] for row in collection.search(vectors, k=1)] == ids
+    finally:
+        catalog.delete(source.name)
 
 
 def test_a_name_is_created_once_and_a_deleted_collection_is_gone(catalog):
