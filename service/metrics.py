@@ -43,6 +43,20 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.http_requests = Counter(
+            "offshelf_http_requests_total",
+            "Calls answered by the HTTP door (health and the page aside), by method, route template, HTTP status "
+            "and the model that ran them ('' for none).",
+            ["method", "route", "status", "model"],
+            registry=self.registry,
+        )
+        self.http_request_seconds = Histogram(
+            "offshelf_http_request_duration_seconds",
+            "HTTP door latency, by method and route template.",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.batch_size = Histogram(
             "offshelf_batch_size_images",
             "Images per inference call, by model.",

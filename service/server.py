@@ -29,6 +29,9 @@ from offshelf.service.api.tls import server_credentials
 from offshelf.service.data_lock import DataFolderLock
 from offshelf.service.errors import StartupError, Unavailable
 from offshelf.service.heads.registry import HeadRegistry
+from offshelf.service.http.app import http_app
+from offshelf.service.http.door import Door
+from offshelf.service.http.listener import HttpListener
 from offshelf.service.index.embedded.registry import CollectionRegistry
 from offshelf.service.logs import fields
 from offshelf.service.metrics import Metrics
@@ -126,11 +129,12 @@ class Server:
         self._last_bound: set[tuple[str, int]] = set()
         self.data_lock = DataFolderLock(settings.data_dir)
         self.slots = CallSlots(settings.max_concurrent_calls)
+        tokens = authentication(settings, self.metrics)
         self._grpc = grpc.server(
             ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix="rpc"),
             interceptors=[
                 *filter(None, [tracing.configure()]),  # each RPC's span, around everything else
-                RpcInterceptor(self.metrics, self.slots, authentication(settings, self.metrics), settings.access_log),
+                RpcInterceptor(self.metrics, self.slots, tokens, settings.access_log),
             ],
             options=[
                 ("grpc.so_reuseport", 0),  # a port another process holds is a start-up error, not shared
@@ -138,18 +142,15 @@ class Server:
                 ("grpc.max_send_message_length", settings.max_message_bytes),
             ],
         )
-        embedding_pb2_grpc.add_EmbeddingServicer_to_server(
-            EmbeddingServicer(self.models, settings.max_images_per_request), self._grpc
-        )
-        index_pb2_grpc.add_IndexServicer_to_server(
-            IndexServicer(self.collections, self.models, settings, self.metrics), self._grpc
-        )
-        heads_pb2_grpc.add_HeadsServicer_to_server(
-            HeadsServicer(self.heads, self.models, settings.max_images_per_request), self._grpc
-        )
-        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.models, self.heads, settings.max_images_per_request, self.ready.is_set), self._grpc
-        )
+        embedding = EmbeddingServicer(self.models, settings.max_images_per_request)
+        index = IndexServicer(self.collections, self.models, settings, self.metrics)
+        heads = HeadsServicer(self.heads, self.models, settings.max_images_per_request)
+        protocol = InferenceServicer(self.models, self.heads, settings.max_images_per_request, self.ready.is_set)
+        embedding_pb2_grpc.add_EmbeddingServicer_to_server(embedding, self._grpc)
+        index_pb2_grpc.add_IndexServicer_to_server(index, self._grpc)
+        heads_pb2_grpc.add_HeadsServicer_to_server(heads, self._grpc)
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(protocol, self._grpc)
+        self._http = self._http_door(tokens, protocol, {"Embedding": embedding, "Index": index, "Heads": heads})
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         self._health_grpc: grpc.Server | None = None
         if settings.health_port is not None:  # its own threads: answered whatever the load on the main port
@@ -159,6 +160,30 @@ class Server:
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_grpc)
         if settings.reflection:
             reflection.enable_server_reflection([*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME], self._grpc)
+
+    def _http_door(
+        self, tokens: Tokens | None, protocol: InferenceServicer, servicers: dict[str, object]
+    ) -> HttpListener | None:
+        """The HTTP door on --http-port, on the same servicers, slots, tokens and TLS files; None when unset."""
+        settings = self.settings
+        if settings.http_port is None:
+            return None
+        door = Door(
+            self.metrics,
+            self.slots,
+            tokens,
+            settings.access_log,
+            settings.max_message_bytes,
+            settings.max_concurrent_calls,
+        )
+        prefixed = {f"/offshelf.v1.{name}/": servicer for name, servicer in servicers.items()}
+        app = http_app(door, protocol, prefixed, self.models, settings.max_images_per_request)
+        tls = (
+            (settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+            if settings.tls_cert and settings.tls_key
+            else None
+        )
+        return HttpListener(app, settings.host, settings.http_port, tls, settings.grace_seconds)
 
     def start(self) -> None:
         self.data_lock.acquire()
@@ -179,6 +204,9 @@ class Server:
                 "pick a free --metrics-port"
             ) from err
         ports = {"grpc_port": self.grpc_port, "metrics_port": self.metrics_port}
+        if self._http is not None:
+            self._http.start()
+            ports["http_port"] = self._http.port
         if self._health_grpc is not None:
             ports["health_port"] = self.health_port
         log.info("listening", extra=fields(**ports))
@@ -251,8 +279,12 @@ class Server:
         deadline = time.monotonic() + self.settings.grace_seconds
         self.slots.close(self.settings.grace_seconds)  # new calls held while the calls in progress end
         stopped = self._grpc.stop(max(0.0, deadline - time.monotonic()))
+        if self._http is not None:
+            self._http.stop_taking_calls()
         self.slots.refuse_held()
         stopped.wait()
+        if self._http is not None:
+            self._http.join()
         if self._health_grpc is not None:
             self._health_grpc.stop(0).wait()
         self.heads.close()

@@ -76,6 +76,15 @@ class ServiceSettings(BaseSettings):
         "probes, which speak neither TLS nor tokens. 0 picks a free one (logged at start); unset: none.",
         json_schema_extra=metavar("PORT"),
     )
+    http_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Port of the HTTP door: the Open Inference Protocol's REST binding (/v2), offshelf's JSON API "
+        "(/v1, /openapi.json), OpenAI-style /v1/embeddings and the search page (/), with the gRPC port's tokens, "
+        "TLS, limits and metrics. 0 picks a free one (logged at start); unset: no HTTP door.",
+        json_schema_extra=metavar("PORT"),
+    )
     metrics_port: int = Field(
         9464,
         ge=0,
