@@ -218,6 +218,7 @@ class ServerProcess:
         started = next(e for e in self.logs if e.get("message") == "listening")
         self.address = f"127.0.0.1:{started['grpc_port']}"
         self.metrics_url = f"http://127.0.0.1:{started['metrics_port']}/metrics"
+        self.http_url = f"http://127.0.0.1:{started['http_port']}" if "http_port" in started else ""
 
     def _read_logs(self) -> None:
         for line in self.process.stderr:

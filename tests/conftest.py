@@ -175,12 +175,12 @@ def install_prometheus() -> tuple[str, str]:
 
 @pytest.fixture(scope="session")
 def tritonclient_python() -> str:
-    """A virtualenv of its own with the stock tritonclient[grpc] (it pins protobuf < 7; offshelf needs 7)."""
+    """A virtualenv of its own with the stock tritonclient[grpc,http] (it pins protobuf < 7; offshelf needs 7)."""
     venv = ROOT / "build" / "tritonclient-venv"
     python = venv / "bin" / "python"
     venv.parent.mkdir(exist_ok=True)
     with filelock.FileLock(venv.parent / "tritonclient-venv.lock"):
-        if not (venv / ".installed").exists():
+        if not (venv / ".installed-grpc-http").exists():
             make_tritonclient_venv(venv)
     return str(python)
 
@@ -189,6 +189,6 @@ def make_tritonclient_venv(venv: pathlib.Path) -> None:
     python = venv / "bin" / "python"
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
     subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "tritonclient[grpc]>=2.50", "numpy"], check=True, timeout=600
+        [str(python), "-m", "pip", "install", "-q", "tritonclient[grpc,http]>=2.50", "numpy"], check=True, timeout=600
     )
-    (venv / ".installed").touch()
+    (venv / ".installed-grpc-http").touch()

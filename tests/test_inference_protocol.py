@@ -243,6 +243,7 @@ def test_stock_tritonclient_works_unchanged(server, client, model_repo, tmp_path
         [
             tritonclient_python,
             str(ROOT / "tests" / "scripts" / "tritonclient_check.py"),
+            "grpc",
             server.address,
             MODEL,
             str(tensor_file),

@@ -10,11 +10,13 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from offshelf.protos.v1 import embedding_pb2, heads_pb2, index_pb2
 from offshelf.service.api.oip import InferenceServicer
 from offshelf.service.http.door import Door
 from offshelf.service.http.json_api import JsonRoutes
 from offshelf.service.http.oip_rest import InferenceRoutes
 from offshelf.service.http.openai_embeddings import EmbeddingsRoute
+from offshelf.service.http.openapi import openapi_document
 from offshelf.service.models.registry import ModelRegistry
 
 
@@ -39,4 +41,20 @@ def http_app(
         *EmbeddingsRoute(door, models, max_images).routes(),
         *JsonRoutes(door, servicers).routes(),
     ]
+    document = openapi_document(list(door.served), rpc_descriptors())
+
+    async def openapi(request: Request) -> JSONResponse:
+        return JSONResponse(document)
+
+    routes.append(door.route("/openapi.json", "GET", None, openapi))
     return Starlette(routes=routes, exception_handlers={404: refused, 405: refused})
+
+
+def rpc_descriptors() -> dict[str, Any]:
+    """Full RPC name (/offshelf.v1.Index/Search) -> its protobuf method descriptor."""
+    return {
+        f"/{service.full_name}/{method.name}": method
+        for module in (embedding_pb2, index_pb2, heads_pb2)
+        for service in module.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+    }

@@ -45,10 +45,13 @@ class Door:
         self.access_log = access_log
         self.max_body_bytes = max_body_bytes
         self._threads = anyio.CapacityLimiter(threads)
+        self.served: list[tuple[str, str, str | None]] = []  # (method, path, rpc) of every route made
 
     def route(self, path: str, method: str, rpc: str | None, handler: Handler) -> Route:
         """A route whose calls need the role of `rpc` (a full gRPC method name, /package.Service/Method); None: an
         open route (health, the page), answered whatever the load, neither counted nor logged."""
+
+        self.served.append((method, path, rpc))
 
         async def endpoint(request: Request) -> Response:
             if rpc is None:
@@ -98,10 +101,10 @@ class Door:
         token = request_context.current.set(served)
         try:
             response = await self._answer(request, rpc, handler, served)
+            response.headers["x-request-id"] = served.request_id
+            self._record(request, path, rpc, response.status_code, started, served)
         finally:
             request_context.current.reset(token)
-        response.headers["x-request-id"] = served.request_id
-        self._record(request, path, rpc, response.status_code, started, served)
         return response
 
     async def _answer(

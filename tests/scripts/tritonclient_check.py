@@ -1,19 +1,21 @@
-"""Runs the stock tritonclient[grpc] against an offshelf server and prints what it got, as JSON.
+"""Runs the stock tritonclient (grpc or http) against an offshelf server and prints what it got, as JSON.
 
 Run in its own virtualenv and process: tritonclient's copy of the `inference` protobufs would clash
-with offshelf's in one process. Arguments: ADDRESS MODEL FP32_NPY IMAGE...
+with offshelf's in one process. Arguments: grpc|http ADDRESS MODEL FP32_NPY IMAGE...
 """
 
 import json
 import sys
 
 import numpy as np
-import tritonclient.grpc as grpcclient
+import tritonclient.grpc
+import tritonclient.http
 from tritonclient.utils import InferenceServerException
 
-address, model, fp32_file, *images = sys.argv[1:]
+protocol, address, model, fp32_file, *images = sys.argv[1:]
+grpcclient = tritonclient.http if protocol == "http" else tritonclient.grpc
 client = grpcclient.InferenceServerClient(address)
-metadata = client.get_model_metadata(model, as_json=True)
+metadata = client.get_model_metadata(model) if protocol == "http" else client.get_model_metadata(model, as_json=True)
 input_name = metadata["inputs"][0]["name"]
 
 encoded = grpcclient.InferInput(input_name, [len(images)], "BYTES")
