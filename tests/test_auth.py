@@ -8,6 +8,7 @@ import time
 
 import grpc
 import pytest
+import requests
 from google.protobuf import message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from test_startup import serve, the_error
@@ -33,7 +34,7 @@ def tokens_file(path, tokens: dict[str, str]):
 def secured(tiny_repo, tmp_path_factory):
     folder = tmp_path_factory.mktemp("secured")
     path = tokens_file(folder / "tokens", TOKENS)
-    server = ServerProcess(tiny_repo, folder / "data", tokens_file=path, drain_seconds=0, health_port=0)
+    server = ServerProcess(tiny_repo, folder / "data", tokens_file=path, drain_seconds=0, health_port=0, http_port=0)
     try:
         server.wait_serving()
         with grpc.insecure_channel(server.address) as channel:
@@ -99,6 +100,32 @@ def test_every_rpc_needs_a_token_of_its_role(secured):
             elif code != expected_denial:
                 unauthorised_successes.append((method, who, code))
     assert unauthorised_successes == []
+
+
+def test_every_http_route_needs_a_token_of_its_rpcs_role(secured):
+    """The HTTP door's routes (as /openapi.json lists them) x {no token, a wrong one, read, write, admin}: each
+    route needs the role of the RPC it stands for; health, the page and the document stay open."""
+    server, _, _ = secured
+    document = requests.get(f"{server.http_url}/openapi.json", timeout=30).json()
+    wrong = []
+    for path, operations in document["paths"].items():
+        concrete = path.replace("{model}", "no-such-model").replace("{version}", "1").replace("{name}", "none")
+        for method, operation in operations.items():
+            rpc = operation["x-offshelf-rpc"]
+            service, name = rpc.strip("/").split("/") if rpc else ("", "")
+            needed = REQUIRED_ROLES[service][name] if rpc and operation.get("security") != [] else None
+            for who, token in [("none", None), ("wrong", "not-a-token"), *TOKENS.items()]:
+                headers = {"authorization": f"Bearer {token}"} if token else {}
+                status = requests.request(method, server.http_url + concrete, headers=headers, timeout=30).status_code
+                if needed is None or who in ROLES and ROLES.index(who) >= ROLES.index(needed):
+                    expected = "not 401 or 403"
+                    denied = status in (401, 403)
+                else:
+                    expected = 401 if who in ("none", "wrong") else 403
+                    denied = status != expected
+                if denied:
+                    wrong.append((method, path, who, status, expected))
+    assert wrong == []
 
 
 def test_health_stays_open_for_probes(secured):
