@@ -2,8 +2,8 @@
 benchmarks use too live in bench/common.py.
 
 `make test` runs the suite in pytest-xdist workers: what is made once per run (the export, the tritonclient venv,
-Debian's prometheus) is made under a file lock in the run's shared temp folder, and every test that uses the shared
-Milvus standalone runs in one worker (the `milvus` xdist group), so one Milvus serves them all."""
+Debian's prometheus and chromium) is made under a file lock in the run's shared temp folder, and every test that uses
+the shared Milvus standalone runs in one worker (the `milvus` xdist group), so one Milvus serves them all."""
 
 from __future__ import annotations
 
@@ -156,21 +156,31 @@ def traffic(model_repo, tmp_path_factory):
 def prometheus_tools(run_folder: pathlib.Path) -> tuple[str, str]:
     """(prometheus, promtool) from Debian's package, installed here when missing."""
     with filelock.FileLock(run_folder / "apt.lock"):
-        return install_prometheus()
+        prometheus, promtool = debian_binaries("prometheus", "prometheus", "promtool")
+    return prometheus, promtool
 
 
-def install_prometheus() -> tuple[str, str]:
-    if not (shutil.which("prometheus") and shutil.which("promtool")):
+@pytest.fixture(scope="session")
+def chromium(run_folder: pathlib.Path) -> str:
+    """Debian's chromium (Playwright's own browser download needs the internet), installed here when missing."""
+    with filelock.FileLock(run_folder / "apt.lock"):
+        (path,) = debian_binaries("chromium", "chromium")
+    return path
+
+
+def debian_binaries(package: str, *binaries: str) -> list[str]:
+    """The paths of `binaries`, installing Debian's `package` first when one is missing (skips where it cannot)."""
+    if not all(shutil.which(b) for b in binaries):
         if os.geteuid() != 0 or not shutil.which("apt-get"):
-            pytest.skip("Prometheus is not installed and apt-get cannot install it here (needs root and apt)")
+            pytest.skip(f"{package} is not installed and apt-get cannot install it here (needs root and apt)")
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         for command in (
             ["apt-get", "update", "-qq"],
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "prometheus"],
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", package],
         ):
-            if subprocess.run(command, env=env, capture_output=True, timeout=600).returncode != 0:
-                pytest.skip(f"could not install Debian's prometheus package ({' '.join(command)} failed)")
-    return shutil.which("prometheus"), shutil.which("promtool")
+            if subprocess.run(command, env=env, capture_output=True, timeout=900).returncode != 0:
+                pytest.skip(f"could not install Debian's {package} package ({' '.join(command)} failed)")
+    return [str(shutil.which(b)) for b in binaries]
 
 
 @pytest.fixture(scope="session")

@@ -3,12 +3,14 @@ OpenAPI document at /openapi.json), OpenAI-style /v1/embeddings and the search p
 
 from __future__ import annotations
 
+from importlib import resources
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from offshelf.protos.v1 import embedding_pb2, heads_pb2, index_pb2
 from offshelf.service.api.oip import InferenceServicer
@@ -18,6 +20,14 @@ from offshelf.service.http.oip_rest import InferenceRoutes
 from offshelf.service.http.openai_embeddings import EmbeddingsRoute
 from offshelf.service.http.openapi import openapi_document
 from offshelf.service.models.registry import ModelRegistry
+
+PAGE = {
+    "/": ("index.html", "text/html"),
+    "/page.js": ("page.js", "text/javascript"),
+    "/page.css": ("page.css", "text/css"),
+}
+# the page runs only its own script and talks only to this server; photos are shown from local blob: URLs
+PAGE_POLICY = "default-src 'self'; img-src 'self' blob: data:; frame-ancestors 'none'"
 
 
 async def refused(request: Request, exc: Exception) -> JSONResponse:
@@ -40,14 +50,31 @@ def http_app(
         *InferenceRoutes(door, protocol).routes(),
         *EmbeddingsRoute(door, models, max_images).routes(),
         *JsonRoutes(door, servicers).routes(),
+        *page_routes(door),
     ]
-    document = openapi_document(list(door.served), rpc_descriptors())
+    document: dict[str, Any] = {}
 
     async def openapi(request: Request) -> JSONResponse:
+        if not document:  # made at the first call: every route exists by then
+            document.update(openapi_document(list(door.served), rpc_descriptors()))
         return JSONResponse(document)
 
     routes.append(door.route("/openapi.json", "GET", None, openapi))
     return Starlette(routes=routes, exception_handlers={404: refused, 405: refused})
+
+
+def page_routes(door: Door) -> list[Route]:
+    """The search page's files, from the package: open routes (the calls the page makes carry the token)."""
+    folder = resources.files("offshelf.service.http") / "page"
+    routes = []
+    for path, (name, media_type) in PAGE.items():
+        content = (folder / name).read_bytes()
+
+        async def page_file(request: Request, content: bytes = content, media_type: str = media_type) -> Response:
+            return Response(content, media_type=media_type, headers={"content-security-policy": PAGE_POLICY})
+
+        routes.append(door.route(path, "GET", None, page_file))
+    return routes
 
 
 def rpc_descriptors() -> dict[str, Any]:

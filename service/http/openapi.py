@@ -46,6 +46,10 @@ HAND_WRITTEN = {  # (method, path) -> (summary, request schema or None, answer s
     ),
     ("POST", "/v2/repository/models/{model}/unload"): ("Unload a model", OBJECT, OBJECT),
     ("POST", "/v1/embeddings"): ("OpenAI-style image embeddings", OBJECT, OBJECT),
+    ("GET", "/openapi.json"): ("This document", None, OBJECT),
+    ("GET", "/"): ("The search page (HTML)", None, OBJECT),
+    ("GET", "/page.js"): ("The search page's script", None, OBJECT),
+    ("GET", "/page.css"): ("The search page's style", None, OBJECT),
 }
 MODEL_ROUTES = {  # suffix under /v2/models/{model}[/versions/{version}]
     ("GET", ""): ("Model metadata", None, OBJECT),
