@@ -243,7 +243,7 @@ def test_deployment_drains_probes_and_hardening(rendered):
 
 def test_services_and_monitoring_point_at_the_right_ports(rendered):
     services = {s["metadata"]["name"]: s for s in objects(rendered, "Service")}
-    assert {p["name"] for p in services["offshelf"]["spec"]["ports"]} == {"grpc", "metrics"}
+    assert {p["name"] for p in services["offshelf"]["spec"]["ports"]} == {"grpc", "http", "metrics"}
     assert services["offshelf-headless"]["spec"]["clusterIP"] == "None"
     (monitor,) = objects(rendered, "ServiceMonitor")
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
@@ -491,7 +491,7 @@ def test_the_network_policy_lets_clients_and_prometheus_in_and_nothing_out_but_m
     assert spec["podSelector"]["matchLabels"].items() <= pod_labels.items()
     assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
     ports = {port["port"] for rule in spec["ingress"] for port in rule["ports"]}
-    assert ports == {"grpc", "metrics"}
+    assert ports == {"grpc", "http", "metrics"}
     egress_ports = {port["port"] for rule in spec.get("egress") or [] for port in rule["ports"]}
     assert egress_ports == ({53, 19530, 2379} if overlay in SCALE else set())
 
