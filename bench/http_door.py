@@ -28,6 +28,7 @@ from common import ServerProcess
 from embed import MODEL, ROOT, ensure_repo, service_row
 
 CONCURRENCY = (1, 8, 16)
+OUTPUTS = json.dumps({"outputs": ["embedding"]})  # as the gRPC row asks
 
 
 def main() -> None:
@@ -49,7 +50,7 @@ def main() -> None:
         return sessions.session
 
     def multipart(i: int) -> None:
-        files = {"image": ("photo.jpg", jpegs[i % len(jpegs)], "image/jpeg")}
+        files = {"image": ("photo.jpg", jpegs[i % len(jpegs)], "image/jpeg"), "request": (None, OUTPUTS)}
         answer = session().post(f"{server.http_url}/v1/models/{MODEL}/embed", files=files, timeout=60)
         answer.raise_for_status()
 

@@ -48,6 +48,11 @@ class CallSlots:
         self._lock = threading.Lock()
         self.held = 0
 
+    @property
+    def closing(self) -> bool:
+        """From close() on, take() holds the caller until refuse_held()."""
+        return self._closing.is_set()
+
     def take(self) -> None:
         if self._closing.is_set():
             with self._lock:

@@ -111,7 +111,10 @@ class Door:
         self, request: Request, rpc: str, handler: Handler, served: request_context.RequestContext
     ) -> Response:
         try:
-            await self.run(self.slots.take)  # may hold the call while the server shuts down
+            if self.slots.closing:
+                await self.run(self.slots.take)  # holds the call (in a thread) while the server shuts down
+            else:
+                self.slots.take()  # never blocks
         except ServiceError as err:
             return error_response(err, err.message, served.request_id)
         in_flight = self.metrics.in_flight.labels(rpc.rsplit("/", 1)[-1])

@@ -10,6 +10,7 @@ in the .proto, every field present, 64-bit integers as numbers)."""
 
 from __future__ import annotations
 
+import base64
 import pathlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -101,12 +102,35 @@ ROUTES = [
 
 
 def answer_json(message: Message) -> dict:
-    return json_format.MessageToDict(
-        message,
-        preserving_proto_field_name=True,
-        always_print_fields_with_no_presence=True,
-        unquote_int64_if_possible=True,
-    )
+    """A message in protobuf's JSON mapping (field names as in the .proto, every field present, 64-bit integers as
+    numbers, enums by name, bytes as base64). Written here because json_format's takes ~5 ms for one 1280-d vector:
+    repeated numbers are copied as they are (a float32 as the double that holds it exactly)."""
+    answer: dict[str, Any] = {}
+    for field in message.DESCRIPTOR.fields:
+        value = getattr(message, field.name)
+        if field.containing_oneof is not None and message.WhichOneof(field.containing_oneof.name) != field.name:
+            continue
+        if field.has_presence and not field.is_repeated and not message.HasField(field.name):
+            continue  # a message field or an optional scalar that is not set
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            entry = field.message_type.fields_by_name["value"]
+            answer[field.name] = {k: json_value(entry, v) for k, v in value.items()}
+        elif field.is_repeated:
+            simple = field.message_type is None and field.enum_type is None and field.type != field.TYPE_BYTES
+            answer[field.name] = list(value) if simple else [json_value(field, v) for v in value]
+        else:
+            answer[field.name] = json_value(field, value)
+    return answer
+
+
+def json_value(field: Any, value: Any) -> Any:
+    if field.message_type is not None:
+        return answer_json(value)
+    if field.enum_type is not None:
+        return field.enum_type.values_by_number[value].name
+    if field.type == field.TYPE_BYTES:
+        return base64.b64encode(value).decode()
+    return value
 
 
 def parsed(fields: dict, message_type: type[Message]) -> Message:

@@ -73,7 +73,11 @@ class HttpListener:
             ssl_context_factory=factory,
         )
         self.server = uvicorn.Server(self.config)
-        self.socket = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets whose proto says TCP; without it a response
+        # written in two parts (headers, body) waits for the client's delayed ACK, 40 ms a call
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.socket = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart within TIME_WAIT
         try:
             self.socket.bind((host, port))
         except OSError as err:
