@@ -106,20 +106,20 @@ def answer_json(message: Message) -> dict:
     numbers, enums by name, bytes as base64). Written here because json_format's takes ~5 ms for one 1280-d vector:
     repeated numbers are copied as they are (a float32 as the double that holds it exactly)."""
     answer: dict[str, Any] = {}
-    for field in message.DESCRIPTOR.fields:
-        value = getattr(message, field.name)
-        if field.containing_oneof is not None and message.WhichOneof(field.containing_oneof.name) != field.name:
+    for described in message.DESCRIPTOR.fields:
+        value = getattr(message, described.name)
+        if described.containing_oneof is not None and message.WhichOneof(described.containing_oneof.name) != described.name:
             continue
-        if field.has_presence and not field.is_repeated and not message.HasField(field.name):
-            continue  # a message field or an optional scalar that is not set
-        if field.message_type is not None and field.message_type.GetOptions().map_entry:
-            entry = field.message_type.fields_by_name["value"]
-            answer[field.name] = {k: json_value(entry, v) for k, v in value.items()}
-        elif field.is_repeated:
-            simple = field.message_type is None and field.enum_type is None and field.type != field.TYPE_BYTES
-            answer[field.name] = list(value) if simple else [json_value(field, v) for v in value]
+        if described.has_presence and not described.is_repeated and not message.HasField(described.name):
+            continue  # a message described or an optional scalar that is not set
+        if described.message_type is not None and described.message_type.GetOptions().map_entry:
+            entry = described.message_type.fields_by_name["value"]
+            answer[described.name] = {k: json_value(entry, v) for k, v in value.items()}
+        elif described.is_repeated:
+            simple = described.message_type is None and described.enum_type is None and described.type != described.TYPE_BYTES
+            answer[described.name] = list(value) if simple else [json_value(described, v) for v in value]
         else:
-            answer[field.name] = json_value(field, value)
+            answer[described.name] = json_value(described, value)
     return answer
 
 
