@@ -106,20 +106,18 @@ def answer_json(message: Message) -> dict:
     numbers, enums by name, bytes as base64). Written here because json_format's takes ~5 ms for one 1280-d vector:
     repeated numbers are copied as they are (a float32 as the double that holds it exactly)."""
     answer: dict[str, Any] = {}
-    for described in message.DESCRIPTOR.fields:
-        value = getattr(message, described.name)
-        if described.containing_oneof is not None and message.WhichOneof(described.containing_oneof.name) != described.name:
-            continue
-        if described.has_presence and not described.is_repeated and not message.HasField(described.name):
-            continue  # a message described or an optional scalar that is not set
-        if described.message_type is not None and described.message_type.GetOptions().map_entry:
-            entry = described.message_type.fields_by_name["value"]
-            answer[described.name] = {k: json_value(entry, v) for k, v in value.items()}
-        elif described.is_repeated:
-            simple = described.message_type is None and described.enum_type is None and described.type != described.TYPE_BYTES
-            answer[described.name] = list(value) if simple else [json_value(described, v) for v in value]
+    for fd in message.DESCRIPTOR.fields:
+        value = getattr(message, fd.name)
+        if fd.has_presence and not fd.is_repeated and not message.HasField(fd.name):
+            continue  # a message field, a oneof's other member or an optional scalar that is not set
+        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+            entry = fd.message_type.fields_by_name["value"]
+            answer[fd.name] = {k: json_value(entry, v) for k, v in value.items()}
+        elif fd.is_repeated:
+            simple = fd.message_type is None and fd.enum_type is None and fd.type != fd.TYPE_BYTES
+            answer[fd.name] = list(value) if simple else [json_value(fd, v) for v in value]
         else:
-            answer[described.name] = json_value(described, value)
+            answer[fd.name] = json_value(fd, value)
     return answer
 
 
