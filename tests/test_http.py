@@ -297,3 +297,44 @@ def test_the_openapi_document_is_valid_and_lists_exactly_the_routes_served(serve
     assert set(search["requestBody"]["content"]) == {"application/json", "multipart/form-data"}
     request = document["components"]["schemas"]["offshelf.v1.SearchRequest"]["properties"]
     assert request["k"] == {"type": "integer", "format": "int32"} and request["filter"]["$ref"].endswith("Filter")
+
+
+def test_answers_are_protobufs_json_mapping_as_json_format_writes_it():
+    """The door writes JSON with a converter of its own (json_format's is 50x slower on vectors): the same dict as
+    MessageToDict for messages with every kind of field, set and unset."""
+    from google.protobuf import json_format
+
+    from offshelf.protos.v1 import embedding_pb2, heads_pb2, index_pb2
+    from offshelf.service.http.json_api import answer_json
+
+    vector = embedding_pb2.Vector(values=[0.1, -2.5, 3e-8], dim=3)
+    messages = [
+        index_pb2.Collection(name="c", count=5, metric=index_pb2.METRIC_L2, binding=index_pb2.Binding(version=2)),
+        index_pb2.SearchRequest(collection="c", image=b"\x00\xff", k=3, min_score=0.5, filter=index_pb2.Filter()),
+        index_pb2.SearchRequest(id="q"),
+        index_pb2.SearchResponse(hits=[index_pb2.Hit(id="a", score=0.25, label="x", metadata={"k": "v"})]),
+        index_pb2.GetItemsResponse(items=[index_pb2.StoredItem(id="a", vector=vector)], not_found=["b"]),
+        embedding_pb2.EmbedResponse(
+            model="m", version=1, results=[embedding_pb2.ImageEmbeddings(outputs={"e": vector})]
+        ),
+        heads_pb2.HeadJob(head="h", version=2, state=heads_pb2.JOB_STATE_RUNNING, progress=0.5),
+        heads_pb2.ListHeadsResponse(),
+    ]
+    for message in messages:
+        expected = json_format.MessageToDict(
+            message,
+            preserving_proto_field_name=True,
+            always_print_fields_with_no_presence=True,
+            unquote_int64_if_possible=True,
+        )
+        assert as_float32(json.loads(json.dumps(answer_json(message)))) == as_float32(expected), message
+
+
+def as_float32(value):
+    """Floats as the float32 they stand for (json_format writes a float32's shortest text; offshelf, the double that
+    holds it exactly)."""
+    if isinstance(value, dict):
+        return {k: as_float32(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [as_float32(v) for v in value]
+    return np.float32(value) if isinstance(value, float) else value
