@@ -1,5 +1,6 @@
-"""TLS and mutual TLS on the gRPC port (issue 14, section 1), with certificates made by openssl: plaintext is
-refused, a rotated certificate serves new connections without a restart, mTLS refuses clients without one."""
+"""TLS and mutual TLS on the gRPC port (issue 14, section 1) and the HTTP door, with certificates made by openssl:
+plaintext is refused, a rotated certificate serves new connections without a restart, mTLS refuses clients without
+one."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 
 import grpc
 import pytest
+import requests
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from test_startup import serve, the_error
 
@@ -77,6 +79,10 @@ def plaintext_health_port_answers_health_only(server: ServerProcess) -> bool:
     )
 
 
+def http_ready(url: str, **tls) -> bool:
+    return requests.get(url + "/v2/health/ready", timeout=10, **tls).status_code == 200
+
+
 def test_tls_refuses_plaintext_and_serves_a_rotated_certificate_to_new_connections(tiny_repo, tmp_path):
     first_ca, second_ca = authority(tmp_path, "first-ca"), authority(tmp_path, "second-ca")
     cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
@@ -88,6 +94,7 @@ def test_tls_refuses_plaintext_and_serves_a_rotated_certificate_to_new_connectio
         tls_cert=cert,
         tls_key=key,
         health_port=0,
+        http_port=0,
         drain_seconds=0,
         client={"ca_cert": first_ca[0]},
     )
@@ -96,10 +103,17 @@ def test_tls_refuses_plaintext_and_serves_a_rotated_certificate_to_new_connectio
         assert serving(server, ca_cert=first_ca[0]) == "SERVING"
         assert refused(server)  # plaintext
         assert plaintext_health_port_answers_health_only(server)
+        https = server.http_url.replace("http://", "https://")
+        assert http_ready(https, verify=str(first_ca[0]))  # the HTTP door speaks TLS with the same files
+        with pytest.raises(requests.ConnectionError):
+            requests.get(server.http_url + "/v2/health/ready", timeout=10)  # plaintext
         for source, target in zip(signed(tmp_path, "server-2", second_ca), (cert, key), strict=True):
             shutil.copy(source, target)  # as cert-manager rotates a Secret
         assert serving(server, ca_cert=second_ca[0]) == "SERVING"
         assert refused(server, ca_cert=first_ca[0])  # the old chain is no longer presented
+        assert http_ready(https, verify=str(second_ca[0]))
+        with pytest.raises(requests.exceptions.SSLError):
+            http_ready(https, verify=str(first_ca[0]))
     finally:
         server.kill()
 
@@ -112,13 +126,25 @@ def test_mutual_tls_refuses_clients_without_a_certificate_the_client_ca_signed(t
     stranger_cert, stranger_key = signed(tmp_path, "stranger", other_ca)
     mutual = {"ca_cert": ca[0], "client_cert": client_cert, "client_key": client_key}
     server = ServerProcess(
-        tiny_repo, tmp_path / "data", tls_cert=cert, tls_key=key, tls_client_ca=ca[0], drain_seconds=0, client=mutual
+        tiny_repo,
+        tmp_path / "data",
+        tls_cert=cert,
+        tls_key=key,
+        tls_client_ca=ca[0],
+        drain_seconds=0,
+        http_port=0,
+        client=mutual,
     )
     try:
         server.wait_serving()
         assert serving(server, **mutual) == "SERVING"
         assert refused(server, ca_cert=ca[0])  # no client certificate
         assert refused(server, ca_cert=ca[0], client_cert=stranger_cert, client_key=stranger_key)
+        https = server.http_url.replace("http://", "https://")
+        assert http_ready(https, verify=str(ca[0]), cert=(str(client_cert), str(client_key)))
+        for stranger in (None, (str(stranger_cert), str(stranger_key))):
+            with pytest.raises((requests.exceptions.SSLError, requests.ConnectionError)):
+                http_ready(https, verify=str(ca[0]), cert=stranger)
     finally:
         server.kill()
 

@@ -1,7 +1,8 @@
 """What every HTTP call goes through, as every gRPC call goes through api/interceptor.py: a request id, a call slot
 (the same slots as the gRPC port's: one limit for the process), the bearer token's role for the RPC the route
-stands for (the same role table), the body read within the size limit, the engine's work in a worker thread, the
-engine's errors mapped once (http/statuses.py), a count and an access log line."""
+stands for (the same role table), a trace span named as the RPC's, the body read within the size limit, the
+engine's work in a worker thread, the engine's errors mapped once (http/statuses.py), a count and an access log
+line."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
+from opentelemetry import propagate
+from opentelemetry.trace import SpanKind
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from offshelf.service import request_context
+from offshelf.service import request_context, tracing
 from offshelf.service.api.auth import Tokens
 from offshelf.service.api.interceptor import CallSlots, shortened
 from offshelf.service.errors import DecodeError, ServiceError
@@ -99,8 +102,12 @@ class Door:
         started = time.perf_counter()
         served = request_context.RequestContext(request_context.request_id_from(tuple(request.headers.items())))
         token = request_context.current.set(served)
+        caller = propagate.extract(request.headers)  # a traceparent header joins the caller's trace
         try:
-            response = await self._answer(request, rpc, handler, served)
+            with tracing.tracer.start_as_current_span(rpc, context=caller, kind=SpanKind.SERVER) as span:
+                response = await self._answer(request, rpc, handler, served)
+                span.set_attributes({"http.request.method": request.method, "http.route": path})
+                span.set_attribute("http.response.status_code", response.status_code)
             response.headers["x-request-id"] = served.request_id
             self._record(request, path, rpc, response.status_code, started, served)
         finally:
