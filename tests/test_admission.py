@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
+import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from offshelf.clients import Client
@@ -84,7 +85,7 @@ def _ignore_errors(call, *args, **kwargs) -> None:
 @pytest.fixture(scope="module")
 def two_calls(tmp_path_factory):
     """A server that handles two calls at once, whose batches wait a minute to fill 8 images."""
-    settings = {"max_concurrent_calls": 2, "worker_threads": 4, "max_batch_size": 8}
+    settings = {"max_concurrent_calls": 2, "worker_threads": 4, "max_batch_size": 8, "http_port": 0}
     yield from tiny_server(tmp_path_factory.mktemp("two-calls"), **settings)
 
 
@@ -119,6 +120,10 @@ def test_calls_beyond_the_limit_are_refused_at_once_while_health_answers(two_cal
             with pytest.raises(grpc.RpcError) as err:
                 client.list_collections()
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        refused = requests.get(f"{two_calls.http_url}/v1/collections", timeout=30)  # one limit for both doors
+        assert (refused.status_code, refused.headers["retry-after"]) == (503, "1")
+        assert "limit of 2 calls" in refused.json()["error"]
+        assert requests.get(f"{two_calls.http_url}/v2/health/ready", timeout=30).status_code == 200  # open
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="thread nice values are Linux's")

@@ -12,6 +12,7 @@ import time
 import urllib.request
 
 import grpc
+import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from offshelf.clients import Client
@@ -36,7 +37,13 @@ def test_sigterm_turns_health_not_serving_finishes_in_flight_calls_and_exits(tin
     # The tiny model's batcher waits up to 4 s for a batch of 128 to fill, so a call of 64 images is in flight
     # through the 2 s drain and after it, however fast the machine.
     proc = ServerProcess(
-        tiny_repo, tmp_path, drain_seconds=2, max_batch_size=128, max_batch_delay_ms=4000, eager_batching=False
+        tiny_repo,
+        tmp_path,
+        drain_seconds=2,
+        max_batch_size=128,
+        max_batch_delay_ms=4000,
+        eager_batching=False,
+        http_port=0,
     )
     try:
         proc.wait_serving()
@@ -56,16 +63,19 @@ def test_sigterm_turns_health_not_serving_finishes_in_flight_calls_and_exits(tin
             proc.process.send_signal(15)
             statuses = []
             deadline = time.monotonic() + 30
+            ready = []  # the HTTP door's readiness, beside
             while time.monotonic() < deadline:  # until the server refuses new calls
                 try:
                     statuses.append(client.health())
-                except grpc.RpcError:
+                    ready.append(requests.get(f"{proc.http_url}/v2/health/ready", timeout=5).status_code)
+                except (grpc.RpcError, requests.ConnectionError):
                     break
                 time.sleep(0.05)
         in_flight.join(60)
         # SERVING until the server has handled the signal, then NOT_SERVING until it refuses calls
         assert "NOT_SERVING" in statuses
         assert set(statuses[statuses.index("NOT_SERVING") :]) == {"NOT_SERVING"}
+        assert 503 in ready and set(ready[ready.index(503) :]) == {503}  # not ready from the signal on
         assert outcome["shape"] == (64, 1280)
         assert proc.process.wait(30) == 0
         assert [e["message"] for e in proc.logs if e["logger"] != "offshelf.access"][-2:] == ["draining", "stopped"]

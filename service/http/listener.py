@@ -19,6 +19,7 @@ from offshelf.service.api.tls import CertificateFiles
 from offshelf.service.errors import StartupError
 
 log = logging.getLogger(__name__)
+logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # its start and stop lines repeat offshelf's own
 START_SECONDS = 30
 
 
