@@ -19,6 +19,8 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -159,7 +161,11 @@ async def multipart_fields(request: Request, route: JsonRoute) -> tuple[dict, li
     per file (the request part's items in file order, or an item per file whose id is the file's name)."""
     if not route.images:
         raise InvalidArgument(f"{route.name} takes no images: send its request as JSON")
-    form = await request.form(max_files=MAX_PARTS, max_fields=MAX_PARTS)
+    try:
+        form = await request.form(max_files=MAX_PARTS, max_fields=MAX_PARTS)
+    except (MultiPartException, HTTPException) as err:  # HTTPException: Starlette's wrapping of the same
+        detail = err.message if isinstance(err, MultiPartException) else err.detail
+        raise InvalidArgument(f"the multipart body cannot be read ({detail}); send multipart/form-data") from err
     text = form.get("request")
     fields = json_object(text.encode(), "the request part") if isinstance(text, str) else {}
     files = [part for _, part in form.multi_items() if isinstance(part, UploadFile)]

@@ -65,6 +65,8 @@ def json_object(data: bytes, what: str) -> dict:
         parsed = json.loads(data or b"{}")
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise InvalidArgument(f"{what} is not valid JSON ({err})") from err
+    except RecursionError as err:
+        raise InvalidArgument(f"{what} nests arrays or objects too deeply to read") from err
     if not isinstance(parsed, dict):
         raise InvalidArgument(f"{what} is a JSON {type(parsed).__name__}; send an object")
     return parsed
