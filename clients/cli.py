@@ -309,6 +309,13 @@ def add_collection_create(parser: argparse.ArgumentParser) -> None:
         default="flat",
         help="flat: exact (default); hnsw: graph; ivfpq: compressed, trained once big enough",
     )
+    parser.add_argument(
+        "--thumbnail-size",
+        type=positive_int,
+        default=0,
+        metavar="PIXELS",
+        help="keep a JPEG of each image item, at most PIXELS (16-256) on its longer side, for the search page",
+    )
     for index_type, fields in INDEX_PARAMETERS.items():
         group = parser.add_argument_group(f"{index_type} parameters (default: the server's, docs/api.md)")
         for flag, (_, help_text) in fields.items():
@@ -360,6 +367,7 @@ def run_collection_create(args: argparse.Namespace, client: Client) -> None:
         hnsw=parameters.get("hnsw"),
         ivfpq=parameters.get("ivfpq"),
         dim=args.dim,
+        thumbnail_size=args.thumbnail_size,
     )
     show(args, Shown(message_dict(info), f"created {info.name}: {bound_to(info.binding)}, {info.index_type}"))
 

@@ -182,12 +182,14 @@ class Api:
         ivfpq: dict[str, int] | None = None,
         *,
         dim: int = 0,
+        thumbnail_size: int = 0,
     ) -> index_pb2.Collection:
         """A collection bound to a served model's output (model: default efficientnet-lite0, output: default
         "embedding"), or with dim and no model, of your own vectors of dim values (added and searched by vector or
         id). metric: "ip" (inner product on L2-normalised vectors) or "l2"; index_type: flat, hnsw or ivfpq, with
         hnsw={"m", "ef_construction", "ef_search"} or ivfpq={"nlist", "m", "nbits", "nprobe", "train_size",
-        "refine_factor"} (unset: the server's defaults)."""
+        "refine_factor"} (unset: the server's defaults). thumbnail_size: keep a JPEG of each image item, at most this
+        many pixels on its longer side (16 to 256), for pages that show hits (0: none)."""
         if not dim:
             model, output = model or DEFAULT_MODEL, output or "embedding"
         request = index_pb2.CreateCollectionRequest(
@@ -200,6 +202,7 @@ class Api:
             index_type=index_type,
             hnsw=index_pb2.HnswParams(**(hnsw or {})),
             ivfpq=index_pb2.IvfPqParams(**(ivfpq or {})),
+            thumbnail_size=thumbnail_size,
         )
         return self._call("index", "CreateCollection", request)
 

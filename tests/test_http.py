@@ -338,3 +338,33 @@ def as_float32(value):
     if isinstance(value, list):
         return [as_float32(v) for v in value]
     return np.float32(value) if isinstance(value, float) else value
+
+
+def test_a_collection_with_thumbnails_returns_them_with_hits_and_items_and_drops_them_with_the_item(server):
+    import io
+
+    from PIL import Image
+
+    url = f"{server.http_url}/v1/collections"
+    created = requests.post(url, json={"name": "thumbs", "model": MODEL, "thumbnail_size": 96}, timeout=30).json()
+    assert created["thumbnail_size"] == 96
+    photos = ukbench(2)
+    files = [("image", (p.stem, p.read_bytes(), "image/jpeg")) for p in photos]
+    assert requests.post(f"{url}/thumbs/items", files=files, timeout=60).json()["count"] == 8
+    query = {"id": photos[0].stem, "k": 4, "with_thumbnails": True}
+    hits = requests.post(f"{url}/thumbs/search", json=query, timeout=60).json()["hits"]
+    for hit in hits:
+        with Image.open(io.BytesIO(base64.b64decode(hit["thumbnail"]))) as shown:
+            assert shown.format == "JPEG" and max(shown.size) == 96  # 320x240 photos: 96x72
+    plain = requests.post(f"{url}/thumbs/search", json={**query, "with_thumbnails": False}, timeout=60).json()
+    assert {hit["thumbnail"] for hit in plain["hits"]} == {""}
+    listed = requests.get(f"{url}/thumbs/items", params={"with_thumbnails": "true"}, timeout=30).json()["items"]
+    assert len(listed) == 8 and all(item["thumbnail"] for item in listed)
+    requests.post(f"{url}/thumbs/items/remove", json={"ids": [photos[0].stem]}, timeout=30)
+    requests.post(f"{url}/thumbs/items", json={"items": [{"id": photos[0].stem, "vector": {"values": [0.5] * 1280}}]})
+    got = requests.post(f"{url}/thumbs/items/get", json={"ids": [photos[0].stem], "with_thumbnails": True}).json()
+    assert got["items"][0]["thumbnail"] == ""  # removed with its item, not back with a vector under its id
+    refused = requests.post(url, json={"name": "t2", "dim": 8, "thumbnail_size": 96}, timeout=30)
+    assert refused.status_code == 400 and "needs a collection of images" in refused.json()["error"]
+    assert requests.post(url, json={"name": "t3", "model": MODEL, "thumbnail_size": 4096}).status_code == 400
+    requests.delete(f"{url}/thumbs", timeout=30)

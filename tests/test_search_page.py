@@ -20,7 +20,7 @@ def server(model_repo, tmp_path_factory):
     """A server whose collection holds the first five UKBench objects' views but the query's (ukbench00000)."""
     with serving(model_repo, tmp_path_factory.mktemp("page") / "data", http_port=0, drain_seconds=0) as running:
         with Client(running.address, timeout=120) as client:
-            client.create_collection("ukbench-page", MODEL)
+            client.create_collection("ukbench-page", MODEL, thumbnail_size=128)
             photos = shared_photos("ukbench", 20)[1:]
             client.add("ukbench-page", photos, ids=[p.stem for p in photos])
         yield running
@@ -54,6 +54,9 @@ def test_a_dropped_photo_finds_its_objects_other_views_first(server, page: Page)
     expect(hits).to_have_count(3)
     shown = {hits.nth(i).get_attribute("data-id") for i in range(3)}
     assert shown == {"ukbench00001", "ukbench00002", "ukbench00003"}  # the query's object's other views
+    pictures = page.locator("#hits li img")
+    expect(pictures).to_have_count(3)  # the hits as pictures: the collection keeps thumbnails
+    assert page.evaluate("[...document.querySelectorAll('#hits img')].every(i => i.naturalWidth === 128)")
     expect(page.locator("#query-figure")).to_be_visible()
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "search-page.png"), full_page=True)

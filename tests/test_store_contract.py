@@ -98,6 +98,34 @@ def test_items_are_removed_by_id_and_by_filter(collection):
     assert collection.search(collection.stored_vectors()[:1], k=COUNT)[0][0][2] == "c0"
 
 
+def test_thumbnails_are_kept_apart_replaced_with_their_item_and_removed_with_it(catalog):
+    """Thumbnails stay through whitening and a rewrite of the vectors, go when their item is replaced without one
+    or removed (by id, by filter, with the collection)."""
+    name = f"thumbs-{uuid.uuid4().hex[:8]}"
+    config = configured(name, Metric.INNER_PRODUCT)
+    config.thumbnail_size = 64
+    collection = catalog.create(config)
+    vectors = clustered_vectors(8, DIM, seed=3)
+    items = [(f"t{i}", f"c{i % 2}", {}) for i in range(8)]
+    jpegs = [f"jpeg-{i}".encode() for i in range(8)]
+    collection.add(items, collection.prepare(vectors), [*jpegs[:7], b""])
+    assert collection.thumbnails(["t0", "t6", "t7", "absent"]) == {"t0": b"jpeg-0", "t6": b"jpeg-6"}
+    collection.add(items[:1], collection.prepare(vectors[:1]))  # t0 replaced without a thumbnail
+    collection.add(items[1:2], collection.prepare(vectors[1:2]), [b"jpeg-1b"])  # t1 with a new one
+    assert collection.thumbnails(["t0", "t1"]) == {"t1": b"jpeg-1b"}
+    collection.train_whitening(4)
+    if isinstance(collection, EmbeddedCollection):  # augmentation is the embedded store's
+        collection.augment(1, 3.0)
+    assert collection.thumbnails(["t1", "t2"]) == {"t1": b"jpeg-1b", "t2": b"jpeg-2"}
+    collection.remove(["t2"])
+    collection.remove_where(Filter(labels=("c1",)))  # t1, t3, t5, t7
+    assert collection.thumbnails([f"t{i}" for i in range(8)]) == {"t4": b"jpeg-4", "t6": b"jpeg-6"}
+    catalog.delete(name)
+    again = catalog.create(config)  # a collection of the same name starts without them
+    assert again.thumbnails(["t4", "t6"]) == {}
+    catalog.delete(name)
+
+
 def test_each_vector_finds_its_item_first_and_a_filter_selects_among_them(collection):
     ids, vectors = filled(collection)
     hits = collection.search(vectors, k=3)

@@ -58,7 +58,7 @@ class Binding(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., output: _Optional[str] = ..., pooling: _Optional[str] = ..., preprocessing_hash: _Optional[str] = ..., dim: _Optional[int] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
-    __slots__ = ("name", "model", "version", "output", "metric", "index_type", "hnsw", "ivfpq", "dim")
+    __slots__ = ("name", "model", "version", "output", "metric", "index_type", "hnsw", "ivfpq", "dim", "thumbnail_size")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +68,7 @@ class CreateCollectionRequest(_message.Message):
     HNSW_FIELD_NUMBER: _ClassVar[int]
     IVFPQ_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
+    THUMBNAIL_SIZE_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     version: int
@@ -77,10 +78,11 @@ class CreateCollectionRequest(_message.Message):
     hnsw: HnswParams
     ivfpq: IvfPqParams
     dim: int
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., output: _Optional[str] = ..., metric: _Optional[_Union[Metric, str]] = ..., index_type: _Optional[str] = ..., hnsw: _Optional[_Union[HnswParams, _Mapping]] = ..., ivfpq: _Optional[_Union[IvfPqParams, _Mapping]] = ..., dim: _Optional[int] = ...) -> None: ...
+    thumbnail_size: int
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., output: _Optional[str] = ..., metric: _Optional[_Union[Metric, str]] = ..., index_type: _Optional[str] = ..., hnsw: _Optional[_Union[HnswParams, _Mapping]] = ..., ivfpq: _Optional[_Union[IvfPqParams, _Mapping]] = ..., dim: _Optional[int] = ..., thumbnail_size: _Optional[int] = ...) -> None: ...
 
 class Collection(_message.Message):
-    __slots__ = ("name", "binding", "metric", "index_type", "hnsw", "ivfpq", "count", "bytes_on_disk", "trained", "whitening_dim")
+    __slots__ = ("name", "binding", "metric", "index_type", "hnsw", "ivfpq", "count", "bytes_on_disk", "trained", "whitening_dim", "thumbnail_size")
     NAME_FIELD_NUMBER: _ClassVar[int]
     BINDING_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +93,7 @@ class Collection(_message.Message):
     BYTES_ON_DISK_FIELD_NUMBER: _ClassVar[int]
     TRAINED_FIELD_NUMBER: _ClassVar[int]
     WHITENING_DIM_FIELD_NUMBER: _ClassVar[int]
+    THUMBNAIL_SIZE_FIELD_NUMBER: _ClassVar[int]
     name: str
     binding: Binding
     metric: Metric
@@ -101,7 +104,8 @@ class Collection(_message.Message):
     bytes_on_disk: int
     trained: bool
     whitening_dim: int
-    def __init__(self, name: _Optional[str] = ..., binding: _Optional[_Union[Binding, _Mapping]] = ..., metric: _Optional[_Union[Metric, str]] = ..., index_type: _Optional[str] = ..., hnsw: _Optional[_Union[HnswParams, _Mapping]] = ..., ivfpq: _Optional[_Union[IvfPqParams, _Mapping]] = ..., count: _Optional[int] = ..., bytes_on_disk: _Optional[int] = ..., trained: _Optional[bool] = ..., whitening_dim: _Optional[int] = ...) -> None: ...
+    thumbnail_size: int
+    def __init__(self, name: _Optional[str] = ..., binding: _Optional[_Union[Binding, _Mapping]] = ..., metric: _Optional[_Union[Metric, str]] = ..., index_type: _Optional[str] = ..., hnsw: _Optional[_Union[HnswParams, _Mapping]] = ..., ivfpq: _Optional[_Union[IvfPqParams, _Mapping]] = ..., count: _Optional[int] = ..., bytes_on_disk: _Optional[int] = ..., trained: _Optional[bool] = ..., whitening_dim: _Optional[int] = ..., thumbnail_size: _Optional[int] = ...) -> None: ...
 
 class ListCollectionsRequest(_message.Message):
     __slots__ = ()
@@ -202,7 +206,7 @@ class Values(_message.Message):
     def __init__(self, values: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StoredItem(_message.Message):
-    __slots__ = ("id", "label", "metadata", "vector")
+    __slots__ = ("id", "label", "metadata", "vector", "thumbnail")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -214,21 +218,25 @@ class StoredItem(_message.Message):
     LABEL_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
+    THUMBNAIL_FIELD_NUMBER: _ClassVar[int]
     id: str
     label: str
     metadata: _containers.ScalarMap[str, str]
     vector: _embedding_pb2.Vector
-    def __init__(self, id: _Optional[str] = ..., label: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., vector: _Optional[_Union[_embedding_pb2.Vector, _Mapping]] = ...) -> None: ...
+    thumbnail: bytes
+    def __init__(self, id: _Optional[str] = ..., label: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., vector: _Optional[_Union[_embedding_pb2.Vector, _Mapping]] = ..., thumbnail: _Optional[bytes] = ...) -> None: ...
 
 class GetItemsRequest(_message.Message):
-    __slots__ = ("collection", "ids", "with_vectors")
+    __slots__ = ("collection", "ids", "with_vectors", "with_thumbnails")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
     WITH_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    WITH_THUMBNAILS_FIELD_NUMBER: _ClassVar[int]
     collection: str
     ids: _containers.RepeatedScalarFieldContainer[str]
     with_vectors: bool
-    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., with_vectors: _Optional[bool] = ...) -> None: ...
+    with_thumbnails: bool
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., with_vectors: _Optional[bool] = ..., with_thumbnails: _Optional[bool] = ...) -> None: ...
 
 class GetItemsResponse(_message.Message):
     __slots__ = ("items", "not_found")
@@ -239,18 +247,20 @@ class GetItemsResponse(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[StoredItem, _Mapping]]] = ..., not_found: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListItemsRequest(_message.Message):
-    __slots__ = ("collection", "page_size", "page_token", "filter", "with_vectors")
+    __slots__ = ("collection", "page_size", "page_token", "filter", "with_vectors", "with_thumbnails")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     WITH_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    WITH_THUMBNAILS_FIELD_NUMBER: _ClassVar[int]
     collection: str
     page_size: int
     page_token: str
     filter: Filter
     with_vectors: bool
-    def __init__(self, collection: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., with_vectors: _Optional[bool] = ...) -> None: ...
+    with_thumbnails: bool
+    def __init__(self, collection: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., with_vectors: _Optional[bool] = ..., with_thumbnails: _Optional[bool] = ...) -> None: ...
 
 class ListItemsResponse(_message.Message):
     __slots__ = ("items", "next_page_token")
@@ -271,7 +281,7 @@ class RemoveResponse(_message.Message):
     def __init__(self, removed: _Optional[int] = ..., not_found: _Optional[_Iterable[str]] = ..., count: _Optional[int] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "image", "vector", "id", "k", "flip", "ef_search", "nprobe", "model", "output", "filter", "min_score", "query_expansion", "qe_alpha")
+    __slots__ = ("collection", "image", "vector", "id", "k", "flip", "ef_search", "nprobe", "model", "output", "filter", "min_score", "query_expansion", "qe_alpha", "with_thumbnails")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
@@ -286,6 +296,7 @@ class SearchRequest(_message.Message):
     MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     QUERY_EXPANSION_FIELD_NUMBER: _ClassVar[int]
     QE_ALPHA_FIELD_NUMBER: _ClassVar[int]
+    WITH_THUMBNAILS_FIELD_NUMBER: _ClassVar[int]
     collection: str
     image: bytes
     vector: _embedding_pb2.Vector
@@ -300,10 +311,11 @@ class SearchRequest(_message.Message):
     min_score: float
     query_expansion: int
     qe_alpha: float
-    def __init__(self, collection: _Optional[str] = ..., image: _Optional[bytes] = ..., vector: _Optional[_Union[_embedding_pb2.Vector, _Mapping]] = ..., id: _Optional[str] = ..., k: _Optional[int] = ..., flip: _Optional[bool] = ..., ef_search: _Optional[int] = ..., nprobe: _Optional[int] = ..., model: _Optional[str] = ..., output: _Optional[str] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., min_score: _Optional[float] = ..., query_expansion: _Optional[int] = ..., qe_alpha: _Optional[float] = ...) -> None: ...
+    with_thumbnails: bool
+    def __init__(self, collection: _Optional[str] = ..., image: _Optional[bytes] = ..., vector: _Optional[_Union[_embedding_pb2.Vector, _Mapping]] = ..., id: _Optional[str] = ..., k: _Optional[int] = ..., flip: _Optional[bool] = ..., ef_search: _Optional[int] = ..., nprobe: _Optional[int] = ..., model: _Optional[str] = ..., output: _Optional[str] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., min_score: _Optional[float] = ..., query_expansion: _Optional[int] = ..., qe_alpha: _Optional[float] = ..., with_thumbnails: _Optional[bool] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = ("id", "score", "label", "metadata")
+    __slots__ = ("id", "score", "label", "metadata", "thumbnail")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -315,11 +327,13 @@ class Hit(_message.Message):
     SCORE_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    THUMBNAIL_FIELD_NUMBER: _ClassVar[int]
     id: str
     score: float
     label: str
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., label: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    thumbnail: bytes
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., label: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., thumbnail: _Optional[bytes] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("hits",)
@@ -358,7 +372,7 @@ class Query(_message.Message):
     def __init__(self, image: _Optional[bytes] = ..., vector: _Optional[_Union[_embedding_pb2.Vector, _Mapping]] = ..., id: _Optional[str] = ...) -> None: ...
 
 class SearchBatchRequest(_message.Message):
-    __slots__ = ("collection", "queries", "k", "flip", "ef_search", "nprobe", "model", "output", "filter", "min_score", "query_expansion", "qe_alpha")
+    __slots__ = ("collection", "queries", "k", "flip", "ef_search", "nprobe", "model", "output", "filter", "min_score", "query_expansion", "qe_alpha", "with_thumbnails")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -371,6 +385,7 @@ class SearchBatchRequest(_message.Message):
     MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     QUERY_EXPANSION_FIELD_NUMBER: _ClassVar[int]
     QE_ALPHA_FIELD_NUMBER: _ClassVar[int]
+    WITH_THUMBNAILS_FIELD_NUMBER: _ClassVar[int]
     collection: str
     queries: _containers.RepeatedCompositeFieldContainer[Query]
     k: int
@@ -383,7 +398,8 @@ class SearchBatchRequest(_message.Message):
     min_score: float
     query_expansion: int
     qe_alpha: float
-    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[Query, _Mapping]]] = ..., k: _Optional[int] = ..., flip: _Optional[bool] = ..., ef_search: _Optional[int] = ..., nprobe: _Optional[int] = ..., model: _Optional[str] = ..., output: _Optional[str] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., min_score: _Optional[float] = ..., query_expansion: _Optional[int] = ..., qe_alpha: _Optional[float] = ...) -> None: ...
+    with_thumbnails: bool
+    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[Query, _Mapping]]] = ..., k: _Optional[int] = ..., flip: _Optional[bool] = ..., ef_search: _Optional[int] = ..., nprobe: _Optional[int] = ..., model: _Optional[str] = ..., output: _Optional[str] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., min_score: _Optional[float] = ..., query_expansion: _Optional[int] = ..., qe_alpha: _Optional[float] = ..., with_thumbnails: _Optional[bool] = ...) -> None: ...
 
 class SearchBatchResponse(_message.Message):
     __slots__ = ("results",)

@@ -25,6 +25,9 @@ from offshelf.service.index.config import CollectionConfig, CollectionInfo, Hnsw
 from offshelf.service.index.contract import Filter, Item, Row
 from offshelf.service.index.parameters import MAX_EF, with_defaults
 from offshelf.service.index.query_expansion import DEFAULT_ALPHA, MAX_EXPANSION
+from offshelf.service.index.thumbnails import MAX_SIZE as MAX_THUMBNAIL
+from offshelf.service.index.thumbnails import MIN_SIZE as MIN_THUMBNAIL
+from offshelf.service.index.thumbnails import thumbnail
 from offshelf.service.metrics import Metrics
 from offshelf.service.models.binding import Binding, describe
 from offshelf.service.models.registry import ModelRegistry
@@ -138,11 +141,11 @@ class IndexServicer(pb2_grpc.IndexServicer):
         vectors = np.zeros((len(items), collection.dim), np.float32)
         image_rows = [i for i, item in enumerate(items) if item.WhichOneof("content") == "image"]
         check_image_limit(len(image_rows), self.max_images, "image items")
+        thumbnails = [b""] * len(items)
         if image_rows:
             try:
-                vectors[image_rows] = self._embed(
-                    collection, [items[i].image for i in image_rows], names=[f"item {i}" for i in image_rows]
-                )
+                embedded = [items[i].image for i in image_rows]
+                vectors[image_rows] = _embed(self.models, collection, embedded, [f"item {i}" for i in image_rows])
             except ServiceError as err:
                 if err.item is not None:  # the image's position among those embedded
                     err.item = image_rows[err.item]
@@ -150,8 +153,10 @@ class IndexServicer(pb2_grpc.IndexServicer):
         for i, item in enumerate(items):
             if item.WhichOneof("content") == "vector":
                 vectors[i] = item.vector.values
+            elif collection.config.thumbnail_size:  # an image the model has decoded
+                thumbnails[i] = thumbnail(item.image, collection.config.thumbnail_size)
         batch: list[Item] = [(item.id, item.label, dict(item.metadata)) for item in items]
-        return collection.add(batch, collection.prepare(vectors))
+        return collection.add(batch, collection.prepare(vectors), thumbnails)
 
     def Remove(self, request: pb2.RemoveRequest, context: grpc.ServicerContext) -> pb2.RemoveResponse:
         collection = self.collections.get(request.collection)
@@ -161,7 +166,7 @@ class IndexServicer(pb2_grpc.IndexServicer):
         if where:
             removed, count = collection.remove_where(where)
             return pb2.RemoveResponse(removed=removed, count=count)
-        self._check_id_count(len(request.ids))
+        _check_id_count(len(request.ids), self.max_items)
         removed, not_found, count = collection.remove(list(request.ids))
         return pb2.RemoveResponse(removed=removed, not_found=not_found, count=count)
 
@@ -171,14 +176,14 @@ class IndexServicer(pb2_grpc.IndexServicer):
         collection = self.collections.get(request.collection)
         if not request.ids:
             raise InvalidArgument("no ids: name the items to get")
-        self._check_id_count(len(request.ids))
+        _check_id_count(len(request.ids), self.max_items)
         dim = collection.dim if request.with_vectors else 0
         fix = "get fewer ids per call" + (", or without vectors" if dim else "")
         wanted = len(set(request.ids))
         self.response.check(wanted * vector_bytes(dim), f"{wanted} vectors", fix)
         found = collection.get(list(request.ids))
         self.response.check(items_bytes((row for row, _ in found.values()), dim), f"{len(found)} items", fix)
-        return pb2.GetItemsResponse(
+        answer = pb2.GetItemsResponse(
             items=[
                 _stored(found[i][0], found[i][1] if request.with_vectors else None)
                 for i in dict.fromkeys(request.ids)
@@ -186,6 +191,9 @@ class IndexServicer(pb2_grpc.IndexServicer):
             ],
             not_found=[i for i in dict.fromkeys(request.ids) if i not in found],
         )
+        if request.with_thumbnails:
+            _attach_thumbnails(collection, answer.items, self.response, fix)
+        return answer
 
     def ListItems(self, request: pb2.ListItemsRequest, context: grpc.ServicerContext) -> pb2.ListItemsResponse:
         collection = self.collections.get(request.collection)
@@ -200,14 +208,12 @@ class IndexServicer(pb2_grpc.IndexServicer):
         page = collection.page(_after(request.page_token, listing), size + 1, where, request.with_vectors)
         self.response.check(items_bytes((row for row, _ in page[:size]), dim), f"{min(size, len(page))} items", fix)
         next_token = _page_token(page[size - 1][0].id, listing) if len(page) > size else ""
-        return pb2.ListItemsResponse(
-            items=[_stored(row, vector) for row, vector in page[:size]],
-            next_page_token=next_token,
+        answer = pb2.ListItemsResponse(
+            items=[_stored(row, vector) for row, vector in page[:size]], next_page_token=next_token
         )
-
-    def _check_id_count(self, count: int) -> None:
-        if count > self.max_items:
-            raise InvalidArgument(f"{count} ids in one request, more than the limit of {self.max_items}")
+        if request.with_thumbnails:
+            _attach_thumbnails(collection, answer.items, self.response, fix)
+        return answer
 
     # --- search ------------------------------------------------------------------------------
 
@@ -249,12 +255,16 @@ class IndexServicer(pb2_grpc.IndexServicer):
             f"{sum(map(len, hits))} hits with their labels and metadata",
             "send fewer queries per call or ask for fewer results (k)",
         )
-        return [
+        answers = [
             pb2.SearchResponse(
                 hits=[pb2.Hit(id=i, score=score, label=label, metadata=meta) for i, score, label, meta in row]
             )
             for row in hits
         ]
+        if request.with_thumbnails:
+            every = [hit for answer in answers for hit in answer.hits]
+            _attach_thumbnails(collection, every, self.response, "ask for fewer results (k), or without thumbnails")
+        return answers
 
     def _query_vectors(
         self, collection: CollectionStore, queries: list[pb2.Query], names: list[str], flip: bool
@@ -276,18 +286,34 @@ class IndexServicer(pb2_grpc.IndexServicer):
         check_image_limit(len(images), self.max_images, "image queries")
         if images:
             augmentation = AUGMENTATION_FLIP if flip else AUGMENTATION_NONE
-            embedded = [queries[i].image for i in images]
-            vectors[images] = self._embed(collection, embedded, [f"{names[i]} image" for i in images], augmentation)
+            named = [f"{names[i]} image" for i in images]
+            vectors[images] = _embed(self.models, collection, [queries[i].image for i in images], named, augmentation)
         return vectors
 
-    def _embed(self, collection: CollectionStore, images: list[bytes], names: list[str], augmentation: int = 0):
-        if not collection.config.binding.model:
-            raise FailedPrecondition(
-                f"collection {collection.name!r} holds {_describe(collection.config.binding)}: it has no model to "
-                "embed images with; send vectors (or query by id), or create a collection with a model for images"
-            )
-        model = self.models.for_binding(collection.config.binding, f"collection {collection.name!r}")
-        return model.embed(images, augmentation, names)[collection.config.binding.output]
+
+def _embed(
+    models: ModelRegistry, collection: CollectionStore, images: list[bytes], names: list[str], augmentation: int = 0
+) -> np.ndarray:
+    if not collection.config.binding.model:
+        raise FailedPrecondition(
+            f"collection {collection.name!r} holds {_describe(collection.config.binding)}: it has no model to "
+            "embed images with; send vectors (or query by id), or create a collection with a model for images"
+        )
+    model = models.for_binding(collection.config.binding, f"collection {collection.name!r}")
+    return model.embed(images, augmentation, names)[collection.config.binding.output]
+
+
+def _attach_thumbnails(collection: CollectionStore, answers, limit: ResponseLimit, fix: str) -> None:
+    """Each answered item's or hit's thumbnail, within the response limit."""
+    found = collection.thumbnails(list(dict.fromkeys(answer.id for answer in answers)))
+    limit.check(sum(len(found.get(a.id, b"")) for a in answers), f"{len(found)} thumbnails", fix)
+    for answer in answers:
+        answer.thumbnail = found.get(answer.id, b"")
+
+
+def _check_id_count(count: int, limit: int) -> None:
+    if count > limit:
+        raise InvalidArgument(f"{count} ids in one request, more than the limit of {limit}")
 
 
 def _check_search(request, collection: CollectionStore, queries: int, max_k: int) -> None:
@@ -345,7 +371,17 @@ def _config(request: pb2.CreateCollectionRequest, binding: Binding) -> Collectio
         index_type=request.index_type,
         hnsw=HnswParams(hnsw.m, hnsw.ef_construction, hnsw.ef_search),
         ivfpq=IvfPqParams(ivfpq.nlist, ivfpq.m, ivfpq.nbits, ivfpq.nprobe, ivfpq.train_size, ivfpq.refine_factor),
+        thumbnail_size=_thumbnail_size(request, binding),
     )
+
+
+def _thumbnail_size(request: pb2.CreateCollectionRequest, binding: Binding) -> int:
+    size = request.thumbnail_size
+    if size and not MIN_THUMBNAIL <= size <= MAX_THUMBNAIL:
+        raise InvalidArgument(f"thumbnail_size={size}: 0 (none) or {MIN_THUMBNAIL} to {MAX_THUMBNAIL} pixels")
+    if size and not binding.model:
+        raise InvalidArgument("thumbnail_size needs a collection of images (a model); this one holds your vectors")
+    return size
 
 
 def _collection_message(info: CollectionInfo) -> pb2.Collection:
@@ -361,6 +397,7 @@ def _collection_message(info: CollectionInfo) -> pb2.Collection:
         bytes_on_disk=info.bytes_on_disk,
         trained=info.trained,
         whitening_dim=config.whitening_dim,
+        thumbnail_size=config.thumbnail_size,
     )
 
 

@@ -31,6 +31,7 @@ from offshelf.service.http.door import Door
 from offshelf.service.http.oip_rest import json_object
 
 MAX_PARTS = 1000  # files and fields of one multipart body
+BOOLEANS = {"true": True, "false": False, "1": True, "0": False}  # in query parameters
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,8 @@ def query_fields(request: Request, message_type: type[Message]) -> dict:
         values = request.query_params.getlist(key)
         if described.message_type is not None:
             fields[key] = json_object(values[-1].encode(), f"query parameter {key}")
+        elif described.type == described.TYPE_BOOL and values[-1] in BOOLEANS:
+            fields[key] = BOOLEANS[values[-1]]  # ?with_vectors=true
         else:
             fields[key] = values if described.is_repeated else values[-1]
     return fields

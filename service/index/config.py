@@ -48,6 +48,7 @@ class CollectionConfig:
     hnsw: HnswParams = field(default_factory=HnswParams)
     ivfpq: IvfPqParams = field(default_factory=IvfPqParams)
     whitening_dim: int = 0  # the output dimension of its PCA-whitening (Milvus: the table's generation's)
+    thumbnail_size: int = 0  # the longer side of the JPEG kept of each image item; 0: none kept
 
     def to_json(self) -> str:
         """Protobuf's JSON of the wire's Collection with field names kept: defaults left out, 64-bit integers as
@@ -60,6 +61,7 @@ class CollectionConfig:
             "hnsw": _without_defaults(dataclasses.asdict(self.hnsw)),
             "ivfpq": _without_defaults(dataclasses.asdict(self.ivfpq)),
             "whitening_dim": self.whitening_dim,
+            "thumbnail_size": self.thumbnail_size,
         }
         if self.metric == Metric.INNER_PRODUCT:
             del fields["metric"]
@@ -78,6 +80,7 @@ class CollectionConfig:
             hnsw=HnswParams(**stored.get("hnsw", {})),
             ivfpq=IvfPqParams(**stored.get("ivfpq", {})),
             whitening_dim=int(stored.get("whitening_dim", 0)),
+            thumbnail_size=int(stored.get("thumbnail_size", 0)),
         )
 
 

@@ -43,7 +43,7 @@ async function search(event) {
   event.preventDefault();
   const photo = $("photo").files[0];
   if (!photo) return say("choose a photo first");
-  const request = { k: Number($("k").value) || 8 };
+  const request = { k: Number($("k").value) || 8, with_thumbnails: true };
   if ($("label").value.trim()) request.filter = { labels: [$("label").value.trim()] };
   if ($("qe").checked) request.query_expansion = 1;
   const form = new FormData();
@@ -64,6 +64,12 @@ function hitCard(hit) {
   const card = document.createElement("li");
   card.className = "hit";
   card.dataset.id = hit.id;
+  if (hit.thumbnail) {  // collections created with thumbnail_size keep one per image
+    const image = document.createElement("img");
+    image.src = `data:image/jpeg;base64,${hit.thumbnail}`;
+    image.alt = hit.id;
+    card.append(image);
+  }
   card.append(text("strong", hit.id, "id"), text("div", hit.score.toFixed(4), "score"));
   if (hit.label) card.append(text("div", hit.label, "label"));
   const metadata = Object.entries(hit.metadata || {}).map(([k, v]) => `${k}=${v}`).join(" ");

@@ -28,6 +28,7 @@ import pathlib
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 
 import faiss
 import numpy as np
@@ -143,14 +144,19 @@ class Collection(StoredReads):
 
     # --- writes ----------------------------------------------------------------------------------
 
-    def add(self, items: list[Item], vectors: np.ndarray) -> tuple[list[str], int]:
+    def add(self, items: list[Item], vectors: np.ndarray, thumbnails: Sequence[bytes] = ()) -> tuple[list[str], int]:
         """Adds items with their prepared vectors; an item whose id exists replaces it (upsert). Durable when
         it returns: acknowledged after its transaction commits. Returns the ids and the count afterwards."""
         with self._write_lock:
             self._check_open()
-            return self._write(items, vectors)
+            return self._write(items, vectors, list(thumbnails) or [b""] * len(items))
 
-    def _write(self, items: list[Item], vectors: np.ndarray) -> tuple[list[str], int]:
+    def thumbnails(self, item_ids: list[str]) -> dict[str, bytes]:
+        return self.store.thumbnails(item_ids)
+
+    def _write(
+        self, items: list[Item], vectors: np.ndarray, thumbnails: Sequence[bytes] | None = None
+    ) -> tuple[list[str], int]:
         """add() with the write lock held."""
         ids = [item_id or uuid.uuid4().hex for item_id, _, _ in items]
         replaced = self.store.by_ids(ids, self.dim)
@@ -165,6 +171,8 @@ class Collection(StoredReads):
         ]
         with self.store.transaction() as db:
             ItemStore.put_items(db, rows, state.seq, [row.internal for row, _ in replaced.values()])
+            if thumbnails is not None:  # None: a rewrite of the items' vectors (augmentation) keeps them
+                ItemStore.put_thumbnails(db, ids, thumbnails)
             state.commit(db)
         with self._rw.write():
             self._drop([row.internal for row, _ in replaced.values()])

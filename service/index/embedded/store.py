@@ -75,6 +75,7 @@ CREATE TABLE IF NOT EXISTS item_metadata (  -- each metadata entry again, so tha
 CREATE INDEX IF NOT EXISTS item_metadata_by_internal ON item_metadata (internal);
 CREATE TABLE IF NOT EXISTS metadata_keys (key TEXT PRIMARY KEY);  -- every key an item has had, for filters
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value);
+CREATE TABLE IF NOT EXISTS thumbnails (id TEXT PRIMARY KEY, jpeg BLOB NOT NULL);  -- thumbnail_size collections
 """
 
 
@@ -227,7 +228,23 @@ class ItemStore:
     @staticmethod
     def delete_items(db: sqlite3.Connection, rows: Sequence[Row]) -> None:
         db.executemany("DELETE FROM items WHERE id = ?", [(row.id,) for row in rows])
+        db.executemany("DELETE FROM thumbnails WHERE id = ?", [(row.id,) for row in rows])
         ItemStore._forget_metadata(db, [row.internal for row in rows])
+
+    @staticmethod
+    def put_thumbnails(db: sqlite3.Connection, ids: Sequence[str], thumbnails: Sequence[bytes]) -> None:
+        """Each item's thumbnail; an item written without one (b"") loses the one it had."""
+        pairs = list(zip(ids, thumbnails, strict=True))
+        db.executemany("DELETE FROM thumbnails WHERE id = ?", [(i,) for i, jpeg in pairs if not jpeg])
+        db.executemany("INSERT OR REPLACE INTO thumbnails VALUES (?, ?)", [(i, jpeg) for i, jpeg in pairs if jpeg])
+
+    def thumbnails(self, ids: Sequence[str]) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        for start in range(0, len(ids), 500):
+            part = list(ids[start : start + 500])
+            marks = ", ".join("?" * len(part))
+            found.update(self.read(f"SELECT id, jpeg FROM thumbnails WHERE id IN ({marks})", part))
+        return found
 
     @staticmethod
     def _forget_metadata(db: sqlite3.Connection, internals: Sequence[int]) -> None:

@@ -1,4 +1,4 @@
-"""Files kept in Milvus: trained heads and collections' whitening, seen by every replica.
+"""Files kept in Milvus: trained heads, collections' whitening and thumbnails, seen by every replica.
 
 One Milvus collection, ``offshelf_blobs``, holds each file as base64 chunks of CHUNK bytes (about the most a
 VARCHAR holds) under the primary key ``<name>#<chunk>``; names are paths such as ``heads/cats/3/head.onnx``.
@@ -51,6 +51,33 @@ class Blobs:
             return None
         parts = {int(row["path"].rsplit("#", 1)[1]): base64.b64decode(row["data"]) for row in chunks}
         return b"".join(parts[n] for n in sorted(parts))
+
+    def put_small(self, files: dict[str, bytes]) -> None:
+        """Files of at most CHUNK bytes each (thumbnails), in one upsert per 64."""
+        rows = [
+            {"path": f"{name}#0", "data": base64.b64encode(data).decode(), "vector": [0.0, 0.0]}
+            for name, data in files.items()
+        ]
+        with milvus_errors(TABLE):
+            for start in range(0, len(rows), 64):
+                self.client.upsert(TABLE, rows[start : start + 64])
+
+    def get_small(self, names: list[str]) -> dict[str, bytes]:
+        """The files of these names that exist (written by put_small)."""
+        found: dict[str, bytes] = {}
+        with milvus_errors(TABLE):
+            for start in range(0, len(names), 500):
+                paths = ", ".join(quoted(f"{name}#0") for name in names[start : start + 500])
+                rows = self.client.query(
+                    TABLE, filter=f"path in [{paths}]", output_fields=["path", "data"], consistency_level="Strong"
+                )
+                found.update({row["path"][:-2]: base64.b64decode(row["data"]) for row in rows})
+        return found
+
+    def delete_small(self, names: list[str]) -> None:
+        with milvus_errors(TABLE):
+            for start in range(0, len(names), 500):
+                self.client.delete(TABLE, ids=[f"{name}#0" for name in names[start : start + 500]])
 
     def names(self, prefix: str) -> list[str]:
         return sorted({row["path"].rsplit("#", 1)[0] for row in self._rows(prefix, ["path"])})

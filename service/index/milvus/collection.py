@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
@@ -278,19 +278,27 @@ class MilvusCollection(StoreBase):
 
     # --- writes ----------------------------------------------------------------------------------
 
-    def add(self, items: list[Item], vectors: np.ndarray) -> tuple[list[str], int]:
+    def add(self, items: list[Item], vectors: np.ndarray, thumbnails: Sequence[bytes] = ()) -> tuple[list[str], int]:
         """Upserts items with their prepared vectors. Returns the ids and the count afterwards, read Strong: so
-        the write is acknowledged once Milvus serves it, and every later search sees it."""
+        the write is acknowledged once Milvus serves it, and every later search sees it. Thumbnails go to the
+        blobs table first (a reader never finds an item without the thumbnail it was added with)."""
         ids = [item_id or uuid.uuid4().hex for item_id, _, _ in items]
         for item_id, label, _ in items:
             if len(label.encode()) > MAX_LABEL_BYTES:
                 raise InvalidArgument(f"item {item_id!r}: label is longer than {MAX_LABEL_BYTES} bytes")
+        kept = dict(zip(ids, thumbnails or [b""] * len(ids), strict=True))
+        self.blobs.put_small({thumbnail_blob(self.name, i): jpeg for i, jpeg in kept.items() if jpeg})
+        self.blobs.delete_small([thumbnail_blob(self.name, i) for i, jpeg in kept.items() if not jpeg])
 
         def add(c: MilvusCollection) -> int:
             c._upsert(ids, items, vectors)
             return c._count("")
 
         return ids, self._current(add, write=True)
+
+    def thumbnails(self, item_ids: list[str]) -> dict[str, bytes]:
+        names = {thumbnail_blob(self.name, i): i for i in item_ids}
+        return {names[name]: jpeg for name, jpeg in self.blobs.get_small(list(names)).items()}
 
     def _upsert(self, ids: list[str], items: list[Item], vectors: np.ndarray) -> None:
         indexed = to_index_space(vectors, self.whitening, self.config)
@@ -314,6 +322,7 @@ class MilvusCollection(StoreBase):
             if present:
                 with milvus_errors(c.name):
                     c.client.delete(c.table, ids=sorted(present))
+                c.blobs.delete_small([thumbnail_blob(c.name, i) for i in present])
             return present, c._count("")
 
         present, count = self._current(remove, write=True)
@@ -324,8 +333,10 @@ class MilvusCollection(StoreBase):
             selected = expression(where)
             removed = c._count(selected)
             if removed:
+                gone = [row["id"] for page in c._pages(selected, ["id"]) for row in page]
                 with milvus_errors(c.name):
                     c.client.delete(c.table, filter=selected)
+                c.blobs.delete_small([thumbnail_blob(c.name, i) for i in gone])
             return removed, c._count("")
 
         return self._current(remove, write=True)
@@ -362,6 +373,11 @@ class MilvusCollection(StoreBase):
             self.reopen,
             self.fence_seconds,
         )
+
+
+def thumbnail_blob(collection: str, item_id: str) -> str:
+    """The blob name of an item's thumbnail."""
+    return f"thumbnails/{collection}/{item_id}"
 
 
 def _row(row: dict) -> Row:

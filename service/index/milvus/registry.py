@@ -39,6 +39,7 @@ from offshelf.service.index.milvus.collection import (
     create_table,
     physical_name,
     table_name,
+    thumbnail_blob,
     whitening_blob,
 )
 from offshelf.service.index.vectors import Whitening
@@ -266,6 +267,7 @@ class MilvusCollectionRegistry:
             client.drop_alias(physical_name(name))
             client.drop_collection(collection.table)
         blobs.delete(whitening_blob(name, collection.generation) + "#")
+        blobs.delete(thumbnail_blob(name, ""))  # every thumbnail of the collection
 
     def close(self) -> None:
         self._stop.set()
