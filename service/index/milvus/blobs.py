@@ -54,6 +54,8 @@ class Blobs:
 
     def put_small(self, files: dict[str, bytes]) -> None:
         """Files of at most CHUNK bytes each (thumbnails), in one upsert per 64."""
+        if not files:
+            return
         rows = [
             {"path": f"{name}#0", "data": base64.b64encode(data).decode(), "vector": [0.0, 0.0]}
             for name, data in files.items()
@@ -75,6 +77,8 @@ class Blobs:
         return found
 
     def delete_small(self, names: list[str]) -> None:
+        if not names:
+            return
         with milvus_errors(TABLE):
             for start in range(0, len(names), 500):
                 self.client.delete(TABLE, ids=[f"{name}#0" for name in names[start : start + 500]])

@@ -286,9 +286,10 @@ class MilvusCollection(StoreBase):
         for item_id, label, _ in items:
             if len(label.encode()) > MAX_LABEL_BYTES:
                 raise InvalidArgument(f"item {item_id!r}: label is longer than {MAX_LABEL_BYTES} bytes")
-        kept = dict(zip(ids, thumbnails or [b""] * len(ids), strict=True))
-        self.blobs.put_small({thumbnail_blob(self.name, i): jpeg for i, jpeg in kept.items() if jpeg})
-        self.blobs.delete_small([thumbnail_blob(self.name, i) for i, jpeg in kept.items() if not jpeg])
+        if self.config.thumbnail_size:  # only such collections have thumbnails to write or replace
+            kept = dict(zip(ids, thumbnails or [b""] * len(ids), strict=True))
+            self.blobs.put_small({thumbnail_blob(self.name, i): jpeg for i, jpeg in kept.items() if jpeg})
+            self.blobs.delete_small([thumbnail_blob(self.name, i) for i, jpeg in kept.items() if not jpeg])
 
         def add(c: MilvusCollection) -> int:
             c._upsert(ids, items, vectors)
@@ -297,6 +298,8 @@ class MilvusCollection(StoreBase):
         return ids, self._current(add, write=True)
 
     def thumbnails(self, item_ids: list[str]) -> dict[str, bytes]:
+        if not self.config.thumbnail_size:
+            return {}
         names = {thumbnail_blob(self.name, i): i for i in item_ids}
         return {names[name]: jpeg for name, jpeg in self.blobs.get_small(list(names)).items()}
 
@@ -322,7 +325,8 @@ class MilvusCollection(StoreBase):
             if present:
                 with milvus_errors(c.name):
                     c.client.delete(c.table, ids=sorted(present))
-                c.blobs.delete_small([thumbnail_blob(c.name, i) for i in present])
+                if c.config.thumbnail_size:
+                    c.blobs.delete_small([thumbnail_blob(c.name, i) for i in present])
             return present, c._count("")
 
         present, count = self._current(remove, write=True)
@@ -333,7 +337,7 @@ class MilvusCollection(StoreBase):
             selected = expression(where)
             removed = c._count(selected)
             if removed:
-                gone = [row["id"] for page in c._pages(selected, ["id"]) for row in page]
+                gone = [row["id"] for page in c._pages(selected, []) for row in page] if c.config.thumbnail_size else []
                 with milvus_errors(c.name):
                     c.client.delete(c.table, filter=selected)
                 c.blobs.delete_small([thumbnail_blob(c.name, i) for i in gone])

@@ -267,7 +267,8 @@ class MilvusCollectionRegistry:
             client.drop_alias(physical_name(name))
             client.drop_collection(collection.table)
         blobs.delete(whitening_blob(name, collection.generation) + "#")
-        blobs.delete(thumbnail_blob(name, ""))  # every thumbnail of the collection
+        if collection.config.thumbnail_size:
+            blobs.delete(thumbnail_blob(name, ""))  # every thumbnail of the collection
 
     def close(self) -> None:
         self._stop.set()
