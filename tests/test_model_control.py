@@ -225,12 +225,14 @@ def test_unloading_lets_the_requests_in_flight_finish(repo, tmp_path):
         server.terminate()
 
 
-def test_stock_tritonclient_controls_models(repo, tmp_path, tritonclient_python):
-    server = serve(repo, tmp_path)
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_stock_tritonclient_controls_models(repo, tmp_path, tritonclient_python, protocol):
+    server = serve(repo, tmp_path, http_port=0)
     script = ROOT / "tests" / "scripts" / "tritonclient_control.py"
+    address = server.http_url.removeprefix("http://") if protocol == "http" else server.address
     try:
         run = subprocess.run(
-            [tritonclient_python, str(script), server.address, MODEL, str(PHOTO)],
+            [tritonclient_python, str(script), protocol, address, MODEL, str(PHOTO)],
             capture_output=True,
             text=True,
             timeout=120,

@@ -1,17 +1,39 @@
-"""Runs tritonclient[grpc]'s model control, configuration and statistics calls against an offshelf server and prints
-what it got, as JSON. Run in tritonclient's own virtualenv (see tritonclient_check.py). Arguments: ADDRESS MODEL
-IMAGE
+"""Runs tritonclient's model control, configuration and statistics calls (grpc or http) against an offshelf server
+and prints what it got, as JSON, in the grpc client's shapes (an HTTP status as the gRPC code it stands for). Run in
+tritonclient's own virtualenv (see tritonclient_check.py). Arguments: grpc|http ADDRESS MODEL IMAGE
 """
 
 import json
 import sys
 
 import numpy as np
-import tritonclient.grpc as grpcclient
+import tritonclient.grpc
+import tritonclient.http
 from tritonclient.utils import InferenceServerException
 
-address, model, image = sys.argv[1:]
+protocol, address, model, image = sys.argv[1:]
+http = protocol == "http"
+grpcclient = tritonclient.http if http else tritonclient.grpc
 client = grpcclient.InferenceServerClient(address)
+GRPC_CODE_OF_HTTP = {"400": "INVALID_ARGUMENT", "404": "NOT_FOUND", "409": "FAILED_PRECONDITION", "503": "UNAVAILABLE"}
+
+
+def code(err):
+    return f"StatusCode.{GRPC_CODE_OF_HTTP[err.status()]}" if http else err.status()
+
+
+def as_json(call, *args):
+    return call(*args) if http else call(*args, as_json=True)
+
+
+def model_config():
+    config = as_json(client.get_model_config, model)
+    return config if http else config["config"]
+
+
+def repository_index():
+    index = as_json(client.get_model_repository_index)
+    return index if http else index.get("models", [])
 
 
 def status(call):
@@ -19,7 +41,7 @@ def status(call):
         call()
         return "OK"
     except InferenceServerException as err:
-        return err.status()
+        return code(err)
 
 
 def refusal(config, **files):
@@ -27,7 +49,7 @@ def refusal(config, **files):
         client.load_model(model, config=json.dumps(config), files=files or None)
         return "OK"
     except InferenceServerException as err:
-        return f"{err.status()}: {err.message()}"
+        return f"{code(err)}: {err.message()}"
 
 
 def embedding_of(input_name):
@@ -38,7 +60,7 @@ def embedding_of(input_name):
 
 
 def served_with():
-    config = client.get_model_config(model, as_json=True)["config"]
+    config = model_config()
     return {
         "max_batch_size": config["max_batch_size"],
         "instances": config["instance_group"][0]["count"],
@@ -47,22 +69,22 @@ def served_with():
     }
 
 
-config = client.get_model_config(model, as_json=True)["config"]
+config = model_config()
 dims = [int(d) for d in config["input"][0]["dims"]]
 tensor = grpcclient.InferInput(config["input"][0]["name"], [2, *dims], "FP32")
 tensor.set_data_from_numpy(np.zeros([2, *dims], np.float32))
 client.infer(model, [tensor])
 seen = {
     "initial": served_with(),
-    "extensions": client.get_server_metadata(as_json=True).get("extensions", []),
-    "index": client.get_model_repository_index(as_json=True).get("models", []),
+    "extensions": as_json(client.get_server_metadata).get("extensions", []),
+    "index": repository_index(),
     "config": config,
-    "metadata": client.get_model_metadata(model, as_json=True),
-    "statistics": client.get_inference_statistics(model, as_json=True)["model_stats"],
+    "metadata": as_json(client.get_model_metadata, model),
+    "statistics": as_json(client.get_inference_statistics, model)["model_stats"],
 }
 client.unload_model(model)
 seen["ready_after_unload"] = client.is_model_ready(model)
-seen["index_after_unload"] = client.get_model_repository_index(as_json=True).get("models", [])
+seen["index_after_unload"] = repository_index()
 seen["infer_after_unload"] = status(lambda: client.infer(model, [tensor]))
 client.load_model(model)
 seen["ready_after_load"] = client.is_model_ready(model)
