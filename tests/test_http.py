@@ -368,3 +368,30 @@ def test_a_collection_with_thumbnails_returns_them_with_hits_and_items_and_drops
     assert refused.status_code == 400 and "needs a collection of images" in refused.json()["error"]
     assert requests.post(url, json={"name": "t3", "model": MODEL, "thumbnail_size": 4096}).status_code == 400
     requests.delete(f"{url}/thumbs", timeout=30)
+
+
+def test_a_head_is_trained_listed_classifies_uploads_and_is_deleted_over_json(server, client):
+    photos = {cls: shared_photos(f"hymenoptera/train/{cls}", 6) for cls in ("ants", "bees")}
+    images = [
+        {"image": base64.b64encode(p.read_bytes()).decode(), "label": cls} for cls, ps in photos.items() for p in ps
+    ]
+    body = {"name": "http-bugs", "kind": "ncm", "images": {"model": MODEL, "images": images}}
+    job = requests.post(f"{server.http_url}/v1/heads", json=body, timeout=60).json()
+    assert (job["head"], job["version"]) == ("http-bugs", 1)
+    client.wait_for_head("http-bugs")
+    head = requests.get(f"{server.http_url}/v1/heads/http-bugs", timeout=30).json()
+    assert head["versions"] == [1] and sorted(head["card"]["labels"]) == ["ants", "bees"]
+    assert "http-bugs" in {
+        h["card"]["name"] for h in requests.get(f"{server.http_url}/v1/heads", timeout=30).json()["heads"]
+    }
+    queries = [p for cls in ("ants", "bees") for p in shared_photos(f"hymenoptera/val/{cls}", 2)]
+    classified = requests.post(
+        f"{server.http_url}/v1/heads/http-bugs/classify",
+        files=[*[("image", (p.name, p.read_bytes())) for p in queries], ("request", (None, '{"k": 2}'))],
+        timeout=60,
+    ).json()
+    expected = client.classify(queries, "http-bugs", k=2)
+    got = [[(t["label"], np.float32(t["probability"])) for t in r["top"]] for r in classified["results"]]
+    assert got == [[(label, np.float32(p)) for label, p in top] for top in expected]
+    assert requests.delete(f"{server.http_url}/v1/heads/http-bugs", timeout=30).status_code == 200
+    assert requests.get(f"{server.http_url}/v1/heads/http-bugs", timeout=30).status_code == 404
