@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed
 REPO ?= build/demo-repo
 PORT ?= 50051
 METRICS_PORT ?= 9464
+HTTP_PORT ?= 8000
 SERVER := localhost:$(PORT)
 UKBENCH ?= ../shared/data/ukbench
 
@@ -35,13 +36,15 @@ RETRIEVAL_EXPORT := --preprocess no-crop --output logits=_fc --output embedding=
 	--output gem=_head_act:gem:l2
 
 # Export the embedded default, serve it, classify photos, index real photos and query them (GeM, database-side
-# augmentation, alpha query expansion), stop the server.
+# augmentation, alpha query expansion), stop the server; `make demo KEEP=1` keeps it serving, with the search page
+# on http://localhost:$(HTTP_PORT)/.
 demo: $(STAMP)
 	@mkdir -p build && rm -rf build/demo-data
 	@test -f $(REPO)/efficientnet-lite0/1/model.onnx || \
 		$(BIN)/offshelf export efficientnet-lite0 --repo $(REPO) $(RETRIEVAL_EXPORT)
 	@$(BIN)/offshelf serve --repo $(REPO) --data-dir build/demo-data --port $(PORT) --metrics-port $(METRICS_PORT) \
-		--drain-seconds 0 2> build/serve.log & server=$$!; trap "kill $$server; wait $$server" EXIT; \
+		--http-port $(HTTP_PORT) --drain-seconds 0 2> build/serve.log & server=$$!; \
+	trap "kill $$server; wait $$server" EXIT; \
 	echo "server starting (log: build/serve.log)"; \
 	$(BIN)/offshelf health --server $(SERVER) --wait 120 || { tail -5 build/serve.log; exit 1; }; \
 	$(BIN)/offshelf models --server $(SERVER); \
@@ -51,14 +54,16 @@ demo: $(STAMP)
 	if [ -d $(UKBENCH) ]; then photos=$(UKBENCH); queries="$(UKBENCH)/ukbench00004.jpg $(UKBENCH)/ukbench00101.jpg"; \
 	else photos=$$skimage; queries="$$skimage/chelsea.png $$skimage/astronaut.png"; fi; \
 	echo; echo "== index $$photos"; \
-	$(BIN)/offshelf collection create demo --server $(SERVER) --output gem && \
+	$(BIN)/offshelf collection create demo --server $(SERVER) --output gem --thumbnail-size 128 && \
 	$(BIN)/offshelf add --server $(SERVER) --collection demo $$photos && \
 	$(BIN)/offshelf collection augment demo --server $(SERVER) --neighbours 1 && \
 	echo && echo "== search: top 4 of each query" && \
 	for q in $$queries; do $(BIN)/offshelf search --server $(SERVER) --collection demo -k 4 --qe 1 $$q || exit 1; done; \
 	if [ -d $(UKBENCH) ]; then echo; echo "== UKBench N-S score"; \
 		$(BIN)/offshelf eval ukbench --server $(SERVER) $(UKBENCH) --output gem --dba 1 --qe 1 \
-			--plot build/ukbench-ns.png; fi
+			--plot build/ukbench-ns.png; fi; \
+	if [ -n "$(KEEP)" ]; then echo; echo "search page: http://localhost:$(HTTP_PORT)/ (Ctrl-C stops the server)"; \
+		wait $$server; fi
 
 # One pytest-xdist worker per core; the tests on the shared Milvus standalone run in one of them (tests/conftest.py).
 test: lint

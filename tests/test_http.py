@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import json
 import socket
-import subprocess
 
 import grpc
 import numpy as np
@@ -19,7 +18,7 @@ from offshelf.clients import Client
 from offshelf.protos.inference import grpc_predict_v2_pb2 as oip
 from offshelf.protos.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 
-from common import ROOT, serving, shared_photos, skimage_photo
+from common import serving, shared_photos, skimage_photo
 
 MODEL = "efficientnet-lite0"
 PHOTOS = [skimage_photo(n) for n in ("chelsea.png", "coffee.png", "rocket.jpg")]
@@ -102,26 +101,11 @@ def test_json_and_binary_infer_give_the_grpc_answers_to_the_bit(server, client):
 def test_stock_tritonclient_http_gives_the_grpc_answers_to_the_bit(
     server, client, model_repo, tmp_path, tritonclient_python
 ):
-    from test_inference_protocol import output, preprocessed
+    from test_inference_protocol import output, preprocessed, stock_tritonclient
 
     tensor = preprocessed(model_repo, PHOTOS)
-    np.save(tmp_path / "preprocessed.npy", tensor)
-    run = subprocess.run(
-        [
-            tritonclient_python,
-            str(ROOT / "tests" / "scripts" / "tritonclient_check.py"),
-            "http",
-            server.http_url.removeprefix("http://"),
-            MODEL,
-            str(tmp_path / "preprocessed.npy"),
-            *map(str, PHOTOS),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert run.returncode == 0, run.stderr
-    seen = json.loads(run.stdout)
+    address = server.http_url.removeprefix("http://")
+    seen = stock_tritonclient(tritonclient_python, "http", address, tensor, tmp_path)
     assert (seen["live"], seen["ready"], seen["model_ready"], seen["unknown_model_ready"]) == (True, True, True, False)
     assert seen["metadata"]["inputs"][0] == {"name": "image", "datatype": "FP32", "shape": [-1, 3, 224, 224]}
     assert np.array_equal(np.asarray(seen["bytes_embedding"], np.float32), client.embed(PHOTOS)["embedding"])

@@ -236,25 +236,22 @@ def test_infer_and_embed_requests_are_batched_together(tiny_repo, tmp_path):
         server.kill()
 
 
-def test_stock_tritonclient_works_unchanged(server, client, model_repo, tmp_path, tritonclient_python):
-    tensor_file = tmp_path / "preprocessed.npy"
-    np.save(tensor_file, preprocessed(model_repo, PHOTOS))
+def stock_tritonclient(python: str, protocol: str, address: str, tensor: np.ndarray, folder) -> dict:
+    """What tests/scripts/tritonclient_check.py saw through the stock tritonclient (grpc or http)."""
+    np.save(folder / "preprocessed.npy", tensor)
+    script = ROOT / "tests" / "scripts" / "tritonclient_check.py"
     run = subprocess.run(
-        [
-            tritonclient_python,
-            str(ROOT / "tests" / "scripts" / "tritonclient_check.py"),
-            "grpc",
-            server.address,
-            MODEL,
-            str(tensor_file),
-            *map(str, PHOTOS),
-        ],
+        [python, str(script), protocol, address, MODEL, str(folder / "preprocessed.npy"), *map(str, PHOTOS)],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert run.returncode == 0, run.stderr
-    seen = json.loads(run.stdout)
+    return json.loads(run.stdout)
+
+
+def test_stock_tritonclient_works_unchanged(server, client, model_repo, tmp_path, tritonclient_python):
+    seen = stock_tritonclient(tritonclient_python, "grpc", server.address, preprocessed(model_repo, PHOTOS), tmp_path)
     assert (seen["live"], seen["ready"], seen["model_ready"], seen["unknown_model_ready"]) == (True, True, True, False)
     assert seen["metadata"]["inputs"][0] == {"name": "image", "datatype": "FP32", "shape": ["-1", "3", "224", "224"]}
     expected = client.embed(PHOTOS)["embedding"]

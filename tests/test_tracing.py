@@ -4,7 +4,6 @@ receiver here; one trace per call with decode, queue, inference and search under
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -15,7 +14,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 
 from offshelf.clients import Client
 
-from common import ServerProcess, skimage_photo
+from common import ServerProcess, skimage_photo, until
 
 MODEL = "random-projection-1280"
 
@@ -54,9 +53,7 @@ def test_a_call_is_one_trace_with_decode_queue_inference_and_search(tiny_repo, t
             client.create_collection("traced", model=MODEL)
             client.add("traced", vectors=np.eye(4, 1280, dtype=np.float32), ids=list("abcd"))
             client.search("traced", image=skimage_photo("coffee.png"), k=2)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and "search" not in {s.name for s in received.spans}:
-            time.sleep(0.1)
+        until(lambda: "search" in {s.name for s in received.spans}, timeout=30, what="the search span")
     finally:
         server.terminate()
     (rpc,) = [s for s in received.spans if s.name == "/offshelf.v1.Index/Search"]
@@ -84,9 +81,7 @@ def test_an_http_call_is_one_trace_too_and_joins_the_callers_trace(tiny_repo, tm
             timeout=30,
         )
         assert answer.status_code == 200, answer.text
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and "search" not in {s.name for s in received.spans}:
-            time.sleep(0.1)
+        until(lambda: "search" in {s.name for s in received.spans}, timeout=30, what="the search span")
     finally:
         server.terminate()
     (call,) = [s for s in received.spans if s.name == "/offshelf.v1.Index/Search"]
