@@ -246,7 +246,13 @@ class ServerProcess:
 
     def terminate(self, timeout: float = 60) -> int:
         self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired as err:
+            last = [f"{e.get('logger')}: {e.get('message')}" for e in self.logs[-12:]]
+            raise AssertionError(
+                f"the server did not exit within {timeout} s of SIGTERM; its last lines: {last}"
+            ) from err
 
     def kill(self) -> None:
         if self.process.poll() is None:
