@@ -69,6 +69,8 @@ class HttpListener:
             log_config=None,  # its lines go to offshelf's JSON log
             access_log=False,  # the door writes its own access line
             lifespan="off",
+            http="h11",  # the same parser wherever it runs (uvicorn picks httptools when it happens to be installed)
+            loop="asyncio",
             server_header=False,
             timeout_graceful_shutdown=math.ceil(grace_seconds),
             ssl_context_factory=factory,
