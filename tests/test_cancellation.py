@@ -8,6 +8,7 @@ import urllib.request
 
 import grpc
 import pytest
+import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from offshelf.protos.v1 import embedding_pb2, embedding_pb2_grpc
@@ -63,6 +64,7 @@ def filling_server(tmp_path_factory):
         max_batch_delay_ms=60_000,
         eager_batching=False,
         drain_seconds=0,
+        http_port=0,
     ) as server:
         yield server
 
@@ -85,3 +87,25 @@ def test_a_call_whose_deadline_passes_while_its_batch_fills_is_never_inferred(fi
         embed(embedding_pb2.EmbedRequest(model="random-projection-16", images=[photo] * 2), timeout=60)
     assert sample(filling_server, "offshelf_batch_size_images_sum") - inferred == 2
     assert sample(filling_server, "offshelf_dropped_images_total") - dropped == 1
+
+
+def test_an_http_call_whose_client_leaves_while_its_batch_fills_is_never_inferred(filling_server):
+    """As above, over the HTTP door: the client's disconnect cancels the call."""
+    photo = skimage_photo("chelsea.png").read_bytes()
+    inferred = sample(filling_server, "offshelf_batch_size_images_sum")
+    dropped = sample(filling_server, "offshelf_dropped_images_total")
+    with pytest.raises(requests.exceptions.ReadTimeout):  # the client gives up and closes its connection
+        requests.post(
+            f"{filling_server.http_url}/v1/models/random-projection-16/embed", files={"image": photo}, timeout=3
+        )
+    deadline = time.monotonic() + 30
+    while sample(filling_server, "offshelf_in_flight_requests", rpc="Embed") > 0:  # its handler has ended
+        assert time.monotonic() < deadline, "the abandoned call's handler still waits for its batch"
+        time.sleep(0.05)
+    with grpc.insecure_channel(filling_server.address) as channel:
+        embed = embedding_pb2_grpc.EmbeddingStub(channel).Embed
+        embed(embedding_pb2.EmbedRequest(model="random-projection-16", images=[photo] * 2), timeout=60)
+    assert sample(filling_server, "offshelf_batch_size_images_sum") - inferred == 2
+    assert sample(filling_server, "offshelf_dropped_images_total") - dropped == 1
+    statuses = [e.get("status") for e in filling_server.logs if e.get("protocol") == "http"]
+    assert statuses[-1] == 499  # counted as the client's leaving, not as an answer

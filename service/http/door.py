@@ -6,6 +6,7 @@ line."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -18,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from offshelf.service import request_context, tracing
+from offshelf.service import cancellation, request_context, tracing
 from offshelf.service.api.auth import Tokens
 from offshelf.service.api.interceptor import CallSlots, shortened
 from offshelf.service.errors import DecodeError, ServiceError
@@ -126,10 +127,18 @@ class Door:
             return error_response(err, err.message, served.request_id)
         in_flight = self.metrics.in_flight.labels(rpc.rsplit("/", 1)[-1])
         in_flight.inc()
+        call = cancellation.Call()
+        token = cancellation.current.set(call)  # the worker threads see it: a caller that goes stops costing
         try:
             if self.tokens is not None:
                 self.tokens.check(rpc, [("authorization", request.headers.get("authorization", ""))])
-            return await handler(request)
+            if request.method in ("POST", "PUT", "PATCH"):
+                await self.body(request)  # whole, so that what the client sends next can only be its leaving
+            watcher = asyncio.ensure_future(self._cancel_when_gone(request, call))  # uvicorn runs asyncio
+            try:
+                return await handler(request)
+            finally:
+                watcher.cancel()
         except ServiceError as err:
             if isinstance(err, DecodeError):
                 self.metrics.decode_failures.labels(err.reason).inc()
@@ -140,8 +149,16 @@ class Door:
                 {"error": "the call failed on an unexpected server error; see its log", "code": "INTERNAL"}, 500
             )
         finally:
+            cancellation.current.reset(token)
             in_flight.dec()
             self.slots.give_back()
+
+    @staticmethod
+    async def _cancel_when_gone(request: Request, call: cancellation.Call) -> None:
+        """Cancels the call once its client disconnects: its images queued for a batch are dropped, not inferred."""
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        call.cancel()
 
     def _record(
         self,
