@@ -80,9 +80,8 @@ class ServiceSettings(BaseSettings):
         None,
         ge=0,
         le=65535,
-        description="Port of the HTTP door: the Open Inference Protocol's REST binding (/v2), offshelf's JSON API "
-        "(/v1, /openapi.json), OpenAI-style /v1/embeddings and the search page (/), with the gRPC port's tokens, "
-        "TLS, limits and metrics. 0 picks a free one (logged at start); unset: no HTTP door.",
+        description="HTTP port: JSON API (/v1), Open Inference Protocol REST (/v2), /v1/embeddings, search page (/), "
+        "with the gRPC port's tokens, TLS and limits. 0 picks a free one (logged at start); unset: none.",
         json_schema_extra=metavar("PORT"),
     )
     metrics_port: int = Field(
@@ -249,22 +248,16 @@ class ServiceSettings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     access_log: bool = Field(
-        True,
-        description="One INFO line per call (health checks aside): rpc, code, ms, model, images, peer and its "
-        "request id.",
+        True, description="One INFO line per call (health checks aside): rpc, code, ms, model, images, peer, request id"
     )
 
     @model_validator(mode="after")
-    def _threads_to_spare(self) -> ServiceSettings:
+    def _limits_fit(self) -> ServiceSettings:
         if self.max_concurrent_calls >= self.worker_threads:
             raise ValueError(
                 f"max_concurrent_calls ({self.max_concurrent_calls}) must be below worker_threads "
                 f"({self.worker_threads}): the spare threads refuse calls and answer health checks under overload"
             )
-        return self
-
-    @model_validator(mode="after")
-    def _response_fits_a_message(self) -> ServiceSettings:
         if self.max_response_bytes > self.max_message_bytes:
             raise ValueError(
                 f"max_response_bytes ({self.max_response_bytes}) must be at most max_message_bytes "

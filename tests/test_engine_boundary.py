@@ -55,3 +55,15 @@ def test_the_engine_imports_no_wire_message_but_the_cards():
                 names = {f"{node.module}.{alias.name}" for alias in node.names}
                 found[str(path.relative_to(ROOT))] = sorted(names - FILE_FORMATS)
     assert {path: names for path, names in found.items() if names} == {}
+
+
+def test_no_class_in_the_service_is_over_250_lines():
+    """Issue 24: a class a maintainer can read whole; over 250 lines, it holds more than one concern."""
+    sizes = {
+        f"{path.relative_to(ROOT)}:{node.name}": node.end_lineno - node.lineno + 1
+        for path in (ROOT / "service").rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ClassDef)
+    }
+    assert len(sizes) > 50
+    assert {name: lines for name, lines in sizes.items() if lines > 250} == {}

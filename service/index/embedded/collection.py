@@ -151,13 +151,8 @@ class Collection(StoredReads):
             self._check_open()
             return self._write(items, vectors, list(thumbnails) or [b""] * len(items))
 
-    def thumbnails(self, item_ids: list[str]) -> dict[str, bytes]:
-        return self.store.thumbnails(item_ids)
-
-    def _write(
-        self, items: list[Item], vectors: np.ndarray, thumbnails: Sequence[bytes] | None = None
-    ) -> tuple[list[str], int]:
-        """add() with the write lock held."""
+    def _write(self, items: list[Item], vectors: np.ndarray, jpegs: Sequence[bytes] | None) -> tuple[list[str], int]:
+        """add() with the write lock held; jpegs: the thumbnails (None: a rewrite of the vectors keeps them)."""
         ids = [item_id or uuid.uuid4().hex for item_id, _, _ in items]
         replaced = self.store.by_ids(ids, self.dim)
         first = self._state.next_internal
@@ -171,8 +166,7 @@ class Collection(StoredReads):
         ]
         with self.store.transaction() as db:
             ItemStore.put_items(db, rows, state.seq, [row.internal for row, _ in replaced.values()])
-            if thumbnails is not None:  # None: a rewrite of the items' vectors (augmentation) keeps them
-                ItemStore.put_thumbnails(db, ids, thumbnails)
+            ItemStore.put_thumbnails(db, ids, jpegs)
             state.commit(db)
         with self._rw.write():
             self._drop([row.internal for row, _ in replaced.values()])
@@ -194,7 +188,7 @@ class Collection(StoredReads):
             if not rows:
                 return 0
             augmented = self._derived.augmented(rows, neighbours, alpha, self.count)
-            self._write([(item_id, label, json.loads(meta)) for item_id, _, label, meta, _ in rows], augmented)
+            self._write([(item_id, label, json.loads(meta)) for item_id, _, label, meta, _ in rows], augmented, None)
             return len(rows)
 
     def remove(self, item_ids: list[str]) -> tuple[int, list[str], int]:

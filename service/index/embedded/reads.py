@@ -1,4 +1,5 @@
-"""What an embedded collection answers from SQLite alone: items by id, pages, labelled vectors, filter checks."""
+"""What an embedded collection answers from SQLite alone: items by id, pages, labelled vectors, thumbnails, filter
+checks."""
 
 from __future__ import annotations
 
@@ -42,6 +43,9 @@ class StoredReads(StoreBase):
         while page := self.store.page(after, size, Filter(), with_vectors=True):
             yield [(r[0], r[1], r[2], r[3], from_blobs([r[4]], self.dim)[0]) for r in page]
             after = page[-1][0]
+
+    def thumbnails(self, item_ids: list[str]) -> dict[str, bytes]:
+        return self.store.thumbnails(item_ids)
 
     def check_filter(self, where: Filter) -> None:
         """InvalidArgument for a metadata key that no item of the collection has ever had (a typo, most likely)."""

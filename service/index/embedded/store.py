@@ -232,8 +232,10 @@ class ItemStore:
         ItemStore._forget_metadata(db, [row.internal for row in rows])
 
     @staticmethod
-    def put_thumbnails(db: sqlite3.Connection, ids: Sequence[str], thumbnails: Sequence[bytes]) -> None:
-        """Each item's thumbnail; an item written without one (b"") loses the one it had."""
+    def put_thumbnails(db: sqlite3.Connection, ids: Sequence[str], thumbnails: Sequence[bytes] | None) -> None:
+        """Each item's thumbnail; an item written without one (b"") loses the one it had; None: all are kept."""
+        if thumbnails is None:
+            return
         pairs = list(zip(ids, thumbnails, strict=True))
         db.executemany("DELETE FROM thumbnails WHERE id = ?", [(i,) for i, jpeg in pairs if not jpeg])
         db.executemany("INSERT OR REPLACE INTO thumbnails VALUES (?, ?)", [(i, jpeg) for i, jpeg in pairs if jpeg])

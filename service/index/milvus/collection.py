@@ -40,6 +40,7 @@ from offshelf.service.index.config import CollectionConfig, CollectionInfo, Metr
 from offshelf.service.index.contract import Filter, Hit, Item, Row, StoreBase
 from offshelf.service.index.milvus.calls import TableGone, milvus_errors, quoted
 from offshelf.service.index.milvus.search import both, expression, from_text, search, to_text
+from offshelf.service.index.milvus.thumbnails import Thumbnails
 from offshelf.service.index.vectors import Whitening, to_index_space
 
 if TYPE_CHECKING:
@@ -83,6 +84,26 @@ def index_params(client: MilvusClient, config: CollectionConfig):
     else:
         params.add_index("vector", index_type="FLAT", metric_type=metric)
     return params
+
+
+def raw_field(config: CollectionConfig) -> str:
+    """The field that holds the vectors as added (before whitening)."""
+    return "raw" if keeps_raw(config) else "vector"
+
+
+def raw_vectors(rows: list[dict], config: CollectionConfig) -> np.ndarray:
+    """The vectors as added (before whitening) of query rows."""
+    if keeps_raw(config):
+        vectors = [from_text(row["raw"]) for row in rows]
+    else:
+        vectors = [np.asarray(row["vector"], np.float32) for row in rows]
+    return np.stack(vectors) if vectors else np.zeros((0, config.binding.dim), np.float32)
+
+
+def raw_pages(collection: MilvusCollection) -> Iterator[np.ndarray]:
+    """Every item's vector as added, a page at a time."""
+    for page in collection._pages("", [raw_field(collection.config)]):
+        yield raw_vectors(page, collection.config)
 
 
 def keeps_raw(config: CollectionConfig) -> bool:
@@ -130,6 +151,7 @@ class MilvusCollection(StoreBase):
     ):
         super().__init__(config)
         self.client, self.blobs = client, blobs
+        self.kept = Thumbnails(blobs, config)
         self.table = table
         self.generation = int(table.rsplit("_", 1)[1])
         self.migrating = table.startswith((MIGRATING, RETIRED))
@@ -209,29 +231,17 @@ class MilvusCollection(StoreBase):
             yield page
             after = page[-1]["id"]
 
-    @property
-    def _raw_field(self) -> str:
-        return "raw" if keeps_raw(self.config) else "vector"
-
-    def _raw(self, rows: list[dict]) -> np.ndarray:
-        """The vectors as added (before whitening) of query rows."""
-        if keeps_raw(self.config):
-            vectors = [from_text(row["raw"]) for row in rows]
-        else:
-            vectors = [np.asarray(row["vector"], np.float32) for row in rows]
-        return np.stack(vectors) if vectors else np.zeros((0, self.dim), np.float32)
-
     def labelled_vectors(self) -> tuple[np.ndarray, list[str]]:
         def read(c: MilvusCollection) -> tuple[np.ndarray, list[str]]:
             where = expression(Filter(labelled=True))
-            rows = [row for page in c._pages(where, ["label", c._raw_field]) for row in page]
-            return c._raw(rows), [row["label"] for row in rows]
+            rows = [row for page in c._pages(where, ["label", raw_field(c.config)]) for row in page]
+            return raw_vectors(rows, c.config), [row["label"] for row in rows]
 
         return self._current(read)
 
     def stored_vectors(self) -> np.ndarray:
         """Every item's vector as added (before any whitening), (count, dim)."""
-        return self._current(lambda c: np.concatenate([*c._raw_pages(), np.zeros((0, c.dim), np.float32)]))
+        return self._current(lambda c: np.concatenate([*raw_pages(c), np.zeros((0, c.dim), np.float32)]))
 
     def get(self, item_ids: list[str]) -> dict[str, tuple[Row, np.ndarray]]:
         return self._current(lambda c: c._get(item_ids))
@@ -241,18 +251,20 @@ class MilvusCollection(StoreBase):
         unique = list(dict.fromkeys(item_ids))
         for start in range(0, len(unique), PAGE):
             part = unique[start : start + PAGE]
-            rows = self._query(f"id in [{', '.join(map(quoted, part))}]", ["id", "label", "metadata", self._raw_field])
-            for row, vector in zip(rows, self._raw(rows), strict=True):
+            rows = self._query(
+                f"id in [{', '.join(map(quoted, part))}]", ["id", "label", "metadata", raw_field(self.config)]
+            )
+            for row, vector in zip(rows, raw_vectors(rows, self.config), strict=True):
                 found[row["id"]] = (_row(row), vector)
         return found
 
     def page(self, after_id: str, size: int, where: Filter, with_vectors: bool) -> list[tuple[Row, np.ndarray | None]]:
         def read(c: MilvusCollection) -> list[tuple[Row, np.ndarray | None]]:
-            fields = ["id", "label", "metadata", *([c._raw_field] if with_vectors else [])]
+            fields = ["id", "label", "metadata", *([raw_field(c.config)] if with_vectors else [])]
             rows = sorted(
                 c._query(both(f"id > {quoted(after_id)}", expression(where)), fields, size), key=lambda r: r["id"]
             )
-            vectors = c._raw(rows) if with_vectors else [None] * len(rows)
+            vectors = raw_vectors(rows, c.config) if with_vectors else [None] * len(rows)
             return [(_row(row), vector) for row, vector in zip(rows, vectors, strict=True)]
 
         return self._current(read)
@@ -286,10 +298,7 @@ class MilvusCollection(StoreBase):
         for item_id, label, _ in items:
             if len(label.encode()) > MAX_LABEL_BYTES:
                 raise InvalidArgument(f"item {item_id!r}: label is longer than {MAX_LABEL_BYTES} bytes")
-        if self.config.thumbnail_size:  # only such collections have thumbnails to write or replace
-            kept = dict(zip(ids, thumbnails or [b""] * len(ids), strict=True))
-            self.blobs.put_small({thumbnail_blob(self.name, i): jpeg for i, jpeg in kept.items() if jpeg})
-            self.blobs.delete_small([thumbnail_blob(self.name, i) for i, jpeg in kept.items() if not jpeg])
+        self.kept.put(ids, thumbnails)
 
         def add(c: MilvusCollection) -> int:
             c._upsert(ids, items, vectors)
@@ -298,10 +307,7 @@ class MilvusCollection(StoreBase):
         return ids, self._current(add, write=True)
 
     def thumbnails(self, item_ids: list[str]) -> dict[str, bytes]:
-        if not self.config.thumbnail_size:
-            return {}
-        names = {thumbnail_blob(self.name, i): i for i in item_ids}
-        return {names[name]: jpeg for name, jpeg in self.blobs.get_small(list(names)).items()}
+        return self.kept.get(item_ids)
 
     def _upsert(self, ids: list[str], items: list[Item], vectors: np.ndarray) -> None:
         indexed = to_index_space(vectors, self.whitening, self.config)
@@ -325,8 +331,7 @@ class MilvusCollection(StoreBase):
             if present:
                 with milvus_errors(c.name):
                     c.client.delete(c.table, ids=sorted(present))
-                if c.config.thumbnail_size:
-                    c.blobs.delete_small([thumbnail_blob(c.name, i) for i in present])
+                c.kept.forget(list(present))
             return present, c._count("")
 
         present, count = self._current(remove, write=True)
@@ -337,10 +342,10 @@ class MilvusCollection(StoreBase):
             selected = expression(where)
             removed = c._count(selected)
             if removed:
-                gone = [row["id"] for page in c._pages(selected, []) for row in page] if c.config.thumbnail_size else []
+                gone = [row["id"] for page in c._pages(selected, []) for row in page] if c.kept.kept else []
                 with milvus_errors(c.name):
                     c.client.delete(c.table, filter=selected)
-                c.blobs.delete_small([thumbnail_blob(c.name, i) for i in gone])
+                c.kept.forget(gone)
             return removed, c._count("")
 
         return self._current(remove, write=True)
@@ -362,10 +367,6 @@ class MilvusCollection(StoreBase):
 
         milvus_whitening.train(self, dim, sample, source, self.fence_seconds)
 
-    def _raw_pages(self) -> Iterator[np.ndarray]:
-        for page in self._pages("", [self._raw_field]):
-            yield self._raw(page)
-
     def _with(self, table: str, config: CollectionConfig | None = None) -> MilvusCollection:
         return MilvusCollection(
             self.client,
@@ -377,11 +378,6 @@ class MilvusCollection(StoreBase):
             self.reopen,
             self.fence_seconds,
         )
-
-
-def thumbnail_blob(collection: str, item_id: str) -> str:
-    """The blob name of an item's thumbnail."""
-    return f"thumbnails/{collection}/{item_id}"
 
 
 def _row(row: dict) -> Row:

@@ -39,9 +39,9 @@ from offshelf.service.index.milvus.collection import (
     create_table,
     physical_name,
     table_name,
-    thumbnail_blob,
     whitening_blob,
 )
+from offshelf.service.index.milvus.thumbnails import thumbnail_blob
 from offshelf.service.index.vectors import Whitening
 from offshelf.service.logs import fields
 from offshelf.service.periodic import every

@@ -39,6 +39,9 @@ from offshelf.service.index.milvus.collection import (
     create_table,
     key,
     physical_name,
+    raw_field,
+    raw_pages,
+    raw_vectors,
     table_name,
     whitening_blob,
 )
@@ -135,15 +138,15 @@ def train(collection: MilvusCollection, dim: int, sample: np.ndarray | None, sou
 
 def _build(c: MilvusCollection, source: MilvusCollection, target: MilvusCollection, dim: int, sample) -> None:
     """The whitening blob and the complete table of the target generation."""
-    whitening = learn_whitening(np.concatenate(list(source._raw_pages())) if sample is None else sample, dim)
+    whitening = learn_whitening(np.concatenate(list(raw_pages(source))) if sample is None else sample, dim)
     buffer = io.BytesIO()
     np.savez(buffer, a=whitening[0], b=whitening[1])
     c.blobs.put(whitening_blob(c.name, target.generation), buffer.getvalue())
     create_table(c.client, target.config, target.table)
     target.whitening = whitening
-    for page in source._pages("", ["label", "metadata", source._raw_field]):
+    for page in source._pages("", ["label", "metadata", raw_field(source.config)]):
         items = [(row["id"], row["label"], row.get("metadata") or {}) for row in page]
-        target._upsert([row["id"] for row in page], items, source._raw(page))
+        target._upsert([row["id"] for row in page], items, raw_vectors(page, source.config))
     target._count("")  # read Strong: the new table serves every copied item before the alias moves
 
 
