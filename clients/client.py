@@ -63,6 +63,7 @@ class Hit:
     score: float
     label: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
+    thumbnail: bytes = b""  # a JPEG, when asked for (with_thumbnails) from a collection that keeps them
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class StoredItem:
     label: str
     metadata: dict[str, str]
     vector: np.ndarray | None = None  # as indexed; only when asked for
+    thumbnail: bytes = b""  # a JPEG, when asked for (with_thumbnails) from a collection that keeps them
 
 
 class Label(NamedTuple):
@@ -79,12 +81,12 @@ class Label(NamedTuple):
 
 
 def _hits(hits: Iterable[index_pb2.Hit]) -> list[Hit]:
-    return [Hit(h.id, h.score, h.label, dict(h.metadata)) for h in hits]
+    return [Hit(h.id, h.score, h.label, dict(h.metadata), h.thumbnail) for h in hits]
 
 
 def _stored(item: index_pb2.StoredItem) -> StoredItem:
     vector = np.array(item.vector.values, np.float32) if item.HasField("vector") else None
-    return StoredItem(item.id, item.label, dict(item.metadata), vector)
+    return StoredItem(item.id, item.label, dict(item.metadata), vector, item.thumbnail)
 
 
 def _filter(labels: Sequence[str], metadata: Mapping[str, str | Sequence[str]] | None) -> index_pb2.Filter:
@@ -282,9 +284,13 @@ class Api:
         request = index_pb2.RemoveRequest(collection=collection, ids=list(ids), filter=_filter(labels, metadata))
         return self._call("index", "Remove", request)
 
-    def get_items(self, collection: str, ids: Sequence[str], with_vectors: bool = False) -> list[StoredItem]:
+    def get_items(
+        self, collection: str, ids: Sequence[str], with_vectors: bool = False, with_thumbnails: bool = False
+    ) -> list[StoredItem]:
         """The items with these ids that exist, in the order given."""
-        request = index_pb2.GetItemsRequest(collection=collection, ids=list(ids), with_vectors=with_vectors)
+        request = index_pb2.GetItemsRequest(
+            collection=collection, ids=list(ids), with_vectors=with_vectors, with_thumbnails=with_thumbnails
+        )
         return self._call("index", "GetItems", request, lambda r: [_stored(i) for i in r.items])
 
     def list_items_page(
@@ -295,6 +301,7 @@ class Api:
         labels: Sequence[str] = (),
         metadata: Mapping[str, str | Sequence[str]] | None = None,
         with_vectors: bool = False,
+        with_thumbnails: bool = False,
     ) -> tuple[list[StoredItem], str]:
         """One page of items in id order, and the token of the next page ("" after the last)."""
         request = index_pb2.ListItemsRequest(
@@ -303,6 +310,7 @@ class Api:
             page_size=page_size,
             filter=_filter(labels, metadata),
             with_vectors=with_vectors,
+            with_thumbnails=with_thumbnails,
         )
         return self._call("index", "ListItems", request, lambda r: ([_stored(i) for i in r.items], r.next_page_token))
 
@@ -321,11 +329,12 @@ class Api:
         min_score: float | None = None,
         query_expansion: int = 0,
         qe_alpha: float = 0.0,
+        with_thumbnails: bool = False,
     ) -> list[Hit]:
         """The k nearest items to an image, a vector or an indexed item (give exactly one), among the items
         whose label is one of labels and whose metadata matches (each key: a value or a list), scoring at least
         min_score. query_expansion: search again with the query plus its top n hits weighted by score^qe_alpha
-        (alpha query expansion; qe_alpha 0: 3)."""
+        (alpha query expansion; qe_alpha 0: 3). with_thumbnails: each hit's JPEG (collections with thumbnail_size)."""
         request = index_pb2.SearchRequest(
             collection=collection,
             k=k,
@@ -336,6 +345,7 @@ class Api:
             min_score=min_score,
             query_expansion=query_expansion,
             qe_alpha=qe_alpha,
+            with_thumbnails=with_thumbnails,
         )
         if image is not None:
             request.image = read_image(image)
@@ -360,6 +370,7 @@ class Api:
         min_score: float | None = None,
         query_expansion: int = 0,
         qe_alpha: float = 0.0,
+        with_thumbnails: bool = False,
     ) -> list[list[Hit]]:
         """Many queries in one call: the hits of each image, then each vector, then each id (filters and query
         expansion as in search)."""
@@ -379,6 +390,7 @@ class Api:
             min_score=min_score,
             query_expansion=query_expansion,
             qe_alpha=qe_alpha,
+            with_thumbnails=with_thumbnails,
         )
         return self._call("index", "SearchBatch", request, lambda r: [_hits(result.hits) for result in r.results])
 

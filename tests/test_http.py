@@ -340,6 +340,11 @@ def test_a_collection_with_thumbnails_returns_them_with_hits_and_items_and_drops
     for hit in hits:
         with Image.open(io.BytesIO(base64.b64decode(hit["thumbnail"]))) as shown:
             assert shown.format == "JPEG" and max(shown.size) == 96  # 320x240 photos: 96x72
+    with Client(server.address, timeout=60) as sdk:  # the SDK asks for them too
+        (first,) = sdk.search("thumbs", id=photos[0].stem, k=1, with_thumbnails=True)
+        (listed_item,) = sdk.get_items("thumbs", [photos[0].stem], with_thumbnails=True)
+        (batched,) = sdk.search_batch("thumbs", ids=[photos[0].stem], k=1, with_thumbnails=True)
+    assert first.thumbnail == listed_item.thumbnail == batched[0].thumbnail == base64.b64decode(hits[0]["thumbnail"])
     plain = requests.post(f"{url}/thumbs/search", json={**query, "with_thumbnails": False}, timeout=60).json()
     assert {hit["thumbnail"] for hit in plain["hits"]} == {""}
     listed = requests.get(f"{url}/thumbs/items", params={"with_thumbnails": "true"}, timeout=30).json()["items"]
