@@ -696,7 +696,8 @@ def run_search(args: argparse.Namespace, client: Client) -> None:
     )
     query = str(args.image) if args.image else f"id {args.id}" if args.id else f"vector {args.vector}"
     lines = [query] + [hit_line(rank, hit) for rank, hit in enumerate(hits, 1)]
-    show(args, Shown([hit.__dict__ for hit in hits], "\n".join(lines)))
+    data = [{"id": h.id, "score": h.score, "label": h.label, "metadata": h.metadata} for h in hits]
+    show(args, Shown(data, "\n".join(lines)))
 
 
 def hit_line(rank: int, hit: Hit) -> str:
