@@ -68,9 +68,9 @@ class Door:
         """The engine's (blocking) work, in a worker thread that sees this call's request context."""
         return await anyio.to_thread.run_sync(work, *args, limiter=self._threads)
 
-    async def body(self, request: Request) -> bytes:
-        """The request's body, refused (413) once it passes the limit, before it is read whole; kept on the request
-        so that its form can be parsed from it."""
+    async def _read_body(self, request: Request) -> None:
+        """The request's body, refused (413) once it passes the limit, before it is read whole; kept on the request,
+        where handlers read it (request.body(), request.form())."""
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_body_bytes:
             raise self._too_large(f"{int(declared)} bytes")
@@ -80,9 +80,7 @@ class Door:
             if size > self.max_body_bytes:
                 raise self._too_large(f"more than {self.max_body_bytes} bytes")
             chunks.append(chunk)
-        body = b"".join(chunks)
-        request._body = body  # Starlette's form parser reads it from here
-        return body
+        request._body = b"".join(chunks)
 
     def _too_large(self, size: str) -> BodyTooLarge:
         return BodyTooLarge(
@@ -133,7 +131,7 @@ class Door:
             if self.tokens is not None:
                 self.tokens.check(rpc, [("authorization", request.headers.get("authorization", ""))])
             if request.method in ("POST", "PUT", "PATCH"):
-                await self.body(request)  # whole, so that what the client sends next can only be its leaving
+                await self._read_body(request)  # whole, so that what the client sends next can only be its leaving
             watcher = asyncio.ensure_future(self._cancel_when_gone(request, call))  # uvicorn runs asyncio
             try:
                 return await handler(request)

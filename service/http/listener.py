@@ -10,6 +10,7 @@ import pathlib
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 
 import uvicorn
@@ -94,9 +95,9 @@ class HttpListener:
 
     def start(self) -> None:
         self._thread.start()
-        started = threading.Event()
-        while not self.server.started and self._thread.is_alive():
-            started.wait(0.01)
+        deadline = time.monotonic() + START_SECONDS
+        while not self.server.started and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
         if not self.server.started:
             raise StartupError("the HTTP door did not start; see the log above")
 

@@ -14,7 +14,7 @@ import base64
 import binascii
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from google.protobuf import json_format
@@ -29,30 +29,18 @@ from offshelf.service.http.door import Door
 
 SERVICE = "/inference.GRPCInferenceService/"
 HEADER_LENGTH = "inference-header-content-length"
+P = TypeVar("P", pb2.InferParameter, pb2.ModelRepositoryParameter)
 DTYPES: dict[str, np.dtype[Any]] = {"FP32": np.dtype("<f4"), "UINT8": np.dtype(np.uint8)}
 
 
-def parameter(value: Any, name: str) -> pb2.InferParameter:
-    if isinstance(value, bool):
-        return pb2.InferParameter(bool_param=value)
-    if isinstance(value, int):
-        return pb2.InferParameter(int64_param=value)
-    if isinstance(value, float):
-        return pb2.InferParameter(double_param=value)
-    if isinstance(value, str):
-        return pb2.InferParameter(string_param=value)
-    raise InvalidArgument(f"parameter {name!r} is {type(value).__name__}: give a boolean, number or string")
-
-
-def repository_parameter(value: Any, name: str) -> pb2.ModelRepositoryParameter:
-    """A load or unload parameter (the repository extension has its own parameter message, without doubles)."""
-    if isinstance(value, bool):
-        return pb2.ModelRepositoryParameter(bool_param=value)
-    if isinstance(value, int):
-        return pb2.ModelRepositoryParameter(int64_param=value)
-    if isinstance(value, str):
-        return pb2.ModelRepositoryParameter(string_param=value)
-    raise InvalidArgument(f"parameter {name!r} is {type(value).__name__}: give a boolean, integer or string")
+def parameter(value: Any, name: str, message: type[P]) -> P:
+    """A JSON parameter as the protocol's message: InferParameter, or the repository extension's
+    ModelRepositoryParameter (which has no doubles)."""
+    kind = {bool: "bool_param", int: "int64_param", float: "double_param", str: "string_param"}.get(type(value))
+    if kind is None or kind not in message.DESCRIPTOR.fields_by_name:
+        kinds = "boolean, integer or string" if "double_param" not in message.DESCRIPTOR.fields_by_name else "number"
+        raise InvalidArgument(f"parameter {name!r} is {type(value).__name__}: give a {kinds}")
+    return message(**{kind: value})
 
 
 def parameter_value(value: pb2.InferParameter) -> Any:
@@ -105,7 +93,7 @@ def infer_request(header: dict, binary: bytes, model: str, version: str) -> pb2.
     request = pb2.ModelInferRequest(model_name=model, model_version=version, id=str(header.get("id", "")))
     for key, value in (header.get("parameters") or {}).items():
         if key != "binary_data_output":
-            request.parameters[key].CopyFrom(parameter(value, key))
+            request.parameters[key].CopyFrom(parameter(value, key, pb2.InferParameter))
     inputs = header.get("inputs")
     if not isinstance(inputs, list) or not all(isinstance(i, dict) for i in inputs):
         raise InvalidArgument('the request has no "inputs" list: send {"inputs": [{"name", "shape", "datatype", ...}]}')
@@ -256,7 +244,7 @@ class InferenceRoutes:
 
     async def infer(self, request: Request) -> Response:
         name, version = self._names(request)
-        body = await self.door.body(request)
+        body = await request.body()  # read whole, within the limit, by the door
         length = request.headers.get(HEADER_LENGTH)
         if length is not None and not (length.isdigit() and int(length) <= len(body)):
             raise InvalidArgument(f"Inference-Header-Content-Length {length!r} is not a length within the body")
@@ -266,7 +254,7 @@ class InferenceRoutes:
         return infer_response(await self._call(self.protocol.ModelInfer, message), header)
 
     async def repository_index(self, request: Request) -> Response:
-        header = json_object(await self.door.body(request), "the repository index request")
+        header = json_object(await request.body(), "the repository index request")
         message = pb2.RepositoryIndexRequest(ready=bool(header.get("ready", False)))
         response = await self._call(self.protocol.RepositoryIndex, message)
         return JSONResponse([message_json(m) for m in response.models])
@@ -286,6 +274,6 @@ class InferenceRoutes:
     async def _control(
         self, request: Request, message: pb2.RepositoryModelLoadRequest | pb2.RepositoryModelUnloadRequest
     ) -> None:
-        header = json_object(await self.door.body(request), "the repository request")
+        header = json_object(await request.body(), "the repository request")
         for key, value in (header.get("parameters") or {}).items():
-            message.parameters[key].CopyFrom(repository_parameter(value, key))
+            message.parameters[key].CopyFrom(parameter(value, key, pb2.ModelRepositoryParameter))

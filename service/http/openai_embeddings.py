@@ -57,7 +57,7 @@ class EmbeddingsRoute:
         return [self.door.route("/v1/embeddings", "POST", "/offshelf.v1.Embedding/Embed", self.embeddings)]
 
     async def embeddings(self, request: Request) -> Response:
-        body = json_object(await self.door.body(request), "the embeddings request")
+        body = json_object(await request.body(), "the embeddings request")
         name = body.get("model")
         if not isinstance(name, str) or not name:
             raise InvalidArgument('"model" names a served model, optionally with an output: "<model>/<output>"')

@@ -149,10 +149,11 @@ class Collection(StoredReads):
         it returns: acknowledged after its transaction commits. Returns the ids and the count afterwards."""
         with self._write_lock:
             self._check_open()
-            return self._write(items, vectors, list(thumbnails) or [b""] * len(items))
+            jpegs = (list(thumbnails) or [b""] * len(items)) if self.config.thumbnail_size else None
+            return self._write(items, vectors, jpegs)  # None: no thumbnails table work for collections without
 
     def _write(self, items: list[Item], vectors: np.ndarray, jpegs: Sequence[bytes] | None) -> tuple[list[str], int]:
-        """add() with the write lock held; jpegs: the thumbnails (None: a rewrite of the vectors keeps them)."""
+        """add() with the write lock held; jpegs: the thumbnails (None: the thumbnails table is left as it is)."""
         ids = [item_id or uuid.uuid4().hex for item_id, _, _ in items]
         replaced = self.store.by_ids(ids, self.dim)
         first = self._state.next_internal
